@@ -27,6 +27,11 @@ def exists(path: str) -> bool:
     return filesys.get_file_info(inner).type != fs.FileType.NotFound
 
 
+def is_dir(path: str) -> bool:
+    filesys, inner = filesystem(path)
+    return filesys.get_file_info(inner).type == fs.FileType.Directory
+
+
 def is_nonempty_dir(path: str) -> bool:
     filesys, inner = filesystem(path)
     if filesys.get_file_info(inner).type != fs.FileType.Directory:

@@ -1,0 +1,157 @@
+"""Ray Data glue of the evolve job: seeds → validate → dedupe → evolve (actor pool) → parquet.
+
+One actor pool of generators serves round 0, every round and all three request kinds
+(evolve, respond, equality check): the model loads once per actor for the whole job, and a
+batch of seeds runs all its rounds inside the actor (rows are independent), so nothing waits
+on a round barrier and no second pool ever asks for resources the first one holds.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import os
+import time
+
+import pyarrow as pa
+
+from common import storage
+from common.config import UserError
+from common.models import SMALL_MODEL_ALIAS, small_model_gguf
+from common.ray_setup import init_ray
+from evol.config import BUNDLED_PREFIX, EvolveConfig, SeedsConfig
+from evol.records import KEPT, SEED_SCHEMA, TRAINING_SCHEMA, records_table
+from evol.rounds import evolve_seed_rows
+from evol.seeds import SUPPORTED_SUFFIXES, SeedFields, mark_duplicates, parse_seed_file, seed_table
+from evol.summary import SUMMARY_COLUMNS, SummaryBuilder, format_summary
+from evol.templates import user_turn
+
+
+def resolve_seed_path(path: str) -> str:
+    if path.startswith(BUNDLED_PREFIX):
+        return str(importlib.resources.files("evol") / "data" / path[len(BUNDLED_PREFIX):])
+    return path
+
+
+def preflight(cfg: EvolveConfig) -> str:
+    """Every check that needs no Ray and no model: fail in a second, not after a model load."""
+    seeds = resolve_seed_path(cfg.seeds.path)
+    if not storage.exists(seeds):
+        raise UserError(f"seeds.path: {cfg.seeds.path} does not exist")
+    if not storage.is_dir(seeds) and not seeds.lower().endswith(SUPPORTED_SUFFIXES):
+        raise UserError(f"seeds.path: {cfg.seeds.path} is not one of {', '.join(SUPPORTED_SUFFIXES)}")
+    if storage.is_nonempty_dir(cfg.output.path):
+        if not cfg.output.overwrite:
+            raise UserError(f"output.path: {cfg.output.path} already holds results; "
+                            "choose another path or set output.overwrite=true")
+        storage.delete_dir(cfg.output.path)
+    storage.check_writable(cfg.output.path)
+    model = cfg.generation.model
+    if model == SMALL_MODEL_ALIAS:
+        small_model_gguf()
+    elif model.startswith(("/", "./", "~")) and not os.path.isdir(os.path.expanduser(model)):
+        raise UserError(f"generation.model: {model} is not a folder")
+    return seeds
+
+
+def parse_files(batch: pa.Table, fields: SeedFields) -> pa.Table:
+    rows = []
+    for data, path in zip(batch.column("bytes").to_pylist(), batch.column("path").to_pylist()):
+        rows.extend(parse_seed_file(data, path, fields))
+    return seed_table(rows)
+
+
+def dedupe_group(group: pa.Table) -> pa.Table:
+    return seed_table(mark_duplicates(group.to_pylist()))
+
+
+def read_seed_rows(path: str, cfg: SeedsConfig):
+    """Dataset of SEED_SCHEMA rows, one per input row, bad rows marked (never dropped)."""
+    import ray
+
+    fields = SeedFields(cfg.instruction_field, cfg.input_field, cfg.response_field, cfg.id_field)
+    extensions = [s.lstrip(".") for s in SUPPORTED_SUFFIXES] if storage.is_dir(path) else None
+    files = ray.data.read_binary_files(path, include_paths=True, file_extensions=extensions)
+    rows = files.map_batches(parse_files, fn_kwargs={"fields": fields}, batch_size=1, batch_format="pyarrow")
+    if cfg.limit is not None:
+        rows = rows.limit(cfg.limit)
+    return rows.groupby("seed_id").map_groups(dedupe_group, batch_format="pyarrow")
+
+
+class EvolveActor:
+    """Ray Data callable class. Needs SEED_SCHEMA columns; yields RECORD_SCHEMA rows."""
+
+    def __init__(self, cfg: EvolveConfig):
+        from generation import build_generator
+
+        self.cfg = cfg
+        self.generator = build_generator(cfg.generation)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        missing = [name for name in SEED_SCHEMA.names if name not in batch.column_names]
+        if missing:
+            raise ValueError(f"EvolveActor needs seed columns {missing}")
+        records = evolve_seed_rows(batch.to_pylist(), self.generator, self.cfg.evolve,
+                                   self.cfg.seeds.max_instruction_tokens)
+        return records_table(records)
+
+
+def training_rows(batch: pa.Table) -> pa.Table:
+    rows = []
+    for row in batch.to_pylist():
+        messages = [{"role": "user", "content": user_turn(row["instruction"], row["input"])},
+                    {"role": "assistant", "content": row["response"]}]
+        rows.append({name: row.get(name) for name in TRAINING_SCHEMA.names if name != "messages"}
+                    | {"messages": messages, "round": int(row["round"])})
+    return pa.Table.from_pylist(rows, schema=TRAINING_SCHEMA)
+
+
+def read_records(records_dir: str, columns: list[str] | None = None):
+    import ray
+    from ray.data.datasource import Partitioning
+
+    partitioning = Partitioning("hive", base_dir=records_dir, field_types={"round": int})
+    return ray.data.read_parquet(records_dir, columns=columns, partitioning=partitioning)
+
+
+def write_training_set(records_dir: str, out_dir: str) -> None:
+    kept = read_records(records_dir).filter(lambda row: row["status"] == KEPT)
+    training = kept.map_batches(training_rows, batch_format="pyarrow")
+    training.write_parquet(storage.join(out_dir, "parquet"))
+    training.drop_columns(["root_id", "round", "op", "instruction", "input", "response"]) \
+        .write_json(storage.join(out_dir, "jsonl"))
+
+
+def summarize(records_dir: str, wall_seconds: float) -> dict:
+    builder = SummaryBuilder()
+    for batch in read_records(records_dir, SUMMARY_COLUMNS).iter_batches(batch_format="numpy"):
+        builder.add_batch(batch)
+    return builder.build(wall_seconds)
+
+
+def run_evolve(cfg: EvolveConfig) -> dict:
+    seeds_path = preflight(cfg)
+    init_ray(cfg.ray)
+    started = time.time()
+    gen = cfg.generation
+    seeds = read_seed_rows(seeds_path, cfg.seeds)
+    records = seeds.map_batches(
+        EvolveActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=gen.batch_size, batch_format="pyarrow",
+        concurrency=tuple(gen.concurrency), num_cpus=gen.num_cpus, num_gpus=gen.num_gpus)
+    records_dir = storage.join(cfg.output.path, "records")
+    records.write_parquet(records_dir, partition_cols=["status", "round"])
+    write_training_set(records_dir, storage.join(cfg.output.path, "training"))
+    summary = summarize(records_dir, time.time() - started)
+    summary["output"] = cfg.output.path
+    storage.write_json(storage.join(cfg.output.path, "summary.json"), summary)
+    storage.write_text(storage.join(cfg.output.path, "config.yaml"), _config_yaml(cfg))
+    print(format_summary(summary))
+    print(f"records: {records_dir}/status=<kept|eliminated|quarantined>/round=<r>/")
+    print(f"training set: {storage.join(cfg.output.path, 'training')}/{{parquet,jsonl}}/")
+    return summary
+
+
+def _config_yaml(cfg: EvolveConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+

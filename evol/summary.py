@@ -1,0 +1,117 @@
+"""Counts and rates of an evolve run, accumulated batch by batch (driver memory stays flat)."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from evol.records import ELIMINATED, KEPT, QUARANTINED
+
+SUMMARY_COLUMNS = ["round", "op", "status", "reason", "equality", "instruction_tokens", "response_tokens",
+                   "generated_tokens", "prompt_tokens", "requests", "gen_seconds"]
+
+
+def _number(value) -> float:
+    return 0.0 if value is None else float(value)
+
+
+class SummaryBuilder:
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.sums: defaultdict = defaultdict(float)
+
+    def add_rows(self, rows: list[dict]) -> None:
+        for row in rows:
+            r, op, status = int(row["round"]), row["op"], row["status"]
+            self.counts[(r, "status", status)] += 1
+            self.counts[(r, "op", op, status)] += 1
+            if row["reason"]:
+                self.counts[(r, "reason", status, row["reason"])] += 1
+            if r > 0:
+                self.counts[(r, "equality", row["equality"])] += 1
+            for col in ("generated_tokens", "prompt_tokens", "requests", "gen_seconds"):
+                self.sums[(r, col)] += _number(row[col])
+            if status == KEPT:
+                self.sums[(r, "kept_instruction_tokens")] += _number(row["instruction_tokens"])
+                self.sums[(r, "kept_response_tokens")] += _number(row["response_tokens"])
+
+    def add_batch(self, batch: dict) -> None:
+        """A column batch (as from Dataset.iter_batches(batch_format='numpy'))."""
+        names = list(batch)
+        columns = [batch[name].tolist() if hasattr(batch[name], "tolist") else list(batch[name]) for name in names]
+        self.add_rows([dict(zip(names, values)) for values in zip(*columns)])
+
+    def _round(self, r: int) -> dict:
+        kept, eliminated = self.counts[(r, "status", KEPT)], self.counts[(r, "status", ELIMINATED)]
+        candidates = kept + eliminated
+        ops = sorted({key[2] for key in self.counts if key[:2] == (r, "op")})
+        reasons = {key[3]: n for key, n in self.counts.items() if key[:3] == (r, "reason", ELIMINATED)}
+        return {
+            "round": r, "candidates": candidates, "kept": kept, "eliminated": eliminated,
+            "pass_rate": round(kept / candidates, 4) if candidates else None,
+            "by_operation": {op: _rate(self.counts[(r, "op", op, KEPT)],
+                                       self.counts[(r, "op", op, KEPT)] + self.counts[(r, "op", op, ELIMINATED)])
+                             for op in ops},
+            "eliminated_by_rule": dict(sorted(reasons.items())),
+            "rule_share_of_candidates": {k: round(v / candidates, 4) for k, v in sorted(reasons.items())},
+            "equality_verdicts": {key[2]: n for key, n in sorted(self.counts.items()) if key[:2] == (r, "equality")},
+            "mean_kept_instruction_tokens": _mean(self.sums[(r, "kept_instruction_tokens")], kept),
+            "mean_kept_response_tokens": _mean(self.sums[(r, "kept_response_tokens")], kept),
+            "requests": int(self.sums[(r, "requests")]),
+            "generated_tokens": int(self.sums[(r, "generated_tokens")]),
+            "prompt_tokens": int(self.sums[(r, "prompt_tokens")]),
+            "generation_seconds": round(self.sums[(r, "gen_seconds")], 2),
+        }
+
+    def build(self, wall_seconds: float) -> dict:
+        rounds = sorted({key[0] for key in self.counts})
+        used = self.counts[(0, "status", KEPT)]
+        quarantined = self.counts[(0, "status", QUARANTINED)]
+        per_round = [self._round(r) for r in rounds if r > 0]
+        requests = sum(int(self.sums[(r, "requests")]) for r in rounds)
+        generated = sum(int(self.sums[(r, "generated_tokens")]) for r in rounds)
+        kept = sum(x["kept"] for x in per_round)
+        return {
+            "seeds": {"read": used + quarantined, "used": used, "quarantined": quarantined,
+                      "quarantined_by_reason": {key[3]: n for key, n in sorted(self.counts.items())
+                                                if key[:3] == (0, "reason", QUARANTINED)},
+                      "responses_generated": int(self.sums[(0, "requests")])},
+            "candidates": sum(x["candidates"] for x in per_round),
+            "kept": kept, "eliminated": sum(x["eliminated"] for x in per_round),
+            "training_rows": used + kept,
+            "rounds": per_round,
+            "requests": requests, "generated_tokens": generated,
+            "wall_seconds": round(wall_seconds, 2),
+            "requests_per_second": round(requests / wall_seconds, 3) if wall_seconds else None,
+            "generated_tokens_per_second": round(generated / wall_seconds, 2) if wall_seconds else None,
+        }
+
+
+def _rate(kept: int, total: int) -> dict:
+    return {"candidates": total, "kept": kept, "pass_rate": round(kept / total, 4) if total else None}
+
+
+def _mean(total: float, count: int) -> float | None:
+    return round(total / count, 1) if count else None
+
+
+def format_summary(summary: dict) -> str:
+    seeds = summary["seeds"]
+    lines = [f"seeds: read {seeds['read']} = used {seeds['used']} + quarantined {seeds['quarantined']}"
+             + (f" {seeds['quarantined_by_reason']}" if seeds["quarantined"] else ""),
+             f"candidates: {summary['candidates']} = kept {summary['kept']} + eliminated {summary['eliminated']}; "
+             f"training rows {summary['training_rows']}",
+             f"{'round':>5} {'cand':>6} {'kept':>6} {'pass':>6} {'req':>6} {'gen_tok':>8} {'gen_s':>8}  eliminated by rule"]
+    for r in summary["rounds"]:
+        rate = "-" if r["pass_rate"] is None else f"{r['pass_rate']:.0%}"
+        lines.append(f"{r['round']:>5} {r['candidates']:>6} {r['kept']:>6} {rate:>6} {r['requests']:>6} "
+                     f"{r['generated_tokens']:>8} {r['generation_seconds']:>8.1f}  {r['eliminated_by_rule']}")
+    ops: dict = defaultdict(lambda: [0, 0])
+    for r in summary["rounds"]:
+        for op, stats in r["by_operation"].items():
+            ops[op][0] += stats["kept"]
+            ops[op][1] += stats["candidates"]
+    lines.append("pass rate by operation: " + ", ".join(
+        f"{op} {kept}/{total}" for op, (kept, total) in sorted(ops.items())))
+    lines.append(f"{summary['requests']} requests, {summary['generated_tokens']} tokens generated in "
+                 f"{summary['wall_seconds']} s ({summary['requests_per_second']} req/s, "
+                 f"{summary['generated_tokens_per_second']} tok/s)")
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""The round loop on a scripted generator: every path of the paper's rules, without Ray."""
+from evol import elimination as rules
+from evol.config import EvolveSettings
+from evol.records import ELIMINATED, KEPT, QUARANTINED, RECORD_SCHEMA, records_table
+from evol.rounds import evolve_seed_rows
+from evol.seeds import SeedFields, TOO_MANY_TOKENS, mark_duplicates, parse_jsonl
+from evol.summary import SummaryBuilder
+from evol.templates import ORIGINAL_MARKER
+from generation.base import Generation
+
+
+class ScriptedGenerator:
+    """Behaviour keyed on words in the instruction, so outcomes follow an instruction's lineage."""
+
+    model_name = "scripted"
+
+    def __init__(self):
+        self.calls: list[tuple[str, int]] = []
+
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
+    def generate(self, prompts, sampling):
+        self.calls.append(("batch", len(prompts)))
+        return [Generation(self._answer(p), prompt_tokens=len(p.split()), completion_tokens=3, finished=True)
+                for p in prompts]
+
+    def _answer(self, prompt: str) -> str:
+        if ORIGINAL_MARKER in prompt:  # an evolve request: the instruction follows the marker
+            instruction = prompt.split(ORIGINAL_MARKER)[1].split("\n\n#")[0].strip()
+            if "LEAK" in instruction:
+                return "#Rewritten Instruction# " + instruction
+            if "COPY" in instruction:
+                return instruction
+            return f'"{instruction} Explain why."'
+        if "First instruction:" in prompt:
+            return "Equal" if "SAME" in prompt else "Not Equal"
+        if "SORRY" in prompt:
+            return "Sorry, I cannot."
+        if "STOP" in prompt:
+            return "and the of it."
+        return "A real and useful answer."
+
+
+FIELDS = SeedFields("instruction", "input", "output", "id")
+
+
+def _seeds(*objs) -> list[dict]:
+    import json
+    return mark_duplicates(parse_jsonl("\n".join(json.dumps(o) for o in objs).encode(), "s.jsonl", FIELDS))
+
+
+def _run(seeds, rounds=2, max_tokens=50):
+    gen = ScriptedGenerator()
+    records = evolve_seed_rows(seeds, gen, EvolveSettings(rounds=rounds), max_tokens)
+    records_table(records)  # schema holds
+    return records, gen
+
+
+def test_counts_lineage_and_reasons():
+    seeds = _seeds({"id": "ok", "instruction": "Name rivers", "output": "Nile"},
+                   {"id": "leak", "instruction": "LEAK this"},
+                   {"id": "copy", "instruction": "COPY this", "output": "x"},
+                   {"id": "sorry", "instruction": "SORRY this", "output": "x"},
+                   {"id": "stop", "instruction": "STOP this", "output": "x"},
+                   {"id": "same", "instruction": "SAME this", "output": "x"},
+                   {"id": "bad", "instruction": ""},
+                   {"id": "long", "instruction": " ".join(["w"] * 60)})
+    records, gen = _run(seeds)
+    by_round = {r: [x for x in records if x["round"] == r] for r in (0, 1, 2)}
+    # round 0: one record per seed row; 6 used, 2 quarantined with reasons
+    assert len(by_round[0]) == 8
+    quarantined = {x["root_id"]: x["reason"] for x in by_round[0] if x["status"] == QUARANTINED}
+    assert quarantined == {"bad": "empty_instruction", "long": TOO_MANY_TOKENS}
+    # each round evolves every pool item once: 6 candidates per round
+    assert len(by_round[1]) == len(by_round[2]) == 6
+    reasons = {x["root_id"]: x["reason"] for x in by_round[1]}
+    assert reasons == {"ok": None, "leak": rules.TEMPLATE_LEAK, "copy": rules.NO_INFORMATION_GAIN,
+                       "sorry": rules.COULD_NOT_ANSWER, "stop": rules.TRIVIAL_RESPONSE,
+                       "same": rules.NO_INFORMATION_GAIN}
+    for x in by_round[1] + by_round[2]:
+        assert x["status"] == (KEPT if x["reason"] is None else ELIMINATED)
+    # lineage: the kept chain goes seed -> r1 -> r2; failed ones restart from the seed
+    r1 = {x["root_id"]: x for x in by_round[1]}
+    r2 = {x["root_id"]: x for x in by_round[2]}
+    assert r1["ok"]["parent_id"] == "ok" and r2["ok"]["parent_id"] == r1["ok"]["id"]
+    assert r2["ok"]["instruction"] == "Name rivers Explain why. Explain why."
+    assert r2["leak"]["parent_id"] == "leak" and r2["leak"]["op"] != "" and r2["leak"]["id"] != r1["leak"]["id"]
+    # ids are unique across the whole output
+    assert len({x["id"] for x in records}) == len(records)
+
+
+def test_no_model_call_is_made_for_work_already_lost():
+    records, _ = _run(_seeds({"id": "leak", "instruction": "LEAK", "output": "x"}), rounds=1)
+    cand = [x for x in records if x["round"] == 1][0]
+    assert cand["requests"] == 1 and cand["response"] is None and cand["equality"] == rules.SKIPPED
+    records, _ = _run(_seeds({"id": "sorry", "instruction": "SORRY", "output": "x"}), rounds=1)
+    cand = [x for x in records if x["round"] == 1][0]
+    assert cand["requests"] == 2 and cand["response"] == "Sorry, I cannot."
+    records, _ = _run(_seeds({"id": "ok", "instruction": "fine", "output": "x"}), rounds=1)
+    cand = [x for x in records if x["round"] == 1][0]
+    assert cand["requests"] == 3 and cand["equality"] == rules.NOT_EQUAL and cand["generated_tokens"] == 9
+
+
+def test_seeds_without_response_get_one_generated():
+    records, _ = _run(_seeds({"id": "a", "instruction": "Name rivers"},
+                             {"id": "b", "instruction": "Add", "input": "1, 2", "output": "3"}), rounds=1)
+    seeds = {x["id"]: x for x in records if x["round"] == 0}
+    assert seeds["a"]["response"] == "A real and useful answer." and seeds["a"]["requests"] == 1
+    assert seeds["b"]["response"] == "3" and seeds["b"]["requests"] == 0
+    # context is part of what gets evolved
+    cand = [x for x in records if x["round"] == 1 and x["root_id"] == "b"][0]
+    assert cand["instruction"].startswith("Add\n\n1, 2")
+
+
+def test_summary_counts_add_up():
+    seeds = _seeds({"id": "ok", "instruction": "Name rivers", "output": "x"},
+                   {"id": "sorry", "instruction": "SORRY", "output": "x"}, {"id": "bad", "instruction": 3})
+    records, _ = _run(seeds, rounds=3)
+    builder = SummaryBuilder()
+    builder.add_rows(records)
+    summary = builder.build(wall_seconds=2.0)
+    assert summary["seeds"] == {"read": 3, "used": 2, "quarantined": 1,
+                                "quarantined_by_reason": {"instruction_not_string": 1}, "responses_generated": 0}
+    assert summary["candidates"] == 6 == summary["kept"] + summary["eliminated"]
+    assert summary["kept"] == 3 and summary["training_rows"] == 5
+    assert [r["pass_rate"] for r in summary["rounds"]] == [0.5, 0.5, 0.5]
+    assert summary["rounds"][0]["eliminated_by_rule"] == {rules.COULD_NOT_ANSWER: 1}
+    assert summary["requests"] == sum(x["requests"] or 0 for x in records) == 3 * (3 + 2)
+    assert set(RECORD_SCHEMA.names) >= {"id", "root_id", "parent_id", "round", "op", "status", "reason"}
