@@ -1,0 +1,227 @@
+"""Pure parts of the train job: formatting, masking, packing, metrics, DeepSpeed config, configs.
+
+No Ray here. The one model test runs a 2-layer random Llama on plain torch (seconds).
+"""
+from __future__ import annotations
+
+import glob
+import math
+
+import pytest
+
+from train.formatting import EOS, UnusableRow, chat_template_segments, format_segments, prompt_text, row_messages
+from train.masking import IGNORE, Encoder, tokenize_row, tokenize_rows, tokenize_segments
+from train.packing import first_fit_decreasing, pack, pad_to_longest
+
+# A character tokenizer: every character is one token (its code point); BOS=1, EOS=2, PAD=0.
+CHAR = Encoder(encode=lambda text: [ord(c) for c in text], bos_id=1, eos_id=2, pad_id=0)
+
+
+def row(instruction="Say hi", response="hi", input_="", messages=None):
+    return {"id": "r1", "instruction": instruction, "input": input_, "response": response, "messages": messages}
+
+
+# --- formatting -------------------------------------------------------------------------------
+
+def test_wizardlm_format_is_the_papers_7b_prompt():
+    segments = format_segments(row("Add 2 and 3.", "5"), "wizardlm")
+    assert segments == [("Add 2 and 3.\n\n### Response:", False), (" 5", True), (EOS, True)]
+    assert prompt_text("Add 2 and 3.", "wizardlm") == "Add 2 and 3.\n\n### Response:"
+
+
+def test_input_column_joins_the_user_turn():
+    segments = format_segments(row("Translate.", "Bonjour", input_="Hello"), "wizardlm")
+    assert segments[0] == ("Translate.\n\nHello\n\n### Response:", False)
+
+
+def test_vicuna_format_multi_turn():
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]
+    segments = format_segments(row(messages=messages), "vicuna_v1.1")
+    assert segments[0][0].startswith("A chat between a curious user") and segments[0][0].endswith("USER: Hi ASSISTANT:")
+    assert segments[1:] == [(" Hello!", True), (EOS, True), ("USER: Bye ASSISTANT:", False), (" Bye!", True),
+                            (EOS, True)]
+
+
+def test_messages_column_wins_over_alpaca_columns():
+    messages = [{"role": "user", "content": "from messages"}, {"role": "assistant", "content": "ok"}]
+    assert row_messages(row("from columns", "x", messages=messages))[0]["content"] == "from messages"
+
+
+@pytest.mark.parametrize("bad, reason", [(row(response="  "), "empty_response"),
+                                          (row(response=None), "empty_response"),
+                                          (row(instruction=""), "empty_instruction")])
+def test_unusable_rows_name_their_reason(bad, reason):
+    with pytest.raises(UnusableRow) as info:
+        format_segments(bad, "wizardlm")
+    assert info.value.reason == reason
+
+
+def test_chat_template_segments_by_prefix_rendering():
+    def render(messages, add_generation_prompt):
+        text = "".join(f"<{m['role']}>{m['content']}</s>" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    assert chat_template_segments(messages, render) == [("<user>Q</s><assistant>", False), ("A</s>", True)]
+
+
+# --- masking ----------------------------------------------------------------------------------
+
+def test_labels_are_ignore_exactly_on_prompt_tokens():
+    example = tokenize_row(row("ab", "xy"), "wizardlm", CHAR, max_length=100, policy="truncate")
+    prompt = [1] + [ord(c) for c in "ab\n\n### Response:"]
+    response = [ord(c) for c in " xy"] + [2]
+    assert example.input_ids == prompt + response
+    assert example.labels == [IGNORE] * len(prompt) + response
+    assert not example.truncated
+
+
+def test_truncation_is_counted_and_drop_policy_drops():
+    long = row("q", "y" * 50)
+    example = tokenize_row(long, "wizardlm", CHAR, max_length=30, policy="truncate")
+    assert example.truncated and len(example.input_ids) == 30 and len(example.labels) == 30
+    with pytest.raises(UnusableRow, match="too_long"):
+        tokenize_row(long, "wizardlm", CHAR, max_length=30, policy="drop")
+
+
+def test_prompt_longer_than_max_length_leaves_no_response_and_is_dropped():
+    with pytest.raises(UnusableRow, match="no_response_after_truncation"):
+        tokenize_row(row("q" * 40, "yes"), "wizardlm", CHAR, max_length=20, policy="truncate")
+
+
+def test_tokenize_rows_counts_instead_of_raising():
+    out = tokenize_rows([row(), row(response=""), row("q" * 40)], "wizardlm", CHAR, 30, "truncate")
+    assert out["status"] == ["ok", "empty_response", "no_response_after_truncation"]
+    assert out["n_tokens"][1:] == [0, 0]
+
+
+def test_first_label_of_every_sample_is_ignored():
+    example = tokenize_segments([("abc", True)], CHAR, 100)  # even a fully trainable sample
+    assert example.labels[0] == IGNORE and example.labels[1:] == [ord("a"), ord("b"), ord("c")]
+
+
+# --- packing ----------------------------------------------------------------------------------
+
+def test_first_fit_decreasing_uses_every_sample_once_within_capacity():
+    lengths = [7, 3, 5, 2, 8, 1, 4]
+    bins = first_fit_decreasing(lengths, 10)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 10 for b in bins)
+    assert len(bins) == math.ceil(sum(lengths) / 10)  # 30 tokens -> 3 full bins
+
+
+def test_pack_keeps_all_tokens_and_restarts_positions():
+    ids = [[1, 10, 11, 12], [1, 20, 21], [1, 30, 31, 32, 33, 34]]
+    labels = [[IGNORE, IGNORE, 11, 12], [IGNORE, 20, 21], [IGNORE, IGNORE, IGNORE, 32, 33, 34]]
+    packed = pack(ids, labels, max_length=8, pad_id=0)
+    assert packed["n_samples"] == [1, 2] and sum(packed["n_real"]) == 13
+    assert packed["input_ids"][0] == [1, 30, 31, 32, 33, 34, 0, 0]
+    assert packed["position_ids"][0] == [0, 1, 2, 3, 4, 5, 0, 1]
+    assert packed["labels"][0] == [IGNORE, IGNORE, IGNORE, 32, 33, 34, IGNORE, IGNORE]
+    assert packed["input_ids"][1] == [1, 10, 11, 12, 1, 20, 21, 0]
+    assert packed["position_ids"][1] == [0, 1, 2, 3, 0, 1, 2, 0]
+    assert packed["labels"][1] == [IGNORE, IGNORE, 11, 12, IGNORE, 20, 21, IGNORE]
+    kept = sorted(t for r, n in zip(packed["input_ids"], packed["n_real"]) for t in r[:n])
+    assert kept == sorted(t for x in ids for t in x)
+
+
+def test_pad_to_longest_masks_padding():
+    batch = pad_to_longest([[1, 5, 6], [1, 7]], [[IGNORE, 5, 6], [IGNORE, 7]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 5, 6], [1, 7, 0]]
+    assert batch["labels"].tolist() == [[IGNORE, 5, 6], [IGNORE, 7, IGNORE]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_packed_samples_do_not_attend_to_each_other():
+    """Logits of each packed sample equal its logits when run alone (tiny random Llama)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    a, b = [1, 5, 9, 13, 17], [1, 7, 11]
+    packed = pack([a, b], [a, b], max_length=10, pad_id=0)
+    with torch.no_grad():
+        # use_cache=False as in training: transformers only derives the packed mask without a cache.
+        together = model(input_ids=torch.tensor(packed["input_ids"]),
+                         position_ids=torch.tensor(packed["position_ids"]), use_cache=False).logits[0]
+        alone_a = model(input_ids=torch.tensor([a])).logits[0]
+        alone_b = model(input_ids=torch.tensor([b])).logits[0]
+        # Control: the same packed row with plain positions (no restart) does mix the samples.
+        mixed = model(input_ids=torch.tensor(packed["input_ids"]), use_cache=False).logits[0]
+    torch.testing.assert_close(together[:5], alone_a, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together[5:8], alone_b, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(mixed[5:8], alone_b, atol=1e-3)
+
+
+# --- metrics / DeepSpeed config -------------------------------------------------------------
+
+def test_flops_and_mfu():
+    from train.metrics import flops_per_token, gpu_peak_tflops, mfu
+
+    assert flops_per_token(7e9, 32, 4096, 2048) == pytest.approx(6 * 7e9 + 12 * 32 * 4096 * 2048)
+    assert mfu(1000, 4.5e10, 312e12) == pytest.approx(1000 * 4.5e10 / 312e12)
+    assert gpu_peak_tflops("NVIDIA A100-SXM4-80GB") == 312 and gpu_peak_tflops("NVIDIA H100 80GB HBM3") == 989
+    assert gpu_peak_tflops("Tesla T4") is None
+
+
+def test_deepspeed_config_batch_arithmetic_and_offload():
+    from common.config import load_config
+    from train.config import TrainConfig
+    from train.engine import deepspeed_config
+
+    cfg = load_config(TrainConfig, "configs/train_cloud_7b.yaml")
+    ds = deepspeed_config(cfg)
+    assert ds["train_batch_size"] == 64 == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 8
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
+    local = deepspeed_config(load_config(TrainConfig, "configs/train_local.yaml", ["deepspeed.offload_optimizer=true"]))
+    assert local["optimizer"]["type"] == "AdamW" and local["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert not local["bf16"]["enabled"]
+
+
+# --- configs ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", sorted(glob.glob("configs/train_*.yaml")))
+def test_every_train_config_loads_and_names_its_command(path):
+    from common.config import load_config
+    from train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, path)
+    assert cfg.optim.global_batch_size % (cfg.optim.micro_batch_size * cfg.scaling.num_workers) == 0
+    assert open(path).readline().startswith("# python -m jobs.train --config " + path)
+
+
+def test_paper_hyper_parameters_in_cloud_preset():
+    from common.config import load_config
+    from train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, "configs/train_cloud_7b.yaml")
+    assert (cfg.optim.epochs, cfg.optim.lr, cfg.optim.global_batch_size, cfg.data.max_length,
+            cfg.optim.warmup_steps) == (3, 2e-5, 64, 2048, 2)
+    assert cfg.deepspeed.stage == 3 and cfg.deepspeed.precision == "bf16" and cfg.scaling.use_gpu
+
+
+@pytest.mark.parametrize("override, message", [
+    (["optim.lr=-1"], "optim.lr"),
+    (["data.tempalte=wizardlm"], "data.tempalte: unknown key"),
+    (["optim.global_batch_size=3"], "multiple of"),
+    (["deepspeed.precision=bf16"], "needs scaling.use_gpu"),
+])
+def test_bad_config_is_one_line_error(override, message):
+    from common.config import ConfigError, load_config
+    from train.config import TrainConfig
+
+    with pytest.raises(ConfigError) as info:
+        load_config(TrainConfig, "configs/train_local.yaml", override)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_dataset_is_one_line_error_before_ray(tmp_path, capsys):
+    from jobs.train import main
+
+    code = main(["--config", "configs/train_local.yaml", f"data.path={tmp_path}/nope",
+                 f"output.path={tmp_path}/out"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: training data not found:") and "\n" not in err

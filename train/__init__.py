@@ -1,0 +1,1 @@
+"""Fine-tuning on the evolved data: pure formatting/masking/packing/metrics + Ray Train glue."""

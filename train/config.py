@@ -1,0 +1,114 @@
+"""TrainConfig: the one config of the train job (YAML + dotted CLI overrides, validated up front)."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from common.config import StrictModel
+
+
+class DataSection(StrictModel):
+    path: str = Field("outputs/evolve-local/training/parquet",
+                      description="evolve job's training parquet folder (local or s3://)")
+    template: Literal["wizardlm", "vicuna_v1.1", "chat_template"] = Field(
+        "wizardlm", description="prompt format: paper's 7B '### Response:', Vicuna v1.1, or the tokenizer's")
+    max_length: int = Field(2048, ge=16, description="tokens per (packed) training sequence")
+    truncation: Literal["truncate", "drop"] = Field(
+        "truncate", description="over-long samples: keep the first max_length tokens, or drop them")
+    packing: bool = Field(True, description="pack samples into full sequences (else pad each micro batch)")
+    pack_group_rows: int = Field(2048, ge=1, description="samples packed together per Ray Data batch")
+    heldout_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="rows kept out of training for eval")
+    seed: int = Field(0, description="shuffle / held-out split seed")
+
+
+class ModelSection(StrictModel):
+    name: str = Field("smollm2-135m-instruct", description="alias, local folder, s3:// folder or hub id")
+    gradient_checkpointing: bool = Field(False, description="recompute activations (long sequences, 7B)")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+
+class OptimSection(StrictModel):
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(2, ge=0, description="linear warm-up optimizer steps, then cosine decay")
+    global_batch_size: int = Field(64, ge=1, description="sequences per optimizer step, all workers")
+    micro_batch_size: int = Field(1, ge=1, description="sequences per worker per forward pass")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
+
+
+class DeepSpeedSection(StrictModel):
+    stage: Literal[0, 1, 2, 3] = Field(3, description="ZeRO stage")
+    precision: Literal["bf16", "fp32"] = Field("fp32", description="bf16 on GPU; fp32 on CPU")
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload of optimizer states to CPU")
+    offload_params: bool = Field(False, description="ZeRO-3 parameter offload to CPU")
+
+
+class ScalingSection(StrictModel):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+
+
+class CheckpointSection(StrictModel):
+    storage_path: str = Field("outputs/train-runs", description="RunConfig storage (local or s3://)")
+    every_steps: int = Field(50, ge=1, description="checkpoint every N optimizer steps (and at the end)")
+    keep: int = Field(2, ge=1, description="checkpoints kept (the latest K)")
+    max_failures: int = Field(3, ge=0, description="worker-group restarts from the last checkpoint")
+
+
+class OutputSection(StrictModel):
+    path: str = Field("outputs/train-local/model", description="final HF model folder (local or s3://)")
+    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="dtype of the saved weights")
+
+
+class MetricsSection(StrictModel):
+    log_every_steps: int = Field(5, ge=1, description="print + ray.train.report every N optimizer steps")
+    peak_tflops_per_worker: Optional[float] = Field(
+        None, gt=0, description="MFU denominator; default: GPU datasheet, or measured CPU matmul peak")
+
+
+class SampleSection(StrictModel):
+    generate: bool = Field(True, description="answer one held-out instruction with the exported model")
+    max_new_tokens: int = Field(64, ge=1)
+
+
+class DebugSection(StrictModel):
+    kill_worker_rank: int = Field(1, ge=0)
+    kill_at_step: Optional[int] = Field(
+        None, ge=1, description="SIGKILL that worker at this step of the first attempt (fault-tolerance test)")
+
+
+class TrainConfig(StrictModel):
+    name: str = Field("train-local", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="run name: rerunning the same name resumes from its last checkpoint")
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    optim: OptimSection = OptimSection()
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+    scaling: ScalingSection = ScalingSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    output: OutputSection = OutputSection()
+    metrics: MetricsSection = MetricsSection()
+    sample: SampleSection = SampleSection()
+    debug: DebugSection = DebugSection()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        per_step = self.optim.micro_batch_size * self.scaling.num_workers
+        if self.optim.global_batch_size % per_step:
+            raise ValueError(f"optim.global_batch_size ({self.optim.global_batch_size}) must be a multiple of "
+                             f"optim.micro_batch_size x scaling.num_workers ({per_step})")
+        if self.deepspeed.offload_params and self.deepspeed.stage != 3:
+            raise ValueError("deepspeed.offload_params needs deepspeed.stage=3")
+        if self.deepspeed.precision == "bf16" and not self.scaling.use_gpu:
+            raise ValueError("deepspeed.precision=bf16 needs scaling.use_gpu=true (use fp32 on CPU)")
+        if self.debug.kill_at_step is not None and self.debug.kill_worker_rank >= self.scaling.num_workers:
+            raise ValueError("debug.kill_worker_rank must be < scaling.num_workers")
+        return self
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.optim.global_batch_size // (self.optim.micro_batch_size * self.scaling.num_workers)

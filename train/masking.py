@@ -1,0 +1,97 @@
+"""Tokenise formatted segments and mask the loss: labels are -100 except on response tokens.
+
+Pure given an `Encoder` (any callable text -> ids plus the BOS/EOS ids), so tests use a
+fake character tokenizer. Truncation keeps the first `max_length` tokens (a counted
+warning) or drops the row (policy "drop"); a row left without a trainable token is dropped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from train.formatting import EOS, Segment, UnusableRow, chat_template_segments, format_segments, row_messages
+
+IGNORE = -100  # label value that torch's cross-entropy (and HF models) skip
+
+
+@dataclass(frozen=True)
+class Encoder:
+    encode: Callable[[str], list[int]]
+    bos_id: int | None  # prepended when the tokenizer adds BOS by itself (LLaMA), else None
+    eos_id: int
+    pad_id: int
+    render_chat: Callable | None = None  # apply_chat_template(messages, add_generation_prompt)
+
+
+def hf_encoder(tokenizer) -> Encoder:
+    """Adapter from a transformers tokenizer."""
+    probe = tokenizer("a").input_ids
+    adds_bos = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def render(messages, add_generation_prompt):
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+
+    return Encoder(encode=lambda text: tokenizer(text, add_special_tokens=False).input_ids,
+                   bos_id=tokenizer.bos_token_id if adds_bos else None, eos_id=tokenizer.eos_token_id,
+                   pad_id=pad, render_chat=render if tokenizer.chat_template else None)
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+def tokenize_segments(segments: list[Segment], enc: Encoder, max_length: int,
+                      policy: str = "truncate") -> Example:
+    ids: list[int] = [enc.bos_id] if enc.bos_id is not None else []
+    labels: list[int] = [IGNORE] * len(ids)
+    for text, trainable in segments:
+        tokens = [enc.eos_id] if text is EOS else list(enc.encode(text))
+        ids += tokens
+        labels += tokens if trainable else [IGNORE] * len(tokens)
+    if labels:
+        # Nothing of this sample precedes its first token; masking it also guarantees that a
+        # packed neighbour's last token is never asked to predict it (HF shifts labels by one).
+        labels[0] = IGNORE
+    truncated = len(ids) > max_length
+    if truncated:
+        if policy == "drop":
+            raise UnusableRow("too_long")
+        ids, labels = ids[:max_length], labels[:max_length]
+    if all(label == IGNORE for label in labels):
+        raise UnusableRow("no_response_after_truncation")
+    return Example(ids, labels, truncated)
+
+
+def tokenize_row(row: dict, template: str, enc: Encoder, max_length: int, policy: str) -> Example:
+    """One evolve row -> Example, or UnusableRow(reason)."""
+    if template == "chat_template":
+        if enc.render_chat is None:
+            raise ValueError("the tokenizer has no chat template; use data.template=wizardlm or vicuna_v1.1")
+        segments = chat_template_segments(row_messages(row), enc.render_chat)
+    else:
+        segments = format_segments(row, template)
+    return tokenize_segments(segments, enc, max_length, policy)
+
+
+def tokenize_rows(rows: list[dict], template: str, enc: Encoder, max_length: int, policy: str) -> dict:
+    """Columns for a batch: status ("ok" or the drop reason), truncated, input_ids, labels, n_tokens."""
+    out: dict[str, list] = {"id": [], "status": [], "truncated": [], "input_ids": [], "labels": [],
+                            "n_tokens": []}
+    for row in rows:
+        try:
+            example = tokenize_row(row, template, enc, max_length, policy)
+            status, ids, labels, truncated = "ok", example.input_ids, example.labels, example.truncated
+        except UnusableRow as exc:
+            status, ids, labels, truncated = exc.reason, [], [], False
+        out["id"].append(str(row.get("id", "")))
+        out["status"].append(status)
+        out["truncated"].append(truncated)
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["n_tokens"].append(len(ids))
+    return out
