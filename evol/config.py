@@ -20,6 +20,7 @@ class SeedsConfig(StrictModel):
     id_field: str | None = Field("id", description="optional stable id; default FILE:LINE")
     limit: int | None = Field(None, ge=1, description="use only the first N rows read")
     max_instruction_tokens: int = Field(1024, ge=1, description="longer seeds are quarantined")
+    dedupe_partitions: int = Field(8, ge=1, description="partitions of the duplicate-id shuffle")
 
 
 class EvolveSettings(StrictModel):

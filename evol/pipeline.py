@@ -73,7 +73,8 @@ def read_seed_rows(path: str, cfg: SeedsConfig):
     rows = files.map_batches(parse_files, fn_kwargs={"fields": fields}, batch_size=1, batch_format="pyarrow")
     if cfg.limit is not None:
         rows = rows.limit(cfg.limit)
-    return rows.groupby("seed_id").map_groups(dedupe_group, batch_format="pyarrow")
+    by_id = rows.groupby("seed_id", num_partitions=cfg.dedupe_partitions)
+    return by_id.map_groups(dedupe_group, batch_format="pyarrow")
 
 
 class EvolveActor:
@@ -109,11 +110,12 @@ def read_records(records_dir: str, columns: list[str] | None = None):
     from ray.data.datasource import Partitioning
 
     partitioning = Partitioning("hive", base_dir=records_dir, field_types={"round": int})
-    return ray.data.read_parquet(records_dir, columns=columns, partitioning=partitioning)
+    records = ray.data.read_parquet(records_dir, partitioning=partitioning)
+    return records.select_columns(columns) if columns else records
 
 
 def write_training_set(records_dir: str, out_dir: str) -> None:
-    kept = read_records(records_dir).filter(lambda row: row["status"] == KEPT)
+    kept = read_records(records_dir).filter(expr=f"status == '{KEPT}'")
     training = kept.map_batches(training_rows, batch_format="pyarrow")
     training.write_parquet(storage.join(out_dir, "parquet"))
     training.drop_columns(["root_id", "round", "op", "instruction", "input", "response"]) \

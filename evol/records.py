@@ -21,7 +21,7 @@ RECORD_SCHEMA = pa.schema([
     ("round", pa.int64()), ("op", pa.string()),
     ("instruction", pa.string()), ("input", pa.string()), ("response", pa.string()),
     ("status", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
-    ("equality", pa.string()), ("response_truncated", pa.bool_()),
+    ("equality", pa.string()), ("equality_answer", pa.string()), ("response_truncated", pa.bool_()),
     ("instruction_tokens", pa.int64()), ("response_tokens", pa.int64()),
     ("prompt_tokens", pa.int64()), ("generated_tokens", pa.int64()), ("requests", pa.int64()),
     ("gen_seconds", pa.float64()), ("model", pa.string()), ("source", pa.string()), ("line", pa.int64()),

@@ -56,6 +56,7 @@ class Candidate:
     response_tokens: int | None = None
     truncated: bool | None = None
     equality: str = rules.SKIPPED
+    equality_answer: str | None = None
     reason: str | None = None
 
 
@@ -128,7 +129,7 @@ def evolve_round(pool: list[PoolItem], round_index: int, generator: Generator,
                                    settings.judge_sampling)
     for cand, gen in zip(alive, gens):
         cand.cost.add(gen, seconds)
-        cand.equality = rules.parse_equality(gen.text)
+        cand.equality, cand.equality_answer = rules.parse_equality(gen.text), gen.text
         cand.reason = rules.reason_after_equality(cand.equality)
 
     lengths = generator.count_tokens([c.text for c in candidates])
@@ -139,6 +140,7 @@ def evolve_round(pool: list[PoolItem], round_index: int, generator: Generator,
             id=new_id, root_id=cand.parent.root_id, parent_id=cand.parent.id, round=round_index, op=cand.op,
             instruction=cand.text, input=None, response=cand.response,
             status=KEPT if cand.reason is None else ELIMINATED, reason=cand.reason, equality=cand.equality,
+            equality_answer=cand.equality_answer,
             response_truncated=cand.truncated, instruction_tokens=length, response_tokens=cand.response_tokens,
             model=generator.model_name, **cand.cost.columns()))
         next_pool.append(PoolItem(new_id, cand.parent.root_id, cand.text) if cand.reason is None else cand.parent)

@@ -26,6 +26,38 @@ def build_tiny_llama(target: str, seed: int = 0) -> str:
     return target
 
 
+def build_sorry_llama(target: str) -> str:
+    """A tiny Llama whose every next token is " sorry": each answer fails the "sorry" rule.
+
+    Attention and MLP outputs are zero, so the last hidden state is the (normed) input embedding,
+    whose first dimension is always the largest; only the " sorry" row of lm_head reads it.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    build_tiny_llama(target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    model = LlamaForCausalLM.from_pretrained(target)
+    model.config.tie_word_embeddings = False
+    sorry = tokenizer.encode(" sorry", add_special_tokens=False)[0]
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        embed.mul_(0.01)
+        embed[:, 0] = 1.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight = torch.nn.Parameter(torch.zeros_like(embed))
+        model.lm_head.weight[sorry, 0] = 10.0
+    model.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def sorry_llama(tmp_path_factory) -> str:
+    return build_sorry_llama(str(tmp_path_factory.mktemp("models") / "sorry-llama"))
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> str:
     return build_tiny_llama(str(tmp_path_factory.mktemp("models") / "tiny-llama"))

@@ -100,6 +100,7 @@ def test_no_model_call_is_made_for_work_already_lost():
     records, _ = _run(_seeds({"id": "ok", "instruction": "fine", "output": "x"}), rounds=1)
     cand = [x for x in records if x["round"] == 1][0]
     assert cand["requests"] == 3 and cand["equality"] == rules.NOT_EQUAL and cand["generated_tokens"] == 9
+    assert cand["equality_answer"] == "Not Equal"
 
 
 def test_seeds_without_response_get_one_generated():

