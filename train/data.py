@@ -108,11 +108,15 @@ def prepare(cfg: TrainConfig, model_path: str, pad_id: int) -> Prepared:
         raise UserError(f"training data {cfg.data.path} is empty")
     if counts.get("ok", 0) == 0:
         raise UserError(f"no usable training rows in {cfg.data.path}: {counts}")
-    usable = tokenized.filter(expr="status == 'ok'")
+    from ray.data.expressions import col
+
+    usable = tokenized.filter(expr=col("status") == "ok")
     heldout = []
     if d.heldout_fraction > 0:
-        heldout = usable.filter(expr="heldout").select_columns(["id", "input_ids", "labels"]).take(256)
-    train = usable.filter(expr="not heldout").select_columns(["input_ids", "labels", "n_tokens"])
+        heldout = usable.filter(expr=col("heldout") == True)  # noqa: E712 (builds an expression)
+        heldout = heldout.select_columns(["id", "input_ids", "labels"]).take(256)
+    train = usable.filter(expr=col("heldout") == False)  # noqa: E712
+    train = train.select_columns(["input_ids", "labels", "n_tokens"])
     train = train.random_shuffle(seed=d.seed)
     if d.packing:
         train = train.map_batches(pack_batch, batch_size=d.pack_group_rows, batch_format="numpy",

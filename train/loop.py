@@ -118,7 +118,7 @@ def log_metrics(engine, window, step: int, flops_token: float, peak: float) -> d
     real_s = float(sums[3]) / seconds
     return {"step": step, "loss": float(sums[0] / sums[1]), "lr": engine.get_lr()[0],
             "tokens_per_s": float(sums[2]) / seconds, "real_tokens_per_s": real_s,
-            "mfu": mfu(real_s, flops_token, peak * dist.get_world_size()), "time": time.time()}
+            "mfu": mfu(real_s, flops_token, peak * dist.get_world_size()), "window_s": seconds, "time": time.time()}
 
 
 def model_flops(engine, cfg: TrainConfig) -> tuple[float, float]:
