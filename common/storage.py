@@ -39,6 +39,17 @@ def is_nonempty_dir(path: str) -> bool:
     return bool(filesys.get_file_info(fs.FileSelector(inner, recursive=False)))
 
 
+def list_files(path: str) -> list[str]:
+    """Every file under a folder (recursive), as paths of the same kind as `path`."""
+    filesys, inner = filesystem(path)
+    infos = filesys.get_file_info(fs.FileSelector(inner, recursive=True))
+    files = sorted(info.path for info in infos if info.type == fs.FileType.File)
+    if "://" in path:
+        scheme = path.split("://", 1)[0]
+        return [f"{scheme}://{f}" for f in files]
+    return files
+
+
 def delete_dir(path: str) -> None:
     filesys, inner = filesystem(path)
     if filesys.get_file_info(inner).type == fs.FileType.Directory:

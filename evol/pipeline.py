@@ -36,7 +36,15 @@ def preflight(cfg: EvolveConfig) -> str:
     seeds = resolve_seed_path(cfg.seeds.path)
     if not storage.exists(seeds):
         raise UserError(f"seeds.path: {cfg.seeds.path} does not exist")
-    if not storage.is_dir(seeds) and not seeds.lower().endswith(SUPPORTED_SUFFIXES):
+    if storage.is_dir(seeds):
+        files = storage.list_files(seeds)
+        ignored = [f for f in files if not f.lower().endswith(SUPPORTED_SUFFIXES)]
+        if len(ignored) == len(files):
+            raise UserError(f"seeds.path: {cfg.seeds.path} holds no {'/'.join(SUPPORTED_SUFFIXES)} files")
+        if ignored:
+            print(f"warning: seeds.path: ignoring {len(ignored)} file(s) that are not "
+                  f"{'/'.join(SUPPORTED_SUFFIXES)}: {', '.join(os.path.basename(f) for f in ignored[:5])}")
+    elif not seeds.lower().endswith(SUPPORTED_SUFFIXES):
         raise UserError(f"seeds.path: {cfg.seeds.path} is not one of {', '.join(SUPPORTED_SUFFIXES)}")
     if storage.is_nonempty_dir(cfg.output.path):
         if not cfg.output.overwrite:

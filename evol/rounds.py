@@ -152,6 +152,8 @@ def evolve_seed_rows(seeds: list[dict], generator: Generator, settings: EvolveSe
     """All rounds for one batch of seeds: rows are independent, so a batch never waits for others."""
     records, pool = start_pool(seeds, generator, settings, max_instruction_tokens)
     for round_index in range(1, settings.rounds + 1):
+        if not pool:  # every seed of this batch was quarantined
+            break
         round_records, pool = evolve_round(pool, round_index, generator, settings)
         records.extend(round_records)
     return records

@@ -10,7 +10,8 @@ SUMMARY_COLUMNS = ["round", "op", "status", "reason", "equality", "instruction_t
 
 
 def _number(value) -> float:
-    return 0.0 if value is None else float(value)
+    """Nulls arrive as None (python rows) or NaN (numpy batches); both count as zero."""
+    return 0.0 if value is None or value != value else float(value)
 
 
 class SummaryBuilder:

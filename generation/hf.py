@@ -40,9 +40,13 @@ class HFGenerator:
         return PLAIN_TEMPLATE.format(prompt=prompt)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
     def generate(self, prompts: list[str], sampling: SamplingParams) -> list[Generation]:
+        if not prompts:
+            return []
         # Sort by length so each padded batch wastes little; answers go back in input order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)

@@ -68,9 +68,13 @@ def test_failed_evolutions_send_their_parent_back(tmp_path, sorry_llama, local_r
 
 
 def test_bad_rows_are_quarantined_with_reasons(tmp_path, tiny_llama, local_ray):
-    seeds = tmp_path / "seeds.jsonl"
+    """A folder of jsonl + json + parquet seeds with every bad-row kind mixed into good rows."""
+    import pyarrow as pa
+
+    folder = tmp_path / "seeds"
+    folder.mkdir()
     long_instruction = "word " * 300
-    seeds.write_text("\n".join([
+    (folder / "a.jsonl").write_text("\n".join([
         '{"id": "g1", "instruction": "Name three rivers."}',
         '{"id": "g2", "instruction": "Add the numbers.", "input": "1, 2"}',
         '{"id": "bad-json", "instruction": ',
@@ -81,17 +85,25 @@ def test_bad_rows_are_quarantined_with_reasons(tmp_path, tiny_llama, local_ray):
         f'{{"id": "long", "instruction": "{long_instruction}"}}',
         '{"id": "g3", "instruction": "Write a haiku."}',
     ]) + "\n")
-    summary = run_evolve(_config(tmp_path, tiny_llama, f"seeds.path={seeds}", "evolve.rounds=1",
-                                 "seeds.max_instruction_tokens=100"))
+    (folder / "b.json").write_text(json.dumps([{"id": "j1", "instruction": "Define entropy."}, ["not", "object"]]))
+    pq.write_table(pa.table({"id": ["p1", "g2"], "instruction": ["Explain tides.", "Duplicate across files."]}),
+                   folder / "c.parquet")
+    (folder / "notes.txt").write_text("not a seed file: ignored in a folder")
+    summary = run_evolve(_config(tmp_path, tiny_llama, f"seeds.path={folder}", "evolve.rounds=1",
+                                 "seeds.max_instruction_tokens=100", "seeds.limit=null"))
     records = _records(tmp_path)
-    quarantined = records[records["status"] == "quarantined"].set_index("line")
-    assert quarantined["reason"].to_dict() == {3: "malformed_json", 4: "duplicate_id", 5: "empty_instruction",
-                                                6: "instruction_not_string", 7: "missing_instruction",
-                                                8: "too_many_tokens"}
-    assert quarantined.loc[3, "raw"] == '{"id": "bad-json", "instruction": '
-    assert summary["seeds"]["read"] == 9 == summary["seeds"]["used"] + summary["seeds"]["quarantined"]
-    assert summary["seeds"]["used"] == 3 and summary["candidates"] == 3
-    assert sorted(records[(records["round"] == 0) & (records["status"] == "kept")]["id"]) == ["g1", "g2", "g3"]
+    quarantined = records[records["status"] == "quarantined"]
+    reasons = {(src.rsplit("/", 1)[-1], int(line)): reason
+               for src, line, reason in zip(quarantined["source"], quarantined["line"], quarantined["reason"])}
+    assert reasons == {("a.jsonl", 3): "malformed_json", ("a.jsonl", 4): "duplicate_id",
+                       ("a.jsonl", 5): "empty_instruction", ("a.jsonl", 6): "instruction_not_string",
+                       ("a.jsonl", 7): "missing_instruction", ("a.jsonl", 8): "too_many_tokens",
+                       ("b.json", 1): "not_an_object", ("c.parquet", 1): "duplicate_id"}
+    assert set(quarantined[quarantined["reason"] == "malformed_json"]["raw"]) == {'{"id": "bad-json", "instruction": '}
+    assert summary["seeds"]["read"] == 13 == summary["seeds"]["used"] + summary["seeds"]["quarantined"]
+    assert summary["seeds"]["used"] == 5 and summary["candidates"] == 5
+    used = records[(records["round"] == 0) & (records["status"] == "kept")]
+    assert sorted(used["id"]) == ["g1", "g2", "g3", "j1", "p1"]
 
 
 def test_user_mistakes_fail_fast_without_ray(tmp_path):

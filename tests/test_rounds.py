@@ -128,4 +128,18 @@ def test_summary_counts_add_up():
     assert [r["pass_rate"] for r in summary["rounds"]] == [0.5, 0.5, 0.5]
     assert summary["rounds"][0]["eliminated_by_rule"] == {rules.COULD_NOT_ANSWER: 1}
     assert summary["requests"] == sum(x["requests"] or 0 for x in records) == 3 * (3 + 2)
+    # numpy batches carry nulls as NaN: the same rows as columns give the same summary
+    import numpy as np
+    batch = {name: np.array([float("nan") if (x[name] is None and name in ("requests", "gen_seconds",
+             "generated_tokens", "prompt_tokens", "instruction_tokens", "response_tokens")) else x[name]
+             for x in records], dtype=object) for name in records[0]}
+    from_batch = SummaryBuilder()
+    from_batch.add_batch(batch)
+    assert from_batch.build(wall_seconds=2.0) == summary
     assert set(RECORD_SCHEMA.names) >= {"id", "root_id", "parent_id", "round", "op", "status", "reason"}
+
+
+def test_a_batch_of_only_bad_seeds_makes_no_model_call():
+    records, gen = _run(_seeds({"id": "a", "instruction": ""}, {"id": "b", "instruction": 5}), rounds=3)
+    assert [x["status"] for x in records] == ["quarantined", "quarantined"]
+    assert gen.calls == []
