@@ -15,7 +15,6 @@ import pyarrow as pa
 
 from common import storage
 from common.config import UserError
-from common.models import SMALL_MODEL_ALIAS, small_model_gguf
 from common.ray_setup import init_ray
 from evol.config import BUNDLED_PREFIX, EvolveConfig, SeedsConfig
 from evol.records import KEPT, SEED_SCHEMA, TRAINING_SCHEMA, records_table
@@ -23,6 +22,7 @@ from evol.rounds import evolve_seed_rows
 from evol.seeds import SUPPORTED_SUFFIXES, SeedFields, mark_duplicates, parse_seed_file, seed_table
 from evol.summary import SUMMARY_COLUMNS, SummaryBuilder, format_summary
 from evol.templates import user_turn
+from generation.base import check_model_available
 
 
 def resolve_seed_path(path: str) -> str:
@@ -46,24 +46,21 @@ def preflight(cfg: EvolveConfig) -> str:
                   f"{'/'.join(SUPPORTED_SUFFIXES)}: {', '.join(os.path.basename(f) for f in ignored[:5])}")
     elif not seeds.lower().endswith(SUPPORTED_SUFFIXES):
         raise UserError(f"seeds.path: {cfg.seeds.path} is not one of {', '.join(SUPPORTED_SUFFIXES)}")
+    check_model_available(cfg.generation)
     if storage.is_nonempty_dir(cfg.output.path):
         if not cfg.output.overwrite:
             raise UserError(f"output.path: {cfg.output.path} already holds results; "
                             "choose another path or set output.overwrite=true")
         storage.delete_dir(cfg.output.path)
     storage.check_writable(cfg.output.path)
-    model = cfg.generation.model
-    if model == SMALL_MODEL_ALIAS:
-        small_model_gguf()
-    elif model.startswith(("/", "./", "~")) and not os.path.isdir(os.path.expanduser(model)):
-        raise UserError(f"generation.model: {model} is not a folder")
     return seeds
 
 
 def parse_files(batch: pa.Table, fields: SeedFields) -> pa.Table:
+    """Parse whole files; duplicate ids inside one file are marked here, without a shuffle."""
     rows = []
     for data, path in zip(batch.column("bytes").to_pylist(), batch.column("path").to_pylist()):
-        rows.extend(parse_seed_file(data, path, fields))
+        rows.extend(mark_duplicates(parse_seed_file(data, path, fields)))
     return seed_table(rows)
 
 
@@ -76,11 +73,15 @@ def read_seed_rows(path: str, cfg: SeedsConfig):
     import ray
 
     fields = SeedFields(cfg.instruction_field, cfg.input_field, cfg.response_field, cfg.id_field)
-    extensions = [s.lstrip(".") for s in SUPPORTED_SUFFIXES] if storage.is_dir(path) else None
+    folder = storage.is_dir(path)
+    extensions = [s.lstrip(".") for s in SUPPORTED_SUFFIXES] if folder else None
     files = ray.data.read_binary_files(path, include_paths=True, file_extensions=extensions)
     rows = files.map_batches(parse_files, fn_kwargs={"fields": fields}, batch_size=1, batch_format="pyarrow")
     if cfg.limit is not None:
         rows = rows.limit(cfg.limit)
+    if not folder:
+        return rows
+    # Across files only a shuffle by id finds duplicates.
     by_id = rows.groupby("seed_id", num_partitions=cfg.dedupe_partitions)
     return by_id.map_groups(dedupe_group, batch_format="pyarrow")
 

@@ -91,6 +91,9 @@ def start_pool(seeds: list[dict], generator: Generator, settings: EvolveSettings
     gens, seconds = timed_generate(generator, [user_turn(r["instruction"], r["input"]) for r in unanswered],
                                    settings.respond_sampling)
     answers = {row["seed_id"]: gen for row, gen in zip(unanswered, gens)}
+    answered = [row for row in usable if row["response"]]
+    given_lengths = dict(zip((r["seed_id"] for r in answered),
+                             generator.count_tokens([r["response"] for r in answered])))
     for row in usable:
         cost, gen = Cost(), answers.get(row["seed_id"])
         if gen is not None:
@@ -98,7 +101,8 @@ def start_pool(seeds: list[dict], generator: Generator, settings: EvolveSettings
         records.append(empty_record(
             id=row["seed_id"], root_id=row["seed_id"], round=0, op=SEED_OP, instruction=row["instruction"],
             input=row["input"], response=gen.text if gen else row["response"], status=KEPT,
-            instruction_tokens=lengths[row["seed_id"]], response_tokens=gen.completion_tokens if gen else None,
+            instruction_tokens=lengths[row["seed_id"]],
+            response_tokens=gen.completion_tokens if gen else given_lengths[row["seed_id"]],
             response_truncated=(not gen.finished) if gen else None, model=generator.model_name if gen else None,
             source=row["source"], line=row["line"], **cost.columns()))
     pool = [PoolItem(r["seed_id"], r["seed_id"], user_turn(r["instruction"], r["input"])) for r in usable]

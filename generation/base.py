@@ -44,8 +44,29 @@ def _build_hf(cfg: GenerationConfig) -> Generator:
     return HFGenerator(cfg)
 
 
-BACKENDS: dict[str, Callable[[GenerationConfig], Generator]] = {"hf": _build_hf}
+def _build_echo(cfg: GenerationConfig) -> Generator:
+    from generation.echo import EchoGenerator
+
+    return EchoGenerator(cfg)
+
+
+BACKENDS: dict[str, Callable[[GenerationConfig], Generator]] = {"hf": _build_hf, "echo": _build_echo}
 
 
 def build_generator(cfg: GenerationConfig) -> Generator:
     return BACKENDS[cfg.backend](cfg)
+
+
+def check_model_available(cfg: GenerationConfig) -> None:
+    """Cheap checks on the driver, so a wrong model path fails before any actor loads it."""
+    import os
+
+    from common.config import UserError
+    from common.models import SMALL_MODEL_ALIAS, small_model_gguf
+
+    if cfg.backend != "hf":
+        return
+    if cfg.model == SMALL_MODEL_ALIAS:
+        small_model_gguf()
+    elif cfg.model.startswith(("/", "./", "~")) and not os.path.isdir(os.path.expanduser(cfg.model)):
+        raise UserError(f"generation.model: {cfg.model} is not a folder")

@@ -16,7 +16,8 @@ class SamplingConfig(StrictModel):
 
 
 class GenerationConfig(StrictModel):
-    backend: Literal["hf"] = Field("hf", description="hf: transformers in a Ray Data actor pool")
+    backend: Literal["hf", "echo"] = Field(
+        "hf", description="hf: transformers in a Ray Data actor pool; echo: instant canned text (dry runs)")
     model: str = Field(SMALL_MODEL_ALIAS, description="bundled alias, local folder, s3:// folder or hub id")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the actor has a GPU")

@@ -108,7 +108,7 @@ def test_seeds_without_response_get_one_generated():
                              {"id": "b", "instruction": "Add", "input": "1, 2", "output": "3"}), rounds=1)
     seeds = {x["id"]: x for x in records if x["round"] == 0}
     assert seeds["a"]["response"] == "A real and useful answer." and seeds["a"]["requests"] == 1
-    assert seeds["b"]["response"] == "3" and seeds["b"]["requests"] == 0
+    assert seeds["b"]["response"] == "3" and seeds["b"]["requests"] == 0 and seeds["b"]["response_tokens"] == 1
     # context is part of what gets evolved
     cand = [x for x in records if x["round"] == 1 and x["root_id"] == "b"][0]
     assert cand["instruction"].startswith("Add\n\n1, 2")
