@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run evolve test
+.PHONY: setup run evolve train test
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,9 @@ run: evolve
 
 evolve: setup
 	$(PY) -m jobs.evolve --config configs/local.yaml
+
+train: setup
+	$(PY) -m jobs.train --config configs/train_local.yaml
 
 test: setup
 	$(PY) -m pytest tests

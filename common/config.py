@@ -60,17 +60,18 @@ def parse_override(text: str) -> tuple[str, Any]:
 def format_validation_error(error: ValidationError) -> str:
     """First problem as `config error: a.b: message (got X)`; the count of the others if any."""
     first = error.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif first["type"] == "missing":
         message = "required key is missing"
     else:
-        message = first["msg"]
+        message = first["msg"].removeprefix("Value error, ")
         if "input" in first and not isinstance(first["input"], dict):
             message += f" (got {first['input']!r})"
     more = len(error.errors()) - 1
-    return f"config error: {key}: {message}" + (f" (and {more} more)" if more else "")
+    where = f"{key}: " if key else ""
+    return f"config error: {where}{message}" + (f" (and {more} more)" if more else "")
 
 
 def load_config(schema: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:

@@ -6,6 +6,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from common.config import StrictModel
+from common.ray_setup import RayConfig
 
 
 class DataSection(StrictModel):
@@ -94,6 +95,7 @@ class TrainConfig(StrictModel):
     metrics: MetricsSection = MetricsSection()
     sample: SampleSection = SampleSection()
     debug: DebugSection = DebugSection()
+    ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":

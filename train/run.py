@@ -56,11 +56,11 @@ def print_data_report(cfg: TrainConfig, prepared, plan: dict) -> None:
 
 
 def run_train(cfg: TrainConfig) -> dict:
-    import ray
     from transformers import AutoTokenizer
 
     from common import storage
     from common.models import resolve_model
+    from common.ray_setup import init_ray
     from train.data import check_input, prepare
     from train.loop import METRICS_FILE
 
@@ -69,8 +69,7 @@ def run_train(cfg: TrainConfig) -> dict:
     model_path = resolve_model(cfg.model.name)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if not ray.is_initialized():
-        ray.init()
+    init_ray(cfg.ray)
     started = time.time()
     prepared = prepare(cfg, model_path, pad_id)
     plan = make_plan(cfg, prepared.sequences)
