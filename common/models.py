@@ -28,6 +28,11 @@ def resolve_model(name: str) -> str:
     return name  # a local folder, or a hub id that transformers resolves (HF cache / hub)
 
 
+def pin_local_model(name: str) -> str:
+    """A model given as a local folder, made absolute for workers; aliases and hub ids unchanged."""
+    return os.path.abspath(os.path.expanduser(name)) if os.path.isdir(os.path.expanduser(name)) else name
+
+
 def small_model_gguf() -> Path:
     from common.config import UserError
 

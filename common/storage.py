@@ -18,6 +18,11 @@ def filesystem(path: str) -> tuple[fs.FileSystem, str]:
         raise UserError(f"cannot open {path}: {str(exc).splitlines()[0]}") from None
 
 
+def absolute(path: str) -> str:
+    """Ray workers run in folders of their own: a local path handed to them must be absolute."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
 def join(path: str, *parts: str) -> str:
     return posixpath.join(path, *parts) if "://" in path else os.path.join(path, *parts)
 

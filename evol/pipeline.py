@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from common import storage
 from common.config import UserError
+from common.models import pin_local_model
 from common.ray_setup import init_ray
 from evol.config import BUNDLED_PREFIX, EvolveConfig, SeedsConfig
 from evol.records import KEPT, SEED_SCHEMA, TRAINING_SCHEMA, records_table
@@ -99,8 +100,16 @@ class EvolveActor:
         missing = [name for name in SEED_SCHEMA.names if name not in batch.column_names]
         if missing:
             raise ValueError(f"EvolveActor needs seed columns {missing}")
+        started = time.perf_counter()
+        rounds = self.cfg.evolve.rounds
+
+        def progress(round_index: int, records: list[dict]) -> None:
+            kept = sum(r["status"] == KEPT for r in records)
+            print(f"[evolve] batch of {batch.num_rows} seeds: round {round_index}/{rounds} done, "
+                  f"{kept}/{len(records)} kept, {time.perf_counter() - started:.0f} s", flush=True)
+
         records = evolve_seed_rows(batch.to_pylist(), self.generator, self.cfg.evolve,
-                                   self.cfg.seeds.max_instruction_tokens)
+                                   self.cfg.seeds.max_instruction_tokens, on_round=progress)
         return records_table(records)
 
 
@@ -140,6 +149,9 @@ def summarize(records_dir: str, wall_seconds: float) -> dict:
 
 def run_evolve(cfg: EvolveConfig) -> dict:
     seeds_path = preflight(cfg)
+    # Actors run in folders of their own: a model given as a relative local folder must be absolute.
+    cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(
+        update={"model": pin_local_model(cfg.generation.model)})})
     init_ray(cfg.ray)
     started = time.time()
     gen = cfg.generation

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from evol import elimination as rules
 from evol.config import EvolveSettings
@@ -152,12 +153,18 @@ def evolve_round(pool: list[PoolItem], round_index: int, generator: Generator,
 
 
 def evolve_seed_rows(seeds: list[dict], generator: Generator, settings: EvolveSettings,
-                     max_instruction_tokens: int) -> list[dict]:
-    """All rounds for one batch of seeds: rows are independent, so a batch never waits for others."""
+                     max_instruction_tokens: int,
+                     on_round: Callable[[int, list[dict]], None] | None = None) -> list[dict]:
+    """All rounds for one batch of seeds: rows are independent, so a batch never waits for others.
+
+    `on_round(round, records)` is told after each round (progress inside a long batch).
+    """
     records, pool = start_pool(seeds, generator, settings, max_instruction_tokens)
     for round_index in range(1, settings.rounds + 1):
         if not pool:  # every seed of this batch was quarantined
             break
         round_records, pool = evolve_round(pool, round_index, generator, settings)
         records.extend(round_records)
+        if on_round is not None:
+            on_round(round_index, round_records)
     return records

@@ -56,8 +56,13 @@ def test_two_rounds_counts_lineage_and_training_set(tmp_path, tiny_llama, local_
     assert all([m["role"] for m in line["messages"]] == ["user", "assistant"] for line in lines)
 
 
-def test_failed_evolutions_send_their_parent_back(tmp_path, sorry_llama, local_ray):
-    summary = run_evolve(_config(tmp_path, sorry_llama, "seeds.limit=4", "evolve.rounds=2"))
+def test_failed_evolutions_send_their_parent_back(tmp_path, sorry_llama, local_ray, monkeypatch):
+    from pathlib import Path
+
+    # The model is given relative to the driver's folder; actors run elsewhere and must still find it.
+    cfg = _config(tmp_path, Path(sorry_llama).name, "seeds.limit=4", "evolve.rounds=2")
+    monkeypatch.chdir(Path(sorry_llama).parent)
+    summary = run_evolve(cfg)
     records = _records(tmp_path)
     candidates = records[records["round"] > 0]
     assert len(candidates) == 8 and set(candidates["status"]) == {"eliminated"}

@@ -90,6 +90,15 @@ def test_counts_lineage_and_reasons():
     assert len({x["id"] for x in records}) == len(records)
 
 
+def test_progress_is_reported_after_each_round():
+    seen = []
+    seeds = _seeds({"id": "ok", "instruction": "Name rivers", "output": "x"},
+                   {"id": "leak", "instruction": "LEAK", "output": "x"})
+    evolve_seed_rows(seeds, ScriptedGenerator(), EvolveSettings(rounds=3), 50,
+                     on_round=lambda r, recs: seen.append((r, sorted(x["status"] for x in recs))))
+    assert seen == [(r, ["eliminated", "kept"]) for r in (1, 2, 3)]
+
+
 def test_no_model_call_is_made_for_work_already_lost():
     records, _ = _run(_seeds({"id": "leak", "instruction": "LEAK", "output": "x"}), rounds=1)
     cand = [x for x in records if x["round"] == 1][0]

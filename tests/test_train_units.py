@@ -225,3 +225,21 @@ def test_missing_dataset_is_one_line_error_before_ray(tmp_path, capsys):
                  f"output.path={tmp_path}/out"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: training data not found:") and "\n" not in err
+
+
+def test_local_paths_are_made_absolute_for_workers(tmp_path, monkeypatch):
+    from common.config import load_config
+    from train.config import TrainConfig
+    from train.run import with_absolute_paths
+
+    (tmp_path / "my-model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(TrainConfig, None, ["data.path=data/parquet", "output.path=s3://bucket/model",
+                                          "model.name=my-model", "checkpoint.storage_path=runs"])
+    fixed = with_absolute_paths(cfg)
+    assert fixed.data.path == str(tmp_path / "data" / "parquet")
+    assert fixed.output.path == "s3://bucket/model"
+    assert fixed.model.name == str(tmp_path / "my-model")
+    assert fixed.checkpoint.storage_path == str(tmp_path / "runs")
+    hub = with_absolute_paths(load_config(TrainConfig, None, ["model.name=meta-llama/Llama-2-7b-hf"]))
+    assert hub.model.name == "meta-llama/Llama-2-7b-hf"

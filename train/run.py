@@ -3,15 +3,23 @@ print where the model is and what it learned."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from common.config import UserError
 from train.config import TrainConfig
 
 
-def storage_uri(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Workers run in another folder: local paths must not be relative to the driver's."""
+    from common.models import pin_local_model
+    from common.storage import absolute
+
+    return cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"path": absolute(cfg.data.path)}),
+        "model": cfg.model.model_copy(update={"name": pin_local_model(cfg.model.name)}),
+        "output": cfg.output.model_copy(update={"path": absolute(cfg.output.path)}),
+        "checkpoint": cfg.checkpoint.model_copy(update={"storage_path": absolute(cfg.checkpoint.storage_path)}),
+    })
 
 
 def make_plan(cfg: TrainConfig, sequences: int) -> dict:
@@ -34,7 +42,7 @@ def build_trainer(cfg: TrainConfig, plan: dict, train_ds):
         train_loop_config={"config": cfg.model_dump(mode="json"), "plan": plan},
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker} | ({"GPU": 1} if s.use_gpu else {})),
-        run_config=RunConfig(name=cfg.name, storage_path=storage_uri(cfg.checkpoint.storage_path),
+        run_config=RunConfig(name=cfg.name, storage_path=cfg.checkpoint.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
                              failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures)),
         datasets={"train": train_ds},
@@ -64,6 +72,7 @@ def run_train(cfg: TrainConfig) -> dict:
     from train.data import check_input, prepare
     from train.loop import METRICS_FILE
 
+    cfg = with_absolute_paths(cfg)
     check_input(cfg.data.path)
     storage.check_writable(cfg.output.path)
     model_path = resolve_model(cfg.model.name)
