@@ -24,7 +24,9 @@ def ray_head(tmp_path_factory):
     """A head started with --block, so stopping it ends only the processes it started."""
     temp = Path("/tmp") / f"evolray-head-{os.getpid()}"  # short: Ray's socket paths have a length limit
     dashboard = _free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="token")
+    # The entrypoint's `python` must be this environment's, as it is the cluster's on a real cluster.
+    env = dict(os.environ, RAY_AUTH_MODE="token",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={_free_port()}", f"--temp-dir={temp}", "--dashboard-host=127.0.0.1",
                              f"--dashboard-port={dashboard}", "--num-cpus=2", "--disable-usage-stats"],
