@@ -28,6 +28,16 @@ def resolve_model(name: str) -> str:
     return name  # a local folder, or a hub id that transformers resolves (HF cache / hub)
 
 
+def check_model(name: str, key: str) -> None:
+    """Cheap driver-side check, so a wrong model fails in a second and not inside a worker."""
+    from common.config import UserError
+
+    if name == SMALL_MODEL_ALIAS:
+        small_model_gguf()
+    elif name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name)):
+        raise UserError(f"{key}: {name} is not a folder")
+
+
 def pin_local_model(name: str) -> str:
     """A model given as a local folder, made absolute for workers; aliases and hub ids unchanged."""
     return os.path.abspath(os.path.expanduser(name)) if os.path.isdir(os.path.expanduser(name)) else name
@@ -85,14 +95,22 @@ def download_from_s3(uri: str) -> Path:
 
     from pyarrow import fs
 
+    from common.config import UserError
+
     target = cache_dir() / "s3" / hashlib.sha1(uri.encode()).hexdigest()[:16]
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".download-"))
-    try:
-        fs.copy_files(uri, str(tmp), destination_filesystem=fs.LocalFileSystem())
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # several actors of one node may ask at once
+        if (target / "config.json").exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".download-"))
+        try:
+            fs.copy_files(uri, str(tmp), destination_filesystem=fs.LocalFileSystem())
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise UserError(f"cannot download model {uri}: {str(exc).splitlines()[0]}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -48,6 +48,8 @@ def preflight(cfg: EvolveConfig) -> str:
     elif not seeds.lower().endswith(SUPPORTED_SUFFIXES):
         raise UserError(f"seeds.path: {cfg.seeds.path} is not one of {', '.join(SUPPORTED_SUFFIXES)}")
     check_model_available(cfg.generation)
+    if storage.absolute(seeds).startswith(storage.absolute(cfg.output.path).rstrip("/") + "/"):
+        raise UserError(f"output.path: {cfg.output.path} contains the seeds; choose another output folder")
     if storage.is_nonempty_dir(cfg.output.path):
         if not cfg.output.overwrite:
             raise UserError(f"output.path: {cfg.output.path} already holds results; "
@@ -147,20 +149,29 @@ def summarize(records_dir: str, wall_seconds: float) -> dict:
     return builder.build(wall_seconds)
 
 
+def with_absolute_paths(cfg: EvolveConfig) -> EvolveConfig:
+    """Ray workers run in folders of their own: local paths must not be relative to the driver's."""
+    return cfg.model_copy(update={
+        "seeds": cfg.seeds.model_copy(update={"path": storage.absolute(resolve_seed_path(cfg.seeds.path))}),
+        "output": cfg.output.model_copy(update={"path": storage.absolute(cfg.output.path)}),
+        "generation": cfg.generation.model_copy(update={"model": pin_local_model(cfg.generation.model)}),
+    })
+
+
 def run_evolve(cfg: EvolveConfig) -> dict:
-    seeds_path = preflight(cfg)
-    # Actors run in folders of their own: a model given as a relative local folder must be absolute.
-    cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(
-        update={"model": pin_local_model(cfg.generation.model)})})
+    preflight(cfg)
+    cfg = with_absolute_paths(cfg)
     init_ray(cfg.ray)
     started = time.time()
     gen = cfg.generation
-    seeds = read_seed_rows(seeds_path, cfg.seeds)
+    seeds = read_seed_rows(cfg.seeds.path, cfg.seeds)
     records = seeds.map_batches(
         EvolveActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=gen.batch_size, batch_format="pyarrow",
         concurrency=tuple(gen.concurrency), num_cpus=gen.num_cpus, num_gpus=gen.num_gpus)
     records_dir = storage.join(cfg.output.path, "records")
     records.write_parquet(records_dir, partition_cols=["status", "round"])
+    if not storage.exists(records_dir):
+        raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
     write_training_set(records_dir, storage.join(cfg.output.path, "training"))
     summary = summarize(records_dir, time.time() - started)
     summary["output"] = cfg.output.path

@@ -6,7 +6,6 @@ back to the pool unchanged. Pure apart from `generator`, so it is tested without
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -83,7 +82,7 @@ def start_pool(seeds: list[dict], generator: Generator, settings: EvolveSettings
                        detail=f"{lengths[row['seed_id']]} tokens > limit {max_instruction_tokens}")
         if row["error"] is not None:
             records.append(empty_record(
-                id=f"quarantined:{os.path.basename(row['source'])}:{row['line']}", root_id=row["seed_id"],
+                id=f"quarantined:{row['source']}:{row['line']}", root_id=row["seed_id"],
                 round=0, op=SEED_OP, instruction=row["instruction"], input=row["input"], status=QUARANTINED,
                 reason=row["error"], detail=row["detail"], source=row["source"], line=row["line"], raw=row["raw"]))
         else:

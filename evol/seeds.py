@@ -37,6 +37,11 @@ class SeedFields:
     id: str | None = None
 
 
+def default_seed_id(source: str, line: int) -> str:
+    """FILE:LINE with the whole path: two folders may both hold a part-0.jsonl."""
+    return f"{source}:{line}"
+
+
 def _row(source: str, line: int, **values) -> dict:
     row = {name: None for name in SEED_SCHEMA.names}
     row.update(source=source, line=line, **values)
@@ -51,7 +56,7 @@ def _optional_text(value) -> tuple[str | None, bool]:
 
 
 def validate_record(obj, fields: SeedFields, source: str, line: int, raw: str) -> dict:
-    default_id = f"{os.path.basename(source)}:{line}"
+    default_id = default_seed_id(source, line)
     if not isinstance(obj, dict):
         return _row(source, line, seed_id=default_id, error=NOT_AN_OBJECT, raw=raw[:RAW_LIMIT],
                     detail=f"expected a JSON object, got {type(obj).__name__}")
@@ -83,7 +88,7 @@ def parse_jsonl(data: bytes, source: str, fields: SeedFields) -> list[dict]:
         try:
             obj = json.loads(raw_line)
         except json.JSONDecodeError as exc:
-            rows.append(_row(source, number, seed_id=f"{os.path.basename(source)}:{number}",
+            rows.append(_row(source, number, seed_id=default_seed_id(source, number),
                              error=MALFORMED_JSON, detail=str(exc), raw=raw_line[:RAW_LIMIT]))
             continue
         rows.append(validate_record(obj, fields, source, number, raw_line))
@@ -96,7 +101,7 @@ def parse_json_array(data: bytes, source: str, fields: SeedFields) -> list[dict]
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        return [_row(source, 0, seed_id=f"{os.path.basename(source)}:0", error=MALFORMED_JSON,
+        return [_row(source, 0, seed_id=default_seed_id(source, 0), error=MALFORMED_JSON,
                      detail=str(exc), raw=text[:RAW_LIMIT])]
     items = obj if isinstance(obj, list) else [obj]
     return [validate_record(item, fields, source, index, json.dumps(item, ensure_ascii=False))
@@ -114,12 +119,12 @@ def parse_seed_file(data: bytes, source: str, fields: SeedFields) -> list[dict]:
     parser = {".jsonl": parse_jsonl, ".ndjson": parse_jsonl, ".json": parse_json_array,
               ".parquet": parse_parquet}.get(suffix)
     if parser is None:
-        return [_row(source, 0, seed_id=f"{os.path.basename(source)}:0", error=UNREADABLE_FILE,
+        return [_row(source, 0, seed_id=default_seed_id(source, 0), error=UNREADABLE_FILE,
                      detail=f"unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")]
     try:
         return parser(data, source, fields)
     except Exception as exc:  # a corrupt parquet file is one quarantined row, not a crash
-        return [_row(source, 0, seed_id=f"{os.path.basename(source)}:0", error=UNREADABLE_FILE,
+        return [_row(source, 0, seed_id=default_seed_id(source, 0), error=UNREADABLE_FILE,
                      detail=f"{type(exc).__name__}: {exc}"[:RAW_LIMIT])]
 
 

@@ -59,14 +59,7 @@ def build_generator(cfg: GenerationConfig) -> Generator:
 
 def check_model_available(cfg: GenerationConfig) -> None:
     """Cheap checks on the driver, so a wrong model path fails before any actor loads it."""
-    import os
+    from common.models import check_model
 
-    from common.config import UserError
-    from common.models import SMALL_MODEL_ALIAS, small_model_gguf
-
-    if cfg.backend != "hf":
-        return
-    if cfg.model == SMALL_MODEL_ALIAS:
-        small_model_gguf()
-    elif cfg.model.startswith(("/", "./", "~")) and not os.path.isdir(os.path.expanduser(cfg.model)):
-        raise UserError(f"generation.model: {cfg.model} is not a folder")
+    if cfg.backend == "hf":
+        check_model(cfg.model, "generation.model")

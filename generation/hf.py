@@ -23,6 +23,7 @@ class HFGenerator:
         self.model_name = cfg.model
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "left"
+        self.tokenizer.truncation_side = "left"  # keep the end of the prompt: the assistant header
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())

@@ -118,6 +118,20 @@ def test_user_mistakes_fail_fast_without_ray(tmp_path):
     (tmp_path / "out" / "x").write_text("old")
     with pytest.raises(UserError, match="already holds results"):
         run_evolve(load_config(EvolveConfig, "configs/tiny.yaml", [f"output.path={tmp_path / 'out'}"]))
+    (tmp_path / "out" / "seeds.jsonl").write_text('{"instruction": "x"}\n')
+    with pytest.raises(UserError, match="contains the seeds"):
+        run_evolve(load_config(EvolveConfig, "configs/tiny.yaml", [
+            f"output.path={tmp_path / 'out'}", f"seeds.path={tmp_path / 'out' / 'seeds.jsonl'}",
+            "output.overwrite=true"]))
+    assert (tmp_path / "out" / "seeds.jsonl").exists()
+
+
+def test_a_seed_file_without_rows_is_a_clear_error(tmp_path, local_ray):
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(UserError, match="holds no seed rows"):
+        run_evolve(load_config(EvolveConfig, "configs/tiny.yaml", [
+            f"seeds.path={tmp_path / 'empty.jsonl'}", f"output.path={tmp_path / 'out'}",
+            "generation.backend=echo"]))
 
 
 @pytest.mark.parametrize("override, message", [

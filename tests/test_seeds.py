@@ -19,7 +19,7 @@ def test_good_rows_parse_with_ids_input_and_response():
     assert [r["error"] for r in rows] == [None, None]
     assert rows[0]["seed_id"] == "7" and rows[0]["instruction"] == "Add"
     assert rows[0]["input"] == "1, 2" and rows[0]["response"] == "3"
-    assert rows[1]["seed_id"] == "seeds.jsonl:2" and rows[1]["input"] is None and rows[1]["response"] is None
+    assert rows[1]["seed_id"] == "/d/seeds.jsonl:2" and rows[1]["input"] is None and rows[1]["response"] is None
     assert rows[1]["line"] == 2
 
 

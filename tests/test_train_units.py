@@ -243,3 +243,22 @@ def test_local_paths_are_made_absolute_for_workers(tmp_path, monkeypatch):
     assert fixed.checkpoint.storage_path == str(tmp_path / "runs")
     hub = with_absolute_paths(load_config(TrainConfig, None, ["model.name=meta-llama/Llama-2-7b-hf"]))
     assert hub.model.name == "meta-llama/Llama-2-7b-hf"
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda t: [f"model.name={t}/no-such-model"], "error: model.name: "),
+    (lambda t: [f"output.path={t}/evolve-out"], "error: output.path: "),
+])
+def test_wrong_model_or_a_non_export_output_fail_before_ray(tmp_path, capsys, make_args, message):
+    from jobs.train import main
+    from train.fixtures import synthetic_rows, write_evolved_parquet
+
+    data = tmp_path / "data"
+    write_evolved_parquet(data, synthetic_rows(8))
+    (tmp_path / "evolve-out").mkdir()
+    (tmp_path / "evolve-out" / "summary.json").write_text("{}")
+    args = [f"data.path={data}", f"output.path={tmp_path}/model", *make_args(tmp_path)]
+    code = main(["--config", "configs/train_local.yaml", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(message) and "\n" not in err
+    assert (tmp_path / "evolve-out" / "summary.json").exists()

@@ -108,7 +108,7 @@ def export_hf_model(engine, cfg: TrainConfig, tokenizer, target: str) -> None:
     module.config.use_cache = True
     module.config.dtype = dtype
     module.generation_config.eos_token_id = tokenizer.eos_token_id
-    module.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+    module.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     local = Path(tempfile.mkdtemp(prefix="evolray-export-"))
     try:
         module.save_pretrained(local, state_dict=state)

@@ -67,13 +67,18 @@ def run_train(cfg: TrainConfig) -> dict:
     from transformers import AutoTokenizer
 
     from common import storage
-    from common.models import resolve_model
+    from common.models import check_model, resolve_model
     from common.ray_setup import init_ray
     from train.data import check_input, prepare
     from train.loop import METRICS_FILE
 
     cfg = with_absolute_paths(cfg)
+    check_model(cfg.model.name, "model.name")
     check_input(cfg.data.path)
+    if storage.is_nonempty_dir(cfg.output.path) and not storage.exists(storage.join(cfg.output.path, "config.json")):
+        # The export replaces output.path: never let it delete a folder that is not an earlier export.
+        raise UserError(f"output.path: {cfg.output.path} holds files that are not a model export; "
+                        "choose another folder")
     storage.check_writable(cfg.output.path)
     model_path = resolve_model(cfg.model.name)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
