@@ -48,9 +48,15 @@ def ray_head(tmp_path_factory):
 
 
 def _submit(address, env, *args):
-    return subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
-                           "python", "-m", "jobs.evolve", "--config", "configs/tiny.yaml", *args],
-                          env=env, capture_output=True, text=True, timeout=600)
+    """Submit and wait; the head's job agent starts a little after its dashboard, so retry that."""
+    deadline = time.time() + 120
+    while True:
+        proc = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
+                               "python", "-m", "jobs.evolve", "--config", "configs/tiny.yaml", *args],
+                              env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in proc.stderr + proc.stdout or time.time() > deadline:
+            return proc
+        time.sleep(3)
 
 
 def test_submitted_evolve_job_succeeds_and_a_bad_config_fails_with_one_line(ray_head, tmp_path):
