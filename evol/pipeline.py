@@ -136,7 +136,7 @@ def read_records(records_dir: str, columns: list[str] | None = None):
 
 def write_training_set(records_dir: str, out_dir: str) -> None:
     kept = read_records(records_dir).filter(expr=f"status == '{KEPT}'")
-    training = kept.map_batches(training_rows, batch_format="pyarrow")
+    training = kept.map_batches(training_rows, batch_format="pyarrow").materialize()  # one pass, two writes
     training.write_parquet(storage.join(out_dir, "parquet"))
     training.drop_columns(["root_id", "round", "op", "instruction", "input", "response"]) \
         .write_json(storage.join(out_dir, "jsonl"))

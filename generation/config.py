@@ -21,8 +21,9 @@ class GenerationConfig(StrictModel):
     model: str = Field(SMALL_MODEL_ALIAS, description="bundled alias, local folder, s3:// folder or hub id")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the actor has a GPU")
-    prompt_format: Literal["chat", "plain"] = Field(
-        "chat", description="chat: the tokenizer's chat template; plain: '{prompt}\\n\\n### Response:'")
+    prompt_format: Literal["chat", "plain", "raw"] = Field(
+        "chat", description="chat: the tokenizer's chat template; plain: '{prompt}\\n\\n### Response:'; "
+                            "raw: the prompt is already formatted")
     batch_size: int = Field(8, ge=1, description="rows per actor call and per batched generate()")
     concurrency: tuple[int, int] = Field((1, 1), description="[min, max] actors of the autoscaled pool")
     num_cpus: float = Field(1.0, ge=0.0, description="CPUs reserved per actor")

@@ -35,6 +35,8 @@ class HFGenerator:
         self.use_chat = cfg.prompt_format == "chat" and bool(self.tokenizer.chat_template)
 
     def _render(self, prompt: str) -> str:
+        if self.cfg.prompt_format == "raw":
+            return prompt
         if self.use_chat:
             return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                       tokenize=False, add_generation_prompt=True)

@@ -26,13 +26,15 @@ def heldout_key(row_id: str, seed: int) -> float:
 class Tokenize:
     """Ray Data callable class: loads the tokenizer once per actor, maps batches of rows."""
 
-    def __init__(self, model_path: str, template: str, max_length: int, policy: str, seed: int,
+    def __init__(self, model_name: str, template: str, max_length: int, policy: str, seed: int,
                  heldout_fraction: float):
         from transformers import AutoTokenizer
 
+        from common.models import resolve_model
         from train.masking import hf_encoder
 
-        self.encoder = hf_encoder(AutoTokenizer.from_pretrained(model_path))
+        # Resolved here, on the actor's node: the driver's cache path may not exist on other nodes.
+        self.encoder = hf_encoder(AutoTokenizer.from_pretrained(resolve_model(model_name)))
         self.args = (template, max_length, policy)
         self.seed, self.fraction = seed, heldout_fraction
 
@@ -83,7 +85,7 @@ def count_statuses(tokenized) -> tuple[int, dict[str, int], int]:
     return sum(counts.values()), dict(counts), truncated
 
 
-def prepare(cfg: TrainConfig, model_path: str, pad_id: int) -> Prepared:
+def prepare(cfg: TrainConfig, pad_id: int) -> Prepared:
     import ray
 
     check_input(cfg.data.path)
@@ -101,7 +103,7 @@ def prepare(cfg: TrainConfig, model_path: str, pad_id: int) -> Prepared:
     d = cfg.data
     tokenized = ds.map_batches(Tokenize, batch_format="pyarrow", batch_size=256,
                                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
-                               fn_constructor_args=(model_path, d.template, d.max_length, d.truncation,
+                               fn_constructor_args=(cfg.model.name, d.template, d.max_length, d.truncation,
                                                     d.seed, d.heldout_fraction)).materialize()
     rows_read, counts, truncated = count_statuses(tokenized)
     if rows_read == 0:

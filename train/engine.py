@@ -11,7 +11,6 @@ from pathlib import Path
 
 from train.config import TrainConfig
 
-TORCH_EXTENSIONS_DIR = str(Path.home() / ".cache" / "evolray" / "torch_extensions")
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict:
@@ -54,7 +53,9 @@ def _torch_dtype(name: str):
 
 def build_engine(cfg: TrainConfig, model_path: str, total_steps: int):
     """deepspeed.initialize on this worker; the process group is Ray Train's (nccl or gloo)."""
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", TORCH_EXTENSIONS_DIR)
+    from common.models import cache_dir
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
     import deepspeed
     import torch
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup

@@ -85,7 +85,7 @@ def run_train(cfg: TrainConfig) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     init_ray(cfg.ray)
     started = time.time()
-    prepared = prepare(cfg, model_path, pad_id)
+    prepared = prepare(cfg, pad_id)
     plan = make_plan(cfg, prepared.sequences)
     print_data_report(cfg, prepared, plan)
     heldout = [(list(map(int, r["input_ids"])), list(map(int, r["labels"]))) for r in prepared.heldout]
@@ -95,7 +95,7 @@ def run_train(cfg: TrainConfig) -> dict:
         raise RuntimeError(f"training failed: {result.error}")
     summary = summarize(cfg, prepared, plan, time.time() - started)
     if cfg.sample.generate and heldout:
-        summary["sample"] = generate_sample(cfg, heldout[0])
+        summary["sample"] = generate_sample(cfg, tokenizer, heldout[0])
         print(f"[train] held-out sample\n--- prompt ---\n{summary['sample']['prompt']}\n--- reference ---\n"
               f"{summary['sample']['reference']}\n--- fine-tuned model ---\n{summary['sample']['generated']}")
     metrics_path = storage.join(cfg.output.path, METRICS_FILE)
@@ -129,26 +129,22 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def generate_sample(cfg: TrainConfig, example: tuple) -> dict:
-    """Greedy answer of the exported model to one held-out prompt, in a Ray task on a worker-like node."""
+def generate_sample(cfg: TrainConfig, tokenizer, example: tuple) -> dict:
+    """Greedy answer of the exported model to one held-out prompt, through the shared generation
+    layer, in a Ray task on a worker-like node. The prompt is already in the training template."""
     import ray
 
-    task = ray.remote(num_cpus=1, num_gpus=1 if cfg.scaling.use_gpu else 0)(_generate)
-    return ray.get(task.remote(cfg.output.path, example, cfg.sample.max_new_tokens))
-
-
-def _generate(model_path: str, example: tuple, max_new_tokens: int) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from common.models import resolve_model
-
-    path = resolve_model(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, device_map="cuda" if torch.cuda.is_available() else None)
     ids, labels = example
     prompt_len = next(i for i, label in enumerate(labels) if label != -100 and i > 0)
-    prompt = torch.tensor([ids[:prompt_len]], device=model.device)
-    out = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False)
-    return {"prompt": tokenizer.decode(ids[:prompt_len]), "reference": tokenizer.decode(ids[prompt_len:]),
-            "generated": tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)}
+    prompt, reference = tokenizer.decode(ids[:prompt_len]), tokenizer.decode(ids[prompt_len:])
+    task = ray.remote(num_cpus=1, num_gpus=1 if cfg.scaling.use_gpu else 0)(_generate)
+    generated = ray.get(task.remote(cfg.output.path, prompt, cfg.sample.max_new_tokens))
+    return {"prompt": prompt, "reference": reference, "generated": generated}
+
+
+def _generate(model: str, prompt: str, max_new_tokens: int) -> str:
+    from generation import GenerationConfig, SamplingParams, build_generator
+
+    generator = build_generator(GenerationConfig(model=model, prompt_format="raw", dtype="auto"))
+    [answer] = generator.generate([prompt], SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_new_tokens))
+    return answer.text
