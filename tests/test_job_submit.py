@@ -27,8 +27,12 @@ def ray_head(tmp_path_factory):
     # The entrypoint's `python` must be this environment's, as it is the cluster's on a real cluster.
     env = dict(os.environ, RAY_AUTH_MODE="token",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                             f"--port={_free_port()}", f"--temp-dir={temp}", "--dashboard-host=127.0.0.1",
+    # Every port of its own: another Ray (the suite's session cluster) may hold the default ones.
+    ports = [f"--{name}={_free_port()}" for name in (
+        "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
+    head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", *ports,
+                             f"--temp-dir={temp}", "--dashboard-host=127.0.0.1",
                              f"--dashboard-port={dashboard}", "--num-cpus=2", "--disable-usage-stats"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard}"
