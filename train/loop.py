@@ -138,11 +138,20 @@ def model_flops(engine, cfg: TrainConfig) -> tuple[float, float]:
 
 
 def maybe_kill(cfg: TrainConfig, state: RunState, rank: int) -> None:
-    """Fault injection for the resume test: a real SIGKILL of one worker, first attempt only."""
-    if (cfg.debug.kill_at_step == state.step and rank == cfg.debug.kill_worker_rank
-            and state.restored_from is None):
-        print(f"[debug] killing worker rank {rank} at step {state.step}", flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Fault injection for the resume test: a real SIGKILL of one worker, once per run name."""
+    from common import storage
+
+    if cfg.debug.kill_at_step != state.step or rank != cfg.debug.kill_worker_rank:
+        return
+    marker = storage.join(cfg.checkpoint.storage_path, cfg.name, ".debug-killed")
+    if storage.exists(marker):
+        return
+    storage.write_text(marker, f"killed rank {rank} at step {state.step}\n")
+    # Ray Train's controller takes reported checkpoints by polling the workers: give it time to
+    # see the last one, so that the restart resumes from it and not from the start.
+    time.sleep(5)
+    print(f"[debug] killing worker rank {rank} at step {state.step}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_epochs(engine, cfg: TrainConfig, plan: Plan, state: RunState, pad_id: int) -> None:
