@@ -88,7 +88,6 @@ def count_statuses(tokenized) -> tuple[int, dict[str, int], int]:
 def prepare(cfg: TrainConfig, pad_id: int) -> Prepared:
     import ray
 
-    check_input(cfg.data.path)
     try:
         ds = ray.data.read_parquet(cfg.data.path)
         columns = set(ds.schema().names)

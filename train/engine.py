@@ -100,6 +100,8 @@ def full_state_dict(engine, cfg: TrainConfig) -> dict | None:
 
 def export_hf_model(engine, cfg: TrainConfig, tokenizer, target: str) -> None:
     """Rank 0 writes safetensors + config + generation config + tokenizer to `target` (local/s3)."""
+    from train.masking import pad_id_of
+
     state = full_state_dict(engine, cfg)
     if state is None:
         return
@@ -109,7 +111,7 @@ def export_hf_model(engine, cfg: TrainConfig, tokenizer, target: str) -> None:
     module.config.use_cache = True
     module.config.dtype = dtype
     module.generation_config.eos_token_id = tokenizer.eos_token_id
-    module.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    module.generation_config.pad_token_id = pad_id_of(tokenizer)
     local = Path(tempfile.mkdtemp(prefix="evolray-export-"))
     try:
         module.save_pretrained(local, state_dict=state)

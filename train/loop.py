@@ -203,12 +203,13 @@ def train_loop(loop_config: dict) -> None:
 
     from common.models import resolve_model
     from train.engine import build_engine, export_hf_model
+    from train.masking import pad_id_of
 
     cfg = TrainConfig.model_validate(loop_config["config"])
     plan = Plan(**loop_config["plan"])
     model_path = resolve_model(cfg.model.name)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     engine = build_engine(cfg, model_path, plan.total_steps)
     state = restore(engine)
     if state.heldout_loss_before is None:

@@ -23,11 +23,16 @@ class Encoder:
     render_chat: Callable | None = None  # apply_chat_template(messages, add_generation_prompt)
 
 
+def pad_id_of(tokenizer) -> int:
+    """Many causal LMs have no pad token; their EOS serves, as the attention mask hides it."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def hf_encoder(tokenizer) -> Encoder:
     """Adapter from a transformers tokenizer."""
     probe = tokenizer("a").input_ids
     adds_bos = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id_of(tokenizer)
 
     def render(messages, add_generation_prompt):
         return tokenizer.apply_chat_template(messages, tokenize=False,

@@ -70,6 +70,7 @@ def run_train(cfg: TrainConfig) -> dict:
     from common.models import check_model, resolve_model
     from common.ray_setup import init_ray
     from train.data import check_input, prepare
+    from train.masking import pad_id_of
     from train.loop import METRICS_FILE
 
     cfg = with_absolute_paths(cfg)
@@ -82,7 +83,7 @@ def run_train(cfg: TrainConfig) -> dict:
     storage.check_writable(cfg.output.path)
     model_path = resolve_model(cfg.model.name)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     init_ray(cfg.ray)
     started = time.time()
     prepared = prepare(cfg, pad_id)
