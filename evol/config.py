@@ -51,5 +51,7 @@ class EvolveConfig(StrictModel):
     seeds: SeedsConfig = SeedsConfig()
     evolve: EvolveSettings = EvolveSettings()
     generation: GenerationConfig = GenerationConfig()
+    judge: GenerationConfig | None = Field(
+        None, description="the equality check's own model/backend (the paper used ChatGPT); None: `generation`")
     output: OutputConfig = OutputConfig()
     ray: RayConfig = RayConfig()

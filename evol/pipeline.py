@@ -19,11 +19,11 @@ from common.models import pin_local_model
 from common.ray_setup import init_ray
 from evol.config import BUNDLED_PREFIX, EvolveConfig, SeedsConfig
 from evol.records import KEPT, SEED_SCHEMA, TRAINING_SCHEMA, records_table
-from evol.rounds import evolve_seed_rows
+from evol.rounds import Roles, evolve_rows
 from evol.seeds import SUPPORTED_SUFFIXES, SeedFields, mark_duplicates, parse_seed_file, seed_table
 from evol.summary import SUMMARY_COLUMNS, SummaryBuilder, format_summary
 from evol.templates import user_turn
-from generation.base import check_model_available
+from generation import GenerationConfig, check_model_available
 
 
 def resolve_seed_path(path: str) -> str:
@@ -47,7 +47,9 @@ def preflight(cfg: EvolveConfig) -> str:
                   f"{'/'.join(SUPPORTED_SUFFIXES)}: {', '.join(os.path.basename(f) for f in ignored[:5])}")
     elif not seeds.lower().endswith(SUPPORTED_SUFFIXES):
         raise UserError(f"seeds.path: {cfg.seeds.path} is not one of {', '.join(SUPPORTED_SUFFIXES)}")
-    check_model_available(cfg.generation)
+    check_model_available(cfg.generation, "generation")
+    if cfg.judge is not None:
+        check_model_available(cfg.judge, "judge")
     if storage.absolute(seeds).startswith(storage.absolute(cfg.output.path).rstrip("/") + "/"):
         raise UserError(f"output.path: {cfg.output.path} contains the seeds; choose another output folder")
     if storage.is_nonempty_dir(cfg.output.path):
@@ -90,28 +92,33 @@ def read_seed_rows(path: str, cfg: SeedsConfig):
 
 
 class EvolveActor:
-    """Ray Data callable class. Needs SEED_SCHEMA columns; yields RECORD_SCHEMA rows."""
+    """Ray Data async callable class. Needs SEED_SCHEMA columns; yields RECORD_SCHEMA rows.
+
+    Every row's chain runs as its own coroutine, and several calls are in flight per actor, so
+    the engine always has requests from many chains and rounds to batch.
+    """
 
     def __init__(self, cfg: EvolveConfig):
         from generation import build_generator
 
         self.cfg = cfg
-        self.generator = build_generator(cfg.generation)
+        writer = build_generator(cfg.generation)
+        judge = build_generator(cfg.judge) if cfg.judge is not None else writer
+        self.roles = Roles(writer=writer, judge=judge)
+        self.started = time.perf_counter()
+        self.seeds_done = 0
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    async def __call__(self, batch: pa.Table) -> pa.Table:
         missing = [name for name in SEED_SCHEMA.names if name not in batch.column_names]
         if missing:
             raise ValueError(f"EvolveActor needs seed columns {missing}")
-        started = time.perf_counter()
-        rounds = self.cfg.evolve.rounds
-
-        def progress(round_index: int, records: list[dict]) -> None:
-            kept = sum(r["status"] == KEPT for r in records)
-            print(f"[evolve] batch of {batch.num_rows} seeds: round {round_index}/{rounds} done, "
-                  f"{kept}/{len(records)} kept, {time.perf_counter() - started:.0f} s", flush=True)
-
-        records = evolve_seed_rows(batch.to_pylist(), self.generator, self.cfg.evolve,
-                                   self.cfg.seeds.max_instruction_tokens, on_round=progress)
+        records = await evolve_rows(batch.to_pylist(), self.roles, self.cfg.evolve,
+                                    self.cfg.seeds.max_instruction_tokens)
+        self.seeds_done += batch.num_rows
+        kept = sum(r["status"] == KEPT and r["round"] > 0 for r in records)
+        candidates = sum(r["round"] > 0 for r in records)
+        print(f"[evolve] {batch.num_rows} seeds done ({self.seeds_done} by this actor): {kept}/{candidates} "
+              f"candidates kept, {time.perf_counter() - self.started:.0f} s", flush=True)
         return records_table(records)
 
 
@@ -135,7 +142,9 @@ def read_records(records_dir: str, columns: list[str] | None = None):
 
 
 def write_training_set(records_dir: str, out_dir: str) -> None:
-    kept = read_records(records_dir).filter(expr=f"status == '{KEPT}'")
+    from ray.data.expressions import col
+
+    kept = read_records(records_dir).filter(expr=col("status") == KEPT)
     training = kept.map_batches(training_rows, batch_format="pyarrow").materialize()  # one pass, two writes
     training.write_parquet(storage.join(out_dir, "parquet"))
     training.drop_columns(["root_id", "round", "op", "instruction", "input", "response"]) \
@@ -154,20 +163,27 @@ def with_absolute_paths(cfg: EvolveConfig) -> EvolveConfig:
     return cfg.model_copy(update={
         "seeds": cfg.seeds.model_copy(update={"path": storage.absolute(resolve_seed_path(cfg.seeds.path))}),
         "output": cfg.output.model_copy(update={"path": storage.absolute(cfg.output.path)}),
-        "generation": cfg.generation.model_copy(update={"model": pin_local_model(cfg.generation.model)}),
+        "generation": _pinned(cfg.generation),
+        "judge": _pinned(cfg.judge) if cfg.judge is not None else None,
     })
+
+
+def _pinned(gen: GenerationConfig) -> GenerationConfig:
+    return gen.model_copy(update={"model": pin_local_model(gen.model)})
 
 
 def run_evolve(cfg: EvolveConfig) -> dict:
     preflight(cfg)
     cfg = with_absolute_paths(cfg)
-    init_ray(cfg.ray)
+    ray = init_ray(cfg.ray)
     started = time.time()
     gen = cfg.generation
     seeds = read_seed_rows(cfg.seeds.path, cfg.seeds)
     records = seeds.map_batches(
-        EvolveActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=gen.batch_size, batch_format="pyarrow",
-        concurrency=tuple(gen.concurrency), num_cpus=gen.num_cpus, num_gpus=gen.num_gpus)
+        EvolveActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=gen.rows_per_call, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=gen.concurrency[0], max_size=gen.concurrency[1],
+                                           max_concurrent_calls_per_actor=gen.calls_per_actor),
+        num_cpus=gen.num_cpus, num_gpus=gen.num_gpus)
     records_dir = storage.join(cfg.output.path, "records")
     records.write_parquet(records_dir, partition_cols=["status", "round"])
     if not storage.exists(records_dir):

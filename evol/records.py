@@ -5,7 +5,7 @@ import pyarrow as pa
 
 from evol.operations import stable_hash
 
-KEPT, ELIMINATED, QUARANTINED = "kept", "eliminated", "quarantined"
+KEPT, ELIMINATED, QUARANTINED, ERROR = "kept", "eliminated", "quarantined", "error"
 SEED_OP = "seed"
 
 # A seed as read from the user's file, before any model sees it. `error` marks a bad row.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from evol.records import ELIMINATED, KEPT, QUARANTINED
+from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED
 
 SUMMARY_COLUMNS = ["round", "op", "status", "reason", "equality", "instruction_tokens", "response_tokens",
                    "generated_tokens", "prompt_tokens", "requests", "gen_seconds"]
@@ -42,16 +42,19 @@ class SummaryBuilder:
 
     def _round(self, r: int) -> dict:
         kept, eliminated = self.counts[(r, "status", KEPT)], self.counts[(r, "status", ELIMINATED)]
-        candidates = kept + eliminated
+        errors = self.counts[(r, "status", ERROR)]
+        candidates = kept + eliminated + errors
         ops = sorted({key[2] for key in self.counts if key[:2] == (r, "op")})
         reasons = {key[3]: n for key, n in self.counts.items() if key[:3] == (r, "reason", ELIMINATED)}
+        error_reasons = {key[3]: n for key, n in self.counts.items() if key[:3] == (r, "reason", ERROR)}
         return {
-            "round": r, "candidates": candidates, "kept": kept, "eliminated": eliminated,
+            "round": r, "candidates": candidates, "kept": kept, "eliminated": eliminated, "errors": errors,
             "pass_rate": round(kept / candidates, 4) if candidates else None,
             "by_operation": {op: _rate(self.counts[(r, "op", op, KEPT)],
-                                       self.counts[(r, "op", op, KEPT)] + self.counts[(r, "op", op, ELIMINATED)])
+                                       sum(self.counts[(r, "op", op, status)] for status in (KEPT, ELIMINATED, ERROR)))
                              for op in ops},
             "eliminated_by_rule": dict(sorted(reasons.items())),
+            "errors_by_reason": dict(sorted(error_reasons.items())),
             "rule_share_of_candidates": {k: round(v / candidates, 4) for k, v in sorted(reasons.items())},
             "equality_verdicts": {key[2]: n for key, n in sorted(self.counts.items()) if key[:2] == (r, "equality")},
             "mean_kept_instruction_tokens": _mean(self.sums[(r, "kept_instruction_tokens")], kept),
@@ -66,17 +69,22 @@ class SummaryBuilder:
         rounds = sorted({key[0] for key in self.counts})
         used = self.counts[(0, "status", KEPT)]
         quarantined = self.counts[(0, "status", QUARANTINED)]
+        seed_errors = self.counts[(0, "status", ERROR)]
         per_round = [self._round(r) for r in rounds if r > 0]
         requests = sum(int(self.sums[(r, "requests")]) for r in rounds)
         generated = sum(int(self.sums[(r, "generated_tokens")]) for r in rounds)
         kept = sum(x["kept"] for x in per_round)
         return {
-            "seeds": {"read": used + quarantined, "used": used, "quarantined": quarantined,
+            "seeds": {"read": used + quarantined + seed_errors, "used": used, "quarantined": quarantined,
+                      "errors": seed_errors,
+                      "errors_by_reason": {key[3]: n for key, n in sorted(self.counts.items())
+                                           if key[:3] == (0, "reason", ERROR)},
                       "quarantined_by_reason": {key[3]: n for key, n in sorted(self.counts.items())
                                                 if key[:3] == (0, "reason", QUARANTINED)},
                       "responses_generated": int(self.sums[(0, "requests")])},
             "candidates": sum(x["candidates"] for x in per_round),
             "kept": kept, "eliminated": sum(x["eliminated"] for x in per_round),
+            "errors": sum(x["errors"] for x in per_round),
             "training_rows": used + kept,
             "rounds": per_round,
             "requests": requests, "generated_tokens": generated,
@@ -97,14 +105,17 @@ def _mean(total: float, count: int) -> float | None:
 def format_summary(summary: dict) -> str:
     seeds = summary["seeds"]
     lines = [f"seeds: read {seeds['read']} = used {seeds['used']} + quarantined {seeds['quarantined']}"
-             + (f" {seeds['quarantined_by_reason']}" if seeds["quarantined"] else ""),
-             f"candidates: {summary['candidates']} = kept {summary['kept']} + eliminated {summary['eliminated']}; "
+             + (f" {seeds['quarantined_by_reason']}" if seeds["quarantined"] else "")
+             + f" + errors {seeds['errors']}" + (f" {seeds['errors_by_reason']}" if seeds["errors"] else ""),
+             f"candidates: {summary['candidates']} = kept {summary['kept']} + eliminated {summary['eliminated']} "
+             f"+ errors {summary['errors']}; "
              f"training rows {summary['training_rows']}",
              f"{'round':>5} {'cand':>6} {'kept':>6} {'pass':>6} {'req':>6} {'gen_tok':>8} {'gen_s':>8}  eliminated by rule"]
     for r in summary["rounds"]:
         rate = "-" if r["pass_rate"] is None else f"{r['pass_rate']:.0%}"
         lines.append(f"{r['round']:>5} {r['candidates']:>6} {r['kept']:>6} {rate:>6} {r['requests']:>6} "
-                     f"{r['generated_tokens']:>8} {r['generation_seconds']:>8.1f}  {r['eliminated_by_rule']}")
+                     f"{r['generated_tokens']:>8} {r['generation_seconds']:>8.1f}  {r['eliminated_by_rule']}"
+                     + (f" errors {r['errors_by_reason']}" if r["errors"] else ""))
     ops: dict = defaultdict(lambda: [0, 0])
     for r in summary["rounds"]:
         for op, stats in r["by_operation"].items():

@@ -1,5 +1,8 @@
-"""The one generation layer that evol and eval share: a config, a backend interface, Ray glue."""
-from generation.base import Generation, Generator, SamplingParams, build_generator
-from generation.config import GenerationConfig, SamplingConfig
+"""The one generation layer that evol and eval share: config, async backend interface, registry."""
+from generation.config import GenerationConfig, OpenAIConfig, SamplingConfig, VllmConfig
+from generation.registry import build_generator, check_model_available, generate_all
+from generation.types import Generation, GenerationError, Generator, SamplingParams
 
-__all__ = ["Generation", "Generator", "SamplingParams", "build_generator", "GenerationConfig", "SamplingConfig"]
+__all__ = ["Generation", "GenerationError", "Generator", "SamplingParams", "build_generator",
+           "check_model_available", "generate_all", "GenerationConfig", "OpenAIConfig", "SamplingConfig",
+           "VllmConfig"]

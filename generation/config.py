@@ -1,7 +1,7 @@
 """Config of the generation layer, shared by every job that generates text."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -15,22 +15,56 @@ class SamplingConfig(StrictModel):
     max_tokens: int = Field(256, ge=1, le=32768, description="new tokens per request")
 
 
+class VllmConfig(StrictModel):
+    """vLLM engine options (AsyncEngineArgs); the common ones named, any other under `extra`."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine; the actor reserves as many")
+    max_model_len: int | None = Field(None, ge=16, description="None: the model's own")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    max_num_seqs: int | None = Field(None, ge=1, description="sequences batched at once; None: vLLM's default")
+    enforce_eager: bool = Field(False, description="skip graph capture/compilation (faster start)")
+    extra: dict[str, Any] = Field(default_factory=dict, description="more AsyncEngineArgs, passed through as is")
+
+
+class OpenAIConfig(StrictModel):
+    """An OpenAI-compatible endpoint (ChatGPT, a vLLM server, a Ray Serve LLM app)."""
+
+    base_url: str | None = Field(None, description="None: the official OpenAI API")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable that holds the key "
+                                                           "(the key itself never goes in a config)")
+    max_in_flight: int = Field(32, ge=1, description="requests in flight per actor")
+    timeout_s: float = Field(120.0, gt=0.0, description="per request attempt")
+    max_retries: int = Field(5, ge=0, description="the client's own retries (backoff) on 408/409/429/5xx, "
+                                                  "timeouts and connection errors")
+    tokenizer: str | None = Field(None, description="local model folder, alias or hub id whose tokenizer counts "
+                                                    "input tokens; None: estimated as characters / 4")
+
+
 class GenerationConfig(StrictModel):
-    backend: Literal["hf", "echo"] = Field(
-        "hf", description="hf: transformers in a Ray Data actor pool; echo: instant canned text (dry runs)")
-    model: str = Field(SMALL_MODEL_ALIAS, description="bundled alias, local folder, s3:// folder or hub id")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
+    backend: Literal["hf", "vllm", "openai", "echo"] = Field(
+        "hf", description="hf: transformers; vllm: vLLM's async engine in the actor; openai: an "
+                          "OpenAI-compatible endpoint; echo: instant canned text (dry runs)")
+    model: str = Field(SMALL_MODEL_ALIAS, description="bundled alias, local folder, s3:// folder or hub id; "
+                                                      "for openai: the endpoint's model name")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the actor has a GPU")
     prompt_format: Literal["chat", "plain", "raw"] = Field(
         "chat", description="chat: the tokenizer's chat template; plain: '{prompt}\\n\\n### Response:'; "
                             "raw: the prompt is already formatted")
-    batch_size: int = Field(8, ge=1, description="rows per actor call and per batched generate()")
+    batch_size: int = Field(8, ge=1, description="hf: most prompts per batched generate()")
+    batch_wait_ms: float = Field(5.0, ge=0.0, description="hf: how long a batch waits for more requests")
+    rows_per_call: int = Field(8, ge=1, description="input rows handed to an actor per call")
+    calls_per_actor: int = Field(2, ge=1, description="calls in flight per actor; chains in flight per actor "
+                                                      "= rows_per_call x calls_per_actor")
     concurrency: tuple[int, int] = Field((1, 1), description="[min, max] actors of the autoscaled pool")
     num_cpus: float = Field(1.0, ge=0.0, description="CPUs reserved per actor")
-    num_gpus: float = Field(0.0, ge=0.0, description="GPUs reserved per actor")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs reserved per actor (vllm: = tensor_parallel_size)")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads; default: all cores")
     max_prompt_tokens: int = Field(2048, ge=16, description="longer prompts are truncated from the left")
     seed: int = 0
+    vllm: VllmConfig = VllmConfig()
+    openai: OpenAIConfig = OpenAIConfig()
 
     @model_validator(mode="after")
     def _check(self):
@@ -39,4 +73,7 @@ class GenerationConfig(StrictModel):
             raise ValueError(f"concurrency must be [min, max] with 1 <= min <= max, got {list(self.concurrency)}")
         if self.device == "cuda" and self.num_gpus == 0:
             raise ValueError("device cuda needs num_gpus > 0 so that Ray gives the actor a GPU")
+        if self.backend == "vllm" and self.num_gpus and self.num_gpus != self.vllm.tensor_parallel_size:
+            raise ValueError(f"vllm: num_gpus ({self.num_gpus:g}) must equal vllm.tensor_parallel_size "
+                             f"({self.vllm.tensor_parallel_size}): one engine uses that many GPUs")
         return self

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import hashlib
 
-from generation.base import Generation, SamplingParams
 from generation.config import GenerationConfig
+from generation.types import Generation, SamplingParams
 
 
 class EchoGenerator:
@@ -14,11 +14,11 @@ class EchoGenerator:
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(text.split()) for text in texts]
 
-    def generate(self, prompts: list[str], sampling: SamplingParams) -> list[Generation]:
-        out = []
-        for prompt in prompts:
-            tag = hashlib.blake2b(prompt.encode(), digest_size=4).hexdigest()
-            words = f"Canned answer {tag} with some detail about the topic at hand".split()[:sampling.max_tokens]
-            out.append(Generation(" ".join(words), prompt_tokens=len(prompt.split()),
-                                  completion_tokens=len(words), finished=True))
-        return out
+    async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
+        tag = hashlib.blake2b(prompt.encode(), digest_size=4).hexdigest()
+        words = f"Canned answer {tag} with some detail about the topic at hand".split()[:sampling.max_tokens]
+        return Generation(" ".join(words), prompt_tokens=len(prompt.split()), completion_tokens=len(words),
+                          finished=True)
+
+    async def close(self) -> None:
+        pass

@@ -1,18 +1,26 @@
-"""transformers backend: batched, left-padded generation with the tokenizer's chat template."""
+"""transformers backend: requests from every chain in flight gathered into batched generate() calls.
+
+Callers await one request each; a batcher task takes what is queued (up to `batch_size`
+requests of the same sampling, after a short wait for more) and runs one left-padded
+`generate()` in a worker thread, so the event loop keeps taking requests meanwhile.
+"""
 from __future__ import annotations
 
-from generation.base import Generation, SamplingParams
-from generation.config import GenerationConfig
+import asyncio
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
-PLAIN_TEMPLATE = "{prompt}\n\n### Response:"
+from common.models import resolve_model
+from generation.config import GenerationConfig
+from generation.devices import resolve_dtype, use_cuda
+from generation.prompts import render_prompt
+from generation.types import Generation, SamplingParams
 
 
 class HFGenerator:
     def __init__(self, cfg: GenerationConfig):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from common.models import resolve_model
 
         self.cfg = cfg
         self.torch = torch
@@ -26,44 +34,69 @@ class HFGenerator:
         self.tokenizer.truncation_side = "left"  # keep the end of the prompt: the assistant header
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        self.device = "cuda" if use_cuda else "cpu"
-        dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        cuda = use_cuda(cfg.device)
+        self.device = "cuda" if cuda else "cpu"
+        self.dtype = resolve_dtype(cfg.dtype, cuda)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype)).to(self.device).eval()
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
-        self.use_chat = cfg.prompt_format == "chat" and bool(self.tokenizer.chat_template)
-
-    def _render(self, prompt: str) -> str:
-        if self.cfg.prompt_format == "raw":
-            return prompt
-        if self.use_chat:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                      tokenize=False, add_generation_prompt=True)
-        return PLAIN_TEMPLATE.format(prompt=prompt)
+        self._pending: deque = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._batcher: asyncio.Task | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         if not texts:
             return []
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
-    def generate(self, prompts: list[str], sampling: SamplingParams) -> list[Generation]:
-        if not prompts:
-            return []
-        # Sort by length so each padded batch wastes little; answers go back in input order.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        results: list[Generation | None] = [None] * len(prompts)
-        size = self.cfg.batch_size
-        for start in range(0, len(order), size):
-            chunk = order[start:start + size]
-            for i, gen in zip(chunk, self._generate_batch([prompts[i] for i in chunk], sampling)):
-                results[i] = gen
-        return results  # type: ignore[return-value]
+    async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
+        loop = asyncio.get_running_loop()
+        if self._batcher is None:
+            self._wakeup = asyncio.Event()
+            self._batcher = loop.create_task(self._run_batches())
+        future = loop.create_future()
+        self._pending.append((prompt, sampling, future))
+        self._wakeup.set()
+        return await future
+
+    def _take_batch(self) -> tuple[SamplingParams, list]:
+        """The oldest request's sampling decides the batch; same-sampling requests join it in order."""
+        sampling = self._pending[0][1]
+        batch, rest = [], deque()
+        while self._pending:
+            item = self._pending.popleft()
+            (batch if item[1] == sampling and len(batch) < self.cfg.batch_size else rest).append(item)
+        self._pending = rest
+        return sampling, batch
+
+    async def _run_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            if len(self._pending) < self.cfg.batch_size and self.cfg.batch_wait_ms:
+                await asyncio.sleep(self.cfg.batch_wait_ms / 1000)  # let chains that just got answers ask again
+            if not self._pending:
+                self._wakeup.clear()
+                continue
+            sampling, batch = self._take_batch()
+            try:
+                results = await loop.run_in_executor(self._worker, self._generate_batch,
+                                                     [p for p, _, _ in batch], sampling)
+            except Exception as exc:  # the engine itself failed: every request of the batch learns why
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, _, future), gen in zip(batch, results):
+                if not future.done():
+                    future.set_result(gen)
 
     def _generate_batch(self, prompts: list[str], sampling: SamplingParams) -> list[Generation]:
         torch = self.torch
-        enc = self.tokenizer([self._render(p) for p in prompts], return_tensors="pt", padding=True,
-                             truncation=True, max_length=self.cfg.max_prompt_tokens, add_special_tokens=False)
+        texts = [render_prompt(p, self.cfg.prompt_format, self.tokenizer) for p in prompts]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                             max_length=self.cfg.max_prompt_tokens, add_special_tokens=False)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         greedy = sampling.temperature == 0
         with torch.inference_mode():
@@ -82,3 +115,7 @@ class HFGenerator:
         return Generation(text=text, prompt_tokens=int(prompt_tokens), completion_tokens=len(kept),
                           finished=end is not None)
 
+    async def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.cancel()
+        self._worker.shutdown(wait=False)

@@ -1,12 +1,14 @@
-"""The round loop on a scripted generator: every path of the paper's rules, without Ray."""
+"""The evolve chains on a scripted generator: every path of the paper's rules, without Ray."""
+import asyncio
+
 from evol import elimination as rules
 from evol.config import EvolveSettings
-from evol.records import ELIMINATED, KEPT, QUARANTINED, RECORD_SCHEMA, records_table
-from evol.rounds import evolve_seed_rows
+from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED, RECORD_SCHEMA, records_table
+from evol.rounds import Roles, evolve_rows
 from evol.seeds import SeedFields, TOO_MANY_TOKENS, mark_duplicates, parse_jsonl
 from evol.summary import SummaryBuilder
 from evol.templates import ORIGINAL_MARKER
-from generation.base import Generation
+from generation.types import Generation, GenerationError
 
 
 class ScriptedGenerator:
@@ -15,15 +17,17 @@ class ScriptedGenerator:
     model_name = "scripted"
 
     def __init__(self):
-        self.calls: list[tuple[str, int]] = []
+        self.calls: list[str] = []
 
     def count_tokens(self, texts):
         return [len(t.split()) for t in texts]
 
-    def generate(self, prompts, sampling):
-        self.calls.append(("batch", len(prompts)))
-        return [Generation(self._answer(p), prompt_tokens=len(p.split()), completion_tokens=3, finished=True)
-                for p in prompts]
+    async def generate(self, prompt, sampling):
+        self.calls.append(prompt)
+        if "FAIL" in prompt and ORIGINAL_MARKER not in prompt:  # answering a FAIL instruction fails for good
+            raise GenerationError("http_500", "server error after retries")
+        return Generation(self._answer(prompt), prompt_tokens=len(prompt.split()), completion_tokens=3,
+                          finished=True, engine_seconds=0.5)
 
     def _answer(self, prompt: str) -> str:
         if ORIGINAL_MARKER in prompt:  # an evolve request: the instruction follows the marker
@@ -50,9 +54,13 @@ def _seeds(*objs) -> list[dict]:
     return mark_duplicates(parse_jsonl("\n".join(json.dumps(o) for o in objs).encode(), "s.jsonl", FIELDS))
 
 
+def evolve(seeds, gen, rounds=2, max_tokens=50):
+    return asyncio.run(evolve_rows(seeds, Roles(gen, gen), EvolveSettings(rounds=rounds), max_tokens))
+
+
 def _run(seeds, rounds=2, max_tokens=50):
     gen = ScriptedGenerator()
-    records = evolve_seed_rows(seeds, gen, EvolveSettings(rounds=rounds), max_tokens)
+    records = evolve(seeds, gen, rounds, max_tokens)
     records_table(records)  # schema holds
     return records, gen
 
@@ -90,15 +98,6 @@ def test_counts_lineage_and_reasons():
     assert len({x["id"] for x in records}) == len(records)
 
 
-def test_progress_is_reported_after_each_round():
-    seen = []
-    seeds = _seeds({"id": "ok", "instruction": "Name rivers", "output": "x"},
-                   {"id": "leak", "instruction": "LEAK", "output": "x"})
-    evolve_seed_rows(seeds, ScriptedGenerator(), EvolveSettings(rounds=3), 50,
-                     on_round=lambda r, recs: seen.append((r, sorted(x["status"] for x in recs))))
-    assert seen == [(r, ["eliminated", "kept"]) for r in (1, 2, 3)]
-
-
 def test_no_model_call_is_made_for_work_already_lost():
     records, _ = _run(_seeds({"id": "leak", "instruction": "LEAK", "output": "x"}), rounds=1)
     cand = [x for x in records if x["round"] == 1][0]
@@ -109,6 +108,7 @@ def test_no_model_call_is_made_for_work_already_lost():
     records, _ = _run(_seeds({"id": "ok", "instruction": "fine", "output": "x"}), rounds=1)
     cand = [x for x in records if x["round"] == 1][0]
     assert cand["requests"] == 3 and cand["equality"] == rules.NOT_EQUAL and cand["generated_tokens"] == 9
+    assert cand["gen_seconds"] == 1.5  # the engine-time shares of its three requests
     assert cand["equality_answer"] == "Not Equal"
 
 
@@ -130,7 +130,7 @@ def test_summary_counts_add_up():
     builder = SummaryBuilder()
     builder.add_rows(records)
     summary = builder.build(wall_seconds=2.0)
-    assert summary["seeds"] == {"read": 3, "used": 2, "quarantined": 1,
+    assert summary["seeds"] == {"read": 3, "used": 2, "quarantined": 1, "errors": 0, "errors_by_reason": {},
                                 "quarantined_by_reason": {"instruction_not_string": 1}, "responses_generated": 0}
     assert summary["candidates"] == 6 == summary["kept"] + summary["eliminated"]
     assert summary["kept"] == 3 and summary["training_rows"] == 5
@@ -152,3 +152,64 @@ def test_a_batch_of_only_bad_seeds_makes_no_model_call():
     records, gen = _run(_seeds({"id": "a", "instruction": ""}, {"id": "b", "instruction": 5}), rounds=3)
     assert [x["status"] for x in records] == ["quarantined", "quarantined"]
     assert gen.calls == []
+
+
+def test_a_failed_request_ends_its_chain_as_an_error_record_and_others_go_on():
+    seeds = _seeds({"id": "ok", "instruction": "Name rivers", "output": "x"},
+                   {"id": "fail", "instruction": "FAIL here", "output": "x"},
+                   {"id": "fail0", "instruction": "FAIL without answer"})
+    records, _ = _run(seeds, rounds=3)
+    by_root = {}
+    for x in records:
+        by_root.setdefault(x["root_id"], []).append(x)
+    assert [x["status"] for x in by_root["ok"]] == [KEPT] * 4
+    # round 1 evolves "FAIL here", then answering it fails: an error record, and the chain stops there
+    assert [(x["round"], x["status"]) for x in by_root["fail"]] == [(0, KEPT), (1, ERROR)]
+    error = by_root["fail"][1]
+    assert error["reason"] == "http_500" and error["detail"] == "server error after retries"
+    assert error["instruction"] == "FAIL here Explain why." and error["requests"] == 2
+    # a seed whose own answer cannot be generated is a round-0 error, never evolved
+    assert [(x["round"], x["status"], x["reason"]) for x in by_root["fail0"]] == [(0, ERROR, "http_500")]
+    builder = SummaryBuilder()
+    builder.add_rows(records)
+    summary = builder.build(wall_seconds=1.0)
+    assert summary["seeds"]["read"] == 3 and summary["seeds"]["used"] == 2 and summary["seeds"]["errors"] == 1
+    assert summary["candidates"] == 4 == summary["kept"] + summary["eliminated"] + summary["errors"]
+    assert summary["errors"] == 1 and summary["rounds"][0]["errors_by_reason"] == {"http_500": 1}
+
+
+class InterleavingGenerator(ScriptedGenerator):
+    """Answers after a delay that depends on the request, recording what is in flight at each start."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_flight: set[tuple[str, str]] = set()
+        self.overlaps: list[set[tuple[str, str]]] = []
+
+    async def generate(self, prompt, sampling):
+        kind = "evolve" if ORIGINAL_MARKER in prompt else "judge" if "First instruction:" in prompt else "respond"
+        depth = prompt.count("Explain why.")  # each kept round appends one: how far this chain has come
+        key = (prompt.split("seed-")[1][:2] if "seed-" in prompt else "?", kind, depth)
+        self.in_flight.add(key)
+        self.overlaps.append(set(self.in_flight))
+        await asyncio.sleep(0.001 * (1 + len(prompt) % 7))
+        self.in_flight.discard(key)
+        return await super().generate(prompt, sampling)
+
+
+def test_chains_of_different_seeds_and_rounds_are_in_flight_together():
+    gen = InterleavingGenerator()
+    seeds = _seeds(*({"id": f"s{i}", "instruction": f"seed-{i:02d} task " + "word " * i, "output": "x"}
+                     for i in range(12)))
+    records = evolve(seeds, gen, rounds=3)
+    assert len(records) == 12 * 4
+    most = max(gen.overlaps, key=len)
+    assert len({seed for seed, _, _ in most}) >= 6  # many seeds' requests at once, not one batch step at a time
+    # at some moment one seed is being evolved while another's answer is running, and chains at
+    # different rounds have requests in flight together: no barrier per step or per round
+    assert any({kind for _, kind, _ in moment} >= {"evolve", "respond"} for moment in gen.overlaps)
+    assert any(len({depth for _, _, depth in moment}) >= 2 for moment in gen.overlaps)
+    rounds_of_seed = {}
+    for x in records:
+        rounds_of_seed.setdefault(x["root_id"], []).append(x["round"])
+    assert all(r == [0, 1, 2, 3] for r in rounds_of_seed.values())

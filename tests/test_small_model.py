@@ -5,7 +5,7 @@ from common.config import load_config
 from common.models import SMALL_MODEL_ALIAS, ensure_small_model
 from evol.config import EvolveConfig
 from evol.pipeline import read_records, run_evolve
-from generation import GenerationConfig, SamplingParams, build_generator
+from generation import GenerationConfig, SamplingParams, build_generator, generate_all
 
 
 def test_small_model_is_converted_once_and_answers_in_english():
@@ -13,8 +13,8 @@ def test_small_model_is_converted_once_and_answers_in_english():
     assert (path / "model.safetensors").exists() and (path / "tokenizer.json").exists()
     assert ensure_small_model() == path  # cached
     generator = build_generator(GenerationConfig(model=SMALL_MODEL_ALIAS, torch_threads=2))
-    [answer] = generator.generate(["What is the capital of France? Answer in one word."],
-                                  SamplingParams(temperature=0.0, top_p=1.0, max_tokens=8))
+    [answer] = generate_all(generator, ["What is the capital of France? Answer in one word."],
+                            SamplingParams(temperature=0.0, top_p=1.0, max_tokens=8))
     assert "paris" in answer.text.lower()
     assert 0 < answer.completion_tokens <= 8 and answer.prompt_tokens > 10
 

