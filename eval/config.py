@@ -1,0 +1,59 @@
+"""EvaluateConfig: everything the evaluate job reads, validated before Ray or a model starts.
+
+Three generation roles, each a full GenerationConfig with its own backend, model and prompt
+format: the candidate (e.g. the train job's export, prompted the way it was trained), the
+baseline (its base model, another checkpoint or an endpoint) and the judge.
+"""
+from __future__ import annotations
+
+from pydantic import Field
+
+from common.config import StrictModel
+from common.ray_setup import RayConfig
+from eval.testset import BUNDLED_PREFIX, ItemFields
+from generation.config import GenerationConfig, SamplingConfig
+
+
+class ItemsConfig(StrictModel):
+    """Where the test items come from and which field holds what (the defaults read WizardLM's set)."""
+
+    path: str = Field(f"{BUNDLED_PREFIX}wizardlm_testset.jsonl",
+                      description="file or folder (jsonl/json/parquet), local or s3://; bundled:NAME = eval/data")
+    instruction_field: str = Field("Instruction", description="field holding the instruction")
+    id_field: str | None = Field("idx", description="stable id (answers are cached by it); None: FILE:LINE")
+    category_field: str | None = Field("Skill", description="category/skill for per-category ratios; None: none")
+    difficulty_field: str | None = Field("Difficulty", description="integer 1-10 for the bands; None: none")
+    reference_field: str | None = Field(None, description="reference answer shown to the judge; None: none")
+    per_category: int | None = Field(None, ge=1, description="at most N items of each category, in file order")
+    limit: int | None = Field(None, ge=1, description="at most N items in all (after per_category)")
+
+    def fields(self) -> ItemFields:
+        return ItemFields(instruction=self.instruction_field, id=self.id_field, category=self.category_field,
+                          difficulty=self.difficulty_field, reference=self.reference_field)
+
+
+class ReportConfig(StrictModel):
+    bootstrap_samples: int = Field(1000, ge=1, description="resamples of the items for the ratio's interval")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="level of the bootstrap interval")
+    seed: int = Field(0, description="seeds the bootstrap, so a rerun prints the same interval")
+    threshold: float = Field(0.9, gt=0.0, description="per-category bar (the paper counts skills at >= 90%)")
+    note: str | None = Field(None, description="a caveat printed under the headline (e.g. a weak judge)")
+
+
+class OutputConfig(StrictModel):
+    path: str = Field("outputs/evaluate-local", description="local folder or s3://bucket/prefix")
+    overwrite: bool = Field(False, description="false: keep cached answers and replace the report; "
+                                               "true: delete the folder first (answers too)")
+
+
+class EvaluateConfig(StrictModel):
+    testset: ItemsConfig = ItemsConfig()
+    candidate: GenerationConfig = Field(description="the model being measured")
+    baseline: GenerationConfig = GenerationConfig()
+    judge: GenerationConfig = GenerationConfig()
+    answer_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=512)
+    judge_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=128)
+    report: ReportConfig = ReportConfig()
+    evolve_output: str | None = Field(None, description="an evolve job's output folder: adds the evolution analysis")
+    output: OutputConfig = OutputConfig()
+    ray: RayConfig = RayConfig()

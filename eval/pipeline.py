@@ -1,0 +1,193 @@
+"""Ray Data glue of the evaluate job: test set → answers of both models → judge in both orders → report.
+
+Each generation stage is one autoscaled actor pool (`EvalActor`) that builds its generator once
+and keeps every row of a call in flight at once, so the engine batches them. Stages run one after
+the other (candidate, baseline, judge: three models that need not fit together). Test sets are
+small (hundreds to thousands of items), so the driver holds the items and joins the stages;
+answers are written by the pool as they finish, so a killed job keeps what it had answered.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common import storage
+from common.config import UserError
+from common.models import pin_local_model
+from common.ray_setup import init_ray
+from eval import cache
+from eval.aggregate import aggregate
+from eval.config import EvaluateConfig
+from eval.evolution import evolution_stats, read_evolution_records
+from eval.report import caveats, write_report
+from eval.requests import answer, judge, run_all
+from eval.rows import ANSWER_SCHEMA, JUDGMENT_SCHEMA, item_rows, judge_rows
+from eval.testset import quarantine_counts, read_testset, resolve_testset_path, select_items
+from generation import GenerationConfig, SamplingConfig, SamplingParams, check_model_available
+
+ROLES = ("candidate", "baseline", "judge")
+Factory = Callable[[GenerationConfig], object]
+
+
+class EvalActor:
+    """Ray Data callable class. kind `answer` needs columns id, instruction and yields ANSWER_SCHEMA
+    rows; kind `judge` needs id, order, prompt and yields JUDGMENT_SCHEMA rows."""
+
+    NEEDS = {"answer": ("id", "instruction"), "judge": ("id", "order", "prompt")}
+
+    def __init__(self, gen: GenerationConfig, sampling: SamplingConfig, kind: str, settings: str = "",
+                 factory: Factory | None = None):
+        from generation import build_generator
+
+        self.generator = (factory or build_generator)(gen)
+        self.sampling = SamplingParams.from_config(sampling)
+        self.kind, self.settings = kind, settings
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        missing = [name for name in self.NEEDS[self.kind] if name not in batch.column_names]
+        if missing:
+            raise ValueError(f"EvalActor({self.kind}) needs columns {missing}")
+        rows = batch.to_pylist()
+        if self.kind == "judge":
+            return pa.Table.from_pylist(await run_all(judge(self.generator, r, self.sampling) for r in rows),
+                                        schema=JUDGMENT_SCHEMA)
+        results = await run_all(answer(self.generator, r, self.sampling) for r in rows)
+        for row, result in zip(rows, results):
+            result.update(instruction=row["instruction"], settings=self.settings)
+        return pa.Table.from_pylist(results, schema=ANSWER_SCHEMA)
+
+
+def generate_stage(rows: list[dict], gen: GenerationConfig, sampling: SamplingConfig, kind: str,
+                   settings: str = "", factory: Factory | None = None):
+    """The lazy dataset of one generation stage over `rows` (one actor pool of `gen`'s size)."""
+    import ray
+
+    low, high = gen.concurrency
+    return ray.data.from_items(rows).map_batches(
+        EvalActor, fn_constructor_kwargs=dict(gen=gen, sampling=sampling, kind=kind, settings=settings,
+                                              factory=factory),
+        batch_size=gen.rows_per_call, batch_format="pyarrow", num_cpus=gen.num_cpus, num_gpus=gen.num_gpus,
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high,
+                                           max_concurrent_calls_per_actor=gen.calls_per_actor))
+
+
+def answers_for(gen: GenerationConfig, sampling: SamplingConfig, items: list[dict], out_dir: str,
+                factory: Factory | None = None) -> tuple[dict[str, dict], dict]:
+    """Answers of one model to every item, by id: cached ones reused, the rest generated and stored."""
+    settings = cache.answer_settings(gen, sampling)
+    key = cache.settings_key(settings)
+    folder = cache.answers_dir(out_dir, key)
+    stored = cache.best_answers(cache.read_answers(folder), items)
+    todo = [{"id": i["id"], "instruction": i["instruction"]} for i in items
+            if i["id"] not in stored or stored[i["id"]]["error"] is not None]
+    if todo:
+        storage.write_json(folder + ".json", settings)
+        generate_stage(todo, gen, sampling, "answer", key, factory).write_parquet(folder)
+        stored = cache.best_answers(cache.read_answers(folder), items)
+    counts = {"reused": len(items) - len(todo), "generated": len(todo),
+              "failed": sum(row["error"] is not None for row in stored.values())}
+    return stored, counts
+
+
+def preflight(cfg: EvaluateConfig) -> tuple[list[dict], dict]:
+    """Every check that needs no Ray and no model; returns the items and the test set's counts."""
+    path = resolve_testset_path(cfg.testset.path)
+    rows = read_testset(path, cfg.testset.fields())
+    items = select_items(rows, cfg.testset.limit, cfg.testset.per_category)
+    quarantined = quarantine_counts(rows)
+    if not items:
+        raise UserError(f"testset.path: {cfg.testset.path} has no usable items "
+                        f"({len(rows)} rows, quarantined: {quarantined or 'none'})")
+    for role in ROLES:
+        check_model_available(getattr(cfg, role), role)
+    if cfg.output.overwrite:
+        if storage.absolute(path).startswith(storage.absolute(cfg.output.path).rstrip("/") + "/"):
+            raise UserError(f"output.path: {cfg.output.path} contains the test set; choose another output folder")
+        storage.delete_dir(cfg.output.path)
+    storage.check_writable(cfg.output.path)
+    info = {"path": cfg.testset.path, "rows": len(rows), "used": len(items), "quarantined": quarantined}
+    return items, info
+
+
+def with_absolute_paths(cfg: EvaluateConfig) -> EvaluateConfig:
+    """Ray workers run in folders of their own: local paths must not be relative to the driver's."""
+    update = {role: getattr(cfg, role).model_copy(update={"model": pin_local_model(getattr(cfg, role).model)})
+              for role in ROLES}
+    update["output"] = cfg.output.model_copy(update={"path": storage.absolute(cfg.output.path)})
+    return cfg.model_copy(update=update)
+
+
+def build_summary(cfg: EvaluateConfig, testset: dict, agg: dict, answers: dict, evolution: dict | None,
+                  seconds: dict) -> dict:
+    models = {role: {"model": getattr(cfg, role).model, "backend": getattr(cfg, role).backend,
+                     "prompt_format": getattr(cfg, role).prompt_format} for role in ROLES}
+    notes = ([cfg.report.note] if cfg.report.note else []) + caveats(agg, models)
+    return {"models": models, "testset": testset, "answers": answers, "aggregates": agg, "evolution": evolution,
+            "notes": notes, "seconds": seconds, "output": cfg.output.path,
+            "sampling": {"answers": cfg.answer_sampling.model_dump(), "judge": cfg.judge_sampling.model_dump()}}
+
+
+def judgments_for(cfg: EvaluateConfig, items: list[dict], candidate: dict, baseline: dict,
+                  factory: Factory | None = None) -> list[dict]:
+    prompts = judge_rows(items, candidate, baseline)
+    if not prompts:
+        return []
+    return generate_stage(prompts, cfg.judge, cfg.judge_sampling, "judge", factory=factory).take_all()
+
+
+def write_items(rows: list[dict], path: str) -> None:
+    filesys, inner = storage.filesystem(path)
+    pq.write_table(pa.Table.from_pylist(rows), inner, filesystem=filesys)
+
+
+def _timed(seconds: dict, name: str, fn, *args, **kwargs):
+    started = time.perf_counter()
+    result = fn(*args, **kwargs)
+    seconds[name] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def run_evaluate(cfg: EvaluateConfig, generator_factories: dict[str, Factory] | None = None) -> dict:
+    """The whole job. `generator_factories` (role → callable) builds a role's generator another way
+    than its config says: for tests and for embedding the job in other code."""
+    factories = generator_factories or {}
+    items, testset = preflight(cfg)
+    evolution = evolution_stats(read_evolution_records(cfg.evolve_output)) if cfg.evolve_output else None
+    cfg = with_absolute_paths(cfg)
+    init_ray(cfg.ray)
+    out, seconds, answers, stored = cfg.output.path, {}, {}, {}
+    for role in ("candidate", "baseline"):
+        stored[role], answers[role] = _timed(seconds, f"{role} answers", answers_for, getattr(cfg, role),
+                                             cfg.answer_sampling, items, out, factories.get(role))
+    judgments = _timed(seconds, "judge", judgments_for, cfg, items, stored["candidate"], stored["baseline"],
+                       factories.get("judge"))
+    rows = item_rows(items, stored["candidate"], stored["baseline"], judgments)
+    report = cfg.report
+    agg = aggregate(rows, report.bootstrap_samples, report.confidence, report.seed, report.threshold)
+    summary = build_summary(cfg, testset, agg, answers, evolution, seconds)
+    write_items(rows, storage.join(out, "items.parquet"))
+    storage.write_json(storage.join(out, "summary.json"), summary)
+    storage.write_text(storage.join(out, "config.yaml"), _config_yaml(cfg))
+    paths = write_report(summary, out)
+    print(f"[evaluate] {answers}; judge: {agg['verdicts']['verdicts']} verdicts, {agg['verdicts']['failed']} unreadable")
+    print(f"[evaluate] score ratio candidate/baseline: {_headline(agg)}")
+    print(f"report: {paths['html']} (and report.md, items.parquet, summary.json)")
+    return summary
+
+
+def _headline(agg: dict) -> str:
+    overall = agg["overall"]
+    if overall["ratio"] is None:
+        return "n/a (nothing could be judged)"
+    low, high = overall["ci"]
+    return f"{100 * overall['ratio']:.1f}% ({100 * low:.1f}%-{100 * high:.1f}%), " \
+           f"win/tie/loss {overall['win']}/{overall['tie']}/{overall['loss']}"
+
+
+def _config_yaml(cfg: EvaluateConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,86 @@
+"""The report's figures as PNG bytes: per-category ratios, win/tie/loss by difficulty band, evolution.
+
+Matplotlib's object API with the Agg canvas: no pyplot state, no display, safe in any process.
+"""
+from __future__ import annotations
+
+import io
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+WIN_COLOR, TIE_COLOR, LOSS_COLOR = "#2e7d32", "#9e9e9e", "#c62828"
+GOOD, WEAK = "#1565c0", "#90a4ae"
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def category_chart(by_category: dict[str, dict], threshold: float) -> bytes:
+    """One bar per category, its score ratio in %, sorted; the threshold and 100% marked."""
+    names = sorted(by_category, key=lambda n: by_category[n]["ratio"])
+    ratios = [100 * by_category[n]["ratio"] for n in names]
+    fig = Figure(figsize=(7, 1.2 + 0.28 * len(names)))
+    ax = fig.add_subplot()
+    ax.barh(names, ratios, color=[GOOD if r >= 100 * threshold else WEAK for r in ratios])
+    ax.axvline(100, color="black", linewidth=1)
+    ax.axvline(100 * threshold, color="black", linewidth=1, linestyle="--")
+    for y, value in enumerate(ratios):
+        ax.text(value, y, f" {value:.0f}%", va="center", fontsize=8)
+    ax.set_xlabel(f"candidate score as % of baseline (dashed: {100 * threshold:.0f}%)")
+    ax.set_xlim(0, max(ratios + [100]) * 1.15)
+    ax.set_title("Score ratio per category")
+    return _png(fig)
+
+
+def outcome_chart(groups: dict[str, dict], title: str) -> bytes:
+    """Stacked win/tie/loss shares (with counts) for each group, e.g. difficulty bands and overall."""
+    names = list(groups)
+    fig = Figure(figsize=(7, 1.2 + 0.5 * len(names)))
+    ax = fig.add_subplot()
+    left = [0.0] * len(names)
+    for key, color in (("win", WIN_COLOR), ("tie", TIE_COLOR), ("loss", LOSS_COLOR)):
+        shares = [100 * groups[n][key] / groups[n]["n"] if groups[n]["n"] else 0 for n in names]
+        ax.barh(names, shares, left=left, color=color, label=key)
+        for y, (start, share, name) in enumerate(zip(left, shares, names)):
+            if share >= 8:
+                ax.text(start + share / 2, y, str(groups[name][key]), ha="center", va="center", color="white")
+        left = [a + b for a, b in zip(left, shares)]
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of judged items (numbers: item counts)")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3, fontsize=8, frameon=False)
+    ax.set_title(title, loc="left")
+    return _png(fig)
+
+
+def evolution_chart(stats: dict) -> bytes:
+    """Three panels: kept lengths per round, pass rate per operation, eliminations per rule per round."""
+    fig = Figure(figsize=(12, 3.6))
+    lengths, rates, eliminations = fig.add_subplot(1, 3, 1), fig.add_subplot(1, 3, 2), fig.add_subplot(1, 3, 3)
+    rounds = [r["round"] for r in stats["lengths"]]
+    for key, label in (("instruction_tokens", "instruction"), ("response_tokens", "response")):
+        lengths.plot(rounds, [r[key] or 0 for r in stats["lengths"]], marker="o", label=label)
+    lengths.set(title="Mean kept length per round", xlabel="round", ylabel="tokens")
+    lengths.set_xticks(rounds)
+    lengths.legend(fontsize=8)
+    ops = list(stats["pass_rate"])
+    rates.barh(ops, [100 * stats["pass_rate"][o]["pass_rate"] for o in ops], color=GOOD)
+    rates.set(title="Pass rate per operation", xlabel="% kept", xlim=(0, 100))
+    by_round = stats["eliminations"]
+    reasons = sorted({reason for counts in by_round.values() for reason in counts})
+    bottom = [0] * len(by_round)
+    for reason in reasons:
+        values = [by_round[r].get(reason, 0) for r in by_round]
+        eliminations.bar([str(r) for r in by_round], values, bottom=bottom, label=reason)
+        bottom = [a + b for a, b in zip(bottom, values)]
+    eliminations.set(title="Eliminations per rule", xlabel="round", ylabel="candidates")
+    eliminations.yaxis.get_major_locator().set_params(integer=True)
+    if reasons:
+        eliminations.legend(fontsize=7)
+    return _png(fig)

@@ -1,0 +1,62 @@
+"""Every evaluate config loads; bad values are one-line errors before Ray starts."""
+import glob
+
+import pytest
+
+from common.config import ConfigError, load_config
+from eval.config import EvaluateConfig
+from eval.testset import ItemFields
+from jobs.evaluate import main
+from train.config import TrainConfig
+
+
+def test_every_evaluate_yaml_in_configs_loads():
+    paths = glob.glob("configs/evaluate_*.yaml")
+    assert len(paths) >= 2
+    for path in paths:
+        cfg = load_config(EvaluateConfig, path)
+        assert cfg.candidate.model and cfg.judge.model
+
+
+def test_embedded_default_compares_the_train_export_with_its_base_and_says_it_is_a_smoke_test():
+    cfg = load_config(EvaluateConfig, "configs/evaluate_local.yaml")
+    train = load_config(TrainConfig, "configs/train_local.yaml")
+    assert cfg.candidate.model == train.output.path and cfg.candidate.prompt_format == "plain"
+    assert cfg.baseline.model == cfg.judge.model == train.model.name
+    assert "smoke test" in cfg.report.note
+
+
+def test_field_mapping_and_overrides():
+    cfg = load_config(EvaluateConfig, "configs/evaluate_tiny.yaml",
+                      ["testset.instruction_field=prompt", "testset.difficulty_field=null", "testset.id_field=qid",
+                       "judge.concurrency=[1, 3]"])
+    assert cfg.testset.fields() == ItemFields(instruction="prompt", id="qid", category="Skill", difficulty=None)
+    assert cfg.judge.concurrency == (1, 3)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("testset.limit=0", "config error: testset.limit: Input should be greater than or equal to 1 (got 0)"),
+    ("judge.backend=magic", "config error: judge.backend:"),
+    ("report.confidence=1.5", "config error: report.confidence: Input should be less than 1 (got 1.5)"),
+    ("baseline.modle=x", "config error: baseline.modle: unknown key"),
+])
+def test_bad_values_are_one_line_errors_naming_the_key(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(EvaluateConfig, "configs/evaluate_tiny.yaml", [override])
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_candidate_is_required(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("testset: {limit: 2}\n")
+    with pytest.raises(ConfigError, match="candidate: required key is missing"):
+        load_config(EvaluateConfig, path)
+
+
+def test_cli_exits_2_with_one_line_for_bad_input(tmp_path, capsys):
+    assert main(["--config", "configs/evaluate_tiny.yaml", "judge.backend=magic"]) == 2
+    assert capsys.readouterr().err.startswith("config error: judge.backend:")
+    args = ["--config", "configs/evaluate_tiny.yaml", f"testset.path={tmp_path}/none.jsonl",
+            f"output.path={tmp_path}/out"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == f"error: testset.path: {tmp_path}/none.jsonl does not exist"
