@@ -1,14 +1,18 @@
 """Reading seed instructions from jsonl / json / parquet bytes into validated seed rows.
 
 Pure functions: every input row becomes exactly one seed row, either usable or carrying an
-`error` code (the quarantine reason). Nothing is dropped except blank lines of a jsonl file.
+`error` code (the quarantine reason). Nothing is dropped except blank lines of a jsonl file,
+and one hostile row (bad bytes, deep nesting, a value Python cannot hold) affects only itself.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import posixpath
+import re
 from dataclasses import dataclass
+from typing import BinaryIO, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +20,7 @@ import pyarrow.parquet as pq
 from evol.records import SEED_SCHEMA
 
 MALFORMED_JSON = "malformed_json"
+NOT_UTF8 = "not_utf8"
 NOT_AN_OBJECT = "not_an_object"
 MISSING_INSTRUCTION = "missing_instruction"
 NOT_A_STRING = "instruction_not_string"
@@ -27,6 +32,7 @@ UNREADABLE_FILE = "unreadable_file"
 
 SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
 RAW_LIMIT = 500
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,23 @@ class SeedFields:
     id: str | None = None
 
 
+def source_name(path: str, root: str) -> str:
+    """The file's path relative to `seeds.path` (its base name when seeds.path is the file).
+
+    Default ids are built from it: moving the seeds keeps their ids (and so the operations
+    chosen), and no local path leaks into the published training set. Schemes ("s3://") are
+    ignored, as Ray lists s3 files without one.
+    """
+    file, base = (posixpath.normpath(re.sub(r"^[a-z][a-z0-9+.-]*://", "", p)) for p in (path, root))
+    if file == base:
+        return posixpath.basename(file)
+    if file.startswith(base.rstrip("/") + "/"):
+        return file[len(base.rstrip("/")) + 1:]
+    raise ValueError(f"{path} is not inside {root}")
+
+
 def default_seed_id(source: str, line: int) -> str:
-    """FILE:LINE with the whole path: two folders may both hold a part-0.jsonl."""
+    """FILE:LINE, FILE as the caller names it (see `source_name`): two folders may both hold a part-0.jsonl."""
     return f"{source}:{line}"
 
 
@@ -48,70 +69,162 @@ def _row(source: str, line: int, **values) -> dict:
     return row
 
 
-def _optional_text(value) -> tuple[str | None, bool]:
-    """(text, ok): absent or null is fine; numbers are not silently turned into prose."""
+def _bad(source: str, line: int, error: str, detail: str, raw: str | None, seed_id: str | None = None) -> dict:
+    return _row(source, line, seed_id=seed_id or default_seed_id(source, line), error=error, detail=detail,
+                raw=None if raw is None else _printable(raw)[:RAW_LIMIT])
+
+
+def _printable(text: str) -> str:
+    """Text Arrow can store: a lone surrogate (JSON "\\ud800") becomes its escape."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
+def _raw_bytes(data: bytes) -> str:
+    """Undecodable bytes as \\xNN escapes, the rest as text: the row can be inspected and fixed."""
+    return data[:RAW_LIMIT * 4].decode("utf-8", errors="backslashreplace")[:RAW_LIMIT]
+
+
+def _utf8_problem(data: bytes) -> str | None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not valid UTF-8 at byte {exc.start}: {exc.reason}"
+    return None
+
+
+def _json_problem(exc: Exception) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:RAW_LIMIT]
+
+
+def _raw_json(item) -> str:
+    try:
+        return _printable(json.dumps(item, ensure_ascii=False, default=str))[:RAW_LIMIT]
+    except (ValueError, RecursionError) as exc:  # a 5000-digit int, a deep nest
+        return f"<not shown: {_json_problem(exc)}>"
+
+
+def _text_problem(name: str, value, required: bool) -> tuple[str, str] | None:
+    """(error, detail) for a field that is not usable text; absent optional fields are fine."""
     if value is None:
-        return None, True
-    return (value, True) if isinstance(value, str) else (None, False)
+        return (MISSING_INSTRUCTION, f"no field {name!r}") if required else None
+    if isinstance(value, bytes):  # binary parquet columns written by tools that do not mark UTF-8
+        problem = _utf8_problem(value)
+        if problem:
+            return NOT_UTF8, f"{name!r} is {problem}"
+        value = value.decode("utf-8")
+    if not isinstance(value, str):  # numbers are not silently turned into prose
+        return (NOT_A_STRING if required else BAD_FIELD), f"{name!r} is {type(value).__name__}"
+    if _printable(value) != value:
+        return NOT_UTF8, f"{name!r} holds a lone surrogate (an unpaired \\ud800-\\udfff escape)"
+    if required and not value.strip():
+        return EMPTY_INSTRUCTION, f"{name!r} is blank"
+    return None
+
+
+def _text(value) -> str | None:
+    text = value.decode("utf-8") if isinstance(value, bytes) else value
+    return text.strip() if text and text.strip() else None
+
+
+def _given_id(obj: dict, fields: SeedFields) -> str | None:
+    value = obj.get(fields.id) if fields.id else None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="backslashreplace")
+    return None if value is None or value == "" else _printable(str(value))
 
 
 def validate_record(obj, fields: SeedFields, source: str, line: int, raw: str) -> dict:
-    default_id = default_seed_id(source, line)
     if not isinstance(obj, dict):
-        return _row(source, line, seed_id=default_id, error=NOT_AN_OBJECT, raw=raw[:RAW_LIMIT],
-                    detail=f"expected a JSON object, got {type(obj).__name__}")
-    given_id = obj.get(fields.id) if fields.id else None
-    seed_id = str(given_id) if given_id is not None and given_id != "" else default_id
-    base = dict(seed_id=seed_id, raw=raw[:RAW_LIMIT])
-    if fields.instruction not in obj or obj[fields.instruction] is None:
-        return _row(source, line, **base, error=MISSING_INSTRUCTION, detail=f"no field {fields.instruction!r}")
-    instruction = obj[fields.instruction]
-    if not isinstance(instruction, str):
-        return _row(source, line, **base, error=NOT_A_STRING,
-                    detail=f"{fields.instruction!r} is {type(instruction).__name__}")
-    if not instruction.strip():
-        return _row(source, line, **base, error=EMPTY_INSTRUCTION, detail=f"{fields.instruction!r} is blank")
-    extra = {}
-    for key, name in (("input", fields.input), ("response", fields.response)):
-        text, ok = _optional_text(obj.get(name)) if name else (None, True)
-        if not ok:
-            return _row(source, line, **base, error=BAD_FIELD, detail=f"{name!r} is {type(obj[name]).__name__}")
-        extra[key] = text.strip() if text and text.strip() else None
-    return _row(source, line, seed_id=seed_id, instruction=instruction.strip(), **extra)
+        return _bad(source, line, NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}", raw)
+    seed_id = _given_id(obj, fields) or default_seed_id(source, line)
+    named = [("instruction", fields.instruction, True), ("input", fields.input, False),
+             ("response", fields.response, False)]
+    for _, name, required in named:
+        problem = _text_problem(name, obj.get(name), required) if name else None
+        if problem:
+            return _bad(source, line, *problem, raw, seed_id=seed_id)
+    texts = {key: _text(obj.get(name)) if name else None for key, name, _ in named}
+    return _row(source, line, seed_id=seed_id, **texts)
 
 
-def parse_jsonl(data: bytes, source: str, fields: SeedFields) -> list[dict]:
-    rows = []
-    for number, raw_line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
-        if not raw_line.strip():
+def parse_jsonl_line(line: bytes, source: str, number: int, fields: SeedFields) -> dict:
+    problem = _utf8_problem(line)
+    if problem:
+        return _bad(source, number, NOT_UTF8, problem, _raw_bytes(line))
+    text = line.decode("utf-8")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # ValueError: JSON syntax, or an int of 5000 digits
+        return _bad(source, number, MALFORMED_JSON, _json_problem(exc), text)
+    return validate_record(obj, fields, source, number, text)
+
+
+def parse_jsonl(data: bytes, source: str, fields: SeedFields, first_line: int = 1) -> list[dict]:
+    """Lines split on b"\\n" only: U+2028, U+2029 and U+0085 are legal inside JSON strings and
+    would shift every later line number. `first_line` numbers a piece of a larger file."""
+    if first_line == 1:
+        data = data.removeprefix(BOM)
+    return [parse_jsonl_line(line.removesuffix(b"\r"), source, number, fields)
+            for number, line in enumerate(data.split(b"\n"), start=first_line) if line.strip()]
+
+
+def jsonl_pieces(stream: BinaryIO, piece_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(first line number, whole lines of about piece_bytes) of a large jsonl file, so that it is
+    parsed piece by piece (`parse_jsonl(piece, source, fields, first_line)`) with exact line numbers."""
+    first_line, pending = 1, []
+    while block := stream.read(piece_bytes):
+        cut = block.rfind(b"\n") + 1
+        if cut == 0:  # a line longer than a piece
+            pending.append(block)
             continue
-        try:
-            obj = json.loads(raw_line)
-        except json.JSONDecodeError as exc:
-            rows.append(_row(source, number, seed_id=default_seed_id(source, number),
-                             error=MALFORMED_JSON, detail=str(exc), raw=raw_line[:RAW_LIMIT]))
-            continue
-        rows.append(validate_record(obj, fields, source, number, raw_line))
-    return rows
+        piece = b"".join(pending) + block[:cut]
+        pending = [block[cut:]]
+        yield first_line, piece
+        first_line += piece.count(b"\n")
+    rest = b"".join(pending)
+    if rest:
+        yield first_line, rest
 
 
 def parse_json_array(data: bytes, source: str, fields: SeedFields) -> list[dict]:
     """A .json file holds one list of objects (or one object); `line` is the item's index."""
-    text = data.decode("utf-8", errors="replace")
+    data = data.removeprefix(BOM)
+    problem = _utf8_problem(data)
+    if problem:
+        return [_bad(source, 0, NOT_UTF8, problem, _raw_bytes(data))]
+    text = data.decode("utf-8")
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return [_row(source, 0, seed_id=default_seed_id(source, 0), error=MALFORMED_JSON,
-                     detail=str(exc), raw=text[:RAW_LIMIT])]
+    except (ValueError, RecursionError) as exc:
+        return [_bad(source, 0, MALFORMED_JSON, _json_problem(exc), text)]
     items = obj if isinstance(obj, list) else [obj]
-    return [validate_record(item, fields, source, index, json.dumps(item, ensure_ascii=False))
-            for index, item in enumerate(items)]
+    return [validate_record(item, fields, source, index, _raw_json(item)) for index, item in enumerate(items)]
+
+
+def _column_values(column: pa.Array) -> list:
+    """Python values of one column; a value Python cannot hold (a timestamp past year 9999)
+    becomes a placeholder, so it spoils its own cell, not the file."""
+    try:
+        return column.to_pylist()
+    except (ArithmeticError, ValueError, pa.ArrowException):
+        values = []
+        for scalar in column:
+            try:
+                values.append(scalar.as_py())
+            except (ArithmeticError, ValueError, pa.ArrowException):
+                values.append(f"<unreadable {scalar.type} value>")
+        return values
 
 
 def parse_parquet(data: bytes, source: str, fields: SeedFields) -> list[dict]:
-    table = pq.read_table(io.BytesIO(data))
-    return [validate_record(item, fields, source, index, json.dumps(item, ensure_ascii=False, default=str))
-            for index, item in enumerate(table.to_pylist())]
+    """Record batch by record batch; `line` is the row's index in the file."""
+    rows = []
+    for batch in pq.ParquetFile(io.BytesIO(data)).iter_batches():
+        columns = [_column_values(column) for column in batch.columns]
+        for values in zip(*columns):
+            item = dict(zip(batch.schema.names, values))
+            rows.append(validate_record(item, fields, source, len(rows), _raw_json(item)))
+    return rows
 
 
 def parse_seed_file(data: bytes, source: str, fields: SeedFields) -> list[dict]:
@@ -119,13 +232,12 @@ def parse_seed_file(data: bytes, source: str, fields: SeedFields) -> list[dict]:
     parser = {".jsonl": parse_jsonl, ".ndjson": parse_jsonl, ".json": parse_json_array,
               ".parquet": parse_parquet}.get(suffix)
     if parser is None:
-        return [_row(source, 0, seed_id=default_seed_id(source, 0), error=UNREADABLE_FILE,
-                     detail=f"unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")]
+        return [_bad(source, 0, UNREADABLE_FILE,
+                     f"unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}", None)]
     try:
         return parser(data, source, fields)
     except Exception as exc:  # a corrupt parquet file is one quarantined row, not a crash
-        return [_row(source, 0, seed_id=default_seed_id(source, 0), error=UNREADABLE_FILE,
-                     detail=f"{type(exc).__name__}: {exc}"[:RAW_LIMIT])]
+        return [_bad(source, 0, UNREADABLE_FILE, f"{type(exc).__name__}: {exc}"[:RAW_LIMIT], None)]
 
 
 def seed_table(rows: list[dict]) -> pa.Table:
