@@ -101,6 +101,40 @@ def test_first_label_of_every_sample_is_ignored():
     assert example.labels[0] == IGNORE and example.labels[1:] == [ord("a"), ord("b"), ord("c")]
 
 
+def test_chat_template_with_bos_in_its_text_gets_one_bos():
+    def render(messages, add_generation_prompt):  # like LLaMA-2/3 templates: the BOS text comes first
+        text = "\x01" + "".join(f"<{m['role']}>{m['content']}" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+    enc = Encoder(encode=CHAR.encode, bos_id=1, eos_id=2, pad_id=0, render_chat=render)
+    example = tokenize_row(row("Q", "A"), "chat_template", enc, max_length=100, policy="truncate")
+    assert example.input_ids == [1] + [ord(c) for c in "<user>Q<assistant>A"]
+    assert example.input_ids.count(1) == 1
+
+
+@pytest.fixture(scope="module")
+def llama_sp_tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from train.fixtures import make_llama_sp_tokenizer
+
+    return AutoTokenizer.from_pretrained(make_llama_sp_tokenizer(tmp_path_factory.mktemp("sp") / "llama-sp"))
+
+
+def test_wizardlm_response_boundary_has_no_stray_token_with_a_llama_sentencepiece_tokenizer(llama_sp_tokenizer):
+    from train.masking import hf_encoder
+
+    tok = llama_sp_tokenizer
+    assert tok.convert_ids_to_tokens(tok(" 5", add_special_tokens=False).input_ids)[0] == "▁"  # alone: stray "▁"
+    example = tokenize_row(row("Add 2 and 3.", "The answer is 5."), "wizardlm", hf_encoder(tok), 200, "truncate")
+    joint = tok("Add 2 and 3.\n\n### Response: The answer is 5.").input_ids + [tok.eos_token_id]
+    assert example.input_ids == joint  # exactly the joint tokenization: one BOS, no extra token
+    response = [t for t, label in zip(example.input_ids, example.labels) if label != IGNORE]
+    prompt_len = len(tok("Add 2 and 3.\n\n### Response:").input_ids)
+    assert response == joint[prompt_len:]
+    assert tok.decode(response, skip_special_tokens=True) == "The answer is 5."
+
+
 # --- packing ----------------------------------------------------------------------------------
 
 def test_first_fit_decreasing_uses_every_sample_once_within_capacity():

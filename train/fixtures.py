@@ -5,6 +5,7 @@ tokenizer is the bundled small model's, so the tiny model speaks the same vocabu
 """
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -67,4 +68,40 @@ def write_evolved_parquet(folder: str | Path, rows: list[dict], files: int = 2) 
         chunk = rows[f * per: (f + 1) * per]
         if chunk:
             pq.write_table(pa.Table.from_pylist(chunk), folder / f"part-{f:03d}.parquet")
+    return str(folder)
+
+
+def make_llama_sp_tokenizer(folder: str | Path) -> str:
+    """A LLaMA-style SentencePiece tokenizer (BPE, byte fallback, split digits, BOS <s>=1, EOS
+    </s>=2) trained here on a few sentences, saved the way LLaMA's hub tokenizer.json is: a
+    normalizer that prepends "▁" to every encoded text and turns spaces into "▁"."""
+    import io
+
+    import sentencepiece as spm
+    from tokenizers import decoders, normalizers, processors
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    if (folder / "tokenizer.json").exists():
+        return str(folder)
+    text = [" ".join(WORDS), "Add 2 and 3. The answer is 5.", "### Response: USER: ASSISTANT: Hello there!"] * 20
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text), model_writer=model, vocab_size=400, model_type="bpe", byte_fallback=True,
+        split_digits=True, add_dummy_prefix=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2)
+    sp = folder / "sentencepiece"
+    sp.mkdir(parents=True, exist_ok=True)
+    (sp / "tokenizer.model").write_bytes(model.getvalue())
+    (sp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>",
+                                                          "eos_token": "</s>", "unk_token": "<unk>"}))
+    backend = AutoTokenizer.from_pretrained(sp).backend_tokenizer  # converted from SentencePiece
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = None
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", 1)])
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(folder)
     return str(folder)

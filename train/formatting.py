@@ -5,7 +5,8 @@ Pure: no tokenizer, no Ray. A row is a dict with the evolve job's columns (`mess
 only assistant turns are trainable, so the loss is masked on everything the user wrote.
 
 Templates:
-- "wizardlm": the paper's 7B format, `{instruction}\\n\\n### Response:` then the response + EOS.
+- "wizardlm": the paper's 7B format (`generation.prompts.PLAIN_TEMPLATE`, the one copy of
+  `{instruction}\\n\\n### Response:` that inference uses too), then " " + the response + EOS.
 - "vicuna_v1.1": FastChat's Vicuna v1.1 conversation (used for WizardLM 13B/30B) + EOS per turn.
 - "chat_template": the tokenizer's own chat template (handled in `train.tokenize`, which
   needs the tokenizer to render it).
@@ -13,6 +14,8 @@ Templates:
 from __future__ import annotations
 
 from typing import Any, Iterable
+
+from generation.prompts import PLAIN_TEMPLATE
 
 TEMPLATES = ("wizardlm", "vicuna_v1.1", "chat_template")
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -67,7 +70,7 @@ def wizardlm_segments(messages: list[dict]) -> list[Segment]:
     segments: list[Segment] = []
     for role, content in _turns(messages):
         if role == "user":
-            segments.append((f"{content}\n\n### Response:", False))
+            segments.append((PLAIN_TEMPLATE.format(prompt=content), False))
         else:
             segments += [(f" {content}", True), (EOS, True)]
     return segments

@@ -50,14 +50,43 @@ class Example:
     truncated: bool
 
 
+def continuation_ids(enc: Encoder, context: str, context_ids: list[int] | None,
+                     text: str) -> tuple[list[int], list[int] | None]:
+    """Token ids of `text` as they appear after `context` when both are tokenised together,
+    and the ids of `context + text` (None when unknown), for the next segment.
+
+    Encoding `text` on its own can differ at the boundary: LLaMA's SentencePiece tokenizers
+    prepend a word marker to every call, so " Paris" alone becomes ["▁", "▁Paris"], a stray
+    token the model would learn to emit after "### Response:". The joint encoding has none.
+    If the boundary merges tokens (the joint ids do not start with the context's), `text`
+    is encoded on its own.
+    """
+    if not context:
+        tokens = list(enc.encode(text))
+        return tokens, tokens
+    head = context_ids if context_ids is not None else list(enc.encode(context))
+    both = list(enc.encode(context + text))
+    if both[:len(head)] == head:
+        return both[len(head):], both
+    return list(enc.encode(text)), None
+
+
 def tokenize_segments(segments: list[Segment], enc: Encoder, max_length: int,
                       policy: str = "truncate") -> Example:
-    ids: list[int] = [enc.bos_id] if enc.bos_id is not None else []
-    labels: list[int] = [IGNORE] * len(ids)
+    ids: list[int] = []
+    labels: list[int] = []
+    context, context_ids = "", None  # text since the start or the last EOS, tokenised jointly
     for text, trainable in segments:
-        tokens = [enc.eos_id] if text is EOS else list(enc.encode(text))
+        if text is EOS:
+            tokens, context, context_ids = [enc.eos_id], "", None
+        else:
+            tokens, context_ids = continuation_ids(enc, context, context_ids, text)
+            context += text
         ids += tokens
         labels += tokens if trainable else [IGNORE] * len(tokens)
+    if enc.bos_id is not None and ids[:1] != [enc.bos_id]:
+        # A rendered chat template may start with the BOS text already: never two BOS tokens.
+        ids, labels = [enc.bos_id] + ids, [IGNORE] + labels
     if labels:
         # Nothing of this sample precedes its first token; masking it also guarantees that a
         # packed neighbour's last token is never asked to predict it (HF shifts labels by one).
