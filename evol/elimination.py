@@ -2,23 +2,34 @@
 
 A candidate fails on the first rule that holds; the cheap text rules run before any model
 call so that no response or equality check is generated for a candidate already lost.
+Words are Unicode words (any script); the stop words and the word "sorry" are English only,
+so rules 2 and 3 judge other languages by their punctuation and length alone.
 """
 from __future__ import annotations
 
+import functools
 import re
+import sys
+import unicodedata
 
-from evol.templates import LEAK_PHRASES
+from evol.templates import LEAK_LABELS, LEAK_MARKERS
 
 EMPTY_EVOLUTION = "empty_evolution"
+TRUNCATED_EVOLUTION = "truncated_evolution"     # the rewrite hit its token limit: cut mid-text
 TEMPLATE_LEAK = "template_leak"                 # rule 4
 NO_INFORMATION_GAIN = "no_information_gain"     # rule 1
 COULD_NOT_ANSWER = "could_not_answer"           # rule 2
 TRIVIAL_RESPONSE = "trivial_response"           # rule 3
-RULES = (EMPTY_EVOLUTION, TEMPLATE_LEAK, NO_INFORMATION_GAIN, COULD_NOT_ANSWER, TRIVIAL_RESPONSE)
+RULES = (EMPTY_EVOLUTION, TRUNCATED_EVOLUTION, TEMPLATE_LEAK, NO_INFORMATION_GAIN, COULD_NOT_ANSWER,
+         TRIVIAL_RESPONSE)
 
 EQUAL, NOT_EQUAL, UNPARSED, SKIPPED = "equal", "not_equal", "unparsed", "skipped"
 
 SORRY_MAX_WORDS = 80
+# Room for "**Answer: Not Equal.**" even from a tokenizer that spends a token per character
+# or two, plus the chatter a small model puts first ("They are not equal."). Fewer tokens cut
+# the verdict itself, and a cut verdict is unparsed.
+MIN_JUDGE_TOKENS = 16
 
 STOP_WORDS = frozenset("""
 a about above after again against all am an and any are aren't as at be because been before being
@@ -33,8 +44,10 @@ where where's which while who who's whom why why's with won't would wouldn't you
 you've your yours yourself yourselves yes ok okay
 """.split())
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _QUOTES = "\"'`“”‘’"
+_APOSTROPHES = str.maketrans({"’": "'", "ʼ": "'"})
+# Scripts written without spaces: each character is a word, so spacing cannot hide a copy.
+_IDEOGRAPHS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 
 
 def clean_evolved_instruction(text: str) -> str:
@@ -45,41 +58,195 @@ def clean_evolved_instruction(text: str) -> str:
     return text
 
 
+def _char_class(codepoints: list[int]) -> str:
+    """The body of a regex character class: runs of consecutive code points as `a-z` ranges."""
+    parts, start = [], codepoints[0]
+    for prev, cp in zip(codepoints, codepoints[1:] + [None]):
+        if cp != prev + 1:
+            parts.append(re.escape(chr(start)) + (f"-{re.escape(chr(prev))}" if prev != start else ""))
+            start = cp
+    return "".join(parts)
+
+
+@functools.cache
+def _word_pattern() -> re.Pattern:
+    """Letters, digits and combining marks. `\\w` alone cuts words at marks (Devanagari vowel
+    signs, Arabic vowels); built once per process (~0.1 s) rather than at import."""
+    marks = _char_class([cp for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp))[0] == "M"])
+    char = f"(?:(?![{_IDEOGRAPHS}])[^\\W_]|[{marks}])"
+    return re.compile(f"[{_IDEOGRAPHS}]|{char}+(?:'{char}+)*")
+
+
+def words(text: str) -> list[str]:
+    """Case-folded words of any script; NFKC makes full-width and composed forms the same word."""
+    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).casefold()
+    return _word_pattern().findall(text)
+
+
 def normalize(text: str) -> str:
-    return " ".join(_WORD.findall(text.lower()))
-
-
-def has_template_leak(instruction: str) -> bool:
-    lowered = instruction.lower()
-    return any(phrase in lowered for phrase in LEAK_PHRASES)
+    return " ".join(words(text))
 
 
 def could_not_answer(response: str) -> bool:
-    return "sorry" in response.lower() and len(response.split()) < SORRY_MAX_WORDS
+    """Rule 2: an apology ("sorry", English only) in a short answer."""
+    return "sorry" in response.casefold() and len(words(response)) < SORRY_MAX_WORDS
 
 
 def is_trivial_response(response: str) -> bool:
-    """Only punctuation and stop words (an empty answer included)."""
-    return all(word in STOP_WORDS for word in _WORD.findall(response.lower()))
+    """Rule 3: only punctuation and (English) stop words, an empty answer included."""
+    return all(word in STOP_WORDS for word in words(response))
+
+
+# --- rule 4: template leak -------------------------------------------------------------------
+
+_DECOR = r"[\s#*_>`\"'“”‘’-]*"
+_LEAD_IN = r"(?:(?:here\s+is|here's|below\s+is|this\s+is)\s+)?(?:(?:the|my|your|a)\s+)?"
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+@functools.cache
+def _leak_patterns() -> tuple[tuple[str, re.Pattern], ...]:
+    """(phrase, pattern): a marker anywhere ("# Rewritten Instruction #" too); a bare phrase only as
+    a label, i.e. starting a line or sentence and followed by ':' or the line's end."""
+    def spaced(phrase: str) -> str:
+        return r"\s+".join(map(re.escape, phrase.split()))
+    markers = [(_squash(m), re.compile(r"#\s*" + spaced(m.strip("#")) + r"\s*#", re.I)) for m in LEAK_MARKERS]
+    labels = [(phrase, re.compile(rf"(?:^|[.!?]){_DECOR}{_LEAD_IN}{spaced(phrase)}(?:\s+(?:is|would\s+be))?"
+                                  rf"{_DECOR}(?::|$)", re.I | re.M))
+              for phrase in LEAK_LABELS]
+    return tuple(markers + labels)
+
+
+def has_template_leak(candidate: str, parent: str) -> bool:
+    """The rewrite copied words of the evolving prompt that its parent did not already hold.
+
+    Markers ("#Rewritten Instruction#") always count. Bare phrases ("original instruction",
+    "given prompt") count only as a label: at the start of a line or sentence (after markdown,
+    quotes or "Here is the") and followed by ':' or the line's end, which is how an echoed
+    template heading looks. Prose that uses the words ("the original instruction set of the
+    8086", "write a story for the given prompt.") is left alone. A phrase the parent already
+    contains (any case) is the user's text, not a leak, so such a seed can still evolve.
+    """
+    parent_squashed = _squash(parent)
+    for phrase, pattern in _leak_patterns():
+        found_in_parent = pattern.search(parent) if phrase.startswith("#") else phrase in parent_squashed
+        if pattern.search(candidate) and not found_in_parent:
+            return True
+    return False
+
+
+# --- rule 1: the judge's equality verdict ----------------------------------------------------
+
+_VERDICT_WORDS = {"equal": True, "unequal": False, "same": True, "identical": True, "equivalent": True,
+                  "different": False, "differ": False, "differs": False}
+_ADJECTIVES_BEFORE_NOUNS = frozenset({"same", "identical", "equivalent", "different"})  # "the same topic"
+_VERBS = frozenset({"differ", "differs"})
+_FOLLOWERS = frozenset({"to", "from", "as", "in"})  # "different from", "the same as", "equal in depth"
+_COPULAS = frozenset({"is", "are", "be", "was", "were", "am", "seem", "seems", "appear", "appears",
+                      "remain", "remains", "being", "isn't", "aren't", "wasn't", "weren't"})
+_ADVERBS = frozenset({"the", "exactly", "really", "quite", "entirely", "completely", "totally", "fully",
+                      "essentially", "basically", "clearly", "definitely", "absolutely", "strictly", "truly"})
+_NEGATORS = frozenset({"not", "never", "non", "hardly", "neither", "nor", "cannot"})
+_CONTRASTS = frozenset({"but", "however", "although", "though", "whereas", "while", "except", "yet"})
+_LABEL = r"^(?:(?:final\s+)?(?:answer|verdict|judgement|judgment|result|output)\s*:\s*)?"
+_BARE = re.compile(_LABEL + r"(not equal|unequal|equal|not the same|the same|different) ?(?P<end>[.!\n]|$)")
+_SENTENCE = re.compile(r"[^.!?;\n]+[.!?;\n]?")
+_TOKEN = re.compile(r"[\w']+|[^\w\s]")
+
+
+def _clean_answer(answer: str) -> str:
+    """Lower case without markdown, quotes and joiners: "**NOT_EQUAL**" reads "not equal"."""
+    text = answer.translate(_APOSTROPHES).lower()
+    text = re.sub(r"[*_`#\"“”]|(?<=\w)-(?=\w)|(?<!\w)'|'(?!\w)", " ", text)
+    return "\n".join(" ".join(line.split()) for line in text.lstrip().split("\n"))  # a last "\n" stays
+
+
+def _is_negator(token: str) -> bool:
+    return token in _NEGATORS or token.endswith("n't")
+
+
+def _clause_before(tokens: list[str], i: int) -> list[str]:
+    """Up to four words before token i, not reaching back past punctuation."""
+    window = tokens[max(0, i - 4):i]
+    cuts = [k for k, t in enumerate(window) if not t[0].isalnum()]
+    return window[cuts[-1] + 1:] if cuts else window
+
+
+def _in_predicate(tokens: list[str], i: int) -> bool:
+    """A verdict word states the verdict when a copula leads to it ("they are not the same") or it
+    opens the clause ("Not equal", "Answer: equal"), not as an attribute ("into equal parts")."""
+    before = _clause_before(tokens, i)
+    if tokens[i] in _VERBS or any(t in _COPULAS or t.endswith(("'re", "'s")) for t in before):
+        return True
+    start = i - len(before)
+    opens_clause = start == 0 or not tokens[start - 1][0].isalnum()
+    return opens_clause and all(_is_negator(t) or t in _ADVERBS for t in before)
+
+
+def _polarities(tokens: list[str]) -> set[bool]:
+    """Each verdict stated in one sentence: True for equal, False for not equal (negation applied)."""
+    found = set()
+    for i, token in enumerate(tokens):
+        if token not in _VERDICT_WORDS or not _in_predicate(tokens, i):
+            continue
+        after = tokens[i + 1] if i + 1 < len(tokens) else "."
+        if token in _ADJECTIVES_BEFORE_NOUNS and after[0].isalnum() and after not in _FOLLOWERS:
+            continue
+        negated = any(_is_negator(t) for t in _clause_before(tokens, i))
+        found.add(_VERDICT_WORDS[token] != negated)
+    return found
+
+
+def _bare_verdict(text: str, complete: bool) -> str | None:
+    """The answer the prompt asks for, first and on its own ("Not Equal." / "Answer: Equal")."""
+    match = _BARE.match(text)
+    if match is None or (not complete and not match["end"]):
+        return None
+    return NOT_EQUAL if match[1] in ("not equal", "unequal", "not the same", "different") else EQUAL
 
 
 def parse_equality(answer: str) -> str:
-    """Equal / Not Equal from a judge's free text; anything else is UNPARSED, never a guess."""
-    words = normalize(answer).split()
-    if not words:
-        return UNPARSED
-    text = " ".join(words)
-    if re.search(r"\bnot equal\b|\bunequal\b|\bnot the same\b", text):
+    """Equal / Not Equal from a judge's free text; anything unclear is UNPARSED, never a guess.
+
+    The first answer token decides when it stands alone. Otherwise every statement (questions
+    aside) must agree, with negations applied ("not exactly equal", "aren't the same"), and an
+    "equal" qualified by "but"/"although"/... is no evidence of equality.
+    """
+    text = _clean_answer(answer)
+    bare = _bare_verdict(text, complete=True)
+    if bare is not None:
+        return bare
+    found, contrast = set(), False
+    for sentence in _SENTENCE.findall(text):
+        if not sentence.endswith("?"):
+            tokens = _TOKEN.findall(sentence)
+            found |= _polarities(tokens)
+            contrast = contrast or bool(_CONTRASTS.intersection(tokens))
+    if found == {False}:
         return NOT_EQUAL
-    if re.search(r"\bequal\b", text):
-        return EQUAL
-    return UNPARSED
+    return EQUAL if found == {True} and not contrast else UNPARSED
 
 
-def reason_before_response(parent: str, candidate: str) -> str | None:
+def parse_equality_generation(text: str, finished: bool) -> str:
+    """A verdict cut off by max_tokens counts only if its first token already stood complete
+    ("Not Equal." then cut): a cut "Equal" may have gone on "... in topic, but not in depth"."""
+    if finished:
+        return parse_equality(text)
+    return _bare_verdict(_clean_answer(text), complete=False) or UNPARSED
+
+
+# --- the rules in order ----------------------------------------------------------------------
+
+def reason_before_response(parent: str, candidate: str, truncated: bool = False) -> str | None:
+    """Rules that need no model call; `truncated`: the rewrite stopped at its token limit."""
     if not candidate:
         return EMPTY_EVOLUTION
-    if has_template_leak(candidate):
+    if truncated:
+        return TRUNCATED_EVOLUTION  # half an instruction must not be answered nor evolved again
+    if has_template_leak(candidate, parent):
         return TEMPLATE_LEAK
     if normalize(candidate) == normalize(parent):
         return NO_INFORMATION_GAIN  # a verbatim copy needs no judge
@@ -87,6 +254,7 @@ def reason_before_response(parent: str, candidate: str) -> str | None:
 
 
 def reason_after_response(response: str) -> str | None:
+    """Rules 2 and 3, for any generated answer (round-0 seed answers included)."""
     if could_not_answer(response):
         return COULD_NOT_ANSWER
     if is_trivial_response(response):

@@ -1,21 +1,23 @@
 """Prompt templates written for evolray from the paper's description of each operation.
 
-The markers below frame the instruction inside the evolving prompt. If any of them, or the
-paper's own marker phrases, shows up in an evolved instruction, the model copied the template
-(elimination rule 4); `LEAK_PHRASES` is that list.
+The markers below frame the instruction inside the evolving prompt. If the model copies one
+of them, or one of the paper's own markers, into an evolved instruction, it leaked the
+template (elimination rule 4): `LEAK_MARKERS` lists the markers and `LEAK_LABELS` the same
+words without the '#', which count only where they are used as a label (see elimination).
 """
 from __future__ import annotations
+
+from evol.operations import OPERATIONS
 
 ORIGINAL_MARKER = "#Original Instruction#"
 REWRITTEN_MARKER = "#Rewritten Instruction#"
 NEW_MARKER = "#New Instruction#"
 
-# Our markers plus the phrases the paper names for its own template.
-LEAK_PHRASES = (
-    "#original instruction#", "#rewritten instruction#", "#new instruction#",
-    "original instruction", "rewritten instruction",
-    "given prompt", "rewritten prompt", "#the given prompt#", "#rewritten prompt#", "#created prompt#",
-)
+# Our markers plus the ones the paper names for its own template.
+LEAK_MARKERS = (ORIGINAL_MARKER, REWRITTEN_MARKER, NEW_MARKER,
+                "#The Given Prompt#", "#Given Prompt#", "#Rewritten Prompt#", "#Created Prompt#")
+# "#The Given Prompt#" -> "given prompt": the words a model echoes as a heading ("Given prompt:").
+LEAK_LABELS = tuple(dict.fromkeys(m.strip("#").lower().removeprefix("the ") for m in LEAK_MARKERS))
 
 _IN_DEPTH_FRAME = """You are an expert at writing instructions for AI assistants.
 Rewrite the instruction below into a harder version that well-known assistants such as ChatGPT
@@ -83,3 +85,15 @@ def evolve_prompt(operation: str, instruction: str) -> str:
 
 def equality_prompt(parent: str, candidate: str) -> str:
     return _EQUALITY_FRAME.format(first=parent, second=candidate)
+
+
+def template_overheads() -> list[str]:
+    """Every evolving prompt (one per operation, in OPERATIONS order), then the equality prompt,
+    each rendered with empty instructions.
+
+    The caller counts their tokens with the model's tokenizer to check at config time that
+    the longest instruction plus the longest template fits the prompt limit, so that the
+    template's own rules are never truncated away. The equality prompt (last) holds TWO
+    instructions, the parent and the candidate.
+    """
+    return [evolve_prompt(op, "") for op in OPERATIONS] + [equality_prompt("", "")]

@@ -2,18 +2,41 @@ import pytest
 
 from evol import elimination as rules
 
+PARENT = "Name three rivers."
+
 
 @pytest.mark.parametrize("text, leaked", [
     ("Write a poem about rain that rhymes.", False),
     ("#Rewritten Instruction#: Write a poem", True),
+    ("# rewritten   instruction #\nWrite a poem", True),
     ("Here is the rewritten prompt: write a poem", True),
-    ("As in the given prompt, write a poem", True),
     ("#Created Prompt#\nWrite a limerick", True),
     ("Write a poem. #New Instruction#", True),
+    ("Rewritten Instruction: Write a poem", True),
+    ("**Rewritten Instruction**\nWrite a poem", True),
+    ("Sure! New instruction: write a poem", True),
+    ("Original instruction:\nName rivers.\n\nRewritten instruction:\nName 3 rivers.", True),
+    ("The rewritten prompt is: write a poem", True),
     ("Promptly write a poem given a theme", False),
+    ("Explain the original instruction set of the 8086 and how it grew.", False),
+    ("Design a new instruction set for a stack machine.", False),
+    ("Write a story for the given prompt.", False),
+    ("As in the given prompt, write a poem", False),
+    ("The original instruction is a bit vague; make it precise.", False),
 ])
 def test_template_leak(text, leaked):
-    assert rules.has_template_leak(text) is leaked
+    assert rules.has_template_leak(text, PARENT) is leaked
+
+
+@pytest.mark.parametrize("parent, candidate, leaked", [
+    ("Explain what #Rewritten Instruction# means in Evol-Instruct.", "Explain what #rewritten instruction# means, "
+                                                                     "with an example.", False),
+    ("Explain what #Rewritten Instruction# means.", "#New Instruction# Explain it with an example.", True),
+    ("Why did Intel keep the original instruction set?", "Original instruction: why did Intel keep it?", False),
+    ("Why did Intel keep the 8086 opcodes?", "Original instruction: why did Intel keep it?", True),
+])
+def test_a_phrase_already_in_the_parent_is_not_a_leak(parent, candidate, leaked):
+    assert rules.has_template_leak(candidate, parent) is leaked
 
 
 def test_could_not_answer_needs_sorry_and_short():
@@ -25,22 +48,99 @@ def test_could_not_answer_needs_sorry_and_short():
     assert rules.could_not_answer("sorry " + "word " * 78)  # 79 words
 
 
+def test_could_not_answer_counts_words_of_scripts_without_spaces():
+    # 100 ideographs are 100 words, not one "word" without spaces.
+    assert not rules.could_not_answer("Sorry. " + "雨" * 100)
+    assert rules.could_not_answer("Sorry. " + "雨" * 10)
+
+
 @pytest.mark.parametrize("response, trivial", [
     ("", True), ("...!?", True), ("It is what it is.", True), ("Yes, of course; and so on!", False),
-    ("The answer is 42.", False), ("Paris", False), ("   ", True),
+    ("The answer is 42.", False), ("Paris", False), ("   ", True), ("It’s what it’s.", True),
+    ("长江、黄河和珠江。", False), ("Волга, Дон и Обь.", False), ("النيل", False), ("गंगा", False),
+    ("。！？", True), ("«…»", True),
 ])
 def test_trivial_response(response, trivial):
     assert rules.is_trivial_response(response) is trivial
 
 
-@pytest.mark.parametrize("answer, verdict", [
-    ("Equal", rules.EQUAL), ("equal.", rules.EQUAL), ("They are Equal", rules.EQUAL),
-    ("Not Equal", rules.NOT_EQUAL), ("not equal - the second adds a constraint", rules.NOT_EQUAL),
-    ("NOT EQUAL", rules.NOT_EQUAL), ("Unequal", rules.NOT_EQUAL), ("", rules.UNPARSED),
-    ("The second one is harder.", rules.UNPARSED), ("Equality holds", rules.UNPARSED),
+@pytest.mark.parametrize("text, normal", [
+    ("Name three rivers.", "name three rivers"),
+    ("请写一首关于雨的诗。", "请 写 一 首 关 于 雨 的 诗"),
+    ("请 写一首 关于雨的诗", "请 写 一 首 关 于 雨 的 诗"),  # spacing between ideographs cannot hide a copy
+    ("Напишите стихотворение о дожде!", "напишите стихотворение о дожде"),
+    ("اكتب قصيدةً عن المطر", "اكتب قصيدةً عن المطر"),  # the vowel mark stays inside its word
+    ("हिन्दी में लिखो", "हिन्दी में लिखो"),              # Devanagari vowel signs and virama too
+    ("ＡＢＣ It’s 42", "abc it's 42"),
+    ("snake_case-word", "snake case word"),
 ])
-def test_parse_equality(answer, verdict):
-    assert rules.parse_equality(answer) == verdict
+def test_normalize_keeps_words_of_any_script(text, normal):
+    assert rules.normalize(text) == normal
+
+
+@pytest.mark.parametrize("parent, candidate", [
+    ("请写一首关于雨的诗。", "请写一首关于雨的诗,要求押韵并且不少于八行。"),
+    ("Напишите стихотворение о дожде.", "Напишите стихотворение о дожде в форме сонета."),
+    ("اكتب قصيدة عن المطر", "اكتب قصيدة عن المطر في الصحراء"),
+    ("हिन्दी में लिखो", "हिन्दी में एक कविता लिखो"),
+])
+def test_a_changed_instruction_in_any_script_is_not_a_copy(parent, candidate):
+    assert rules.reason_before_response(parent, candidate) is None
+    assert rules.reason_before_response(parent, " " + parent.replace(" ", "  ")) == rules.NO_INFORMATION_GAIN
+
+
+@pytest.mark.parametrize("answer", [
+    "Equal", "equal.", "They are Equal", "**Equal**", "Answer: Equal", "Verdict: equal\n\nBoth ask for three rivers.",
+    "The two instructions are equal.", "They're equal in constraints and depth.", "They are the same.",
+    "Equal\n\nBoth instructions ask for the same thing, though worded differently.", "'Equal'",
+    "I think they are equal.", "They do not differ.", "Are they equal? Yes, they are equal.",
+    "Both instructions are identical.", "The instructions are, in my view, equal",
+])
+def test_parse_equality_equal(answer):
+    assert rules.parse_equality(answer) == rules.EQUAL
+
+
+@pytest.mark.parametrize("answer", [
+    "Not Equal", "not equal.", "NOT EQUAL", "NOT_EQUAL", "Not-Equal", "**Not Equal**", "Unequal", "Different.",
+    "Answer: Not Equal", "**Answer:** Not Equal\n\nThe second adds a constraint.",
+    "not equal - the second adds a constraint", "They are not exactly equal", "They aren't equal",
+    "They are not really equal.", "It isn't equal to the first.", "They are not the same.",
+    "The two instructions are not identical.", "They differ in depth.", "Completely different.",
+    "The second instruction is more complex, so they are not equal.", "I don't think they are equal.",
+    "Not Equal. The second asks for the two halves to be equal.", "Are they equal? Not Equal.",
+    "They are not equal, but they are similar.", "Divide the cake into equal parts. Not Equal.",
+])
+def test_parse_equality_not_equal(answer):
+    assert rules.parse_equality(answer) == rules.NOT_EQUAL
+
+
+@pytest.mark.parametrize("answer", [
+    "", "   ", "The second one is harder.", "Equality holds", "Yes", "No", "Equal in topic, but not in depth.",
+    "Reply with exactly one of: Equal, Not Equal.", "They are equal, although the second adds a year.",
+    "Both are equal in depth; however the second adds a constraint.", "Are they equal?",
+    "Both are about the same topic.", "Equal? Not equal? Hard to say.",
+])
+def test_parse_equality_unclear_is_unparsed(answer):
+    assert rules.parse_equality(answer) == rules.UNPARSED
+
+
+@pytest.mark.parametrize("text, finished, verdict", [
+    ("Equal", True, rules.EQUAL),
+    ("Equal", False, rules.UNPARSED),           # could have gone on "... in topic, but not in depth"
+    ("Equal.", False, rules.EQUAL),
+    ("Not Equal\n", False, rules.NOT_EQUAL),
+    ("Not Equal. The second adds", False, rules.NOT_EQUAL),
+    ("Not Eq", False, rules.UNPARSED),
+    ("Not", False, rules.UNPARSED),
+    ("They are not equal. The second", False, rules.UNPARSED),  # the rest may have said otherwise
+    ("They are not equal. The second adds a year.", True, rules.NOT_EQUAL),
+])
+def test_parse_equality_generation_counts_a_cut_verdict_only_when_complete(text, finished, verdict):
+    assert rules.parse_equality_generation(text, finished) == verdict
+
+
+def test_min_judge_tokens_fits_a_chatty_verdict():
+    assert rules.MIN_JUDGE_TOKENS == 16 and len("Not Equal") < rules.MIN_JUDGE_TOKENS
 
 
 def test_clean_evolved_instruction_strips_formatting_only():
@@ -50,14 +150,22 @@ def test_clean_evolved_instruction_strips_formatting_only():
 
 
 def test_reason_order_and_values():
-    parent = "Name three rivers."
-    assert rules.reason_before_response(parent, "") == rules.EMPTY_EVOLUTION
-    assert rules.reason_before_response(parent, "#Rewritten Instruction# Name rivers") == rules.TEMPLATE_LEAK
-    assert rules.reason_before_response(parent, "name three rivers") == rules.NO_INFORMATION_GAIN
-    assert rules.reason_before_response(parent, "Name three rivers in Asia longer than 1000 km.") is None
+    assert rules.RULES == (rules.EMPTY_EVOLUTION, rules.TRUNCATED_EVOLUTION, rules.TEMPLATE_LEAK,
+                           rules.NO_INFORMATION_GAIN, rules.COULD_NOT_ANSWER, rules.TRIVIAL_RESPONSE)
+    assert rules.TRUNCATED_EVOLUTION == "truncated_evolution"
+    assert rules.reason_before_response(PARENT, "") == rules.EMPTY_EVOLUTION
+    assert rules.reason_before_response(PARENT, "", truncated=True) == rules.EMPTY_EVOLUTION
+    assert rules.reason_before_response(PARENT, "#Rewritten Instruction# Name", truncated=True) == \
+        rules.TRUNCATED_EVOLUTION
+    assert rules.reason_before_response(PARENT, "Name three rivers in Asia longer", truncated=True) == \
+        rules.TRUNCATED_EVOLUTION
+    assert rules.reason_before_response(PARENT, "#Rewritten Instruction# Name rivers") == rules.TEMPLATE_LEAK
+    assert rules.reason_before_response(PARENT, "name three rivers") == rules.NO_INFORMATION_GAIN
+    assert rules.reason_before_response(PARENT, "Name three rivers in Asia longer than 1000 km.") is None
     assert rules.reason_after_response("Sorry, no.") == rules.COULD_NOT_ANSWER
     assert rules.reason_after_response("the and of") == rules.TRIVIAL_RESPONSE
     assert rules.reason_after_response("The Yangtze, the Ganges and the Mekong.") is None
+    assert rules.reason_after_response("长江、恒河和湄公河。") is None
     assert rules.reason_after_equality(rules.EQUAL) == rules.NO_INFORMATION_GAIN
     assert rules.reason_after_equality(rules.NOT_EQUAL) is None
     assert rules.reason_after_equality(rules.UNPARSED) is None

@@ -2,7 +2,7 @@ from collections import Counter
 
 from evol.operations import IN_BREADTH, IN_DEPTH, OPERATIONS, choose_operation
 from evol.records import candidate_id
-from evol.templates import LEAK_PHRASES, equality_prompt, evolve_prompt, user_turn
+from evol.templates import LEAK_LABELS, LEAK_MARKERS, equality_prompt, evolve_prompt, template_overheads, user_turn
 
 
 def test_six_operations_five_in_depth_one_in_breadth():
@@ -48,7 +48,21 @@ def test_templates_markers_are_in_the_leak_list():
     # Whatever marker a template shows the model must count as a leak if copied back.
     for op in OPERATIONS:
         markers = [line for line in evolve_prompt(op, "x").splitlines() if line.startswith("#")]
-        assert markers and all(m.lower() in LEAK_PHRASES for m in markers)
+        assert markers and all(m in LEAK_MARKERS for m in markers)
+
+
+def test_leak_labels_are_the_markers_words():
+    assert LEAK_LABELS == ("original instruction", "rewritten instruction", "new instruction", "given prompt",
+                           "rewritten prompt", "created prompt")
+
+
+def test_template_overheads_are_every_prompt_with_empty_slots():
+    overheads = template_overheads()
+    assert overheads == [evolve_prompt(op, "") for op in OPERATIONS] + [equality_prompt("", "")]
+    assert len(overheads) == 7
+    # Each slot is empty: filling it adds exactly the instruction, the equality prompt has two.
+    assert all(len(evolve_prompt(op, "Name three rivers.")) == len(o) + 18 for op, o in zip(OPERATIONS, overheads))
+    assert len(equality_prompt("Name rivers.", "Name lakes.")) == len(overheads[-1]) + 12 + 11
 
 
 def test_equality_prompt_and_user_turn():
