@@ -151,6 +151,8 @@ _ADVERBS = frozenset({"the", "exactly", "really", "quite", "entirely", "complete
                       "essentially", "basically", "clearly", "definitely", "absolutely", "strictly", "truly"})
 _NEGATORS = frozenset({"not", "never", "non", "hardly", "neither", "nor", "cannot"})
 _CONTRASTS = frozenset({"but", "however", "although", "though", "whereas", "while", "except", "yet"})
+_HEDGES = frozenset({"whether", "if", "might", "may", "maybe", "perhaps", "possibly", "probably", "unclear",
+                     "unsure", "clear", "sure"})  # "it is not clear whether they are equal"
 _LABEL = r"^(?:(?:final\s+)?(?:answer|verdict|judgement|judgment|result|output)\s*:\s*)?"
 _BARE = re.compile(_LABEL + r"(not equal|unequal|equal|not the same|the same|different) ?(?P<end>[.!\n]|$)")
 _SENTENCE = re.compile(r"[^.!?;\n]+[.!?;\n]?")
@@ -212,8 +214,8 @@ def parse_equality(answer: str) -> str:
     """Equal / Not Equal from a judge's free text; anything unclear is UNPARSED, never a guess.
 
     The first answer token decides when it stands alone. Otherwise every statement (questions
-    aside) must agree, with negations applied ("not exactly equal", "aren't the same"), and an
-    "equal" qualified by "but"/"although"/... is no evidence of equality.
+    aside) must agree, with negations applied ("not exactly equal", "aren't the same"); a hedged
+    statement ("they might be equal") or an "equal" qualified by "but"/"although"/... is no evidence.
     """
     text = _clean_answer(answer)
     bare = _bare_verdict(text, complete=True)
@@ -221,10 +223,12 @@ def parse_equality(answer: str) -> str:
         return bare
     found, contrast = set(), False
     for sentence in _SENTENCE.findall(text):
-        if not sentence.endswith("?"):
-            tokens = _TOKEN.findall(sentence)
-            found |= _polarities(tokens)
-            contrast = contrast or bool(_CONTRASTS.intersection(tokens))
+        tokens = _TOKEN.findall(sentence)
+        stated = _polarities(tokens) if not sentence.endswith("?") else set()
+        if stated and _HEDGES.intersection(tokens):
+            return UNPARSED
+        found |= stated
+        contrast = contrast or bool(_CONTRASTS.intersection(tokens))
     if found == {False}:
         return NOT_EQUAL
     return EQUAL if found == {True} and not contrast else UNPARSED

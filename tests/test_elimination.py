@@ -95,6 +95,8 @@ def test_a_changed_instruction_in_any_script_is_not_a_copy(parent, candidate):
     "Equal\n\nBoth instructions ask for the same thing, though worded differently.", "'Equal'",
     "I think they are equal.", "They do not differ.", "Are they equal? Yes, they are equal.",
     "Both instructions are identical.", "The instructions are, in my view, equal",
+    "Both have the same constraints and requirements and the same depth and breadth. Equal.",
+    "Neither is more complex; they are equal.",
 ])
 def test_parse_equality_equal(answer):
     assert rules.parse_equality(answer) == rules.EQUAL
@@ -109,6 +111,9 @@ def test_parse_equality_equal(answer):
     "The second instruction is more complex, so they are not equal.", "I don't think they are equal.",
     "Not Equal. The second asks for the two halves to be equal.", "Are they equal? Not Equal.",
     "They are not equal, but they are similar.", "Divide the cake into equal parts. Not Equal.",
+    "No, they are not equal.", "They are not equal because the second one requires a rhyme.",
+    "The second is a more specific version of the first, so they're not equal.",
+    "The two instructions are not equal. The first asks for rivers, while the second asks for long ones.",
 ])
 def test_parse_equality_not_equal(answer):
     assert rules.parse_equality(answer) == rules.NOT_EQUAL
@@ -119,6 +124,8 @@ def test_parse_equality_not_equal(answer):
     "Reply with exactly one of: Equal, Not Equal.", "They are equal, although the second adds a year.",
     "Both are equal in depth; however the second adds a constraint.", "Are they equal?",
     "Both are about the same topic.", "Equal? Not equal? Hard to say.",
+    "It is not clear whether they are equal.", "They might be equal.", "They are probably not equal.",
+    "The instructions are equal in constraints, but the second one has more depth.",
 ])
 def test_parse_equality_unclear_is_unparsed(answer):
     assert rules.parse_equality(answer) == rules.UNPARSED
