@@ -171,6 +171,8 @@ def parse_jsonl(data: bytes, source: str, fields: SeedFields, first_line: int = 
 def jsonl_pieces(stream: BinaryIO, piece_bytes: int) -> Iterator[tuple[int, bytes]]:
     """(first line number, whole lines of about piece_bytes) of a large jsonl file, so that it is
     parsed piece by piece (`parse_jsonl(piece, source, fields, first_line)`) with exact line numbers."""
+    if piece_bytes < 1:
+        raise ValueError(f"piece_bytes must be at least 1, got {piece_bytes}")  # read(0) would end at once
     first_line, pending = 1, []
     while block := stream.read(piece_bytes):
         cut = block.rfind(b"\n") + 1

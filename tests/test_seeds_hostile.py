@@ -160,6 +160,8 @@ def test_jsonl_pieces_parse_to_exactly_the_rows_of_the_whole_file():
         assert b"".join(piece for _, piece in pieces) == data
         parsed = [row for first, piece in pieces for row in S.parse_jsonl(piece, "s.jsonl", FIELDS, first)]
         assert parsed == whole, size
+    with pytest.raises(ValueError, match="piece_bytes must be at least 1"):
+        next(S.jsonl_pieces(io.BytesIO(data), 0))
 
 
 @pytest.mark.parametrize("path, root, name", [
