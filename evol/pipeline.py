@@ -23,7 +23,8 @@ from evol.rounds import Roles, evolve_rows
 from evol.seeds import SUPPORTED_SUFFIXES, SeedFields, mark_duplicates, parse_seed_file, seed_table
 from evol.summary import SUMMARY_COLUMNS, SummaryBuilder, format_summary
 from evol.templates import user_turn
-from generation import GenerationConfig, check_model_available
+from generation import GenerationConfig, check_model_available, driver_api_key
+from generation.types import Secret
 
 
 def resolve_seed_path(path: str) -> str:
@@ -98,12 +99,12 @@ class EvolveActor:
     the engine always has requests from many chains and rounds to batch.
     """
 
-    def __init__(self, cfg: EvolveConfig):
+    def __init__(self, cfg: EvolveConfig, api_keys: dict[str, Secret | None]):
         from generation import build_generator
 
         self.cfg = cfg
-        writer = build_generator(cfg.generation)
-        judge = build_generator(cfg.judge) if cfg.judge is not None else writer
+        writer = build_generator(cfg.generation, api_keys["generation"])
+        judge = build_generator(cfg.judge, api_keys["judge"]) if cfg.judge is not None else writer
         self.roles = Roles(writer=writer, judge=judge)
         self.started = time.perf_counter()
         self.seeds_done = 0
@@ -180,7 +181,8 @@ def run_evolve(cfg: EvolveConfig) -> dict:
     gen = cfg.generation
     seeds = read_seed_rows(cfg.seeds.path, cfg.seeds)
     records = seeds.map_batches(
-        EvolveActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=gen.rows_per_call, batch_format="pyarrow",
+        EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": {
+            "generation": driver_api_key(gen), "judge": driver_api_key(cfg.judge) if cfg.judge else None}}, batch_size=gen.rows_per_call, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=gen.concurrency[0], max_size=gen.concurrency[1],
                                            max_concurrent_calls_per_actor=gen.calls_per_actor),
         num_cpus=gen.num_cpus, num_gpus=gen.num_gpus)

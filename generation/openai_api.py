@@ -12,18 +12,16 @@ import os
 
 from generation.config import GenerationConfig
 from generation.prompts import render_prompt
-from generation.types import Generation, GenerationError, SamplingParams
+from generation.types import Generation, GenerationError, SamplingParams, Secret
 
 NO_KEY = "EMPTY"  # what a self-hosted server without --api-key accepts
 CHARS_PER_TOKEN = 4  # the estimate used when no tokenizer is configured
 
 
-def api_key(cfg: GenerationConfig) -> str | None:
-    """The key from the environment; a self-hosted endpoint (base_url) may run without one."""
+def api_key(cfg: GenerationConfig) -> Secret:
+    """The key from the driver's environment; a self-hosted endpoint (base_url) may run without one."""
     key = os.environ.get(cfg.openai.api_key_env)
-    if key:
-        return key
-    return NO_KEY if cfg.openai.base_url else None
+    return Secret(key if key else NO_KEY if cfg.openai.base_url else None)
 
 
 def error_reason(exc: Exception) -> str:
@@ -39,12 +37,12 @@ def error_reason(exc: Exception) -> str:
 
 
 class OpenAIGenerator:
-    def __init__(self, cfg: GenerationConfig):
+    def __init__(self, cfg: GenerationConfig, key: Secret | None = None):
         from openai import AsyncOpenAI
 
         self.cfg = cfg
         self.model_name = cfg.model
-        key = api_key(cfg)
+        key = (key or api_key(cfg)).reveal()
         if key is None:
             raise GenerationError("no_api_key", f"environment variable {cfg.openai.api_key_env} is not set")
         self._key = key

@@ -7,34 +7,34 @@ from typing import Callable
 
 from common.models import check_model
 from generation.config import GenerationConfig
-from generation.types import BusyClock, Generation, Generator, SamplingParams
+from generation.types import BusyClock, Generation, Generator, SamplingParams, Secret
 
 
-def _build_hf(cfg: GenerationConfig) -> Generator:
+def _build_hf(cfg: GenerationConfig, key: Secret | None) -> Generator:
     from generation.hf import HFGenerator
 
     return HFGenerator(cfg)
 
 
-def _build_vllm(cfg: GenerationConfig) -> Generator:
+def _build_vllm(cfg: GenerationConfig, key: Secret | None) -> Generator:
     from generation.vllm import VllmGenerator
 
     return VllmGenerator(cfg)
 
 
-def _build_openai(cfg: GenerationConfig) -> Generator:
+def _build_openai(cfg: GenerationConfig, key: Secret | None) -> Generator:
     from generation.openai_api import OpenAIGenerator
 
-    return OpenAIGenerator(cfg)
+    return OpenAIGenerator(cfg, key)
 
 
-def _build_echo(cfg: GenerationConfig) -> Generator:
+def _build_echo(cfg: GenerationConfig, key: Secret | None) -> Generator:
     from generation.echo import EchoGenerator
 
     return EchoGenerator(cfg)
 
 
-BACKENDS: dict[str, Callable[[GenerationConfig], Generator]] = {
+BACKENDS: dict[str, Callable[[GenerationConfig, Secret | None], Generator]] = {
     "hf": _build_hf, "vllm": _build_vllm, "openai": _build_openai, "echo": _build_echo}
 
 
@@ -61,8 +61,20 @@ class Metered:
         await self.inner.close()
 
 
-def build_generator(cfg: GenerationConfig) -> Metered:
-    return Metered(BACKENDS[cfg.backend](cfg))
+def build_generator(cfg: GenerationConfig, api_key: Secret | None = None) -> Metered:
+    """`api_key`: the driver's key for an openai backend (see `driver_api_key`); None reads this
+    process's environment."""
+    return Metered(BACKENDS[cfg.backend](cfg, api_key))
+
+
+def driver_api_key(cfg: GenerationConfig) -> Secret | None:
+    """Read on the driver, where the user set it, and handed to actors as a Secret: workers on
+    other nodes need not have the variable."""
+    if cfg.backend != "openai":
+        return None
+    from generation.openai_api import api_key
+
+    return api_key(cfg)
 
 
 def generate_all(generator: Generator, prompts: list[str], sampling: SamplingParams) -> list[Generation]:
@@ -81,7 +93,7 @@ def check_model_available(cfg: GenerationConfig, key: str = "generation") -> Non
         from common.config import UserError
         from generation.openai_api import api_key
 
-        if api_key(cfg) is None:
+        if api_key(cfg).reveal() is None:
             raise UserError(f"{key}.openai.api_key_env: environment variable {cfg.openai.api_key_env} is not set "
                             "(needed for the official endpoint; set openai.base_url for a self-hosted one)")
         if cfg.openai.tokenizer:

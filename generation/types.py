@@ -42,6 +42,22 @@ class GenerationError(Exception):
         self.detail = detail
 
 
+class Secret:
+    """A credential handed from the driver to actors; its repr never shows the value, so it cannot
+    end up in a log, a traceback or Ray's task listing."""
+
+    def __init__(self, value: str | None):
+        self._value = value
+
+    def reveal(self) -> str | None:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+
 class Generator(Protocol):
     """What evol and eval need from a model. One instance lives for a whole job in each actor."""
 

@@ -1,0 +1,98 @@
+"""A small OpenAI-compatible server that misbehaves on demand, for the openai backend's tests.
+
+Behaviour is chosen by a marker word in the user's message of an *answer* request (evolve and
+equality requests always succeed): RATE -> 429 twice, then an answer; BROKEN -> 500 always;
+SLOW -> answers after `slow_seconds`; GARBLED -> 200 with a body that is not JSON;
+AUTH -> 401 whose message echoes the Authorization header (as real servers do with keys).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from evol.templates import ORIGINAL_MARKER
+
+
+class FlakyOpenAIServer:
+    def __init__(self, slow_seconds: float = 3.0):
+        self.hits: Counter = Counter()  # (marker, prompt) -> requests received
+        self.authorization: set[str] = set()
+        self.slow_seconds = slow_seconds
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.handle(self, body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+    def handle(self, request, body: dict) -> None:
+        prompt = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
+        self.authorization.add(request.headers.get("Authorization", ""))
+        marker = next((m for m in ("RATE", "BROKEN", "SLOW", "GARBLED", "AUTH") if m in prompt), None)
+        if ORIGINAL_MARKER in prompt or "First instruction:" in prompt:
+            marker = None
+        with self.lock:
+            self.hits[(marker, prompt)] += 1
+            seen = self.hits[(marker, prompt)]
+        if marker == "RATE" and seen <= 2:
+            return _send(request, 429, {"error": {"message": "slow down", "type": "rate_limit"}},
+                         {"retry-after-ms": "20"})
+        if marker == "BROKEN":
+            return _send(request, 500, {"error": {"message": "internal failure", "type": "server_error"}})
+        if marker == "AUTH":
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            return _send(request, 401, {"error": {"message": f"Incorrect API key provided: {key}",
+                                                  "type": "invalid_request_error"}})
+        if marker == "GARBLED":
+            return _send_raw(request, 200, b'{"id": "x", "choices": [{"index": 0, "mess')
+        if marker == "SLOW":
+            time.sleep(self.slow_seconds)
+        _send(request, 200, _completion(body, _answer(prompt)))
+
+
+def _answer(prompt: str) -> str:
+    if ORIGINAL_MARKER in prompt:
+        instruction = prompt.split(ORIGINAL_MARKER)[1].split("\n\n#")[0].strip()
+        return f"{instruction} Give two examples."
+    if "First instruction:" in prompt:
+        return "Not Equal"
+    return "Here is a careful answer with several useful words about the question."
+
+
+def _completion(body: dict, text: str) -> dict:
+    usage = {"prompt_tokens": 11, "completion_tokens": len(text.split()), "total_tokens": 11 + len(text.split())}
+    if "messages" in body:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        return {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [choice], "usage": usage}
+    return {"id": "c1", "object": "text_completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}], "usage": usage}
+
+
+def _send(request, status: int, payload: dict, headers: dict | None = None) -> None:
+    _send_raw(request, status, json.dumps(payload).encode(), headers)
+
+
+def _send_raw(request, status: int, data: bytes, headers: dict | None = None) -> None:
+    request.send_response(status)
+    request.send_header("Content-Type", "application/json")
+    request.send_header("Content-Length", str(len(data)))
+    for key, value in (headers or {}).items():
+        request.send_header(key, value)
+    request.end_headers()
+    request.wfile.write(data)
