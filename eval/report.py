@@ -246,7 +246,12 @@ def write_report(summary: dict, out_dir: str) -> dict[str, str]:
     paths = {"markdown": storage.join(out_dir, "report.md"), "html": storage.join(out_dir, "report.html")}
     storage.write_text(paths["markdown"], to_markdown(blocks, images))
     storage.write_text(paths["html"], to_html(blocks, images))
-    for name, data in images.items():
-        paths[name] = storage.join(out_dir, name)
-        _write_bytes(paths[name], data)
+    for name in (FIGURE_CATEGORIES, FIGURE_BANDS, FIGURE_EVOLUTION):
+        path = storage.join(out_dir, name)
+        if name in images:
+            paths[name] = path
+            _write_bytes(path, images[name])
+        elif storage.exists(path):  # a figure of an earlier run that this one has no data for
+            filesys, inner = storage.filesystem(path)
+            filesys.delete_file(inner)
     return paths

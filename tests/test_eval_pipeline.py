@@ -1,0 +1,124 @@
+"""The evaluate job end to end on a local 2-CPU Ray: the echo backend and fake generators (objects
+with the generator's async methods) whose answers and verdicts are scripted, so every number of
+the report is known in advance."""
+import base64
+import json
+import re
+import sys
+
+import cloudpickle
+import pyarrow.parquet as pq
+import pytest
+
+from common.config import load_config
+from eval.config import EvaluateConfig
+from eval.judge import RETRY_REMINDER
+from eval.pipeline import run_evaluate
+from generation.types import Generation, GenerationError
+from tests.test_eval_evolution import make_evolve_output
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fakes travel to Ray's actors by value
+
+CANDIDATE, BASELINE = "Canned answer", "Baseline reply"
+
+
+class FakeGenerator:
+    model_name = "fake"
+
+    def __init__(self, cfg=None):
+        pass
+
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
+    async def close(self):
+        pass
+
+    async def generate(self, prompt, sampling):
+        return Generation(self.reply(prompt), prompt_tokens=len(prompt.split()), completion_tokens=3,
+                          finished=True)
+
+
+class Baseline(FakeGenerator):
+    """Answers every item the same way, and fails for good on the item about 120 miles."""
+
+    def reply(self, prompt):
+        if "120 miles" in prompt:
+            raise GenerationError("http_500", "server error")
+        return f"{BASELINE}."
+
+
+class ScriptedJudge(FakeGenerator):
+    """Candidate 8, baseline 4, plus 1 for the reply shown first (a position bias), except:
+    'longest increasing' the candidate loses 3 vs 7; 'experienced writer' the first try is
+    unreadable; 'computer network' with the baseline first is always out of range; 'family of six'
+    is 5 vs 5, so the bias alone decides and the two orders disagree."""
+
+    def reply(self, prompt):
+        candidate_first = prompt.index(CANDIDATE) < prompt.index(BASELINE)
+        cand, base = (3, 7) if "longest increasing" in prompt else (5, 5) if "family of six" in prompt else (8, 4)
+        first, second = (cand + 1, base) if candidate_first else (base + 1, cand)
+        if "experienced writer" in prompt and not prompt.endswith(RETRY_REMINDER):
+            return "I like reply A."
+        if "computer network" in prompt and not candidate_first:
+            return "Score A: 12\nScore B: 3"
+        return f"Score A: {first}\nScore B: {second}\nReason: scripted."
+
+
+FACTORIES = {"baseline": Baseline, "judge": ScriptedJudge}
+
+
+def wizardlm_config(out, *overrides):
+    return load_config(EvaluateConfig, "configs/evaluate_tiny.yaml", [
+        "testset.limit=6", "candidate.backend=echo", "candidate.model=echo-candidate", "candidate.num_cpus=0.5",
+        "baseline.model=scripted-baseline", "judge.model=scripted-judge", f"output.path={out}",
+        "report.bootstrap_samples=300", *overrides])
+
+
+def test_wizardlm_slice_report_has_the_scripted_numbers(local_ray, tmp_path):
+    out = tmp_path / "eval"
+    summary = run_evaluate(wizardlm_config(out, f"evolve_output={make_evolve_output(tmp_path / 'evolve')}"),
+                           FACTORIES)
+    agg = summary["aggregates"]
+    # judged: 20 (3.5 vs 7.5), 38 (8.5/4.5), 56 (9/4, one order), 71 (5.5/5.5), 84 (8.5/4.5); item 1 has no baseline
+    assert agg["overall"]["ratio"] == pytest.approx(35 / 26)
+    assert (agg["items"], agg["judged"], agg["answer_failures"], agg["unjudged"]) == (6, 5, 1, 0)
+    assert [agg["overall"][k] for k in ("win", "tie", "loss")] == [3, 1, 1]
+    assert {b: (g["n"], g["win"], g["tie"], g["loss"]) for b, g in agg["by_band"].items()} == \
+        {"1-4": (1, 1, 0, 0), "5-7": (3, 1, 1, 1), "8-10": (1, 1, 0, 0)}
+    assert agg["by_category"]["Code Generation"]["ratio"] == pytest.approx(3.5 / 7.5)
+    assert agg["categories_at_or_above"] == 4 and len(agg["by_category"]) == 5
+    assert agg["verdicts"] == {"verdicts": 10, "failed": 1, "failures": {"out_of_range": 1}, "retried": 3}
+    assert agg["order"]["disagree"] == 1 and agg["order"]["both_orders"] == 4
+    assert agg["order"]["mean_difference_by_order"] == {"cb": pytest.approx(2.6), "bc": pytest.approx(0.0)}
+    assert summary["answers"] == {"candidate": {"reused": 0, "generated": 6, "failed": 0},
+                                  "baseline": {"reused": 0, "generated": 6, "failed": 1}}
+    low, high = agg["overall"]["ci"]
+    assert low < 35 / 26 < high
+
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Evaluation: echo-candidate vs scripted-baseline\n\nThe candidate scored **134.6%** of the baseline's")
+    sections = re.findall(r"^## (.+)$", report, re.MULTILINE)
+    assert sections == ["Win / tie / loss by difficulty", "Per category", "Judge reliability",
+                        "Evolution analysis (the evolve job's output)", "Setup", "Files"]
+    assert "| difficulty 5-7 | 3 | 1 | 1 | 1 | 100.0% |" in report
+    assert "**4 of 5** categories" in report and "| Code Generation | 1 | 46.7% |" in report
+    assert "10 verdicts asked" in report and "stayed unreadable (out_of_range: 1)" in report
+    assert "| deepening | 2 | 1 | 66.7% |" in report
+    html = (out / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == 3 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    for name in ("per_category.png", "win_tie_loss_by_difficulty.png", "evolution.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG")
+    items = pq.read_table(out / "items.parquet").to_pylist()
+    assert [r["id"] for r in items] == ["1", "20", "38", "56", "71", "84"]
+    assert items[2]["first_attempt_cb"] == "I like reply A." and items[2]["attempts_cb"] == 2
+    assert items[0]["answer_error"] == "baseline: generation_failed:http_500"
+    assert json.loads((out / "summary.json").read_text())["aggregates"]["overall"]["win"] == 3
+
+    # A rerun with the same settings reuses every good answer (the failed one is asked again).
+    again = run_evaluate(wizardlm_config(out), FACTORIES)
+    assert again["answers"] == {"candidate": {"reused": 6, "generated": 0, "failed": 0},
+                                "baseline": {"reused": 5, "generated": 1, "failed": 1}}
+    assert again["aggregates"]["overall"]["ratio"] == pytest.approx(35 / 26)
+    assert not (out / "evolution.png").exists() and "Evolution analysis" not in (out / "report.md").read_text()
