@@ -122,3 +122,36 @@ def test_wizardlm_slice_report_has_the_scripted_numbers(local_ray, tmp_path):
                                 "baseline": {"reused": 5, "generated": 1, "failed": 1}}
     assert again["aggregates"]["overall"]["ratio"] == pytest.approx(35 / 26)
     assert not (out / "evolution.png").exists() and "Evolution analysis" not in (out / "report.md").read_text()
+
+
+MY_TESTSET = [
+    {"qid": "q1", "question": "Find the longest increasing subsequence.", "topic": "algorithms", "gold": "Use DP."},
+    {"qid": "q2", "question": "Write a haiku about rain.", "topic": "poetry"},
+    {"qid": "q3", "question": "Sort a list in Python.", "topic": "algorithms"},
+    {"qid": "q4", "question": "", "topic": "poetry"},
+    {"qid": "q5", "question": "Name three rivers.", "topic": "geography"},
+]
+
+
+def test_own_test_set_through_a_field_mapping_reports_per_category_without_difficulty(local_ray, tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in MY_TESTSET))
+    cfg = wizardlm_config(tmp_path / "eval", f"testset.path={path}", "testset.instruction_field=question",
+                          "testset.id_field=qid", "testset.category_field=topic", "testset.difficulty_field=null",
+                          "testset.reference_field=gold", "testset.per_category=null", "testset.limit=null")
+    agg = run_evaluate(cfg, FACTORIES)["aggregates"]
+    assert agg["overall"]["ratio"] == pytest.approx(29 / 21)
+    assert {name: round(g["ratio"], 4) for name, g in agg["by_category"].items()} == \
+        {"algorithms": 1.0, "geography": round(8.5 / 4.5, 4), "poetry": round(8.5 / 4.5, 4)}
+    assert not agg["has_difficulty"] and agg["by_band"] == {}
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "The test set has no difficulty field, so the difficulty views are left out." in report
+    assert "| algorithms | 2 | 100.0% | 6.00 | 6.00 | 1/0/1 |" in report
+    assert "**3 of 3** categories" in report
+    assert f"Test set `{path}`: 5 rows read, 4 items evaluated, quarantined: empty_instruction: 1." in report
+    assert (tmp_path / "eval" / "per_category.png").exists()
+    assert not (tmp_path / "eval" / "win_tie_loss_by_difficulty.png").exists()
+    items = pq.read_table(tmp_path / "eval" / "items.parquet").to_pylist()
+    assert [(r["id"], r["category"], r["reference"]) for r in items] == \
+        [("q1", "algorithms", "Use DP."), ("q2", "poetry", None), ("q3", "algorithms", None),
+         ("q5", "geography", None)]
