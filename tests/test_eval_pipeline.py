@@ -155,3 +155,23 @@ def test_own_test_set_through_a_field_mapping_reports_per_category_without_diffi
     assert [(r["id"], r["category"], r["reference"]) for r in items] == \
         [("q1", "algorithms", "Use DP."), ("q2", "poetry", None), ("q3", "algorithms", None),
          ("q5", "geography", None)]
+
+
+def test_real_hf_engine_in_the_actors_with_a_tiny_llama_judge_that_cannot_score(local_ray, tiny_llama, tmp_path):
+    """configs/evaluate_tiny.yaml with a tiny random Llama answering and judging through the hf backend:
+    its verdicts are noise, so every one is retried once and then counted as a failure, never guessed."""
+    cfg = load_config(EvaluateConfig, "configs/evaluate_tiny.yaml", [
+        f"candidate.model={tiny_llama}", "judge.backend=hf", f"judge.model={tiny_llama}", "judge.dtype=float32",
+        "judge.torch_threads=1", "judge.num_cpus=1", "judge.rows_per_call=8", f"output.path={tmp_path / 'eval'}"])
+    summary = run_evaluate(cfg)
+    agg = summary["aggregates"]
+    assert summary["answers"]["candidate"] == {"reused": 0, "generated": 4, "failed": 0}
+    verdicts = agg["verdicts"]
+    assert (verdicts["verdicts"], verdicts["failed"], verdicts["retried"]) == (8, 8, 8)
+    assert set(verdicts["failures"]) <= {"empty", "malformed"}  # what noise decodes to, never a score
+    assert agg["overall"]["ratio"] is None and agg["judged"] == 0 and agg["unjudged"] == 4
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "No item could be judged, so there is no score ratio" in report
+    assert "8 of 8 verdicts could not be read" in report
+    items = pq.read_table(tmp_path / "eval" / "items.parquet").to_pylist()
+    assert all(r["candidate_answer"] and r["attempts_cb"] == 2 == r["attempts_bc"] for r in items)
