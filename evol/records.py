@@ -16,12 +16,16 @@ SEED_SCHEMA = pa.schema([
 ])
 
 # Every row the job writes: seeds used (round 0), candidates of each round, quarantined seeds.
+# `response_truncated`: the response was cut by its token limit. `response_reason`: the answer
+# rule (2 or 3) a kept seed's generated answer fails; the seed still evolves, its answer is not
+# trained on. See `in_training_set`.
 RECORD_SCHEMA = pa.schema([
     ("id", pa.string()), ("root_id", pa.string()), ("parent_id", pa.string()),
     ("round", pa.int64()), ("op", pa.string()),
     ("instruction", pa.string()), ("input", pa.string()), ("response", pa.string()),
     ("status", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
     ("equality", pa.string()), ("equality_answer", pa.string()), ("response_truncated", pa.bool_()),
+    ("response_reason", pa.string()),
     ("instruction_tokens", pa.int64()), ("response_tokens", pa.int64()),
     ("prompt_tokens", pa.int64()), ("generated_tokens", pa.int64()), ("requests", pa.int64()),
     ("gen_seconds", pa.float64()), ("model", pa.string()), ("source", pa.string()), ("line", pa.int64()),
@@ -34,6 +38,18 @@ TRAINING_SCHEMA = pa.schema([
     ("instruction", pa.string()), ("input", pa.string()), ("response", pa.string()),
     ("messages", MESSAGES_TYPE),
 ])
+
+
+def flag_is_set(value) -> bool:
+    """A nullable bool as read back: None (python rows) and NaN (numpy batches) are False."""
+    return value is not None and value == value and bool(value)
+
+
+def in_training_set(row: dict, train_on_truncated: bool) -> bool:
+    """Kept rows whose response passed the answer rules and, unless allowed, was not cut off."""
+    rejected = isinstance(row["response_reason"], str) and row["response_reason"] != ""
+    return (row["status"] == KEPT and not rejected
+            and (train_on_truncated or not flag_is_set(row["response_truncated"])))
 
 
 def candidate_id(parent_id: str, round_index: int, operation: str) -> str:

@@ -72,15 +72,21 @@ def error_columns(exc: Exception) -> dict:
 
 
 def quarantine_record(row: dict) -> dict:
+    """A bad seed row is a lineage of its own: a duplicate must not join the winning seed's."""
+    record_id = f"quarantined:{row['source']}:{row['line']}"
     return empty_record(
-        id=f"quarantined:{row['source']}:{row['line']}", root_id=row["seed_id"], round=0, op=SEED_OP,
+        id=record_id, root_id=record_id, round=0, op=SEED_OP,
         instruction=row["instruction"], input=row["input"], status=QUARANTINED, reason=row["error"],
         detail=row["detail"], source=row["source"], line=row["line"], raw=row["raw"])
 
 
 async def start_chain(row: dict, roles: Roles, settings: EvolveSettings,
                       max_instruction_tokens: int) -> tuple[dict, PoolItem | None]:
-    """Round 0: quarantine a bad seed, answer a seed that came without a response."""
+    """Round 0: quarantine a bad seed, answer a seed that came without a response.
+
+    A generated answer that fails rule 2 or 3 is recorded in `response_reason` and stays out
+    of the training set; the seed's instruction still evolves. Answers from the seed file are
+    the user's own and are not judged."""
     if row["error"] is None:
         text = user_turn(row["instruction"], row["input"])
         length = roles.writer.count_tokens([text])[0]
@@ -100,7 +106,8 @@ async def start_chain(row: dict, roles: Roles, settings: EvolveSettings,
     except Exception as exc:
         return empty_record(**seed, **error_columns(exc), model=roles.writer.model_name, **step.cost.columns()), None
     record = empty_record(**seed, response=gen.text, status=KEPT, response_tokens=gen.completion_tokens,
-                          response_truncated=not gen.finished, model=roles.writer.model_name, **step.cost.columns())
+                          response_truncated=not gen.finished, response_reason=rules.reason_after_response(gen.text),
+                          model=roles.writer.model_name, **step.cost.columns())
     return record, PoolItem(row["seed_id"], row["seed_id"], text)
 
 
@@ -113,14 +120,14 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles,
     try:
         gen = await step.ask(roles.writer, evolve_prompt(op, item.text), settings.evolve_sampling)
         found["instruction"] = text = rules.clean_evolved_instruction(gen.text)
-        reason = rules.reason_before_response(item.text, text)
+        reason = rules.reason_before_response(item.text, text, truncated=not gen.finished)
         if reason is None:
             gen = await step.ask(roles.writer, text, settings.respond_sampling)
             found.update(response=gen.text, response_tokens=gen.completion_tokens, response_truncated=not gen.finished)
             reason = rules.reason_after_response(gen.text)
         if reason is None:
             gen = await step.ask(roles.judge, equality_prompt(item.text, text), settings.judge_sampling)
-            found.update(equality=rules.parse_equality(gen.text), equality_answer=gen.text)
+            found.update(equality=rules.parse_equality_generation(gen.text, gen.finished), equality_answer=gen.text)
             reason = rules.reason_after_equality(found["equality"])
         outcome = dict(status=KEPT if reason is None else ELIMINATED, reason=reason)
     except Exception as exc:

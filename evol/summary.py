@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED
+from evol.elimination import SKIPPED, UNPARSED
+from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED, flag_is_set, in_training_set
 
 SUMMARY_COLUMNS = ["round", "op", "status", "reason", "equality", "instruction_tokens", "response_tokens",
-                   "generated_tokens", "prompt_tokens", "requests", "gen_seconds"]
+                   "generated_tokens", "prompt_tokens", "requests", "gen_seconds", "response_reason",
+                   "response_truncated"]
 
 
 def _number(value) -> float:
@@ -15,7 +17,11 @@ def _number(value) -> float:
 
 
 class SummaryBuilder:
-    def __init__(self):
+    """`train_on_truncated`: the job's evolve.train_on_truncated_responses, so that
+    `training_rows` counts exactly the rows the training set gets."""
+
+    def __init__(self, train_on_truncated: bool = False):
+        self.train_on_truncated = train_on_truncated
         self.counts: Counter = Counter()
         self.sums: defaultdict = defaultdict(float)
 
@@ -28,6 +34,11 @@ class SummaryBuilder:
                 self.counts[(r, "reason", status, row["reason"])] += 1
             if r > 0:
                 self.counts[(r, "equality", row["equality"])] += 1
+            if isinstance(row["response_reason"], str):
+                self.counts[(r, "response_reason", row["response_reason"])] += 1
+            if status == KEPT and flag_is_set(row["response_truncated"]):
+                self.counts[(r, "truncated_kept")] += 1
+            self.counts[(r, "training")] += in_training_set(row, self.train_on_truncated)
             for col in ("generated_tokens", "prompt_tokens", "requests", "gen_seconds"):
                 self.sums[(r, col)] += _number(row[col])
             if status == KEPT:
@@ -47,6 +58,7 @@ class SummaryBuilder:
         ops = sorted({key[2] for key in self.counts if key[:2] == (r, "op")})
         reasons = {key[3]: n for key, n in self.counts.items() if key[:3] == (r, "reason", ELIMINATED)}
         error_reasons = {key[3]: n for key, n in self.counts.items() if key[:3] == (r, "reason", ERROR)}
+        verdicts = {key[2]: n for key, n in sorted(self.counts.items()) if key[:2] == (r, "equality")}
         return {
             "round": r, "candidates": candidates, "kept": kept, "eliminated": eliminated, "errors": errors,
             "pass_rate": round(kept / candidates, 4) if candidates else None,
@@ -56,7 +68,10 @@ class SummaryBuilder:
             "eliminated_by_rule": dict(sorted(reasons.items())),
             "errors_by_reason": dict(sorted(error_reasons.items())),
             "rule_share_of_candidates": {k: round(v / candidates, 4) for k, v in sorted(reasons.items())},
-            "equality_verdicts": {key[2]: n for key, n in sorted(self.counts.items()) if key[:2] == (r, "equality")},
+            "equality_verdicts": verdicts,
+            "equality_unparsed_share": _share(verdicts.get(UNPARSED, 0),
+                                              sum(n for v, n in verdicts.items() if v != SKIPPED)),
+            "kept_responses_truncated": self.counts[(r, "truncated_kept")],
             "mean_kept_instruction_tokens": _mean(self.sums[(r, "kept_instruction_tokens")], kept),
             "mean_kept_response_tokens": _mean(self.sums[(r, "kept_response_tokens")], kept),
             "requests": int(self.sums[(r, "requests")]),
@@ -74,6 +89,7 @@ class SummaryBuilder:
         requests = sum(int(self.sums[(r, "requests")]) for r in rounds)
         generated = sum(int(self.sums[(r, "generated_tokens")]) for r in rounds)
         kept = sum(x["kept"] for x in per_round)
+        truncated = sum(self.counts[(r, "truncated_kept")] for r in rounds)
         return {
             "seeds": {"read": used + quarantined + seed_errors, "used": used, "quarantined": quarantined,
                       "errors": seed_errors,
@@ -81,17 +97,26 @@ class SummaryBuilder:
                                            if key[:3] == (0, "reason", ERROR)},
                       "quarantined_by_reason": {key[3]: n for key, n in sorted(self.counts.items())
                                                 if key[:3] == (0, "reason", QUARANTINED)},
-                      "responses_generated": int(self.sums[(0, "requests")])},
+                      "responses_generated": int(self.sums[(0, "requests")]),
+                      "responses_rejected": {key[2]: n for key, n in sorted(self.counts.items())
+                                             if key[:2] == (0, "response_reason")}},
             "candidates": sum(x["candidates"] for x in per_round),
             "kept": kept, "eliminated": sum(x["eliminated"] for x in per_round),
             "errors": sum(x["errors"] for x in per_round),
-            "training_rows": used + kept,
+            "training_rows": sum(self.counts[(r, "training")] for r in rounds),
+            "responses_truncated": {"kept_rows": used + kept, "truncated": truncated,
+                                    "share": _share(truncated, used + kept),
+                                    "in_training_set": self.train_on_truncated},
             "rounds": per_round,
             "requests": requests, "generated_tokens": generated,
             "wall_seconds": round(wall_seconds, 2),
             "requests_per_second": round(requests / wall_seconds, 3) if wall_seconds else None,
             "generated_tokens_per_second": round(generated / wall_seconds, 2) if wall_seconds else None,
         }
+
+
+def _share(part: int, total: int) -> float | None:
+    return round(part / total, 4) if total else None
 
 
 def _rate(kept: int, total: int) -> dict:
@@ -110,11 +135,13 @@ def format_summary(summary: dict) -> str:
              f"candidates: {summary['candidates']} = kept {summary['kept']} + eliminated {summary['eliminated']} "
              f"+ errors {summary['errors']}; "
              f"training rows {summary['training_rows']}",
-             f"{'round':>5} {'cand':>6} {'kept':>6} {'pass':>6} {'req':>6} {'gen_tok':>8} {'gen_s':>8}  eliminated by rule"]
+             _response_line(summary),
+             f"{'round':>5} {'cand':>6} {'kept':>6} {'pass':>6} {'req':>6} {'gen_tok':>8} {'gen_s':>8} {'unparsed':>8}  eliminated by rule"]
     for r in summary["rounds"]:
-        rate = "-" if r["pass_rate"] is None else f"{r['pass_rate']:.0%}"
+        rate, unparsed = (_percent(r[key]) for key in ("pass_rate", "equality_unparsed_share"))
         lines.append(f"{r['round']:>5} {r['candidates']:>6} {r['kept']:>6} {rate:>6} {r['requests']:>6} "
-                     f"{r['generated_tokens']:>8} {r['generation_seconds']:>8.1f}  {r['eliminated_by_rule']}"
+                     f"{r['generated_tokens']:>8} {r['generation_seconds']:>8.1f} {unparsed:>8}  "
+                     f"{r['eliminated_by_rule']}"
                      + (f" errors {r['errors_by_reason']}" if r["errors"] else ""))
     ops: dict = defaultdict(lambda: [0, 0])
     for r in summary["rounds"]:
@@ -127,3 +154,15 @@ def format_summary(summary: dict) -> str:
                  f"{summary['wall_seconds']} s ({summary['requests_per_second']} req/s, "
                  f"{summary['generated_tokens_per_second']} tok/s)")
     return "\n".join(lines)
+
+
+def _response_line(summary: dict) -> str:
+    cut, rejected = summary["responses_truncated"], summary["seeds"]["responses_rejected"]
+    share = _percent(cut["share"])
+    where = "trained on" if cut["in_training_set"] else "kept out of the training set"
+    return (f"responses cut by max_tokens: {cut['truncated']}/{cut['kept_rows']} kept rows ({share}), {where}; "
+            f"generated seed answers rejected: {sum(rejected.values())}" + (f" {rejected}" if rejected else ""))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"

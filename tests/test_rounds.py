@@ -3,7 +3,7 @@ import asyncio
 
 from evol import elimination as rules
 from evol.config import EvolveSettings
-from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED, RECORD_SCHEMA, records_table
+from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED, in_training_set, records_table
 from evol.rounds import Roles, evolve_rows
 from evol.seeds import SeedFields, TOO_MANY_TOKENS, mark_duplicates, parse_jsonl
 from evol.summary import SummaryBuilder
@@ -27,7 +27,16 @@ class ScriptedGenerator:
         if "FAIL" in prompt and ORIGINAL_MARKER not in prompt:  # answering a FAIL instruction fails for good
             raise GenerationError("http_500", "server error after retries")
         return Generation(self._answer(prompt), prompt_tokens=len(prompt.split()), completion_tokens=3,
-                          finished=True, engine_seconds=0.5)
+                          finished=self._finished(prompt), engine_seconds=0.5)
+
+    @staticmethod
+    def _finished(prompt: str) -> bool:
+        """CUT: the rewrite hits max_tokens; LONG: the answer does; HALF: the verdict does."""
+        if ORIGINAL_MARKER in prompt:
+            return "CUT" not in prompt.split(ORIGINAL_MARKER)[1]
+        if "First instruction:" in prompt:
+            return "HALF" not in prompt
+        return "LONG" not in prompt
 
     def _answer(self, prompt: str) -> str:
         if ORIGINAL_MARKER in prompt:  # an evolve request: the instruction follows the marker
@@ -38,7 +47,7 @@ class ScriptedGenerator:
                 return instruction
             return f'"{instruction} Explain why."'
         if "First instruction:" in prompt:
-            return "Equal" if "SAME" in prompt else "Not Equal"
+            return "Equal" if "SAME" in prompt or "HALF" in prompt else "Not Equal"
         if "SORRY" in prompt:
             return "Sorry, I cannot."
         if "STOP" in prompt:
@@ -78,8 +87,9 @@ def test_counts_lineage_and_reasons():
     by_round = {r: [x for x in records if x["round"] == r] for r in (0, 1, 2)}
     # round 0: one record per seed row; 6 used, 2 quarantined with reasons
     assert len(by_round[0]) == 8
-    quarantined = {x["root_id"]: x["reason"] for x in by_round[0] if x["status"] == QUARANTINED}
-    assert quarantined == {"bad": "empty_instruction", "long": TOO_MANY_TOKENS}
+    quarantined = {(x["id"], x["root_id"], x["reason"]) for x in by_round[0] if x["status"] == QUARANTINED}
+    assert quarantined == {("quarantined:s.jsonl:7", "quarantined:s.jsonl:7", "empty_instruction"),
+                           ("quarantined:s.jsonl:8", "quarantined:s.jsonl:8", TOO_MANY_TOKENS)}
     # each round evolves every pool item once: 6 candidates per round
     assert len(by_round[1]) == len(by_round[2]) == 6
     reasons = {x["root_id"]: x["reason"] for x in by_round[1]}
@@ -131,7 +141,8 @@ def test_summary_counts_add_up():
     builder.add_rows(records)
     summary = builder.build(wall_seconds=2.0)
     assert summary["seeds"] == {"read": 3, "used": 2, "quarantined": 1, "errors": 0, "errors_by_reason": {},
-                                "quarantined_by_reason": {"instruction_not_string": 1}, "responses_generated": 0}
+                                "quarantined_by_reason": {"instruction_not_string": 1}, "responses_generated": 0,
+                                "responses_rejected": {}}
     assert summary["candidates"] == 6 == summary["kept"] + summary["eliminated"]
     assert summary["kept"] == 3 and summary["training_rows"] == 5
     assert [r["pass_rate"] for r in summary["rounds"]] == [0.5, 0.5, 0.5]
@@ -145,7 +156,6 @@ def test_summary_counts_add_up():
     from_batch = SummaryBuilder()
     from_batch.add_batch(batch)
     assert from_batch.build(wall_seconds=2.0) == summary
-    assert set(RECORD_SCHEMA.names) >= {"id", "root_id", "parent_id", "round", "op", "status", "reason"}
 
 
 def test_a_batch_of_only_bad_seeds_makes_no_model_call():
@@ -213,3 +223,78 @@ def test_chains_of_different_seeds_and_rounds_are_in_flight_together():
     for x in records:
         rounds_of_seed.setdefault(x["root_id"], []).append(x["round"])
     assert all(r == [0, 1, 2, 3] for r in rounds_of_seed.values())
+
+
+def _by_root(records) -> dict[str, list[dict]]:
+    chains: dict[str, list[dict]] = {}
+    for x in records:
+        chains.setdefault(x["root_id"], []).append(x)
+    return chains
+
+
+def test_a_truncated_rewrite_is_eliminated_and_its_parent_evolves_again():
+    records, _ = _run(_seeds({"id": "cut", "instruction": "CUT this", "output": "x"}), rounds=2)
+    assert [(x["round"], x["status"], x["reason"], x["parent_id"]) for x in records] == [
+        (0, KEPT, None, None), (1, ELIMINATED, rules.TRUNCATED_EVOLUTION, "cut"),
+        (2, ELIMINATED, rules.TRUNCATED_EVOLUTION, "cut")]
+    assert [x["requests"] for x in records] == [0, 1, 1]  # no answer, no verdict for a cut rewrite
+
+
+def test_a_verdict_cut_by_its_token_limit_is_unparsed_and_never_eliminates():
+    records, _ = _run(_seeds({"id": "half", "instruction": "HALF this", "output": "x"}), rounds=1)
+    candidate = records[1]
+    assert (candidate["equality"], candidate["equality_answer"], candidate["status"]) == (
+        rules.UNPARSED, "Equal", KEPT)
+    summary = _summary(records)
+    assert summary["rounds"][0]["equality_verdicts"] == {rules.UNPARSED: 1}
+    assert summary["rounds"][0]["equality_unparsed_share"] == 1.0
+
+
+def _summary(records, train_on_truncated=False) -> dict:
+    builder = SummaryBuilder(train_on_truncated)
+    builder.add_rows(records)
+    return builder.build(wall_seconds=1.0)
+
+
+def test_a_failing_generated_seed_answer_is_recorded_kept_out_of_training_and_the_seed_still_evolves():
+    seeds = _seeds({"id": "sorry", "instruction": "SORRY this"}, {"id": "stop", "instruction": "STOP this"},
+                   {"id": "ok", "instruction": "Name rivers"}, {"id": "given", "instruction": "SORRY", "output": "Sorry."})
+    records, _ = _run(seeds, rounds=1)
+    seed_rows = {x["id"]: x for x in records if x["round"] == 0}
+    assert {k: (x["status"], x["reason"], x["response_reason"]) for k, x in seed_rows.items()} == {
+        "sorry": (KEPT, None, rules.COULD_NOT_ANSWER), "stop": (KEPT, None, rules.TRIVIAL_RESPONSE),
+        "ok": (KEPT, None, None), "given": (KEPT, None, None)}  # the seed file's own answer is not judged
+    assert {k: in_training_set(x, False) for k, x in seed_rows.items()} == {
+        "sorry": False, "stop": False, "ok": True, "given": True}
+    candidates = {x["root_id"]: x["parent_id"] for x in records if x["round"] == 1}
+    assert candidates == {"sorry": "sorry", "stop": "stop", "ok": "ok", "given": "given"}
+    summary = _summary(records)
+    assert summary["seeds"]["used"] == 4 and summary["seeds"]["responses_generated"] == 3
+    assert summary["seeds"]["responses_rejected"] == {rules.COULD_NOT_ANSWER: 1, rules.TRIVIAL_RESPONSE: 1}
+    kept_candidates = [x for x in records if x["round"] == 1 and x["status"] == KEPT]
+    assert [x["root_id"] for x in kept_candidates] == ["ok"]
+    assert summary["training_rows"] == 2 + 1  # ok + given + ok's candidate
+
+
+def test_cut_responses_are_flagged_counted_and_out_of_training_unless_allowed():
+    seeds = _seeds({"id": "long", "instruction": "LONG question"}, {"id": "ok", "instruction": "Name rivers"})
+    records, _ = _run(seeds, rounds=2)
+    flags = {(x["root_id"], x["round"]): (x["status"], x["response_truncated"]) for x in records}
+    assert flags == {("long", 0): (KEPT, True), ("long", 1): (KEPT, True), ("long", 2): (KEPT, True),
+                     ("ok", 0): (KEPT, False), ("ok", 1): (KEPT, False), ("ok", 2): (KEPT, False)}
+    summary = _summary(records)
+    assert summary["training_rows"] == 3 == sum(in_training_set(x, False) for x in records)
+    assert summary["responses_truncated"] == {"kept_rows": 6, "truncated": 3, "share": 0.5,
+                                              "in_training_set": False}
+    assert [r["kept_responses_truncated"] for r in summary["rounds"]] == [1, 1]
+    allowed = _summary(records, train_on_truncated=True)
+    assert allowed["training_rows"] == 6 and allowed["responses_truncated"]["in_training_set"] is True
+
+
+def test_a_quarantined_duplicate_has_a_lineage_of_its_own():
+    records, _ = _run(_seeds({"id": "a", "instruction": "Name rivers", "output": "x"},
+                             {"id": "a", "instruction": "Name lakes", "output": "y"}), rounds=1)
+    chains = _by_root(records)
+    assert {root: [(x["round"], x["status"]) for x in chain] for root, chain in chains.items()} == {
+        "a": [(0, KEPT), (1, KEPT)], "quarantined:s.jsonl:2": [(0, QUARANTINED)]}
+    assert chains["quarantined:s.jsonl:2"][0]["id"] == "quarantined:s.jsonl:2"
