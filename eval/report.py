@@ -197,7 +197,7 @@ def _html_block(kind: str, rest: list, images: dict[str, bytes]) -> str:
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222;line-height:1.5}
-h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:1em 0}
+h1{font-size:1.6em}h1+p{font-size:1.15em;background:#e3f2fd;border-left:4px solid #1565c0;padding:.6em 1em}h2{margin-top:2em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f4f4f4}
 .note{background:#fff8e1;border-left:4px solid #f9a825;padding:.6em 1em}img{max-width:100%}
 figcaption{color:#666;font-size:.9em}code{background:#f4f4f4;padding:0 .2em}"""

@@ -1,0 +1,104 @@
+"""The report from a hand-made summary: its words and numbers, and report.html in a real headless
+Chromium (the Debian package): it renders, every image loads, no console errors, and a screenshot."""
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from eval.aggregate import aggregate
+from eval.evolution import evolution_stats, read_evolution_records
+from eval.report import caveats, verdict_words, write_report
+from tests.test_eval_aggregate import TABLE, item
+from tests.test_eval_evolution import make_evolve_output
+
+MODELS = {"candidate": {"model": "outputs/train-local/model", "backend": "hf", "prompt_format": "plain"},
+          "baseline": {"model": "smollm2-135m-instruct", "backend": "hf", "prompt_format": "chat"},
+          "judge": {"model": "smollm2-135m-instruct", "backend": "hf", "prompt_format": "chat"}}
+
+
+def summary_of(rows, evolution=None, note="A 135M judge is a smoke test, not a measurement."):
+    agg = aggregate(rows, bootstrap_samples=200)
+    return {"models": MODELS, "aggregates": agg, "evolution": evolution, "notes": [note] + caveats(agg, MODELS),
+            "sampling": {"answers": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 128},
+                         "judge": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 64}},
+            "testset": {"path": "bundled:wizardlm_testset.jsonl", "rows": 218, "used": 7, "quarantined": {}},
+            "answers": {"candidate": {"reused": 0, "generated": 7, "failed": 0},
+                        "baseline": {"reused": 7, "generated": 0, "failed": 1}}}
+
+
+def agg_with(low, high):
+    return {"overall": {"ratio": (low + high) / 2, "ci": (low, high), "n": 40}, "confidence": 0.95}
+
+
+def test_headline_reads_the_interval_in_plain_words():
+    assert verdict_words(agg_with(1.05, 1.2)).endswith("on this test set the candidate is better than the baseline.")
+    assert verdict_words(agg_with(0.7, 0.95)).endswith("on this test set the candidate is worse than the baseline.")
+    assert verdict_words(agg_with(0.9, 1.1)).endswith("on this test set the two models cannot be told apart.")
+    assert "**100.0%** of the baseline's total score (95% interval 90.0% to 110.0%, 40 items judged" in \
+        verdict_words(agg_with(0.9, 1.1))
+
+
+def test_caveats_say_plainly_what_limits_the_result():
+    notes = caveats(aggregate(TABLE, bootstrap_samples=10), MODELS)
+    assert notes == [
+        "The judge (smollm2-135m-instruct) is also one of the two models compared; judges tend to prefer their "
+        "own answers.",
+        "Only 5 items were judged: the interval is wide and per-category ratios rest on one or two items each.",
+        "3 of 12 verdicts could not be read: the judge often does not follow the scoring format."]
+    many = [item(str(i), (8, 2), (2, 8)) for i in range(40)]  # each order picks the first answer: pure bias
+    assert caveats(aggregate(many, bootstrap_samples=10), MODELS | {"judge": {"model": "gpt-4"}}) == [
+        "The judge changed its winner when the answers were swapped for 100.0% of items: its verdicts depend "
+        "strongly on position."]
+
+
+def test_headline_and_caveats_come_first(tmp_path):
+    write_report(summary_of(TABLE), str(tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    before_sections = report.split("\n## ")[0]
+    assert "**113.3%** of the baseline's total score" in before_sections
+    assert "Wins 2, ties 2, losses 1" in before_sections and "**2 of 3** categories" in before_sections
+    assert "> **Note:** A 135M judge is a smoke test, not a measurement." in before_sections
+    assert "Judged difficulty per round" not in report  # no evolution output given
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["per_category.png", "win_tie_loss_by_difficulty.png"]
+
+
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(String(e.message || (e.target && e.target.src))), true);
+const consoleError = console.error;
+console.error = (...args) => { window.__errors.push(args.join(" ")); consoleError(...args); };
+window.addEventListener("load", () => {
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify({images: [...document.images].map(i => [i.complete, i.naturalWidth,
+    i.naturalHeight]), errors: window.__errors, title: document.title});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=5000"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (Debian: apt-get install chromium)")
+def test_report_html_renders_in_headless_chromium_with_every_image(tmp_path):
+    out = tmp_path / "eval"
+    write_report(summary_of(TABLE, evolution_stats(read_evolution_records(make_evolve_output(tmp_path / "evo")))),
+                 str(out))
+    html = (out / "report.html").read_text()
+    assert "<script" not in html and "http" not in html  # self-contained: nothing to fetch
+    probed = tmp_path / "probed.html"  # the same page plus an observer that writes what it saw into the DOM
+    probed.write_text(html.replace("<head>", "<head>" + PROBE, 1))
+    dom = subprocess.run([CHROMIUM, *FLAGS, "--dump-dom", probed.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    seen = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.DOTALL).group(1).replace("&quot;", '"'))
+    assert seen["title"] == "Evaluation: outputs/train-local/model vs smollm2-135m-instruct"
+    assert len(seen["images"]) == 3
+    assert all(complete and width > 0 and height > 0 for complete, width, height in seen["images"])
+    assert seen["errors"] == []
+    screenshot = out / "report_screenshot.png"
+    subprocess.run([CHROMIUM, *FLAGS, "--window-size=1000,2400", f"--screenshot={screenshot}",
+                    (out / "report.html").as_uri()], capture_output=True, timeout=120, check=True)
+    assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 20_000
