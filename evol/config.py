@@ -1,14 +1,18 @@
 """EvolveConfig: everything the evolve job reads, validated before Ray or a model starts."""
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.config import StrictModel
 from common.ray_setup import RayConfig
+from evol.elimination import MIN_JUDGE_TOKENS
 from evol.operations import OPERATIONS
+from evol.templates import template_overheads
 from generation.config import GenerationConfig, SamplingConfig
 
 BUNDLED_PREFIX = "bundled:"
+TRUNCATING_BACKENDS = ("hf", "vllm")  # cut prompts to max_prompt_tokens themselves
+PROMPT_MARGIN = 8  # tokens that merge or split differently where an instruction meets its template
 
 
 class SeedsConfig(StrictModel):
@@ -18,9 +22,12 @@ class SeedsConfig(StrictModel):
     input_field: str | None = Field("input", description="optional Alpaca-style context appended to the instruction")
     response_field: str | None = Field("output", description="optional human answer; generated when absent")
     id_field: str | None = Field("id", description="optional stable id; default FILE:LINE")
-    limit: int | None = Field(None, ge=1, description="use only the first N rows read")
+    limit: int | None = Field(None, ge=1, description="use only the first N rows, files in sorted order and "
+                                                      "rows in file order: the same rows every run")
     max_instruction_tokens: int = Field(1024, ge=1, description="longer seeds are quarantined")
     dedupe_partitions: int = Field(8, ge=1, description="partitions of the duplicate-id shuffle")
+    piece_bytes: int = Field(64 << 20, ge=1, description="jsonl files are read and parsed in pieces of about "
+                                                         "this many bytes (whole lines), never whole")
 
 
 class EvolveSettings(StrictModel):
@@ -29,7 +36,18 @@ class EvolveSettings(StrictModel):
     operations: tuple[str, ...] = Field(OPERATIONS, description="subset of the six operations to draw from")
     evolve_sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=256)
     respond_sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=512)
-    judge_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=8)
+    judge_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=MIN_JUDGE_TOKENS)
+    train_on_truncated_responses: bool = Field(
+        False, description="put responses cut by respond_sampling.max_tokens in the training set "
+                           "(they are flagged `response_truncated` and counted either way)")
+
+    @field_validator("judge_sampling")
+    @classmethod
+    def _verdict_fits(cls, sampling: SamplingConfig) -> SamplingConfig:
+        if sampling.max_tokens < MIN_JUDGE_TOKENS:
+            raise ValueError(f"max_tokens {sampling.max_tokens} can cut the verdict itself; use at least "
+                             f"{MIN_JUDGE_TOKENS}")
+        return sampling
 
     @field_validator("operations")
     @classmethod
@@ -55,3 +73,34 @@ class EvolveConfig(StrictModel):
         None, description="the equality check's own model/backend (the paper used ChatGPT); None: `generation`")
     output: OutputConfig = OutputConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _prompts_fit(self):
+        """At least one token per word: a template that cannot fit by its words alone is refused here;
+        the driver repeats the check with the model's tokenizer (evol.pipeline.preflight)."""
+        problem = prompt_budget_problem(self, [len(t.split()) for t in template_overheads()],
+                                        "words (at least as many tokens)")
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def prompt_budget_problem(cfg: EvolveConfig, overheads: list[int], unit: str) -> str | None:
+    """Why the longest instruction plus the longest template would not fit the prompt limit (the
+    backend would then cut the template's own rules away), or None.
+
+    `overheads`: the sizes of templates.template_overheads(), evolve prompts then the equality
+    prompt. A parent is at most `longest` tokens (a seed, or a kept rewrite); the equality prompt
+    holds a parent and a rewrite."""
+    rewrite = cfg.evolve.evolve_sampling.max_tokens
+    longest = max(cfg.seeds.max_instruction_tokens, rewrite)
+    judge_key = "judge" if cfg.judge is not None else "generation"
+    needs = [("generation", cfg.generation, "an evolve prompt", max(overheads[:-1]), longest),
+             (judge_key, cfg.judge or cfg.generation, "the equality prompt", overheads[-1], longest + rewrite)]
+    for key, gen, what, template, text in needs:
+        need = template + text + PROMPT_MARGIN
+        if gen.backend in TRUNCATING_BACKENDS and need > gen.max_prompt_tokens:
+            return (f"{key}.max_prompt_tokens: {gen.max_prompt_tokens} cannot hold {what}: {template} {unit} of "
+                    f"template + {text} tokens of instructions (seeds.max_instruction_tokens, "
+                    f"evolve.evolve_sampling.max_tokens) + {PROMPT_MARGIN} = {need}")
+    return None
