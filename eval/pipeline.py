@@ -103,13 +103,25 @@ def preflight(cfg: EvaluateConfig) -> tuple[list[dict], dict]:
                         f"({len(rows)} rows, quarantined: {quarantined or 'none'})")
     for role in ROLES:
         check_model_available(getattr(cfg, role), role)
-    if cfg.output.overwrite:
-        if storage.absolute(path).startswith(storage.absolute(cfg.output.path).rstrip("/") + "/"):
-            raise UserError(f"output.path: {cfg.output.path} contains the test set; choose another output folder")
-        storage.delete_dir(cfg.output.path)
-    storage.check_writable(cfg.output.path)
+    prepare_output(cfg, [path, cfg.evolve_output] + [getattr(cfg, role).model for role in ROLES])
     info = {"path": cfg.testset.path, "rows": len(rows), "used": len(items), "quarantined": quarantined}
     return items, info
+
+
+def prepare_output(cfg: EvaluateConfig, inputs: list[str | None]) -> None:
+    """overwrite: delete the output folder (never one that holds an input); otherwise keep it only
+    if it is an earlier evaluate run, whose cached answers are then reused."""
+    out = storage.absolute(cfg.output.path).rstrip("/")
+    if storage.is_nonempty_dir(cfg.output.path):
+        if cfg.output.overwrite:
+            inside = [p for p in inputs if p and storage.absolute(p).startswith(out + "/")]
+            if inside:
+                raise UserError(f"output.path: {cfg.output.path} holds an input ({inside[0]}); choose another folder")
+            storage.delete_dir(cfg.output.path)
+        elif not storage.exists(storage.join(cfg.output.path, "answers")):
+            raise UserError(f"output.path: {cfg.output.path} holds other files, not an evaluate run; "
+                            "choose another path or set output.overwrite=true")
+    storage.check_writable(cfg.output.path)
 
 
 def with_absolute_paths(cfg: EvaluateConfig) -> EvaluateConfig:

@@ -1,5 +1,6 @@
 """Every evaluate config loads; bad values are one-line errors before Ray starts."""
 import glob
+import json
 
 import pytest
 
@@ -60,3 +61,17 @@ def test_cli_exits_2_with_one_line_for_bad_input(tmp_path, capsys):
             f"output.path={tmp_path}/out"]
     assert main(args) == 2
     assert capsys.readouterr().err.strip() == f"error: testset.path: {tmp_path}/none.jsonl does not exist"
+
+
+def test_output_folder_of_something_else_is_never_written_into_or_deleted(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.jsonl").write_text(json.dumps({"Instruction": "Hi?", "idx": 1}) + "\n")
+    base = ["--config", "configs/evaluate_tiny.yaml", f"output.path={out}"]
+    assert main(base) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"error: output.path: {out} holds other files, not an evaluate run; choose another path or set " \
+        "output.overwrite=true"
+    assert main(base + ["output.overwrite=true", f"testset.path={out / 'mine.jsonl'}"]) == 2
+    assert "holds an input" in capsys.readouterr().err
+    assert (out / "mine.jsonl").exists()
