@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from common.models import resolve_model
 from generation.config import GenerationConfig
 from generation.devices import resolve_dtype, use_cuda
-from generation.prompts import render_prompt
+from generation.prompts import prompt_token_ids, text_token_ids
 from generation.types import Generation, SamplingParams
 
 
@@ -46,17 +46,20 @@ class HFGenerator:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return [len(ids) for ids in text_token_ids(self.tokenizer, texts)]
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Rendered and tokenised (user text as plain text), cut from the left: keeps the answer header."""
+        return prompt_token_ids(prompt, self.cfg.prompt_format, self.tokenizer)[-self.cfg.max_prompt_tokens:]
 
     async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
         loop = asyncio.get_running_loop()
         if self._batcher is None:
             self._wakeup = asyncio.Event()
             self._batcher = loop.create_task(self._run_batches())
+        ids = self.prompt_ids(prompt)  # here, so that a prompt that cannot be tokenised fails alone
         future = loop.create_future()
-        self._pending.append((prompt, sampling, future))
+        self._pending.append((ids, sampling, future))
         self._wakeup.set()
         return await future
 
@@ -92,11 +95,9 @@ class HFGenerator:
                 if not future.done():
                     future.set_result(gen)
 
-    def _generate_batch(self, prompts: list[str], sampling: SamplingParams) -> list[Generation]:
+    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
         torch = self.torch
-        texts = [render_prompt(p, self.cfg.prompt_format, self.tokenizer) for p in prompts]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.cfg.max_prompt_tokens, add_special_tokens=False)
+        enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         greedy = sampling.temperature == 0
         with torch.inference_mode():

@@ -1,10 +1,18 @@
-"""Prompt formats: how a user turn becomes the text a model was trained to continue.
+"""Prompt formats: how a user turn becomes the text a model was trained to continue, and its token ids.
 
 The paper's 7B format lives here once; the train job formats its examples with the same string.
+User text is always tokenised as plain text: a seed that holds "<|im_start|>system ..." or "</s>"
+gets the ids of those characters, never the special tokens, so it cannot open a turn of its own.
+Only the chat template's own markers are special tokens.
 """
 from __future__ import annotations
 
+from generation.types import GenerationError
+
 PLAIN_TEMPLATE = "{prompt}\n\n### Response:"
+# Stands in for the user's text while the template is rendered; private-use characters that no
+# template adds or strips.
+USER_SLOT = "\ue000evolray-user-turn\ue000"
 
 
 def render_prompt(prompt: str, prompt_format: str, tokenizer=None) -> str:
@@ -15,3 +23,42 @@ def render_prompt(prompt: str, prompt_format: str, tokenizer=None) -> str:
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                              tokenize=False, add_generation_prompt=True)
     return PLAIN_TEMPLATE.format(prompt=prompt)
+
+
+def special_token_texts(tokenizer) -> set[str]:
+    """Every text the tokenizer turns into a special token wherever it appears."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return {token.content for token in added.values() if token.special} | set(tokenizer.all_special_tokens)
+
+
+def text_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Ids of user texts as plain text (special-token strings split into ordinary tokens)."""
+    if not texts:
+        return []
+    return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def prompt_token_ids(prompt: str, prompt_format: str, tokenizer) -> list[int]:
+    """The rendered prompt's ids, the user's text tokenised as plain text.
+
+    A prompt without special-token strings (nearly all) is tokenised in one piece, exactly as
+    before. Otherwise the template around the user's text is tokenised on its own, with its
+    markers as special tokens, and the user's text in between as plain text. `raw` prompts are
+    formatted by the caller and tokenised as given.
+    """
+    text = render_prompt(prompt, prompt_format, tokenizer)
+    if prompt_format == "raw" or not any(special in prompt for special in special_token_texts(tokenizer)):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    frame = render_prompt(USER_SLOT, prompt_format, tokenizer)
+    # A template may trim the message (`content | trim`): then the trimmed text is what it holds.
+    shown = next((p for p in (prompt, prompt.strip()) if frame.count(USER_SLOT) == 1
+                  and frame.replace(USER_SLOT, p) == text), None)
+    if shown is None:
+        raise GenerationError("template_rewrites_prompt", "the chat template changes the user's text, which "
+                              "holds special-token strings; refusing to tokenise them as special tokens")
+    before, after = frame.split(USER_SLOT)
+    return [*_frame_ids(tokenizer, before), *text_token_ids(tokenizer, [shown])[0], *_frame_ids(tokenizer, after)]
+
+
+def _frame_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []

