@@ -65,12 +65,15 @@ def setup_blocks(summary: dict) -> list[tuple]:
              ", ".join(f"{k}={v}" for k, v in sampling["judge" if role == "judge" else "answers"].items())]
             for role, m in models.items()]
     quarantined = ", ".join(f"{k}: {v}" for k, v in testset["quarantined"].items()) or "none"
-    return [("h2", "Setup"),
-            ("table", ["role", "model", "backend", "prompt format", "sampling"], rows),
-            ("p", f"Test set `{testset['path']}`: {testset['rows']} rows read, {testset['used']} items evaluated, "
-                  f"quarantined: {quarantined}."),
-            ("p", "Answers: " + "; ".join(f"{role} {a['reused']} reused, {a['generated']} generated, "
-                                          f"{a['failed']} failed" for role, a in summary["answers"].items()) + ".")]
+    blocks = [("h2", "Setup"),
+              ("table", ["role", "model", "backend", "prompt format", "sampling"], rows),
+              ("p", f"Test set `{testset['path']}`: {testset['rows']} rows read, {testset['used']} items "
+                    f"evaluated, quarantined: {quarantined}."),
+              ("p", "Answers: " + "; ".join(f"{role} {a['reused']} reused, {a['generated']} generated, "
+                                            f"{a['failed']} failed" for role, a in summary["answers"].items()) + ".")]
+    if summary.get("seconds"):
+        blocks.append(("p", "Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items()) + "."))
+    return blocks
 
 
 def _outcome_rows(groups: dict[str, dict]) -> list[list]:
