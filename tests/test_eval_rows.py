@@ -29,3 +29,13 @@ def test_one_row_per_item_with_both_verdicts_and_the_combined_score():
     assert (b["answer_error"], b["outcome"], b["verdict_cb"], b["baseline_answer"]) == \
         ("candidate: generation_failed:timeout", None, None, "base-b")
     assert item_rows(ITEMS[:1], {}, BASE, [])[0]["answer_error"] == "candidate: no answer"
+
+
+def test_results_arriving_out_of_order_join_by_id():
+    judgments = [{"id": "a", "order": o, "verdict": "v", "first_attempt": None, "attempts": 1,
+                  "candidate_score": c, "baseline_score": b, "rationale": "", "error": None}
+                 for o, c, b in (("cb", 9.0, 5.0), ("bc", 7.0, 5.0))]
+    items = list(reversed(ITEMS))
+    assert item_rows(items, CAND, BASE, judgments[::-1]) == item_rows(items, CAND, BASE, judgments)
+    assert [r["id"] for r in item_rows(items, CAND, BASE, judgments)] == ["b", "a"]  # test-set order kept
+    assert item_rows(items, CAND, BASE, judgments)[1]["candidate_score"] == 8.0
