@@ -6,7 +6,7 @@ from evol.config import EvolveSettings
 from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED, in_training_set, records_table
 from evol.rounds import Roles, evolve_rows
 from evol.seeds import SeedFields, TOO_MANY_TOKENS, mark_duplicates, parse_jsonl
-from evol.summary import SummaryBuilder
+from evol.summary import SummaryBuilder, format_summary
 from evol.templates import ORIGINAL_MARKER
 from generation.types import Generation, GenerationError
 
@@ -238,6 +238,7 @@ def test_a_truncated_rewrite_is_eliminated_and_its_parent_evolves_again():
         (0, KEPT, None, None), (1, ELIMINATED, rules.TRUNCATED_EVOLUTION, "cut"),
         (2, ELIMINATED, rules.TRUNCATED_EVOLUTION, "cut")]
     assert [x["requests"] for x in records] == [0, 1, 1]  # no answer, no verdict for a cut rewrite
+    assert [r["eliminated_by_rule"] for r in _summary(records)["rounds"]] == [{rules.TRUNCATED_EVOLUTION: 1}] * 2
 
 
 def test_a_verdict_cut_by_its_token_limit_is_unparsed_and_never_eliminates():
@@ -289,6 +290,8 @@ def test_cut_responses_are_flagged_counted_and_out_of_training_unless_allowed():
     assert [r["kept_responses_truncated"] for r in summary["rounds"]] == [1, 1]
     allowed = _summary(records, train_on_truncated=True)
     assert allowed["training_rows"] == 6 and allowed["responses_truncated"]["in_training_set"] is True
+    assert ("responses cut by max_tokens: 3/6 kept rows (50%), kept out of the training set; "
+            "generated seed answers rejected: 0") in format_summary(summary).splitlines()
 
 
 def test_a_quarantined_duplicate_has_a_lineage_of_its_own():
