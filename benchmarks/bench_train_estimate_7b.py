@@ -46,13 +46,13 @@ def main() -> None:
     print(f"LLaMA-7B FLOPs/token = 6N + 12LHS = {flops:.3g}; assumed MFU {args.mfu:.0%}; Ray overhead factor "
           f"{min(args.ray_ratio, 1.0):.2f}")
     a100 = None
-    for gpu in ("A100", "H100"):
+    for gpu in ("A100", "H100 SXM"):
         real_per_gpu = PEAK_TFLOPS_BF16[gpu] * 1e12 * args.mfu / flops * min(args.ray_ratio, 1.0)
         a100 = a100 or real_per_gpu
         for label, tokens_per_sample in (("local evolved lengths", mean_tokens), ("ChatGPT-length answers", 600.0)):
             tokens = PAPER["samples"] * tokens_per_sample * PAPER["epochs"]
             hours = tokens / (real_per_gpu * 8) / 3600
-            steps = PAPER["samples"] * tokens_per_sample / (fill * PAPER["max_length"]) / PAPER["global_batch"]
+            steps = PAPER["samples"] / PAPER["global_batch"]  # optim.batch_unit=samples, as in the cloud preset
             print(f"{gpu} x8: {real_per_gpu:,.0f} useful tokens/s/GPU; {label} ({tokens_per_sample:.0f} tok/sample): "
                   f"{tokens / 1e9:.2f}B tokens over 3 epochs, ~{steps * PAPER['epochs']:,.0f} optimizer steps, "
                   f"~{hours:.1f} h wall")

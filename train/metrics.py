@@ -2,32 +2,54 @@
 
 FLOPs per trained token follow the PaLM appendix B estimate: 6 N for the dense matmuls
 (forward + backward) plus 12 L H S for attention scores (L layers, hidden H, sequence S).
-MFU = achieved model FLOP/s / peak FLOP/s of the devices used.
+MFU = achieved model FLOP/s / peak FLOP/s of the devices used; None ("n/a") when the peak
+is unknown (an accelerator not in the table): never a guess.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
-# Published dense bf16 tensor-core peaks, TFLOP/s per GPU (NVIDIA datasheets).
-PEAK_TFLOPS_BF16 = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "A10G": 125.0, "L4": 121.0}
+# Dense bf16 tensor-core peaks, TFLOP/s per GPU (NVIDIA datasheets, without sparsity), keyed by
+# the exact `torch.cuda.get_device_name()` family: "L40S" is not "L4", "H100 PCIe" is not SXM.
+PEAK_TFLOPS_BF16 = {"A100": 312.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.0,
+                    "H200 NVL": 835.0, "GH200": 989.0, "A10G": 125.0, "A10": 125.0, "L4": 121.0, "L40S": 362.0,
+                    "L40": 181.0}
+_DEVICE_NAMES = (  # full-match patterns of device names (after "NVIDIA "), most specific first
+    (r"A100[- ].*", "A100"), (r"H100 80GB HBM3|H100 SXM.*", "H100 SXM"), (r"H100 PCIe", "H100 PCIe"),
+    (r"H100 NVL", "H100 NVL"), (r"H200 NVL", "H200 NVL"), (r"H200( SXM.*| \d+GB.*)?", "H200"),
+    (r"GH200( \d+GB.*)?", "GH200"), (r"A10G", "A10G"), (r"A10", "A10"), (r"L4", "L4"), (r"L40S", "L40S"),
+    (r"L40", "L40"),
+)
 
 
 def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> float:
     return 6.0 * n_params + 12.0 * n_layers * hidden * seq_len
 
 
-def mfu(tokens_per_s: float, flops_token: float, peak_flops: float) -> float:
-    """Fraction of `peak_flops` (all devices together) spent on useful model FLOPs."""
-    return tokens_per_s * flops_token / peak_flops if peak_flops > 0 else 0.0
+def mfu(tokens_per_s: float, flops_token: float, peak_flops: float | None) -> float | None:
+    """Fraction of `peak_flops` (all devices together) spent on useful model FLOPs; None if unknown."""
+    return tokens_per_s * flops_token / peak_flops if peak_flops else None
 
 
 def gpu_peak_tflops(device_name: str) -> float | None:
-    """Peak for a CUDA device name such as 'NVIDIA A100-SXM4-80GB' (None if unknown)."""
-    for key, value in PEAK_TFLOPS_BF16.items():
-        if key in device_name.upper():
-            return value
+    """Peak of a CUDA device name such as 'NVIDIA A100-SXM4-80GB' (None if not an exact known one)."""
+    name = device_name.strip().removeprefix("NVIDIA ").strip()
+    for pattern, key in _DEVICE_NAMES:
+        if re.fullmatch(pattern, name, flags=re.IGNORECASE):
+            return PEAK_TFLOPS_BF16[key]
     return None
+
+
+def peak_tflops_per_worker(configured: float | None, use_gpu: bool, device_name: str | None, measure_cpu) -> float | None:
+    """The MFU denominator: the configured value, else the GPU's datasheet peak (None when the GPU
+    is unknown), else (CPU workers) `measure_cpu()`, a measured matmul peak."""
+    if configured is not None:
+        return configured
+    if use_gpu:
+        return gpu_peak_tflops(device_name or "")
+    return measure_cpu()
 
 
 def measure_cpu_peak_tflops(size: int = 1024, repeats: int = 8) -> float:
@@ -44,25 +66,37 @@ def measure_cpu_peak_tflops(size: int = 1024, repeats: int = 8) -> float:
 
 @dataclass
 class Window:
-    """Sums over the optimizer steps since the last log line."""
+    """Sums of one worker over the optimizer steps since the last log line."""
 
     start: float = field(default_factory=time.perf_counter)
-    loss_sum: float = 0.0
-    micro_batches: int = 0
+    loss_sum: float = 0.0  # sum of this worker's micro-batch losses, each already divided by the step's tokens
+    steps: int = 0
     tokens: int = 0  # every position of every sequence fed (padding included)
     real_tokens: int = 0  # non-padding tokens
 
     def add(self, loss: float, tokens: int, real_tokens: int) -> None:
         self.loss_sum += loss
-        self.micro_batches += 1
         self.tokens += tokens
         self.real_tokens += real_tokens
 
-    def summary(self, world_size: int, flops_token: float, peak_flops_per_worker: float) -> dict:
-        """Metrics of this worker's window scaled to the whole group (workers run in lockstep)."""
-        seconds = max(time.perf_counter() - self.start, 1e-9)
-        tokens_s = self.tokens * world_size / seconds
-        real_s = self.real_tokens * world_size / seconds
-        return {"loss": self.loss_sum / max(self.micro_batches, 1), "tokens_per_s": tokens_s,
-                "real_tokens_per_s": real_s, "window_s": seconds,
-                "mfu": mfu(real_s, flops_token, peak_flops_per_worker * world_size)}
+    def exclude(self, seconds: float) -> None:
+        """Time spent outside training (a checkpoint save) does not count in tokens/s."""
+        self.start += seconds
+
+
+def window_metrics(sums: list[float], steps: int, seconds: float, world_size: int, flops_token: float,
+                   peak_flops_per_worker: float | None) -> dict:
+    """Group-wide metrics from the all-reduced [loss_sum, tokens, real_tokens] of a window.
+
+    Each micro-batch loss is its token-sum divided by the whole step's trainable tokens (all
+    workers), so the all-reduced loss_sum of one step is that step's per-token mean loss.
+    """
+    loss_sum, tokens, real = sums
+    seconds = max(seconds, 1e-9)
+    peak = peak_flops_per_worker * world_size if peak_flops_per_worker else None
+    return {"loss": loss_sum / max(steps, 1), "tokens_per_s": tokens / seconds, "real_tokens_per_s": real / seconds,
+            "mfu": mfu(real / seconds, flops_token, peak), "window_s": seconds}
+
+
+def format_mfu(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
