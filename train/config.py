@@ -17,16 +17,23 @@ class DataSection(StrictModel):
     max_length: int = Field(2048, ge=16, description="tokens per (packed) training sequence")
     truncation: Literal["truncate", "drop"] = Field(
         "truncate", description="over-long samples: keep the first max_length tokens, or drop them")
-    packing: bool = Field(True, description="pack samples into full sequences (else pad each micro batch)")
-    pack_group_rows: int = Field(2048, ge=1, description="samples packed together per Ray Data batch")
-    heldout_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="rows kept out of training for eval")
-    seed: int = Field(0, description="shuffle / held-out split seed")
+    packing: bool = Field(True, description=(
+        "no padding between samples: batch_unit=samples concatenates each micro batch's samples into one row; "
+        "batch_unit=sequences packs samples into rows of max_length. Position ids restart per sample, so "
+        "samples never attend to each other. false: pad each micro batch to its longest sample"))
+    pack_group_rows: int = Field(2048, ge=1, description="batch_unit=sequences: samples packed together per group")
+    heldout_fraction: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "fraction of lineages (root_id: a seed with all its evolutions) kept out of training"))
+    heldout_max_rows: int = Field(256, ge=0, description=(
+        "held-out rows evaluated (loss before/after, one sample); the rest stay out of training, unevaluated"))
+    seed: int = Field(0, description="held-out split, packing groups, row order per epoch")
 
 
 class ModelSection(StrictModel):
     name: str = Field("smollm2-135m-instruct", description="alias, local folder, s3:// folder or hub id")
     gradient_checkpointing: bool = Field(False, description="recompute activations (long sequences, 7B)")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="flash_attention_2 gets each micro batch as one row (varlen attention per sample)")
 
 
 class OptimSection(StrictModel):
@@ -35,8 +42,11 @@ class OptimSection(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(2, ge=0, description="linear warm-up optimizer steps, then cosine decay")
-    global_batch_size: int = Field(64, ge=1, description="sequences per optimizer step, all workers")
-    micro_batch_size: int = Field(1, ge=1, description="sequences per worker per forward pass")
+    batch_unit: Literal["samples", "sequences"] = Field("samples", description=(
+        "what global_batch_size and micro_batch_size count: samples (the paper's: 64 samples per optimizer "
+        "step) or sequences (packed rows of data.max_length tokens, several samples each)"))
+    global_batch_size: int = Field(64, ge=1, description="batch_unit per optimizer step, all workers")
+    micro_batch_size: int = Field(1, ge=1, description="batch_unit per worker per forward pass")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
 
 
@@ -58,6 +68,9 @@ class CheckpointSection(StrictModel):
     every_steps: int = Field(50, ge=1, description="checkpoint every N optimizer steps (and at the end)")
     keep: int = Field(2, ge=1, description="checkpoints kept (the latest K)")
     max_failures: int = Field(3, ge=0, description="worker-group restarts from the last checkpoint")
+    scratch_dir: Optional[str] = Field(None, description=(
+        "local folder where each worker stages its checkpoint shards and the export before upload "
+        "(NVMe on GPU nodes); default: the system temp folder"))
 
 
 class OutputSection(StrictModel):
@@ -105,6 +118,11 @@ class TrainConfig(StrictModel):
                              f"optim.micro_batch_size x scaling.num_workers ({per_step})")
         if self.deepspeed.offload_params and self.deepspeed.stage != 3:
             raise ValueError("deepspeed.offload_params needs deepspeed.stage=3")
+        if self.optim.batch_unit == "sequences" and not self.data.packing:
+            raise ValueError("optim.batch_unit=sequences counts packed rows: it needs data.packing=true "
+                             "(or use optim.batch_unit=samples)")
+        if self.model.attn_implementation == "flash_attention_2" and not self.scaling.use_gpu:
+            raise ValueError("model.attn_implementation=flash_attention_2 needs scaling.use_gpu=true")
         if self.deepspeed.precision == "bf16" and not self.scaling.use_gpu:
             raise ValueError("deepspeed.precision=bf16 needs scaling.use_gpu=true (use fp32 on CPU)")
         if self.debug.kill_at_step is not None and self.debug.kill_worker_rank >= self.scaling.num_workers:
