@@ -1,8 +1,9 @@
 """Integration: the train job on a local Ray with 2 CPU workers, DeepSpeed and a tiny random Llama.
 
-One ZeRO-3 run that is killed mid-way (a real SIGKILL of worker rank 1) and resumes from its
-last checkpoint, then exports a model that transformers reloads; a rerun of the same name
-resumes instead of starting over; ZeRO-2 runs too. ~4-5 minutes on 2 cores.
+One ZeRO-3 run (batch unit: samples) that is killed mid-way (a real SIGKILL of worker rank 1)
+and resumes from its last checkpoint, then exports a model that transformers reloads; a rerun
+of the same name resumes instead of starting over; ZeRO-2 runs too, on packed sequences
+(hash-grouped packing). ~5-6 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def killed_run(ray_cluster, workdir):
 
 def test_killed_worker_resumes_from_checkpoint_with_the_same_step_count(killed_run, workdir):
     cfg, summary = killed_run
-    assert summary["total_steps"] == (summary["data"]["sequences"] // cfg.optim.global_batch_size) * cfg.optim.epochs
+    assert summary["total_steps"] == (summary["data"]["units"] // cfg.optim.global_batch_size) * cfg.optim.epochs
+    assert summary["data"]["units"] == summary["data"]["train_samples"]  # batch_unit=samples
     assert summary["steps"] == summary["total_steps"]
     assert summary["restored_from_step"] == 4  # checkpoint every 4 steps, killed at 6
     steps = [h["step"] for h in summary["history"]]
@@ -104,7 +106,10 @@ def test_zero2_runs(ray_cluster, workdir):
     from train.run import run_train
 
     cfg = tiny_config(workdir, "name=tiny-zero2", "deepspeed.stage=2", "optim.epochs=1", "sample.generate=false",
-                      "data.heldout_fraction=0", f"output.path={workdir / 'model-zero2'}")
+                      "data.heldout_fraction=0", f"output.path={workdir / 'model-zero2'}",
+                      "optim.batch_unit=sequences", "optim.global_batch_size=4", "optim.micro_batch_size=1")
     summary = run_train(cfg)
     assert summary["steps"] == summary["total_steps"] > 0 and summary["restored_from_step"] is None
+    data = summary["data"]
+    assert data["train_samples"] == 96 and data["units"] < data["train_samples"]  # packed rows of 256
     assert (workdir / "model-zero2" / "model.safetensors").exists()

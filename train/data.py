@@ -1,131 +1,183 @@
-"""Driver-side data preparation on Ray Data: read parquet -> tokenise+mask -> split -> pack.
+"""Driver-side data preparation on Ray Data: read parquet -> tokenise+mask -> split -> units -> ranks.
 
 Required input columns (the evolve job's training parquet): `id` and either `messages`
-(list of {role, content}) or `instruction` / `input` / `response`. Produced training rows:
-`input_ids`, `labels`, `position_ids` (packed, each of data.max_length) or `input_ids`,
-`labels` (unpacked, variable length), plus `n_real` (non-padding tokens).
+(list of {role, content}) or `instruction` / `input` / `response`; `root_id` (the seed of the
+row's lineage) when present. Produced training units (what `optim.batch_unit` counts):
+samples (`key`, `input_ids`, `labels`, `n_real`) or packed rows of data.max_length (+
+`position_ids`, `n_samples`), handed to the workers as one dataset per rank.
+
+Everything is a function of the data and the seed, never of Ray's scheduling order: the
+held-out split hashes `root_id` (a seed and all its evolutions fall on the same side: none of
+a held-out instruction's siblings is trained on), packing groups hash the row id, and the
+rank datasets take the units in key order. A rerun of the same name thus trains on the same
+units, and the fingerprint stored in checkpoints tells whether it does.
 Rows that cannot be used are counted by reason, never raised.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
 
+import numpy as np
+
+from common import storage
 from common.config import UserError
 from train.config import TrainConfig
+from train.masking import hf_encoder, tokenize_rows
+from train.packing import pack_group, stable_hash, unit_interval
+from train.tokenizer import load_tokenizer
 
-INPUT_COLUMNS = ("id", "messages", "instruction", "input", "response")
+INPUT_COLUMNS = ("id", "root_id", "messages", "instruction", "input", "response")
 
 
-def heldout_key(row_id: str, seed: int) -> float:
-    """Stable uniform number in [0, 1) per row: the held-out split does not depend on order."""
-    digest = hashlib.sha1(f"{seed}:{row_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+def is_heldout(row_id: str, root_id: str | None, seed: int, fraction: float) -> bool:
+    """Whole lineages are held out: the key is the row's root_id (its own id for a seed row)."""
+    return unit_interval(seed, "heldout", root_id or row_id) < fraction
+
+
+def row_digest(row_id: str, input_ids: list[int], labels: list[int]) -> int:
+    """Content hash of one tokenised row (summed into the dataset fingerprint)."""
+    data = np.asarray(input_ids, dtype=np.int64).tobytes() + b"|" + np.asarray(labels, dtype=np.int64).tobytes()
+    return int.from_bytes(hashlib.sha1(row_id.encode() + b"|" + data).digest()[:8], "big", signed=True)
 
 
 class Tokenize:
-    """Ray Data callable class: loads the tokenizer once per actor, maps batches of rows."""
+    """Ray Data callable class: loads the tokenizer once per actor, maps batches of rows.
+
+    Adds to `train.masking.tokenize_rows`' columns: heldout, key (order), digest (content)."""
 
     def __init__(self, model_name: str, template: str, max_length: int, policy: str, seed: int,
                  heldout_fraction: float):
-        from transformers import AutoTokenizer
-
-        from common.models import resolve_model
-        from train.masking import hf_encoder
-
-        # Resolved here, on the actor's node: the driver's cache path may not exist on other nodes.
-        self.encoder = hf_encoder(AutoTokenizer.from_pretrained(resolve_model(model_name)))
+        # Tokenizer files only, read here on the actor's node (the driver's cache may not exist here).
+        self.encoder = hf_encoder(load_tokenizer(model_name))
         self.args = (template, max_length, policy)
         self.seed, self.fraction = seed, heldout_fraction
 
     def __call__(self, batch):
-        from train.masking import tokenize_rows
-
         rows = batch.to_pylist()
         out = tokenize_rows(rows, self.args[0], self.encoder, *self.args[1:])
-        out["heldout"] = [heldout_key(i, self.seed) < self.fraction for i in out["id"]]
+        out["heldout"] = [is_heldout(i, r.get("root_id"), self.seed, self.fraction) for i, r in zip(out["id"], rows)]
+        out["key"] = [stable_hash(self.seed, "order", i) for i in out["id"]]
+        out["digest"] = [row_digest(*x) for x in zip(out["id"], out["input_ids"], out["labels"])]
         return out
 
 
-def pack_batch(batch: dict, max_length: int, pad_id: int) -> dict:
-    from train.packing import pack
+@dataclass
+class Scan:
+    rows_read: int
+    counts: dict  # status -> rows ("ok" + one key per drop reason)
+    truncated: int
+    heldout_rows: int  # usable rows held out (all of them, evaluated or not)
+    train_rows: int
+    digest: int  # sum of the training rows' digests mod 2**64
 
-    return pack(list(batch["input_ids"]), list(batch["labels"]), max_length, pad_id)
+
+def scan(tokenized) -> Scan:
+    """One streaming pass over the small columns."""
+    counts: Counter = Counter()
+    truncated = heldout = digest = 0
+    columns = ["status", "truncated", "heldout", "digest"]
+    for batch in tokenized.select_columns(columns).iter_batches(batch_size=8192, batch_format="pyarrow"):
+        status, held = batch.column("status").to_pylist(), batch.column("heldout").to_pylist()
+        counts.update(status)
+        truncated += sum(batch.column("truncated").to_pylist())
+        for s, h, d in zip(status, held, batch.column("digest").to_pylist()):
+            if s == "ok":
+                heldout += h
+                digest = digest if h else (digest + d) % 2**64
+    ok = counts.get("ok", 0)
+    return Scan(sum(counts.values()), dict(counts), truncated, heldout, ok - heldout, digest)
+
+
+def fingerprint(digest: int, train_rows: int, cfg: TrainConfig) -> str:
+    """What a resumed run must train on: the training rows' content and the settings that shape units."""
+    d = cfg.data
+    shape = {"digest": digest, "rows": train_rows, "max_length": d.max_length, "packing": d.packing,
+             "batch_unit": cfg.optim.batch_unit, "pack_group_rows": d.pack_group_rows, "seed": d.seed}
+    return hashlib.sha1(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def add_pack_group(batch: dict, seed: int, groups: int) -> dict:
+    batch["group"] = np.array([int(unit_interval(seed, "group", k) * groups) for k in batch["key"]], dtype=np.int64)
+    return batch
+
+
+def pack_one_group(batch: dict, max_length: int, pad_id: int) -> dict:
+    return pack_group(list(batch["input_ids"]), list(batch["labels"]), [int(k) for k in batch["key"]],
+                      max_length, pad_id)
+
+
+def to_units(train, cfg: TrainConfig, train_rows: int, pad_id: int):
+    """Samples, or (batch_unit=sequences) rows packed per hash group of ~pack_group_rows samples."""
+    d = cfg.data
+    train = train.select_columns(["key", "input_ids", "labels", "n_tokens"])
+    if cfg.optim.batch_unit == "samples":
+        return train.rename_columns({"n_tokens": "n_real"})
+    groups = max(1, math.ceil(train_rows / d.pack_group_rows))
+    grouped = train.map_batches(add_pack_group, batch_format="numpy", fn_kwargs={"seed": d.seed, "groups": groups})
+    return grouped.groupby("group").map_groups(pack_one_group, batch_format="numpy",
+                                               fn_kwargs={"max_length": d.max_length, "pad_id": pad_id})
 
 
 @dataclass
 class Prepared:
-    train: object  # ray.data.Dataset of training rows (materialized)
-    heldout: list[dict]  # small list of tokenised held-out rows (id, input_ids, labels)
-    rows_read: int
-    counts: dict[str, int]  # status -> rows ("ok" + one key per drop reason)
-    truncated: int
-    sequences: int  # training rows (packed sequences, or samples when unpacked)
+    units: object  # ray.data.Dataset of training units (materialized)
+    heldout: list[dict]  # evaluated held-out rows (id, input_ids, labels), at most data.heldout_max_rows
+    scan: Scan
+    n_units: int
     real_tokens: int
-    stats: dict = field(default_factory=dict)
+    fingerprint: str
 
 
 def check_input(path: str) -> None:
-    from common import storage
-
     if not storage.exists(path):
         raise UserError(f"training data not found: {path} (run the evolve job first, or set data.path)")
 
 
-def count_statuses(tokenized) -> tuple[int, dict[str, int], int]:
-    """One streaming pass over the small columns: rows, rows per status, truncated rows."""
-    from collections import Counter
+def read_input(path: str):
+    import ray
 
-    counts: Counter = Counter()
-    truncated = 0
-    for batch in tokenized.select_columns(["status", "truncated"]).iter_batches(batch_size=8192,
-                                                                               batch_format="pyarrow"):
-        counts.update(batch.column("status").to_pylist())
-        truncated += sum(batch.column("truncated").to_pylist())
-    return sum(counts.values()), dict(counts), truncated
+    try:
+        ds = ray.data.read_parquet(path)
+        columns = set(ds.schema().names)
+    except Exception as exc:
+        raise UserError(f"cannot read training data {path}: {str(exc).splitlines()[0]}") from None
+    if "id" not in columns or not ({"messages"} <= columns or {"instruction", "response"} <= columns):
+        raise UserError(f"{path}: needs columns id and messages (or instruction, response); found {sorted(columns)}")
+    return ds.select_columns([c for c in INPUT_COLUMNS if c in columns])
 
 
 def prepare(cfg: TrainConfig, pad_id: int) -> Prepared:
     import ray
-
-    try:
-        ds = ray.data.read_parquet(cfg.data.path)
-        columns = set(ds.schema().names)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"cannot read training data {cfg.data.path}: {str(exc).splitlines()[0]}") from None
-    if "id" not in columns or not ({"messages"} <= columns or {"instruction", "response"} <= columns):
-        raise UserError(f"{cfg.data.path}: needs columns id and messages (or instruction, response); "
-                        f"found {sorted(columns)}")
-    ds = ds.select_columns([c for c in INPUT_COLUMNS if c in columns])
-    d = cfg.data
-    tokenized = ds.map_batches(Tokenize, batch_format="pyarrow", batch_size=256,
-                               compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
-                               fn_constructor_args=(cfg.model.name, d.template, d.max_length, d.truncation,
-                                                    d.seed, d.heldout_fraction)).materialize()
-    rows_read, counts, truncated = count_statuses(tokenized)
-    if rows_read == 0:
-        raise UserError(f"training data {cfg.data.path} is empty")
-    if counts.get("ok", 0) == 0:
-        raise UserError(f"no usable training rows in {cfg.data.path}: {counts}")
     from ray.data.expressions import col
 
+    d = cfg.data
+    tokenized = read_input(d.path).map_batches(
+        Tokenize, batch_format="pyarrow", batch_size=256, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+        fn_constructor_args=(cfg.model.name, d.template, d.max_length, d.truncation, d.seed,
+                             d.heldout_fraction)).materialize()
+    counted = scan(tokenized)
+    if counted.rows_read == 0:
+        raise UserError(f"training data {d.path} is empty")
+    if counted.train_rows == 0:
+        raise UserError(f"no usable training rows in {d.path}: {counted.counts}, held out {counted.heldout_rows}")
     usable = tokenized.filter(expr=col("status") == "ok")
     heldout = []
-    if d.heldout_fraction > 0:
+    if counted.heldout_rows and d.heldout_max_rows:
         heldout = usable.filter(expr=col("heldout") == True)  # noqa: E712 (builds an expression)
-        heldout = heldout.select_columns(["id", "input_ids", "labels"]).take(256)
+        heldout = heldout.select_columns(["key", "id", "input_ids", "labels"]).sort("key").take(d.heldout_max_rows)
     train = usable.filter(expr=col("heldout") == False)  # noqa: E712
-    train = train.select_columns(["input_ids", "labels", "n_tokens"])
-    train = train.random_shuffle(seed=d.seed)
-    if d.packing:
-        train = train.map_batches(pack_batch, batch_size=d.pack_group_rows, batch_format="numpy",
-                                  fn_kwargs={"max_length": d.max_length, "pad_id": pad_id})
-    else:
-        train = train.rename_columns({"n_tokens": "n_real"})
-    train = train.materialize()
-    sequences = train.count()
-    real = int(train.sum("n_real") or 0) if sequences else 0  # one more small pass
-    return Prepared(train=train, heldout=heldout, rows_read=rows_read, counts=counts, truncated=truncated,
-                    sequences=sequences, real_tokens=real)
+    units = to_units(train, cfg, counted.train_rows, pad_id).materialize()
+    n_units = units.count()
+    return Prepared(units=units, heldout=heldout, scan=counted, n_units=n_units,
+                    real_tokens=int(units.sum("n_real") or 0),
+                    fingerprint=fingerprint(counted.digest, counted.train_rows, cfg))
+
+
+def rank_datasets(units, used: int, world_size: int) -> dict:
+    """The first `used` units in key order, split into one dataset per rank (equal sizes)."""
+    ordered = units.sort("key").limit(used)
+    return {f"rank{r}": part for r, part in enumerate(ordered.split(world_size, equal=True))}

@@ -9,8 +9,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from common import storage
+from common.models import cache_dir
 from train.config import TrainConfig
-
+from train.masking import pad_id_of
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict:
@@ -53,8 +55,6 @@ def _torch_dtype(name: str):
 
 def build_engine(cfg: TrainConfig, model_path: str, total_steps: int):
     """deepspeed.initialize on this worker; the process group is Ray Train's (nccl or gloo)."""
-    from common.models import cache_dir
-
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
     import deepspeed
     import torch
@@ -98,10 +98,9 @@ def full_state_dict(engine, cfg: TrainConfig) -> dict | None:
     return state if dist.get_rank() == 0 else None
 
 
-def export_hf_model(engine, cfg: TrainConfig, tokenizer, target: str) -> None:
-    """Rank 0 writes safetensors + config + generation config + tokenizer to `target` (local/s3)."""
-    from train.masking import pad_id_of
-
+def export_hf_model(engine, cfg: TrainConfig, tokenizer, target: str, scratch: str) -> None:
+    """Rank 0 writes safetensors + config + generation config + tokenizer to `target` (local/s3),
+    staged in the local folder `scratch`."""
     state = full_state_dict(engine, cfg)
     if state is None:
         return
@@ -112,7 +111,7 @@ def export_hf_model(engine, cfg: TrainConfig, tokenizer, target: str) -> None:
     module.config.dtype = dtype
     module.generation_config.eos_token_id = tokenizer.eos_token_id
     module.generation_config.pad_token_id = pad_id_of(tokenizer)
-    local = Path(tempfile.mkdtemp(prefix="evolray-export-"))
+    local = Path(tempfile.mkdtemp(prefix="evolray-export-", dir=scratch))
     try:
         module.save_pretrained(local, state_dict=state)
         tokenizer.save_pretrained(local)
@@ -124,8 +123,6 @@ def export_hf_model(engine, cfg: TrainConfig, tokenizer, target: str) -> None:
 def upload_dir(local: Path, target: str) -> None:
     """Replace `target` (local or s3://) with the contents of the local folder."""
     from pyarrow import fs as pafs
-
-    from common import storage
 
     storage.delete_dir(target)
     filesys, inner = storage.filesystem(target)

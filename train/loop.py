@@ -1,23 +1,31 @@
 """The per-worker training loop (Ray Train V2 + DeepSpeed), top to bottom.
 
-Each worker: build the DeepSpeed engine -> restore the last checkpoint (if any) -> for each
-epoch, read its shard of packed sequences, skip the micro batches a restored run already did,
-forward/backward/step (DeepSpeed accumulates to the global batch) -> every N optimizer steps
-log (one all-reduce + one `ray.train.report`) and every M steps checkpoint -> export the
-consolidated HF model. Workers run in lockstep: the driver trimmed the dataset so that every
-worker gets exactly steps_per_epoch x grad_accum micro batches per epoch.
+Each worker: build the DeepSpeed engine -> restore the last checkpoint (if any; its plan must
+match) -> load this rank's units into memory -> for each epoch, feed them in the epoch's seeded
+order, skipping the steps a restored run already did; forward/backward/step (DeepSpeed
+accumulates to the global batch) -> every N optimizer steps log (one all-reduce + one
+`ray.train.report`) and every M steps checkpoint -> export the consolidated HF model.
+Workers run in lockstep: the driver gave every rank exactly steps_per_epoch x grad_accum x
+micro_batch_size units.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
+from common import storage
+from train.batches import Units, collate, collate_mode, epoch_order, micro_batch, step_targets, units_from_rows
 from train.config import TrainConfig
+from train.metrics import Window, format_mfu, window_metrics
 
 METRICS_FILE = "train_metrics.json"
+PLAN_FILE = "evolray_plan.json"  # in every checkpoint: what a resume must match
+PLAN_KEYS = ("steps_per_epoch", "total_steps", "world_size", "fingerprint")
 
 
 @dataclass
@@ -26,8 +34,24 @@ class Plan:
 
     steps_per_epoch: int
     total_steps: int
+    world_size: int = 1
+    fingerprint: str = ""  # of the training units (content) and the settings that shaped them
     heldout: list = field(default_factory=list)  # [(input_ids, labels)] evaluated before/after
     output_path: str = ""
+
+    def signature(self) -> dict:
+        return {key: getattr(self, key) for key in PLAN_KEYS}
+
+
+def plan_mismatch(stored: dict, current: dict) -> str | None:
+    """'steps_per_epoch 12 != 10, ...' (checkpoint vs now) for the keys that differ, else None."""
+    diffs = [f"{key} {stored.get(key)} != {current[key]}" for key in PLAN_KEYS if stored.get(key) != current[key]]
+    return ", ".join(diffs) or None
+
+
+def resume_error(name: str, diff: str) -> str:
+    return (f"run {name!r} has a checkpoint of another plan (checkpoint vs now: {diff}); rerun with the same "
+            "data and batch settings, or choose another name")
 
 
 @dataclass
@@ -38,22 +62,46 @@ class RunState:
     heldout_loss_before: float | None = None
 
 
+def say(line: str) -> None:
+    """One line to the driver. Ray Train patches `print` in workers to log *and* echo (every line
+    reached the driver twice); the process's own stdout is streamed once."""
+    sys.__stdout__.write(line + "\n")
+    sys.__stdout__.flush()
+
+
+def scratch_dir(cfg: TrainConfig) -> str:
+    """Local staging folder for checkpoint shards and the export (checkpoint.scratch_dir, NVMe on GPU nodes)."""
+    folder = cfg.checkpoint.scratch_dir or tempfile.gettempdir()
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
 def to_device(batch: dict, device) -> dict:
     import torch
 
     return {k: torch.as_tensor(v).to(device) for k, v in batch.items()}
 
 
-def micro_batches(shard, cfg: TrainConfig, pad_id: int):
-    """Yield model inputs (dict of int64 arrays) plus the count of real tokens in each."""
-    from train.packing import pad_to_longest, stack_packed
+def micro_step_loss(model, inputs: dict, targets_in_step: int, world_size: int):
+    """(loss to backpropagate, loss to log) of one micro batch.
 
-    for rows in shard.iter_batches(batch_size=cfg.optim.micro_batch_size, batch_format="numpy"):
-        if cfg.data.packing:
-            batch = stack_packed(rows)
-        else:
-            batch = pad_to_longest(list(rows["input_ids"]), list(rows["labels"]), pad_id)
-        yield batch, int(rows["n_real"].sum())
+    The model sums its token losses and divides by the loss positions of the whole optimizer
+    step on all workers (`num_items_in_batch`), so every token weighs the same whatever micro
+    batch or worker it is in: gradient accumulation 1 x 8 and 4 x 2 give the same gradients.
+    DeepSpeed sums micro batches (backward with scale_wrt_gas=False) and averages workers'
+    gradients; x world_size undoes that average.
+    """
+    loss = model(**inputs, use_cache=False, num_items_in_batch=targets_in_step).loss
+    return loss * world_size, float(loss.detach())
+
+
+def load_units(shard) -> Units:
+    """This rank's whole share, in key order (the order Ray Data delivers it in does not matter)."""
+    columns: dict[str, list] = {}
+    for batch in shard.iter_batches(batch_size=1024, batch_format="numpy"):
+        for key, values in batch.items():
+            columns.setdefault(key, []).extend(values)
+    return units_from_rows(columns)
 
 
 def heldout_loss(engine, examples: list, pad_id: int) -> float | None:
@@ -77,7 +125,7 @@ def heldout_loss(engine, examples: list, pad_id: int) -> float | None:
     return total / max(count, 1)
 
 
-def restore(engine) -> RunState:
+def restore(engine, plan: Plan, name: str) -> RunState:
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -85,62 +133,62 @@ def restore(engine) -> RunState:
         return RunState()
     with checkpoint.as_directory() as folder:
         _, client = engine.load_checkpoint(folder, load_lr_scheduler_states=True)
+    diff = plan_mismatch(client.get("plan", {}), plan.signature())
+    if diff:
+        raise ValueError(resume_error(name, diff))
     state = RunState(**client["run_state"])
     state.restored_from = state.step
     return state
 
 
-def report(engine, state: RunState, metrics: dict, with_checkpoint: bool) -> None:
+def report(engine, cfg: TrainConfig, plan: Plan, state: RunState, metrics: dict, with_checkpoint: bool) -> None:
     """One `ray.train.report` from every worker; with a checkpoint, each saves its ZeRO shards."""
     import ray.train
 
     if not with_checkpoint:
         ray.train.report(metrics)
         return
-    with tempfile.TemporaryDirectory(prefix="evolray-ckpt-") as folder:
+    with tempfile.TemporaryDirectory(prefix="evolray-ckpt-", dir=scratch_dir(cfg)) as folder:
         run_state = {k: v for k, v in asdict(state).items() if k != "restored_from"}
-        engine.save_checkpoint(folder, tag=f"step{state.step}", client_state={"run_state": run_state})
+        engine.save_checkpoint(folder, tag=f"step{state.step}",
+                               client_state={"run_state": run_state, "plan": plan.signature()})
+        if ray.train.get_context().get_world_rank() == 0:  # read by the driver before a resume
+            with open(os.path.join(folder, PLAN_FILE), "w") as out:
+                json.dump(plan.signature(), out)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                          checkpoint_dir_name=f"checkpoint-step{state.step:07d}")
 
 
-def log_metrics(engine, window, step: int, flops_token: float, peak: float) -> dict:
+def log_metrics(engine, window: Window, step: int, flops_token: float, peak: float | None) -> dict:
     """All-reduce the window's sums so that every rank reports the same group-wide numbers."""
     import torch
     import torch.distributed as dist
 
-    sums = torch.tensor([window.loss_sum, window.micro_batches, window.tokens, window.real_tokens],
-                        dtype=torch.float64, device=engine.device)
+    sums = torch.tensor([window.loss_sum, window.tokens, window.real_tokens], dtype=torch.float64,
+                        device=engine.device)
     dist.all_reduce(sums)
-    seconds = max(time.perf_counter() - window.start, 1e-9)
-    from train.metrics import mfu
-
-    real_s = float(sums[3]) / seconds
-    return {"step": step, "loss": float(sums[0] / sums[1]), "lr": engine.get_lr()[0],
-            "tokens_per_s": float(sums[2]) / seconds, "real_tokens_per_s": real_s,
-            "mfu": mfu(real_s, flops_token, peak * dist.get_world_size()), "window_s": seconds, "time": time.time()}
+    seconds = time.perf_counter() - window.start
+    return {"step": step, "lr": engine.get_lr()[0], "time": time.time()} | window_metrics(
+        sums.tolist(), window.steps, seconds, dist.get_world_size(), flops_token, peak)
 
 
-def model_flops(engine, cfg: TrainConfig) -> tuple[float, float]:
-    """(FLOPs per token, peak FLOP/s of one worker) for the MFU estimate."""
+def model_flops(engine, cfg: TrainConfig) -> tuple[float, float | None]:
+    """(FLOPs per token, peak FLOP/s of one worker or None when unknown) for the MFU estimate."""
     import torch
 
-    from train.metrics import flops_per_token, gpu_peak_tflops, measure_cpu_peak_tflops
+    from train.metrics import flops_per_token, measure_cpu_peak_tflops, peak_tflops_per_worker
 
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
     c = engine.module.config
     flops = flops_per_token(n_params, c.num_hidden_layers, c.hidden_size, cfg.data.max_length)
-    peak = cfg.metrics.peak_tflops_per_worker
-    if peak is None:
-        peak = (gpu_peak_tflops(torch.cuda.get_device_name()) if cfg.scaling.use_gpu else None) \
-            or measure_cpu_peak_tflops()
-    return flops, peak * 1e12
+    device = torch.cuda.get_device_name() if cfg.scaling.use_gpu else None
+    peak = peak_tflops_per_worker(cfg.metrics.peak_tflops_per_worker, cfg.scaling.use_gpu, device,
+                                  measure_cpu_peak_tflops)
+    return flops, None if peak is None else peak * 1e12
 
 
 def maybe_kill(cfg: TrainConfig, state: RunState, rank: int) -> None:
     """Fault injection for the resume test: a real SIGKILL of one worker, once per run name."""
-    from common import storage
-
     if cfg.debug.kill_at_step != state.step or rank != cfg.debug.kill_worker_rank:
         return
     marker = storage.join(cfg.checkpoint.storage_path, cfg.name, ".debug-killed")
@@ -150,50 +198,70 @@ def maybe_kill(cfg: TrainConfig, state: RunState, rank: int) -> None:
     # Ray Train's controller takes reported checkpoints by polling the workers: give it time to
     # see the last one, so that the restart resumes from it and not from the start.
     time.sleep(5)
-    print(f"[debug] killing worker rank {rank} at step {state.step}", flush=True)
+    say(f"[debug] killing worker rank {rank} at step {state.step}")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def end_of_step(engine, cfg: TrainConfig, plan: Plan, state: RunState, window: Window, epoch: int,
+                flops: tuple[float, float | None], rank: int) -> Window:
+    """Log and/or checkpoint after optimizer step `state.step`; returns the window to go on with.
+    The time of a report or a checkpoint save is never counted in the next window's tokens/s."""
+    log = state.step % cfg.metrics.log_every_steps == 0 or state.step == plan.total_steps
+    save = state.step % cfg.checkpoint.every_steps == 0 or state.step == plan.total_steps
+    metrics = {"step": state.step, "epoch": epoch}
+    if log:
+        metrics = log_metrics(engine, window, state.step, *flops) | {"epoch": epoch}
+        state.history.append(metrics)
+        if rank == 0:
+            say(f"[train] step {state.step}/{plan.total_steps} epoch {epoch} loss {metrics['loss']:.4f} "
+                f"lr {metrics['lr']:.2e} tok/s {metrics['tokens_per_s']:.0f} (real {metrics['real_tokens_per_s']:.0f}) "
+                f"mfu {format_mfu(metrics['mfu'])}")
+    if not (log or save):
+        return window
+    started = time.perf_counter()
+    report(engine, cfg, plan, state, metrics, save)
+    if log:
+        return Window()
+    window.exclude(time.perf_counter() - started)
+    return window
+
+
+def global_step_targets(engine, units: Units, order, cfg: TrainConfig, plan: Plan):
+    """Loss positions of every optimizer step of the epoch, summed over all workers (one all-reduce)."""
+    import torch
+    import torch.distributed as dist
+
+    local = step_targets(units, order, plan.steps_per_epoch, cfg.grad_accum_steps, cfg.optim.micro_batch_size)
+    counts = torch.as_tensor(local, dtype=torch.int64, device=engine.device)
+    dist.all_reduce(counts)
+    return counts.tolist()
 
 
 def run_epochs(engine, cfg: TrainConfig, plan: Plan, state: RunState, pad_id: int) -> None:
     import ray.train
 
-    from train.metrics import Window
-
     rank = ray.train.get_context().get_world_rank()
-    accum = cfg.grad_accum_steps
-    flops_token, peak = model_flops(engine, cfg)
-    shard = ray.train.get_dataset_shard("train")
+    accum, micro = cfg.grad_accum_steps, cfg.optim.micro_batch_size
+    mode = collate_mode(cfg.data.packing, cfg.optim.batch_unit, cfg.model.attn_implementation)
+    flops = model_flops(engine, cfg)
+    units = load_units(ray.train.get_dataset_shard(f"rank{rank}"))
     window = Window()
     for epoch in range(state.step // plan.steps_per_epoch, cfg.optim.epochs):
-        skip = (state.step - epoch * plan.steps_per_epoch) * accum  # micro batches done before a restore
-        for i, (batch, real) in enumerate(micro_batches(shard, cfg, pad_id)):
-            if i >= plan.steps_per_epoch * accum:
-                break
-            if i < skip:
-                continue
-            inputs = to_device(batch, engine.device)
-            # No KV cache: transformers derives the block-diagonal (packed) mask only without one.
-            loss = engine(**inputs, use_cache=False).loss
-            engine.backward(loss)
-            engine.step()  # DeepSpeed only updates at the accumulation boundary
-            window.add(float(loss), inputs["input_ids"].numel(), real)
-            if (i + 1) % accum:
-                continue
+        order = epoch_order(len(units), cfg.data.seed, epoch, rank)
+        targets = global_step_targets(engine, units, order, cfg, plan)
+        for step in range(state.step - epoch * plan.steps_per_epoch, plan.steps_per_epoch):
+            for a in range(accum):
+                batch, real = collate(units, micro_batch(order, step, a, accum, micro), mode, pad_id)
+                inputs = to_device(batch, engine.device)
+                # No KV cache: transformers derives the per-sample mask only without one.
+                loss, value = micro_step_loss(engine, inputs, targets[step], plan.world_size)
+                engine.backward(loss, scale_wrt_gas=False)
+                engine.step()  # DeepSpeed only updates at the accumulation boundary
+                window.add(value, inputs["input_ids"].numel(), real)
             state.step += 1
+            window.steps += 1
             maybe_kill(cfg, state, rank)
-            log = state.step % cfg.metrics.log_every_steps == 0 or state.step == plan.total_steps
-            save = state.step % cfg.checkpoint.every_steps == 0 or state.step == plan.total_steps
-            metrics = {"step": state.step, "epoch": epoch}
-            if log:
-                metrics = log_metrics(engine, window, state.step, flops_token, peak) | {"epoch": epoch}
-                state.history.append(metrics)
-                window = Window()
-                if rank == 0:
-                    print(f"[train] step {state.step}/{plan.total_steps} epoch {epoch} loss {metrics['loss']:.4f} "
-                          f"lr {metrics['lr']:.2e} tok/s {metrics['tokens_per_s']:.0f} "
-                          f"(real {metrics['real_tokens_per_s']:.0f}) mfu {metrics['mfu']:.1%}", flush=True)
-            if log or save:
-                report(engine, state, metrics, save)
+            window = end_of_step(engine, cfg, plan, state, window, epoch, flops, rank)
 
 
 def train_loop(loop_config: dict) -> None:
@@ -211,19 +279,17 @@ def train_loop(loop_config: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = pad_id_of(tokenizer)
     engine = build_engine(cfg, model_path, plan.total_steps)
-    state = restore(engine)
+    state = restore(engine, plan, cfg.name)
     if state.heldout_loss_before is None:
         state.heldout_loss_before = heldout_loss(engine, plan.heldout, pad_id)
     started = time.perf_counter()
     run_epochs(engine, cfg, plan, state, pad_id)
     after = heldout_loss(engine, plan.heldout, pad_id)
-    export_hf_model(engine, cfg, tokenizer, plan.output_path)
+    export_hf_model(engine, cfg, tokenizer, plan.output_path, scratch_dir(cfg))
     final = {"steps": state.step, "restored_from_step": state.restored_from,
              "heldout_loss_before": state.heldout_loss_before, "heldout_loss_after": after,
              "train_seconds_last_attempt": round(time.perf_counter() - started, 1), "history": state.history}
     if ray.train.get_context().get_world_rank() == 0:
         # Result.metrics of Ray Train V2 is the last *checkpoint's*; the driver reads this file instead.
-        from common import storage
-
         storage.write_json(storage.join(plan.output_path, METRICS_FILE), final)
     ray.train.report({"step": state.step, "done": True})

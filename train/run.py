@@ -5,36 +5,82 @@ from __future__ import annotations
 import json
 import time
 
+from common import storage
 from common.config import UserError
+from common.models import check_model, pin_local_model
+from common.ray_setup import init_ray
 from train.config import TrainConfig
+from train.data import Prepared, check_input, prepare, rank_datasets
+from train.loop import METRICS_FILE, PLAN_FILE, PLAN_KEYS, plan_mismatch, resume_error, train_loop
+from train.masking import pad_id_of
+from train.tokenizer import load_tokenizer
+
+
+PAPER_GLOBAL_BATCH = 64  # samples per optimizer step in WizardLM's recipe
 
 
 def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Workers run in another folder: local paths must not be relative to the driver's."""
-    from common.models import pin_local_model
-    from common.storage import absolute
-
+    scratch = cfg.checkpoint.scratch_dir and storage.absolute(cfg.checkpoint.scratch_dir)
     return cfg.model_copy(update={
-        "data": cfg.data.model_copy(update={"path": absolute(cfg.data.path)}),
+        "data": cfg.data.model_copy(update={"path": storage.absolute(cfg.data.path)}),
         "model": cfg.model.model_copy(update={"name": pin_local_model(cfg.model.name)}),
-        "output": cfg.output.model_copy(update={"path": absolute(cfg.output.path)}),
-        "checkpoint": cfg.checkpoint.model_copy(update={"storage_path": absolute(cfg.checkpoint.storage_path)}),
+        "output": cfg.output.model_copy(update={"path": storage.absolute(cfg.output.path)}),
+        "checkpoint": cfg.checkpoint.model_copy(update={
+            "storage_path": storage.absolute(cfg.checkpoint.storage_path), "scratch_dir": scratch}),
     })
 
 
-def make_plan(cfg: TrainConfig, sequences: int) -> dict:
-    steps_per_epoch = sequences // cfg.optim.global_batch_size
+def make_plan(cfg: TrainConfig, n_units: int, fingerprint: str = "") -> dict:
+    steps_per_epoch = n_units // cfg.optim.global_batch_size
     if steps_per_epoch == 0:
-        raise UserError(f"only {sequences} training sequences, fewer than one global batch "
+        raise UserError(f"only {n_units} training {cfg.optim.batch_unit}, fewer than one global batch "
                         f"(optim.global_batch_size={cfg.optim.global_batch_size}); lower it or add data")
-    return {"steps_per_epoch": steps_per_epoch, "total_steps": steps_per_epoch * cfg.optim.epochs}
+    return {"steps_per_epoch": steps_per_epoch, "total_steps": steps_per_epoch * cfg.optim.epochs,
+            "world_size": cfg.scaling.num_workers, "fingerprint": fingerprint}
 
 
-def build_trainer(cfg: TrainConfig, plan: dict, train_ds):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+def batch_report(cfg: TrainConfig, plan: dict, samples: int, n_units: int) -> str:
+    """What one optimizer step is, and its number per epoch next to the paper's (samples / 64)."""
+    o = cfg.optim
+    unit = "samples" if o.batch_unit == "samples" else f"packed sequences of {cfg.data.max_length} tokens"
+    per_step = samples / max(plan["steps_per_epoch"], 1)
+    paper = samples / PAPER_GLOBAL_BATCH
+    return (f"[train] optimizer step = {o.global_batch_size} {unit} (optim.batch_unit={o.batch_unit}: "
+            f"{cfg.scaling.num_workers} workers x {o.micro_batch_size} x {cfg.grad_accum_steps} accumulation), "
+            f"~{per_step:.0f} samples; {plan['steps_per_epoch']} steps/epoch, the paper's samples/"
+            f"{PAPER_GLOBAL_BATCH} = {paper:.0f} ({plan['steps_per_epoch'] / max(paper, 1e-9):.2f}x); "
+            f"{n_units - plan['steps_per_epoch'] * o.global_batch_size} {o.batch_unit} left over per epoch")
+
+
+def stored_plan(cfg: TrainConfig) -> dict | None:
+    """The plan saved in the run's latest checkpoint (None without one)."""
+    from pyarrow import fs
+
+    run_dir = storage.join(cfg.checkpoint.storage_path, cfg.name)
+    if not storage.is_dir(run_dir):
+        return None
+    filesys, inner = storage.filesystem(run_dir)
+    names = sorted(i.base_name for i in filesys.get_file_info(fs.FileSelector(inner))
+                   if i.type == fs.FileType.Directory and i.base_name.startswith("checkpoint-"))
+    for name in reversed(names):
+        path = storage.join(run_dir, name, PLAN_FILE)
+        if storage.exists(path):
+            return json.loads(storage.read_text(path))
+    return None
+
+
+def check_resume(cfg: TrainConfig, plan: dict) -> None:
+    """A rerun of a name resumes only with the same plan: else one line, before any worker starts."""
+    stored = stored_plan(cfg)
+    diff = stored and plan_mismatch(stored, {key: plan[key] for key in PLAN_KEYS})
+    if diff:
+        raise UserError(resume_error(cfg.name, diff))
+
+
+def build_trainer(cfg: TrainConfig, plan: dict, datasets: dict):
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from train.loop import train_loop
 
     s = cfg.scaling
     return TorchTrainer(
@@ -45,53 +91,52 @@ def build_trainer(cfg: TrainConfig, plan: dict, train_ds):
         run_config=RunConfig(name=cfg.name, storage_path=cfg.checkpoint.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
                              failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures)),
-        datasets={"train": train_ds},
+        # One dataset per rank, not split by Ray: which units a rank gets must not depend on timing.
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
     )
 
 
-def print_data_report(cfg: TrainConfig, prepared, plan: dict) -> None:
-    dropped = {k: v for k, v in prepared.counts.items() if k != "ok"}
-    print(f"[train] data: {prepared.rows_read} rows read, {prepared.counts.get('ok', 0)} usable, "
-          f"dropped {sum(dropped.values())} {dropped or ''}, held out {len(prepared.heldout)}", flush=True)
-    if prepared.truncated:
-        print(f"[train] warning: {prepared.truncated} samples truncated to data.max_length={cfg.data.max_length}",
+def print_data_report(cfg: TrainConfig, prepared: Prepared, plan: dict) -> None:
+    scan = prepared.scan
+    dropped = {k: v for k, v in scan.counts.items() if k != "ok"}
+    print(f"[train] data: {scan.rows_read} rows read, {scan.counts.get('ok', 0)} usable, dropped "
+          f"{sum(dropped.values())}{f' {dropped}' if dropped else ''}, held out {scan.heldout_rows} (whole lineages by root_id, "
+          f"data.heldout_fraction={cfg.data.heldout_fraction}; {len(prepared.heldout)} evaluated, at most "
+          f"data.heldout_max_rows={cfg.data.heldout_max_rows})", flush=True)
+    if scan.truncated:
+        print(f"[train] warning: {scan.truncated} samples truncated to data.max_length={cfg.data.max_length}",
               flush=True)
-    used = plan["steps_per_epoch"] * cfg.optim.global_batch_size
-    kind = "packed sequences" if cfg.data.packing else "samples"
-    print(f"[train] {prepared.sequences} {kind} ({prepared.real_tokens} tokens); {used} used per epoch "
-          f"({prepared.sequences - used} left over), {plan['steps_per_epoch']} steps/epoch, "
-          f"{plan['total_steps']} steps, grad accumulation {cfg.grad_accum_steps}", flush=True)
+    print(f"[train] {scan.train_rows} training samples -> {prepared.n_units} {cfg.optim.batch_unit} "
+          f"({prepared.real_tokens} tokens, fingerprint {prepared.fingerprint})", flush=True)
+    print(batch_report(cfg, plan, scan.train_rows, prepared.n_units), flush=True)
+    print(f"[train] {plan['total_steps']} optimizer steps in {cfg.optim.epochs} epochs", flush=True)
 
 
-def run_train(cfg: TrainConfig) -> dict:
-    from transformers import AutoTokenizer
-
-    from common import storage
-    from common.models import check_model, resolve_model
-    from common.ray_setup import init_ray
-    from train.data import check_input, prepare
-    from train.masking import pad_id_of
-    from train.loop import METRICS_FILE
-
-    cfg = with_absolute_paths(cfg)
-    check_model(cfg.model.name, "model.name")
-    check_input(cfg.data.path)
+def check_output(cfg: TrainConfig) -> None:
     if storage.is_nonempty_dir(cfg.output.path) and not storage.exists(storage.join(cfg.output.path, "config.json")):
         # The export replaces output.path: never let it delete a folder that is not an earlier export.
         raise UserError(f"output.path: {cfg.output.path} holds files that are not a model export; "
                         "choose another folder")
     storage.check_writable(cfg.output.path)
-    model_path = resolve_model(cfg.model.name)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    pad_id = pad_id_of(tokenizer)
+
+
+def run_train(cfg: TrainConfig) -> dict:
+    cfg = with_absolute_paths(cfg)
+    check_model(cfg.model.name, "model.name")
+    check_input(cfg.data.path)
+    check_output(cfg)
+    tokenizer = load_tokenizer(cfg.model.name)
     init_ray(cfg.ray)
     started = time.time()
-    prepared = prepare(cfg, pad_id)
-    plan = make_plan(cfg, prepared.sequences)
+    prepared = prepare(cfg, pad_id_of(tokenizer))
+    plan = make_plan(cfg, prepared.n_units, prepared.fingerprint)
     print_data_report(cfg, prepared, plan)
+    check_resume(cfg, plan)
     heldout = [(list(map(int, r["input_ids"])), list(map(int, r["labels"]))) for r in prepared.heldout]
     plan |= {"heldout": heldout, "output_path": cfg.output.path}
-    result = build_trainer(cfg, plan, prepared.train.limit(plan["steps_per_epoch"] * cfg.optim.global_batch_size)).fit()
+    used = plan["steps_per_epoch"] * cfg.optim.global_batch_size
+    datasets = rank_datasets(prepared.units, used, cfg.scaling.num_workers)
+    result = build_trainer(cfg, plan, datasets).fit()
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
     summary = summarize(cfg, prepared, plan, time.time() - started)
@@ -105,18 +150,17 @@ def run_train(cfg: TrainConfig) -> dict:
     return summary
 
 
-def summarize(cfg: TrainConfig, prepared, plan: dict, seconds: float) -> dict:
+def summarize(cfg: TrainConfig, prepared: Prepared, plan: dict, seconds: float) -> dict:
     """The workers' final metrics file + data counts; prints the proof that the model learned."""
-    from common import storage
-    from train.loop import METRICS_FILE
-
     final = json.loads(storage.read_text(storage.join(cfg.output.path, METRICS_FILE)))
     history = final.get("history", [])
     summary = {
         "name": cfg.name, "total_steps": plan["total_steps"], "wall_seconds": round(seconds, 1),
-        "data": {"rows_read": prepared.rows_read, "counts": prepared.counts, "truncated": prepared.truncated,
-                 "sequences": prepared.sequences, "real_tokens": prepared.real_tokens,
-                 "heldout_rows": len(plan["heldout"])},
+        "steps_per_epoch": plan["steps_per_epoch"], "batch_unit": cfg.optim.batch_unit,
+        "data": {"rows_read": prepared.scan.rows_read, "counts": prepared.scan.counts,
+                 "truncated": prepared.scan.truncated, "train_samples": prepared.scan.train_rows,
+                 "units": prepared.n_units, "real_tokens": prepared.real_tokens, "fingerprint": prepared.fingerprint,
+                 "heldout_rows": prepared.scan.heldout_rows, "heldout_evaluated": len(plan["heldout"])},
         "first_logged_loss": history[0]["loss"] if history else None,
         "last_logged_loss": history[-1]["loss"] if history else None,
     } | final
@@ -137,7 +181,9 @@ def generate_sample(cfg: TrainConfig, tokenizer, example: tuple) -> dict:
 
     ids, labels = example
     prompt_len = next(i for i, label in enumerate(labels) if label != -100 and i > 0)
-    prompt, reference = tokenizer.decode(ids[:prompt_len]), tokenizer.decode(ids[prompt_len:])
+    # Without special tokens: the generator's tokenizer adds its own BOS.
+    prompt = tokenizer.decode(ids[:prompt_len], skip_special_tokens=True)
+    reference = tokenizer.decode(ids[prompt_len:], skip_special_tokens=True)
     task = ray.remote(num_cpus=1, num_gpus=1 if cfg.scaling.use_gpu else 0)(_generate)
     generated = ray.get(task.remote(cfg.output.path, prompt, cfg.sample.max_new_tokens))
     return {"prompt": prompt, "reference": reference, "generated": generated}
