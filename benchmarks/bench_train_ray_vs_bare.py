@@ -42,7 +42,8 @@ def main() -> None:
     write_evolved_parquet(work / "data", rows)
     cfg = load_config(TrainConfig, "configs/train_tiny.yaml", [
         f"model.name={model_dir}", f"data.path={work / 'data'}", f"data.max_length={args.max_length}",
-        "data.heldout_fraction=0", "optim.epochs=1", "optim.global_batch_size=4", f"deepspeed.stage={args.stage}",
+        "data.heldout_fraction=0", "optim.epochs=1", "optim.batch_unit=sequences", "optim.global_batch_size=4",
+        "optim.micro_batch_size=1", f"deepspeed.stage={args.stage}",
         f"checkpoint.storage_path={work / 'runs'}", "checkpoint.every_steps=100000", f"output.path={work / 'out'}",
         f"metrics.log_every_steps={args.log_every}", "sample.generate=false"])
     # Bare loop: the same packed sequences (packed the same way, one group), the same step count.
@@ -69,7 +70,7 @@ def main() -> None:
     bare = max(bare_runs, key=lambda r: r["tokens_per_s"])
     windows = summary["history"][1:]
     ray_tok_s = sum(w["tokens_per_s"] * w["window_s"] for w in windows) / sum(w["window_s"] for w in windows)
-    print(f"data: {source}; {len(rows)} rows -> {summary['data']['sequences']} packed sequences of {args.max_length}")
+    print(f"data: {source}; {len(rows)} rows -> {summary['data']['units']} packed sequences of {args.max_length}")
     print(f"ray+deepspeed ZeRO-{args.stage} (2 workers x 1 CPU): {steps} steps, steady {ray_tok_s:.0f} tokens/s, "
           f"end-to-end {ray_wall:.0f} s (data prep + worker start + train + export); "
           f"loss {summary['first_logged_loss']:.3f} -> {summary['last_logged_loss']:.3f}")
