@@ -40,6 +40,16 @@ class ReportConfig(StrictModel):
     note: str | None = Field(None, description="a caveat printed under the headline (e.g. a weak judge)")
 
 
+class EvolutionConfig(StrictModel):
+    """The evolution analysis of an evolve job's output (length, pass rates, eliminations per round)."""
+
+    output: str | None = Field(None, description="an evolve job's output folder; None: no evolution analysis")
+    difficulty_per_round: int = Field(0, ge=0, description="kept instructions per round the judge rates 1-10 "
+                                                           "(the paper's complexity analysis); 0: off")
+    difficulty_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16)
+    seed: int = Field(0, description="picks which instructions of each round are rated")
+
+
 class OutputConfig(StrictModel):
     path: str = Field("outputs/evaluate-local", description="local folder or s3://bucket/prefix")
     overwrite: bool = Field(False, description="false: keep cached answers and replace the report; "
@@ -54,6 +64,6 @@ class EvaluateConfig(StrictModel):
     answer_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=512)
     judge_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=128)
     report: ReportConfig = ReportConfig()
-    evolve_output: str | None = Field(None, description="an evolve job's output folder: adds the evolution analysis")
+    evolution: EvolutionConfig = EvolutionConfig()
     output: OutputConfig = OutputConfig()
     ray: RayConfig = RayConfig()

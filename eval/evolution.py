@@ -15,18 +15,28 @@ from common import storage
 from common.config import UserError
 
 KEPT, ELIMINATED = "kept", "eliminated"
-COLUMNS = ["round", "op", "status", "reason", "instruction_tokens", "response_tokens"]
+COLUMNS = ["id", "round", "op", "status", "reason", "instruction_tokens", "response_tokens"]
+
+
+def _records_dataset(evolve_output: str) -> ds.Dataset:
+    records = storage.join(evolve_output, "records")
+    if not storage.is_dir(records):
+        raise UserError(f"evolution.output: {evolve_output} has no records/ folder (is it an evolve job's output?)")
+    filesys, inner = storage.filesystem(records)
+    partitioning = ds.partitioning(pa.schema([("status", pa.string()), ("round", pa.int64())]), flavor="hive")
+    return ds.dataset(inner, filesystem=filesys, format="parquet", partitioning=partitioning)
 
 
 def read_evolution_records(evolve_output: str) -> pa.Table:
     """The analysis columns of every record, `status` and `round` restored from the folder names."""
-    records = storage.join(evolve_output, "records")
-    if not storage.is_dir(records):
-        raise UserError(f"evolve_output: {evolve_output} has no records/ folder (is it an evolve job's output?)")
-    filesys, inner = storage.filesystem(records)
-    partitioning = ds.partitioning(pa.schema([("status", pa.string()), ("round", pa.int64())]), flavor="hive")
-    dataset = ds.dataset(inner, filesystem=filesys, format="parquet", partitioning=partitioning)
-    return dataset.to_table(columns=COLUMNS)
+    return _records_dataset(evolve_output).to_table(columns=COLUMNS)
+
+
+def read_instructions(evolve_output: str, ids: list[str]) -> dict[str, str]:
+    """The instruction text of the given kept records, by id (read only for the rows asked for)."""
+    where = (ds.field("status") == KEPT) & ds.field("id").isin(ids)
+    table = _records_dataset(evolve_output).to_table(columns=["id", "instruction"], filter=where)
+    return dict(zip(table["id"].to_pylist(), table["instruction"].to_pylist()))
 
 
 def _counts(table: pa.Table, keys: list[str]) -> list[dict]:

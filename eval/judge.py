@@ -44,8 +44,9 @@ REFERENCE_BLOCK = "\n[Reference answer, for your guidance]\n{reference}\n"
 RETRY_REMINDER = ("\n\nYour reply must start with the two lines 'Score A: <number>' and 'Score B: <number>', "
                   "each number from 1 to 10.")
 
-_SCORE = re.compile(r"\bscore\s*(?:for\s*)?(?:reply\s*|answer\s*)?([ab])\s*[:=]\s*\**\s*"
-                    r"(\S+(?:\s+out\s+of\s+10)?)", re.IGNORECASE)
+_VALUE = r"[:=]\s*\**\s*(\S+(?:\s+out\s+of\s+10)?)"
+_SCORES = {label: re.compile(rf"\bscore\s*(?:for\s*)?(?:reply\s*|answer\s*)?{label}\s*{_VALUE}", re.IGNORECASE)
+           for label in "ab"}
 _NUMBER = re.compile(r"^([+-]?\d+(?:\.\d+)?)(?:/10|\s+out\s+of\s+10)?[.,;*]*$", re.IGNORECASE)
 _REASON = re.compile(r"^[\s*#>_-]*reason\s*:\s*(.*)", re.IGNORECASE | re.MULTILINE | re.DOTALL)
 
@@ -84,23 +85,22 @@ def _failure(error: str, detail: str, text: str) -> Verdict:
     return Verdict(None, None, text.strip()[:500], error, detail)
 
 
-def _one_score(text: str, label: str) -> tuple[float | None, str | None, str]:
-    """(score, error, detail) of `Score <label>:` lines; every occurrence must agree."""
+def read_score(text: str, pattern: re.Pattern, name: str) -> tuple[float | None, str | None, str]:
+    """(score, error, detail) of every `<name>: <value>` match of `pattern` in `text`: all must agree
+    and lie in 1-10. Shared by verdicts and difficulty ratings, so both are equally strict."""
     values = []
-    for found_label, rest in _SCORE.findall(text):
-        if found_label.lower() != label:
-            continue
-        number = _NUMBER.match(rest)
+    for token in pattern.findall(text):
+        number = _NUMBER.match(token)
         if number is None:
-            return None, MALFORMED, f"score {label.upper()} is not a number: {rest[:40]!r}"
+            return None, MALFORMED, f"{name} is not a number: {token[:40]!r}"
         values.append(float(number.group(1)))
     if not values:
-        return None, MALFORMED, f"no 'Score {label.upper()}:' line"
+        return None, MALFORMED, f"no '{name[0].upper() + name[1:]}:' line"
     if len(set(values)) > 1:
-        return None, AMBIGUOUS, f"score {label.upper()} given as {sorted(set(values))}"
+        return None, AMBIGUOUS, f"{name} given as {sorted(set(values))}"
     low, high = SCORE_RANGE
     if not low <= values[0] <= high:
-        return None, OUT_OF_RANGE, f"score {label.upper()} = {values[0]:g} is outside {low:g}-{high:g}"
+        return None, OUT_OF_RANGE, f"{name} = {values[0]:g} is outside {low:g}-{high:g}"
     return values[0], None, ""
 
 
@@ -111,7 +111,7 @@ def parse_verdict(text: str) -> Verdict:
         return _failure(EMPTY, "the judge returned no text", text or "")
     scores = []
     for label in "ab":
-        score, error, detail = _one_score(text, label)
+        score, error, detail = read_score(text, _SCORES[label], f"score {label.upper()}")
         if error:
             return _failure(error, detail, text)
         scores.append(score)

@@ -12,6 +12,7 @@ import time
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common import storage
@@ -21,10 +22,11 @@ from common.ray_setup import init_ray
 from eval import cache
 from eval.aggregate import aggregate
 from eval.config import EvaluateConfig
-from eval.evolution import evolution_stats, read_evolution_records
+from eval.difficulty import difficulty_by_round, pick_per_round
+from eval.evolution import evolution_stats, read_evolution_records, read_instructions
 from eval.report import caveats, write_report
-from eval.requests import answer, judge, run_all
-from eval.rows import ANSWER_SCHEMA, JUDGMENT_SCHEMA, item_rows, judge_rows
+from eval.requests import answer, judge, rate, run_all
+from eval.rows import ANSWER_SCHEMA, JUDGMENT_SCHEMA, RATING_SCHEMA, item_rows, judge_rows
 from eval.testset import quarantine_counts, read_testset, resolve_testset_path, select_items
 from generation import GenerationConfig, SamplingConfig, SamplingParams, check_model_available
 
@@ -32,43 +34,41 @@ ROLES = ("candidate", "baseline", "judge")
 Factory = Callable[[GenerationConfig], object]
 
 
+# kind → (columns each input row needs, request per row, schema of the output rows)
+KINDS = {"answer": (("id", "instruction", "settings"), answer, ANSWER_SCHEMA),
+         "judge": (("id", "order", "prompt"), judge, JUDGMENT_SCHEMA),
+         "difficulty": (("id", "round", "instruction"), rate, RATING_SCHEMA)}
+
+
 class EvalActor:
-    """Ray Data callable class. kind `answer` needs columns id, instruction and yields ANSWER_SCHEMA
-    rows; kind `judge` needs id, order, prompt and yields JUDGMENT_SCHEMA rows."""
+    """Ray Data callable class: one generator per actor for the whole stage, every row of a call in
+    flight at once. Input and output columns per kind: see KINDS (answer, judge, difficulty)."""
 
-    NEEDS = {"answer": ("id", "instruction"), "judge": ("id", "order", "prompt")}
-
-    def __init__(self, gen: GenerationConfig, sampling: SamplingConfig, kind: str, settings: str = "",
-                 factory: Factory | None = None):
+    def __init__(self, gen: GenerationConfig, sampling: SamplingConfig, kind: str, factory: Factory | None = None):
         from generation import build_generator
 
         self.generator = (factory or build_generator)(gen)
         self.sampling = SamplingParams.from_config(sampling)
-        self.kind, self.settings = kind, settings
+        self.needs, self.request, self.schema = KINDS[kind]
+        self.kind = kind
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        missing = [name for name in self.NEEDS[self.kind] if name not in batch.column_names]
+        missing = [name for name in self.needs if name not in batch.column_names]
         if missing:
             raise ValueError(f"EvalActor({self.kind}) needs columns {missing}")
         rows = batch.to_pylist()
-        if self.kind == "judge":
-            return pa.Table.from_pylist(await run_all(judge(self.generator, r, self.sampling) for r in rows),
-                                        schema=JUDGMENT_SCHEMA)
-        results = await run_all(answer(self.generator, r, self.sampling) for r in rows)
-        for row, result in zip(rows, results):
-            result.update(instruction=row["instruction"], settings=self.settings)
-        return pa.Table.from_pylist(results, schema=ANSWER_SCHEMA)
+        return pa.Table.from_pylist(await run_all(self.request(self.generator, r, self.sampling) for r in rows),
+                                    schema=self.schema)
 
 
 def generate_stage(rows: list[dict], gen: GenerationConfig, sampling: SamplingConfig, kind: str,
-                   settings: str = "", factory: Factory | None = None):
+                   factory: Factory | None = None):
     """The lazy dataset of one generation stage over `rows` (one actor pool of `gen`'s size)."""
     import ray
 
     low, high = gen.concurrency
     return ray.data.from_items(rows).map_batches(
-        EvalActor, fn_constructor_kwargs=dict(gen=gen, sampling=sampling, kind=kind, settings=settings,
-                                              factory=factory),
+        EvalActor, fn_constructor_kwargs=dict(gen=gen, sampling=sampling, kind=kind, factory=factory),
         batch_size=gen.rows_per_call, batch_format="pyarrow", num_cpus=gen.num_cpus, num_gpus=gen.num_gpus,
         compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high,
                                            max_concurrent_calls_per_actor=gen.calls_per_actor))
@@ -81,11 +81,11 @@ def answers_for(gen: GenerationConfig, sampling: SamplingConfig, items: list[dic
     key = cache.settings_key(settings)
     folder = cache.answers_dir(out_dir, key)
     stored = cache.best_answers(cache.read_answers(folder), items)
-    todo = [{"id": i["id"], "instruction": i["instruction"]} for i in items
+    todo = [{"id": i["id"], "instruction": i["instruction"], "settings": key} for i in items
             if i["id"] not in stored or stored[i["id"]]["error"] is not None]
     if todo:
         storage.write_json(folder + ".json", settings)
-        generate_stage(todo, gen, sampling, "answer", key, factory).write_parquet(folder)
+        generate_stage(todo, gen, sampling, "answer", factory).write_parquet(folder)
         stored = cache.best_answers(cache.read_answers(folder), items)
     counts = {"reused": len(items) - len(todo), "generated": len(todo),
               "failed": sum(row["error"] is not None for row in stored.values())}
@@ -103,7 +103,7 @@ def preflight(cfg: EvaluateConfig) -> tuple[list[dict], dict]:
                         f"({len(rows)} rows, quarantined: {quarantined or 'none'})")
     for role in ROLES:
         check_model_available(getattr(cfg, role), role)
-    prepare_output(cfg, [path, cfg.evolve_output] + [getattr(cfg, role).model for role in ROLES])
+    prepare_output(cfg, [path, cfg.evolution.output] + [getattr(cfg, role).model for role in ROLES])
     info = {"path": cfg.testset.path, "rows": len(rows), "used": len(items), "quarantined": quarantined}
     return items, info
 
@@ -147,10 +147,26 @@ def judgments_for(cfg: EvaluateConfig, items: list[dict], candidate: dict, basel
     prompts = judge_rows(items, candidate, baseline)
     if not prompts:
         return []
-    return generate_stage(prompts, cfg.judge, cfg.judge_sampling, "judge", factory=factory).take_all()
+    return generate_stage(prompts, cfg.judge, cfg.judge_sampling, "judge", factory).take_all()
 
 
-def write_items(rows: list[dict], path: str) -> None:
+def evolution_for(cfg: EvaluateConfig, records: pa.Table, factory: Factory | None = None) -> dict:
+    """The evolution analysis; with `difficulty_per_round`, the judge also rates a sample of each
+    round's kept instructions (raw ratings written to difficulty.parquet)."""
+    stats = evolution_stats(records)
+    per_round = cfg.evolution.difficulty_per_round
+    if not per_round:
+        return stats
+    kept = records.filter(pc.equal(records["status"], "kept")).select(["id", "round"]).to_pylist()
+    picked = pick_per_round(kept, per_round, cfg.evolution.seed)
+    texts = read_instructions(cfg.evolution.output, [row["id"] for row in picked])
+    rows = [row | {"instruction": texts[row["id"]]} for row in picked if texts.get(row["id"])]
+    ratings = generate_stage(rows, cfg.judge, cfg.evolution.difficulty_sampling, "difficulty", factory).take_all()
+    write_rows(ratings, storage.join(cfg.output.path, "difficulty.parquet"))
+    return stats | {"difficulty": difficulty_by_round(ratings)}
+
+
+def write_rows(rows: list[dict], path: str) -> None:
     filesys, inner = storage.filesystem(path)
     pq.write_table(pa.Table.from_pylist(rows), inner, filesystem=filesys)
 
@@ -167,7 +183,7 @@ def run_evaluate(cfg: EvaluateConfig, generator_factories: dict[str, Factory] | 
     than its config says: for tests and for embedding the job in other code."""
     factories = generator_factories or {}
     items, testset = preflight(cfg)
-    evolution = evolution_stats(read_evolution_records(cfg.evolve_output)) if cfg.evolve_output else None
+    records = read_evolution_records(cfg.evolution.output) if cfg.evolution.output else None
     cfg = with_absolute_paths(cfg)
     init_ray(cfg.ray)
     out, seconds, answers, stored = cfg.output.path, {}, {}, {}
@@ -176,11 +192,13 @@ def run_evaluate(cfg: EvaluateConfig, generator_factories: dict[str, Factory] | 
                                              cfg.answer_sampling, items, out, factories.get(role))
     judgments = _timed(seconds, "judge", judgments_for, cfg, items, stored["candidate"], stored["baseline"],
                        factories.get("judge"))
+    evolution = None if records is None else _timed(seconds, "evolution analysis", evolution_for, cfg, records,
+                                                    factories.get("judge"))
     rows = item_rows(items, stored["candidate"], stored["baseline"], judgments)
     report = cfg.report
     agg = aggregate(rows, report.bootstrap_samples, report.confidence, report.seed, report.threshold)
     summary = build_summary(cfg, testset, agg, answers, evolution, seconds)
-    write_items(rows, storage.join(out, "items.parquet"))
+    write_rows(rows, storage.join(out, "items.parquet"))
     storage.write_json(storage.join(out, "summary.json"), summary)
     storage.write_text(storage.join(out, "config.yaml"), _config_yaml(cfg))
     paths = write_report(summary, out)

@@ -59,16 +59,26 @@ def outcome_chart(groups: dict[str, dict], title: str) -> bytes:
     return _png(fig)
 
 
+def _round_lines(ax, rows: list[dict], series: dict[str, str], title: str, ylabel: str) -> None:
+    rounds = [r["round"] for r in rows]
+    for key, label in series.items():
+        ax.plot(rounds, [r[key] if r[key] is not None else float("nan") for r in rows], marker="o", label=label)
+    ax.set(title=title, xlabel="round", ylabel=ylabel)
+    ax.set_xticks(rounds)
+    ax.legend(fontsize=8)
+
+
 def evolution_chart(stats: dict) -> bytes:
-    """Three panels: kept lengths per round, pass rate per operation, eliminations per rule per round."""
-    fig = Figure(figsize=(12, 3.6))
-    lengths, rates, eliminations = fig.add_subplot(1, 3, 1), fig.add_subplot(1, 3, 2), fig.add_subplot(1, 3, 3)
-    rounds = [r["round"] for r in stats["lengths"]]
-    for key, label in (("instruction_tokens", "instruction"), ("response_tokens", "response")):
-        lengths.plot(rounds, [r[key] or 0 for r in stats["lengths"]], marker="o", label=label)
-    lengths.set(title="Mean kept length per round", xlabel="round", ylabel="tokens")
-    lengths.set_xticks(rounds)
-    lengths.legend(fontsize=8)
+    """Kept lengths per round, pass rate per operation, eliminations per rule per round, and the
+    judged difficulty per round when it was asked for."""
+    panels = 4 if stats.get("difficulty") else 3
+    fig = Figure(figsize=(4 * panels, 3.6))
+    lengths, rates, eliminations = (fig.add_subplot(1, panels, i) for i in (1, 2, 3))
+    _round_lines(lengths, stats["lengths"], {"instruction_tokens": "instruction", "response_tokens": "response"},
+                 "Mean kept length per round", "tokens")
+    if panels == 4:
+        _round_lines(fig.add_subplot(1, panels, 4), stats["difficulty"], {"mean": "judged difficulty"},
+                     "Judged difficulty per round", "1-10")
     ops = list(stats["pass_rate"])
     rates.barh(ops, [100 * stats["pass_rate"][o]["pass_rate"] for o in ops], color=GOOD)
     rates.set(title="Pass rate per operation", xlabel="% kept", xlim=(0, 100))

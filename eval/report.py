@@ -126,8 +126,17 @@ def evolution_blocks(stats: dict | None) -> list[tuple]:
             ("img", FIGURE_EVOLUTION, "kept length per round, pass rate per operation, eliminations per rule"),
             ("table", ["round", "kept", "mean instruction tokens", "mean response tokens"], lengths),
             ("table", ["operation", "kept", "eliminated", "pass rate"], rates),
-            ("table", ["round", "eliminations per rule"], elim or [["-", "none"]]),
-            ("p", "Judged difficulty per round (the paper's complexity analysis) is not computed yet.")]
+            ("table", ["round", "eliminations per rule"], elim or [["-", "none"]])] + judged_difficulty_blocks(stats)
+
+
+def judged_difficulty_blocks(stats: dict) -> list[tuple]:
+    if "difficulty" not in stats:
+        return [("p", "Judged difficulty per round (the paper's complexity analysis) was not asked for "
+                      "(`evolution.difficulty_per_round`).")]
+    rows = [[r["round"], r["rated"], r["failed"], num(r["mean"])] for r in stats["difficulty"]]
+    return [("p", "Judged difficulty: the judge rated a fixed sample of each round's kept instructions from 1 to 10 "
+                  "(the paper saw it rise round by round)."),
+            ("table", ["round", "rated", "unreadable", "mean judged difficulty"], rows)]
 
 
 def files_blocks() -> list[tuple]:

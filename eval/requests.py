@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from eval.difficulty import DIFFICULTY_REMINDER, difficulty_prompt, parse_difficulty
 from eval.judge import RETRY_REMINDER, parse_verdict, to_candidate_baseline
 from generation.types import GenerationError, SamplingParams
 
@@ -26,34 +27,43 @@ async def ask(generator, prompt: str, sampling: SamplingParams) -> dict:
 async def answer(generator, item: dict, sampling: SamplingParams) -> dict:
     """The model's answer to one test item (the instruction is the whole user turn)."""
     reply = await ask(generator, item["instruction"], sampling)
-    return {"id": item["id"], "answer": reply.pop("text")} | reply
+    return {"id": item["id"], "instruction": item["instruction"], "settings": item.get("settings"),
+            "answer": reply.pop("text")} | reply
+
+
+async def ask_parsed(generator, prompt: str, sampling: SamplingParams, parse, reminder: str):
+    """A request whose reply must parse. An unreadable reply is asked again once with a format
+    reminder (a changed prompt, so greedy decoding can answer differently), then recorded as a
+    failure. Returns (reply row with tokens and seconds of both attempts, `attempts` and
+    `first_attempt`; parsed value, None when the request itself failed)."""
+    reply = await ask(generator, prompt, sampling) | {"attempts": 1, "first_attempt": None}
+    parsed = parse(reply["text"]) if reply["error"] is None else None
+    if parsed is not None and parsed.error:
+        retry = await ask(generator, prompt + reminder, sampling)
+        for key in ("prompt_tokens", "completion_tokens", "seconds"):
+            retry[key] += reply[key]
+        reply = retry | {"attempts": 2, "first_attempt": reply["text"]}
+        parsed = parse(reply["text"]) if reply["error"] is None else None
+    if parsed is not None and parsed.error:
+        reply |= {"error": parsed.error, "detail": parsed.detail}
+    return reply, parsed
 
 
 async def judge(generator, row: dict, sampling: SamplingParams) -> dict:
-    """One verdict for a prompt row (`id`, `order`, `prompt`); an unreadable verdict is asked
-    again once with a format reminder (a changed prompt, so greedy decoding can answer
-    differently), then recorded as a failure."""
-    attempts, first_text = 1, None
-    reply = await ask(generator, row["prompt"], sampling)
-    verdict = parse_verdict(reply["text"]) if reply["error"] is None else None
-    if verdict is not None and verdict.error:
-        attempts, first_text = 2, reply["text"]
-        retry = await ask(generator, row["prompt"] + RETRY_REMINDER, sampling)
-        retry["prompt_tokens"] += reply["prompt_tokens"]
-        retry["completion_tokens"] += reply["completion_tokens"]
-        retry["seconds"] += reply["seconds"]
-        reply = retry
-        verdict = parse_verdict(reply["text"]) if reply["error"] is None else None
-    scores = (None, None)
-    if verdict is not None and verdict.error is None:
-        scores = to_candidate_baseline(row["order"], verdict.first, verdict.second)
-    return {"id": row["id"], "order": row["order"], "verdict": reply["text"], "first_attempt": first_text,
-            "attempts": attempts, "candidate_score": scores[0], "baseline_score": scores[1],
-            "rationale": verdict.rationale if verdict and not verdict.error else None,
-            "error": reply["error"] or (verdict.error if verdict else None),
-            "detail": reply["detail"] or (verdict.detail if verdict else None),
-            "prompt_tokens": reply["prompt_tokens"], "completion_tokens": reply["completion_tokens"],
-            "seconds": reply["seconds"]}
+    """One verdict for a prompt row (`id`, `order`, `prompt`), scores mapped back to candidate/baseline."""
+    reply, verdict = await ask_parsed(generator, row["prompt"], sampling, parse_verdict, RETRY_REMINDER)
+    ok = verdict is not None and verdict.error is None
+    candidate, baseline = to_candidate_baseline(row["order"], verdict.first, verdict.second) if ok else (None, None)
+    return {"id": row["id"], "order": row["order"], "verdict": reply.pop("text"), "candidate_score": candidate,
+            "baseline_score": baseline, "rationale": verdict.rationale if ok else None} | reply
+
+
+async def rate(generator, row: dict, sampling: SamplingParams) -> dict:
+    """The judge's difficulty rating (1-10) of one evolved instruction (`id`, `round`, `instruction`)."""
+    prompt = difficulty_prompt(row["instruction"])
+    reply, rating = await ask_parsed(generator, prompt, sampling, parse_difficulty, DIFFICULTY_REMINDER)
+    return {"id": row["id"], "round": row["round"], "rating": reply.pop("text"),
+            "difficulty": rating.score if rating is not None and rating.error is None else None} | reply
 
 
 async def run_all(coroutines) -> list[dict]:

@@ -24,6 +24,12 @@ JUDGMENT_SCHEMA = pa.schema([
     ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("seconds", pa.float64()),
 ])
 
+RATING_SCHEMA = pa.schema([
+    ("id", pa.string()), ("round", pa.int64()), ("rating", pa.string()), ("difficulty", pa.float64()),
+    ("first_attempt", pa.string()), ("attempts", pa.int64()), ("error", pa.string()), ("detail", pa.string()),
+    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("seconds", pa.float64()),
+])
+
 ORDER_FIELDS = ("verdict", "first_attempt", "attempts", "rationale", "error")
 
 

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from common.config import UserError
-from eval.evolution import evolution_stats, read_evolution_records
+from eval.evolution import evolution_stats, read_evolution_records, read_instructions
 
 
 def write_records(root, status, round_index, rows):
@@ -14,10 +14,11 @@ def write_records(root, status, round_index, rows):
     folder = os.path.join(root, "records", f"status={status}", f"round={round_index}")
     os.makedirs(folder, exist_ok=True)
     table = pa.Table.from_pylist([{"id": f"{status}-{round_index}-{i}", "op": op, "reason": reason,
+                                   "instruction": f"Task {i} of round {round_index}",
                                    "instruction_tokens": it, "response_tokens": rt}
                                   for i, (op, reason, it, rt) in enumerate(rows)],
                                  schema=pa.schema([("id", pa.string()), ("op", pa.string()), ("reason", pa.string()),
-                                                   ("instruction_tokens", pa.int64()),
+                                                   ("instruction", pa.string()), ("instruction_tokens", pa.int64()),
                                                    ("response_tokens", pa.int64())]))
     pq.write_table(table, os.path.join(folder, "part-0.parquet"))
 
@@ -45,6 +46,12 @@ def test_lengths_pass_rates_and_eliminations_of_a_known_output(tmp_path):
         "deepening": {"kept": 2, "eliminated": 1, "pass_rate": pytest.approx(2 / 3)},
         "in_breadth": {"kept": 1, "eliminated": 2, "pass_rate": pytest.approx(1 / 3)}}
     assert stats["eliminations"] == {2: {"could_not_answer": 1, "template_leak": 2}}
+
+
+def test_instructions_are_read_only_for_the_kept_ids_asked_for(tmp_path):
+    root = make_evolve_output(tmp_path)
+    assert read_instructions(root, ["kept-1-1", "eliminated-2-0", "kept-2-0", "nope"]) == \
+        {"kept-1-1": "Task 1 of round 1", "kept-2-0": "Task 0 of round 2"}
 
 
 def test_a_folder_without_records_is_a_one_line_error(tmp_path):

@@ -55,6 +55,9 @@ class ScriptedJudge(FakeGenerator):
     is 5 vs 5, so the bias alone decides and the two orders disagree."""
 
     def reply(self, prompt):
+        if prompt.endswith("Difficulty: <1-10>"):  # rating an evolved instruction: 2 x its round + 1
+            round_index = int(re.search(r"of round (\d+)", prompt).group(1))
+            return f"Difficulty: {2 * round_index + 1}"
         candidate_first = prompt.index(CANDIDATE) < prompt.index(BASELINE)
         cand, base = (3, 7) if "longest increasing" in prompt else (5, 5) if "family of six" in prompt else (8, 4)
         first, second = (cand + 1, base) if candidate_first else (base + 1, cand)
@@ -77,7 +80,8 @@ def wizardlm_config(out, *overrides):
 
 def test_wizardlm_slice_report_has_the_scripted_numbers(local_ray, tmp_path):
     out = tmp_path / "eval"
-    summary = run_evaluate(wizardlm_config(out, f"evolve_output={make_evolve_output(tmp_path / 'evolve')}"),
+    summary = run_evaluate(wizardlm_config(out, f"evolution.output={make_evolve_output(tmp_path / 'evolve')}",
+                                          "evolution.difficulty_per_round=1"),
                            FACTORIES)
     agg = summary["aggregates"]
     # judged: 20 (3.5 vs 7.5), 38 (8.5/4.5), 56 (9/4, one order), 71 (5.5/5.5), 84 (8.5/4.5); item 1 has no baseline
@@ -105,6 +109,10 @@ def test_wizardlm_slice_report_has_the_scripted_numbers(local_ray, tmp_path):
     assert "**4 of 5** categories" in report and "| Code Generation | 1 | 46.7% |" in report
     assert "10 verdicts asked" in report and "stayed unreadable (out_of_range: 1)" in report
     assert "| deepening | 2 | 1 | 66.7% |" in report
+    assert summary["evolution"]["difficulty"] == [{"round": 0, "rated": 1, "failed": 0, "mean": 1.0},
+                                                  {"round": 1, "rated": 1, "failed": 0, "mean": 3.0},
+                                                  {"round": 2, "rated": 1, "failed": 0, "mean": 5.0}]
+    assert "| 2 | 1 | 0 | 5.00 |" in report
     html = (out / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) == 3 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
