@@ -19,9 +19,14 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from common import storage
+from common.models import resolve_model
 from train.batches import Units, collate, collate_mode, epoch_order, micro_batch, step_targets, units_from_rows
 from train.config import TrainConfig
-from train.metrics import Window, format_mfu, window_metrics
+from train.engine import build_engine, export_hf_model
+from train.masking import pad_id_of
+from train.metrics import (Window, flops_per_token, format_mfu, measure_cpu_peak_tflops, peak_tflops_per_worker,
+                           window_metrics)
+from train.packing import pad_to_longest
 
 METRICS_FILE = "train_metrics.json"
 PLAN_FILE = "evolray_plan.json"  # in every checkpoint: what a resume must match
@@ -108,8 +113,6 @@ def heldout_loss(engine, examples: list, pad_id: int) -> float | None:
     """Token-weighted loss on the held-out samples (every rank runs the same forwards)."""
     import torch
 
-    from train.packing import pad_to_longest
-
     if not examples:
         return None
     engine.eval()
@@ -175,8 +178,6 @@ def log_metrics(engine, window: Window, step: int, flops_token: float, peak: flo
 def model_flops(engine, cfg: TrainConfig) -> tuple[float, float | None]:
     """(FLOPs per token, peak FLOP/s of one worker or None when unknown) for the MFU estimate."""
     import torch
-
-    from train.metrics import flops_per_token, measure_cpu_peak_tflops, peak_tflops_per_worker
 
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
     c = engine.module.config
@@ -268,10 +269,6 @@ def train_loop(loop_config: dict) -> None:
     """Ray Train entry point of every worker."""
     import ray.train
     from transformers import AutoTokenizer
-
-    from common.models import resolve_model
-    from train.engine import build_engine, export_hf_model
-    from train.masking import pad_id_of
 
     cfg = TrainConfig.model_validate(loop_config["config"])
     plan = Plan(**loop_config["plan"])
