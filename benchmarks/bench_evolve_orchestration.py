@@ -40,7 +40,7 @@ def run(size: int, rounds: int, batch: int, workdir: Path) -> dict:
     seeds = workdir / f"seeds_{size}.jsonl"
     write_seeds(seeds, size)
     overrides = [f"seeds.path={seeds}", "seeds.limit=null", f"evolve.rounds={rounds}", "generation.backend=echo",
-                 f"generation.batch_size={batch}", "generation.concurrency=[1,1]", "generation.num_cpus=1",
+                 f"generation.rows_per_call={batch}", "generation.concurrency=[1,1]", "generation.num_cpus=1",
                  f"output.path={workdir / f'out_{size}'}", "output.overwrite=true"]
     proc = subprocess.run([sys.executable, "-c", CHILD, *overrides], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])

@@ -3,12 +3,6 @@ vLLM's own OpenAI-compatible server and against a server that misbehaves on dema
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +13,7 @@ from evol.config import EvolveConfig
 from evol.pipeline import read_records, run_evolve
 from tests.evolve_checks import assert_counts_and_lineage
 from tests.openai_fakes import FlakyOpenAIServer
+from tests.servers import vllm_openai_server
 
 PLANTED_KEY = "sk-evolray-planted-4e1d9c0b7a5f"
 KEY_ENV = "EVOLRAY_TEST_API_KEY"
@@ -92,41 +87,12 @@ def test_openai_backend_retries_and_records_failures(tmp_path, local_ray, monkey
     _assert_key_nowhere(tmp_path / "out", records, out, err)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
     """vLLM's own OpenAI-compatible server on CPU, with the small model and a required API key."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_NUM_OF_RESERVED_CPU="0")
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ensure_small_model()),
-           "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-           "--max-model-len", "2048", "--api-key", PLANTED_KEY]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 400
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"vLLM server did not start: {log.read_text()[-3000:]}")
-                time.sleep(2)
-        yield f"{url}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with vllm_openai_server(str(ensure_small_model()), "smollm2", PLANTED_KEY, log) as url:
+        yield url
 
 
 def test_openai_backend_against_vllms_own_server(tmp_path, local_ray, vllm_server, monkeypatch, capfd):

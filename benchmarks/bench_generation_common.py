@@ -1,0 +1,66 @@
+"""Shared pieces of the generation benchmarks: seeds, the job's own chains, and the exact prompts
+those chains sent, rebuilt from their records so a bare engine can be given the same work."""
+from __future__ import annotations
+
+import asyncio
+import time
+from importlib import resources
+
+from evol.config import EvolveSettings
+from evol.elimination import SKIPPED
+from evol.rounds import Roles, evolve_rows
+from evol.seeds import SeedFields, parse_seed_file
+from evol.templates import equality_prompt, evolve_prompt, user_turn
+from generation.config import SamplingConfig
+from generation.types import SamplingParams
+
+FIELDS = SeedFields("instruction", "input", None, "id")  # every seed is answered: round 0 works too
+
+
+def bundled_seed_rows(count: int) -> list[dict]:
+    data = (resources.files("evol") / "data" / "self_instruct_seeds.jsonl").read_bytes()
+    return parse_seed_file(data, "self_instruct_seeds.jsonl", FIELDS)[:count]
+
+
+def settings(rounds: int, evolve_tokens: int, respond_tokens: int) -> EvolveSettings:
+    return EvolveSettings(rounds=rounds,
+                          evolve_sampling=SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=evolve_tokens),
+                          respond_sampling=SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=respond_tokens),
+                          judge_sampling=SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16))
+
+
+def run_job_chains(generator, rows: list[dict], cfg: EvolveSettings) -> tuple[list[dict], float]:
+    """The evolve job's code path inside one actor: every chain at once, the engine batching."""
+    start = time.perf_counter()
+    records = asyncio.run(evolve_rows(rows, Roles(generator, generator), cfg, max_instruction_tokens=4096))
+    return records, time.perf_counter() - start
+
+
+def prompts_of(records: list[dict], cfg: EvolveSettings) -> list[tuple[str, SamplingConfig]]:
+    """Every (prompt, sampling) the chains sent, in no particular order."""
+    text_of = {r["id"]: user_turn(r["instruction"], r["input"]) if r["round"] == 0 else r["instruction"]
+               for r in records}
+    prompts = []
+    for r in records:
+        if r["round"] == 0:
+            if r["requests"]:
+                prompts.append((text_of[r["id"]], cfg.respond_sampling))
+            continue
+        parent = text_of[r["parent_id"]]
+        prompts.append((evolve_prompt(r["op"], parent), cfg.evolve_sampling))
+        if r["response"] is not None:
+            prompts.append((r["instruction"], cfg.respond_sampling))
+        if r["equality"] != SKIPPED:
+            prompts.append((equality_prompt(parent, r["instruction"]), cfg.judge_sampling))
+    return prompts
+
+
+def generated_tokens(records: list[dict]) -> int:
+    return sum(r["generated_tokens"] or 0 for r in records)
+
+
+def by_sampling(prompts: list[tuple[str, SamplingConfig]]) -> dict[SamplingParams, list[str]]:
+    groups: dict[SamplingParams, list[str]] = {}
+    for prompt, sampling in prompts:
+        groups.setdefault(SamplingParams.from_config(sampling), []).append(prompt)
+    return groups

@@ -1,0 +1,76 @@
+"""The hf backend through the asynchronous chains vs the synchronous step-by-step path it replaced.
+
+    python benchmarks/bench_hf_async_vs_sync.py [--seeds 16] [--rounds 4]
+
+Same model load, same seeds and sampling (the embedded default's: configs/local.yaml). The old
+path ran a batch of seeds in lockstep, 1 + 3M blocking steps (answer; per round evolve, respond,
+equality check), each step a sorted, batched generate() that waited for its slowest request and
+shrank as candidates were eliminated. It is rebuilt here from the same pure functions. Prints
+both, then new/old generated tokens/s last.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from bench_generation_common import bundled_seed_rows, generated_tokens, run_job_chains
+from common.config import load_config
+from evol import elimination as rules
+from evol.config import EvolveConfig
+from evol.operations import choose_operation
+from evol.templates import equality_prompt, evolve_prompt, user_turn
+from generation import SamplingParams, build_generator
+
+
+def batched(engine, prompts: list[str], sampling) -> list:
+    """The old Generator.generate(list): sorted by length, batches of batch_size, answers in order."""
+    params, order = SamplingParams.from_config(sampling), sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [None] * len(prompts)
+    for start in range(0, len(order), engine.cfg.batch_size):
+        chunk = order[start:start + engine.cfg.batch_size]
+        for i, gen in zip(chunk, engine._generate_batch([engine.prompt_ids(prompts[i]) for i in chunk], params)):
+            out[i] = gen
+    return out
+
+
+def lockstep(engine, rows: list[dict], cfg) -> tuple[int, float]:
+    """1 + 3M synchronous steps over the whole batch of seeds."""
+    start = time.perf_counter()
+    pool = [(row["seed_id"], user_turn(row["instruction"], row["input"])) for row in rows]
+    tokens = sum(g.completion_tokens for g in batched(engine, [text for _, text in pool], cfg.respond_sampling))
+    for round_index in range(1, cfg.rounds + 1):
+        ops = [choose_operation(cfg.seed, item_id, round_index, cfg.operations) for item_id, _ in pool]
+        gens = batched(engine, [evolve_prompt(op, text) for op, (_, text) in zip(ops, pool)], cfg.evolve_sampling)
+        tokens += sum(g.completion_tokens for g in gens)
+        texts = [rules.clean_evolved_instruction(g.text) for g in gens]
+        alive = [i for i, text in enumerate(texts) if rules.reason_before_response(pool[i][1], text) is None]
+        answers = batched(engine, [texts[i] for i in alive], cfg.respond_sampling)
+        tokens += sum(g.completion_tokens for g in answers)
+        alive = [i for i, g in zip(alive, answers) if rules.reason_after_response(g.text) is None]
+        verdicts = batched(engine, [equality_prompt(pool[i][1], texts[i]) for i in alive], cfg.judge_sampling)
+        tokens += sum(g.completion_tokens for g in verdicts)
+        for i, verdict in zip(alive, verdicts):
+            if rules.reason_after_equality(rules.parse_equality(verdict.text)) is None:
+                pool[i] = (f"{pool[i][0]}/{round_index}", texts[i])
+    return tokens, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    cfg = load_config(EvolveConfig, "configs/local.yaml", [f"evolve.rounds={args.rounds}"])
+    generator = build_generator(cfg.generation)
+    rows = bundled_seed_rows(args.seeds)
+    old_tokens, old_seconds = lockstep(generator.inner, rows, cfg.evolve)
+    records, new_seconds = run_job_chains(generator, rows, cfg.evolve)
+    new_tokens = generated_tokens(records)
+    old_rate, new_rate = old_tokens / old_seconds, new_tokens / new_seconds
+    print(f"synchronous steps: {old_tokens} tok in {old_seconds:.1f} s = {old_rate:.1f} tok/s")
+    print(f"asynchronous chains: {new_tokens} tok in {new_seconds:.1f} s = {new_rate:.1f} tok/s")
+    print(f"new/old tokens/s: {new_rate / old_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
