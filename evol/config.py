@@ -62,7 +62,10 @@ class EvolveSettings(StrictModel):
 
 class OutputConfig(StrictModel):
     path: str = Field("outputs/evolve-local", description="local folder or s3://bucket/prefix")
-    overwrite: bool = Field(False, description="replace an existing non-empty output folder")
+    overwrite: bool = Field(False, description="start over: delete the folder's earlier evolve run (only a folder "
+                                                "an evolve run made); false: a rerun resumes it")
+    buckets: int = Field(256, ge=1, le=99999, description="seeds are processed and written in this many "
+                                                          "buckets; a killed run redoes only unfinished ones")
 
 
 class EvolveConfig(StrictModel):

@@ -1,44 +1,48 @@
-"""Ray Data glue of the evolve job: seeds → validate → dedupe → evolve (actor pool) → parquet.
+"""Ray Data glue of the evolve job: seeds → buckets → evolve (async actor pool) → bucket files.
 
-One actor pool of generators serves round 0, every round and all three request kinds
-(evolve, respond, equality check): the model loads once per actor for the whole job, and a
-batch of seeds runs all its rounds inside the actor (rows are independent), so nothing waits
-on a round barrier and no second pool ever asks for resources the first one holds.
+One actor pool of generators serves round 0, every round and every request kind: the model
+loads once per actor for the whole job. Seeds are grouped into buckets (evol/resume.py); an
+actor runs the chains of a bucket concurrently with every other chain in flight and writes the
+bucket's records as one file the moment its last chain ends. A rerun skips finished buckets.
 """
 from __future__ import annotations
 
-import importlib.resources
+import asyncio
+import io
 import os
+import socket
 import time
-from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
 
 from common import storage
 from common.config import UserError
 from common.models import SMALL_MODEL_ALIAS, pin_local_model, resolve_model
 from common.ray_setup import init_ray
-from evol.config import BUNDLED_PREFIX, TRUNCATING_BACKENDS, EvolveConfig, SeedsConfig, prompt_budget_problem
-from evol.records import KEPT, SEED_SCHEMA, TRAINING_SCHEMA, in_training_set, records_table
-from evol.rounds import Roles, evolve_rows
-from evol.seeds import (SUPPORTED_SUFFIXES, SeedFields, jsonl_pieces, mark_duplicates, parse_jsonl, parse_seed_file,
-                        seed_table, source_name)
-from evol.summary import SUMMARY_COLUMNS, SummaryBuilder, format_summary
+from common.s3 import preflight_s3
+from evol.accounting import accounting, accounting_error, chain_problems
+from evol.config import TRUNCATING_BACKENDS, EvolveConfig, prompt_budget_problem
+from evol.reading import READ_COUNTS, read_counts, read_seed_rows, resolve_seed_path
+from evol.records import ERROR, KEPT, SEED_SCHEMA, TRAINING_SCHEMA, empty_record, in_training_set, records_table
+from evol.resume import bucket_file, buckets_in, config_changes
+from evol.rounds import Roles, quarantine_record, run_chain
+from evol.seeds import SUPPORTED_SUFFIXES
+from evol.summary import SummaryBuilder, format_summary
 from evol.templates import template_overheads, user_turn
 from generation import GenerationConfig, check_model_available, driver_api_key
 from generation.prompts import prompt_token_ids
 from generation.types import Secret
 
-
-def resolve_seed_path(path: str) -> str:
-    if path.startswith(BUNDLED_PREFIX):
-        return str(importlib.resources.files("evol") / "data" / path[len(BUNDLED_PREFIX):])
-    return path
+JOB = "evolve"
+WORKER_FAILED = "worker_failed"
+MAX_ACTOR_RESTARTS = 2  # a worker that dies is restarted this often; then its buckets are recorded as errors
 
 
-def preflight(cfg: EvolveConfig) -> str:
-    """Every check that needs no Ray and no model: fail in a second, not after a model load."""
+def check_seeds(cfg: EvolveConfig) -> str:
     seeds = resolve_seed_path(cfg.seeds.path)
+    preflight_s3(seeds, "seeds.path", write=False)
     if not storage.exists(seeds):
         raise UserError(f"seeds.path: {cfg.seeds.path} does not exist")
     if storage.is_dir(seeds):
@@ -51,19 +55,55 @@ def preflight(cfg: EvolveConfig) -> str:
                   f"{'/'.join(SUPPORTED_SUFFIXES)}: {', '.join(os.path.basename(f) for f in ignored[:5])}")
     elif not seeds.lower().endswith(SUPPORTED_SUFFIXES):
         raise UserError(f"seeds.path: {cfg.seeds.path} is not one of {', '.join(SUPPORTED_SUFFIXES)}")
+    return seeds
+
+
+def check_output(cfg: EvolveConfig) -> None:
+    """A new folder, the same run again (resume), or overwrite of a folder this job made."""
+    out = cfg.output.path
+    preflight_s3(out, "output.path", write=True)
+    if storage.is_nonempty_dir(out):
+        if cfg.output.overwrite:
+            storage.delete_owned_dir(out, JOB)
+        elif storage.owner(out) != JOB or not storage.exists(storage.join(out, "config.yaml")):
+            raise UserError(f"output.path: {out} already holds results that are not an evolve run; "
+                            "choose another path")
+        else:
+            saved = yaml.safe_load(storage.read_text(storage.join(out, "config.yaml")))
+            changes = config_changes(saved, config_dict(cfg))
+            if changes:
+                raise UserError(f"output.path: {out} holds a run with another config (changed: {', '.join(changes)}); "
+                                "rerun with its config to resume it, or set output.overwrite=true to start over")
+    storage.check_writable(out)
+
+
+def preflight(cfg: EvolveConfig) -> str:
+    """Every check that needs no Ray and no model: fail in a second, not after a model load."""
+    seeds = check_seeds(cfg)
     check_model_available(cfg.generation, "generation")
     if cfg.judge is not None:
         check_model_available(cfg.judge, "judge")
     check_prompt_budget(cfg)
     if storage.absolute(seeds).startswith(storage.absolute(cfg.output.path).rstrip("/") + "/"):
         raise UserError(f"output.path: {cfg.output.path} contains the seeds; choose another output folder")
-    if storage.is_nonempty_dir(cfg.output.path):
-        if not cfg.output.overwrite:
-            raise UserError(f"output.path: {cfg.output.path} already holds results; "
-                            "choose another path or set output.overwrite=true")
-        storage.delete_dir(cfg.output.path)
-    storage.check_writable(cfg.output.path)
+    check_output(cfg)
     return seeds
+
+
+def check_room(ray, cfg: EvolveConfig) -> None:
+    """On a fixed-size Ray (no autoscaler), a pool that holds every CPU starves the light read and
+    shuffle tasks and the job hangs without a word: refuse it with the numbers instead."""
+    if os.environ.get("RAY_ADDRESS") or cfg.ray.address:
+        return  # a cluster may add nodes
+    gen, total = cfg.generation, ray.cluster_resources()
+    need_cpus, need_gpus = gen.concurrency[1] * gen.num_cpus, gen.concurrency[1] * gen.num_gpus
+    if need_cpus > total.get("CPU", 0) - 0.5:
+        raise UserError(f"generation.concurrency: {gen.concurrency[1]} actors x num_cpus {gen.num_cpus:g} = "
+                        f"{need_cpus:g} CPUs leave no room for reading seeds on this {total.get('CPU', 0):g}-CPU Ray; "
+                        "lower generation.num_cpus (e.g. 0.5) or the pool size")
+    if need_gpus > total.get("GPU", 0):
+        raise UserError(f"generation.concurrency: {gen.concurrency[1]} actors x num_gpus {gen.num_gpus:g} need "
+                        f"{need_gpus:g} GPUs; this Ray has {total.get('GPU', 0):g}")
 
 
 def template_tokens(gen: GenerationConfig) -> list[int] | None:
@@ -92,81 +132,18 @@ def check_prompt_budget(cfg: EvolveConfig) -> None:
         raise UserError(f"config error: {problem}")
 
 
-def seed_files(path: str) -> list[str]:
-    """The seed file, or a folder's seed files in sorted order (the order `seeds.limit` counts in)."""
-    if not storage.is_dir(path):
-        return [path]
-    return [f for f in storage.list_files(path) if f.lower().endswith(SUPPORTED_SUFFIXES)]
-
-
-def is_jsonl(path: str) -> bool:
-    return path.lower().endswith((".jsonl", ".ndjson"))
-
-
-def file_rows(path: str, source: str, fields: SeedFields, piece_bytes: int) -> Iterator[list[dict]]:
-    """The seed rows of one file, a piece at a time: jsonl in pieces of whole lines (exact line
-    numbers, never the whole file in memory), json and parquet whole."""
-    filesys, inner = storage.filesystem(path)
-    with filesys.open_input_stream(inner) as stream:
-        if not is_jsonl(path):
-            yield parse_seed_file(stream.read(), source, fields)
-            return
-        for first_line, piece in jsonl_pieces(stream, piece_bytes):
-            yield parse_jsonl(piece, source, fields, first_line)
-
-
-def read_seed_files(batch: pa.Table, fields: SeedFields, root: str, piece_bytes: int,
-                    limit: int | None) -> Iterator[pa.Table]:
-    """Ray Data generator UDF. Needs `path` (seed files, in order); yields SEED_SCHEMA tables, one
-    per piece. Ids and `source` are relative to `root` (seeds.path). Duplicate ids inside a piece
-    are marked here; `limit`: only the first N rows, in the order of the batch's files and lines."""
-    for path in batch.column("path").to_pylist():
-        for rows in file_rows(path, source_name(path, root), fields, piece_bytes):
-            rows = mark_duplicates(rows)
-            if limit is not None:
-                rows, limit = rows[:limit], limit - min(limit, len(rows))
-            yield seed_table(rows)
-            if limit == 0:
-                return
-
-
-def dedupe_group(group: pa.Table) -> pa.Table:
-    return seed_table(mark_duplicates(group.to_pylist()))
-
-
-def needs_shuffle_dedupe(files: list[str], piece_bytes: int) -> bool:
-    """Duplicates across files, or across the pieces of one large jsonl file, need a shuffle by id."""
-    if len(files) != 1:
-        return True
-    filesys, inner = storage.filesystem(files[0])
-    return is_jsonl(files[0]) and filesys.get_file_info(inner).size > piece_bytes
-
-
-def read_seed_rows(path: str, cfg: SeedsConfig):
-    """Dataset of SEED_SCHEMA rows, one per input row, bad rows marked (never dropped).
-
-    Without a limit every file is read by a task of its own. With one, a single task reads the
-    files in sorted order and stops after `limit` rows: the same rows every run."""
-    import ray
-
-    fields = SeedFields(cfg.instruction_field, cfg.input_field, cfg.response_field, cfg.id_field)
-    files = seed_files(path)
-    paths = ray.data.from_items([{"path": f} for f in files],
-                                override_num_blocks=1 if cfg.limit is not None else len(files))
-    rows = paths.map_batches(read_seed_files, batch_size=None if cfg.limit is not None else 1,
-                             batch_format="pyarrow", fn_kwargs=dict(fields=fields, root=path,
-                                                                    piece_bytes=cfg.piece_bytes, limit=cfg.limit))
-    if not needs_shuffle_dedupe(files, cfg.piece_bytes):
-        return rows
-    by_id = rows.groupby("seed_id", num_partitions=cfg.dedupe_partitions)
-    return by_id.map_groups(dedupe_group, batch_format="pyarrow")
+def write_bucket(records_dir: str, bucket: int, rows: list[dict]) -> None:
+    sink = io.BytesIO()
+    pq.write_table(records_table(rows), sink)
+    storage.write_bytes_atomic(storage.join(records_dir, bucket_file(bucket)), sink.getvalue())
 
 
 class EvolveActor:
-    """Ray Data async callable class. Needs SEED_SCHEMA columns; yields RECORD_SCHEMA rows.
+    """Ray Data async callable class. Needs SEED_SCHEMA columns + `bucket`; writes each bucket's
+    records and yields one row of counts per bucket (bucket, seeds, records, kept, errors, actor).
 
-    Every row's chain runs as its own coroutine, and several calls are in flight per actor, so
-    the engine always has requests from many chains and rounds to batch.
+    Every seed's chain is its own coroutine; up to `rows_per_call x calls_per_actor` chains are in
+    flight per actor, across all buckets and calls, so the engine always has requests to batch.
     """
 
     def __init__(self, cfg: EvolveConfig, api_keys: dict[str, Secret | None]):
@@ -176,21 +153,51 @@ class EvolveActor:
         writer = build_generator(cfg.generation, api_keys["generation"])
         judge = build_generator(cfg.judge, api_keys["judge"]) if cfg.judge is not None else writer
         self.roles = Roles(writer=writer, judge=judge)
-        self.started = time.perf_counter()
-        self.seeds_done = 0
+        self.records_dir = storage.join(cfg.output.path, "records")
+        self.actor = f"{socket.gethostname()}:{os.getpid()}"
+        self.started, self.seeds_done = time.perf_counter(), 0
+        self.slots: asyncio.Semaphore | None = None
+
+    async def _chain(self, row: dict) -> list[dict]:
+        async with self.slots:
+            return await run_chain(row, self.roles, self.cfg.evolve, self.cfg.seeds.max_instruction_tokens)
+
+    async def _bucket(self, bucket: int, rows: list[dict]) -> dict:
+        chains = await asyncio.gather(*(self._chain(row) for row in rows))
+        records = [record for chain in chains for record in chain]
+        await asyncio.to_thread(write_bucket, self.records_dir, bucket, records)
+        self.seeds_done += len(rows)
+        return {"bucket": bucket, "seeds": len(rows), "records": len(records), "actor": self.actor,
+                "kept": sum(r["status"] == KEPT and r["round"] > 0 for r in records),
+                "errors": sum(r["status"] == ERROR for r in records)}
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        missing = [name for name in SEED_SCHEMA.names if name not in batch.column_names]
+        missing = [name for name in [*SEED_SCHEMA.names, "bucket"] if name not in batch.column_names]
         if missing:
             raise ValueError(f"EvolveActor needs seed columns {missing}")
-        records = await evolve_rows(batch.to_pylist(), self.roles, self.cfg.evolve,
-                                    self.cfg.seeds.max_instruction_tokens)
-        self.seeds_done += batch.num_rows
-        kept = sum(r["status"] == KEPT and r["round"] > 0 for r in records)
-        candidates = sum(r["round"] > 0 for r in records)
-        print(f"[evolve] {batch.num_rows} seeds done ({self.seeds_done} by this actor): {kept}/{candidates} "
-              f"candidates kept, {time.perf_counter() - self.started:.0f} s", flush=True)
-        return records_table(records)
+        if self.slots is None:
+            gen = self.cfg.generation
+            self.slots = asyncio.Semaphore(gen.rows_per_call * gen.calls_per_actor)
+        by_bucket: dict[int, list[dict]] = {}
+        for row in batch.to_pylist():
+            by_bucket.setdefault(row.pop("bucket"), []).append(row)
+        done = await asyncio.gather(*(self._bucket(b, rows) for b, rows in sorted(by_bucket.items())))
+        print(f"[evolve] {batch.num_rows} seeds in {len(done)} bucket(s) written ({self.seeds_done} seeds by "
+              f"{self.actor}): {sum(d['kept'] for d in done)} candidates kept, "
+              f"{time.perf_counter() - self.started:.0f} s", flush=True)
+        return pa.Table.from_pylist(done)
+
+
+def failed_bucket_records(group: pa.Table, records_dir: str) -> pa.Table:
+    """A bucket whose worker died past its restarts: every row of it is recorded (bad seeds
+    quarantined as usual, the others as errors), so that no row is lost and reruns end."""
+    rows = group.to_pylist()
+    records = [quarantine_record(row) if row["error"] is not None else empty_record(
+        id=row["seed_id"], root_id=row["seed_id"], round=0, op="seed", instruction=row["instruction"],
+        input=row["input"], source=row["source"], line=row["line"], status=ERROR, reason=WORKER_FAILED,
+        detail="the worker evolving this bucket died repeatedly") for row in rows]
+    write_bucket(records_dir, rows[0]["bucket"], records)
+    return pa.table({"bucket": [rows[0]["bucket"]], "seeds": [len(rows)]})
 
 
 def training_rows(batch: pa.Table, train_on_truncated: bool) -> pa.Table:
@@ -207,18 +214,22 @@ def training_rows(batch: pa.Table, train_on_truncated: bool) -> pa.Table:
 
 
 def read_records(records_dir: str, columns: list[str] | None = None):
+    """The records as a Ray dataset (complete bucket files only)."""
     import ray
-    from ray.data.datasource import Partitioning
 
-    partitioning = Partitioning("hive", base_dir=records_dir, field_types={"round": int})
-    records = ray.data.read_parquet(records_dir, partitioning=partitioning)
-    return records.select_columns(columns) if columns else records
+    files = record_files(records_dir)
+    return ray.data.read_parquet(files, columns=columns) if files else ray.data.from_items([])
+
+
+def record_files(records_dir: str) -> list[str]:
+    return [f for f in storage.list_files(records_dir) if buckets_in([f])]
 
 
 def write_training_set(records_dir: str, out_dir: str, train_on_truncated: bool) -> None:
     """Kept rows, less rejected seed answers and (unless `train_on_truncated`) cut responses."""
     from ray.data.expressions import col
 
+    storage.delete_dir(out_dir)  # a resumed run writes it again, whole
     kept = read_records(records_dir).filter(expr=col("status") == KEPT)
     training = kept.map_batches(training_rows, fn_kwargs={"train_on_truncated": train_on_truncated},
                                 batch_format="pyarrow").materialize()  # one pass, two writes
@@ -227,11 +238,19 @@ def write_training_set(records_dir: str, out_dir: str, train_on_truncated: bool)
         .write_json(storage.join(out_dir, "jsonl"))
 
 
-def summarize(records_dir: str, wall_seconds: float, train_on_truncated: bool) -> dict:
-    builder = SummaryBuilder(train_on_truncated)
-    for batch in read_records(records_dir, SUMMARY_COLUMNS).iter_batches(batch_format="numpy"):
-        builder.add_batch(batch)
-    return builder.build(wall_seconds)
+def summarize(cfg: EvolveConfig, records_dir: str, wall_seconds: float) -> dict:
+    """Summary and accounting in one pass, a bucket file at a time (driver memory: one bucket)."""
+    builder, problems, round0 = SummaryBuilder(cfg.evolve.train_on_truncated_responses), [], 0
+    for path in record_files(records_dir):
+        filesys, inner = storage.filesystem(path)
+        rows = pq.read_table(inner, filesystem=filesys).to_pylist()
+        builder.add_rows(rows)
+        problems += chain_problems(rows, cfg.evolve.rounds)
+        round0 += sum(row["round"] == 0 for row in rows)
+    summary = builder.build(wall_seconds)
+    input_rows, _ = read_counts(storage.join(cfg.output.path, READ_COUNTS))
+    summary["accounting"] = accounting(input_rows, round0, problems)
+    return summary
 
 
 def with_absolute_paths(cfg: EvolveConfig) -> EvolveConfig:
@@ -248,38 +267,80 @@ def _pinned(gen: GenerationConfig) -> GenerationConfig:
     return gen.model_copy(update={"model": pin_local_model(gen.model)})
 
 
+def config_dict(cfg: EvolveConfig) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def start_run(cfg: EvolveConfig) -> frozenset[int]:
+    """Mark the folder as this job's and save the config (a rerun compares against it); the
+    finished buckets of an earlier run of the same config are what this run skips."""
+    out = cfg.output.path
+    if storage.owner(out) != JOB:
+        storage.mark_owned(out, JOB)
+    config_path = storage.join(out, "config.yaml")
+    if not storage.exists(config_path):
+        storage.write_text(config_path, yaml.safe_dump(config_dict(cfg), sort_keys=False))
+    done = frozenset(buckets_in(storage.list_files(storage.join(out, "records"))))
+    if done:
+        print(f"[evolve] resuming {out}: {len(done)} bucket(s) already written are skipped", flush=True)
+    return done
+
+
+def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> dict[str, int]:
+    """Stream the seeds of unfinished buckets through the actor pool; rows per actor."""
+    gen, out = cfg.generation, cfg.output.path
+    seeds = read_seed_rows(cfg.seeds.path, cfg.seeds, cfg.output.buckets, done, storage.join(out, READ_COUNTS))
+    keys = {"generation": driver_api_key(gen), "judge": driver_api_key(cfg.judge) if cfg.judge else None}
+    stats = seeds.map_batches(
+        EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": keys}, batch_size=None,
+        batch_format="pyarrow", num_cpus=gen.num_cpus, num_gpus=gen.num_gpus,
+        compute=ray.data.ActorPoolStrategy(min_size=gen.concurrency[0], max_size=gen.concurrency[1],
+                                           max_concurrent_calls_per_actor=gen.calls_per_actor),
+        max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_ACTOR_RESTARTS)
+    per_actor: dict[str, int] = {}
+    for row in stats.iter_rows():
+        per_actor[row["actor"]] = per_actor.get(row["actor"], 0) + row["seeds"]
+    return per_actor
+
+
+def record_failed_buckets(cfg: EvolveConfig, records_dir: str) -> int:
+    """Buckets that were read but have no file (their worker died past its restarts): error records."""
+    _, read = read_counts(storage.join(cfg.output.path, READ_COUNTS))
+    failed = read - buckets_in(storage.list_files(records_dir))
+    if not failed:
+        return 0
+    every = frozenset(range(cfg.output.buckets))
+    seeds = read_seed_rows(cfg.seeds.path, cfg.seeds, cfg.output.buckets, every - failed)
+    seeds.groupby("bucket").map_groups(failed_bucket_records, fn_kwargs={"records_dir": records_dir},
+                                       batch_format="pyarrow").materialize()
+    print(f"[evolve] {len(failed)} bucket(s) failed past {MAX_ACTOR_RESTARTS} restarts: their seeds are "
+          f"recorded as {WORKER_FAILED} errors", flush=True)
+    return len(failed)
+
+
 def run_evolve(cfg: EvolveConfig) -> dict:
     preflight(cfg)
     cfg = with_absolute_paths(cfg)
     ray = init_ray(cfg.ray)
+    check_room(ray, cfg)
+    ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed bucket is recorded, not fatal
     started = time.time()
-    gen = cfg.generation
-    seeds = read_seed_rows(cfg.seeds.path, cfg.seeds)
-    records = seeds.map_batches(
-        EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": {
-            "generation": driver_api_key(gen), "judge": driver_api_key(cfg.judge) if cfg.judge else None}}, batch_size=gen.rows_per_call, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=gen.concurrency[0], max_size=gen.concurrency[1],
-                                           max_concurrent_calls_per_actor=gen.calls_per_actor),
-        num_cpus=gen.num_cpus, num_gpus=gen.num_gpus)
+    done = start_run(cfg)
+    per_actor = evolve_buckets(ray, cfg, done)
     records_dir = storage.join(cfg.output.path, "records")
-    records.write_parquet(records_dir, partition_cols=["status", "round"])
-    if not storage.exists(records_dir):
+    record_failed_buckets(cfg, records_dir)
+    if not record_files(records_dir):
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
-    on_truncated = cfg.evolve.train_on_truncated_responses
-    write_training_set(records_dir, storage.join(cfg.output.path, "training"), on_truncated)
-    summary = summarize(records_dir, time.time() - started, on_truncated)
+    write_training_set(records_dir, storage.join(cfg.output.path, "training"),
+                       cfg.evolve.train_on_truncated_responses)
+    summary = summarize(cfg, records_dir, time.time() - started)
+    summary["seeds_per_actor"] = per_actor
     summary["output"] = cfg.output.path
     storage.write_json(storage.join(cfg.output.path, "summary.json"), summary)
-    storage.write_text(storage.join(cfg.output.path, "config.yaml"), _config_yaml(cfg))
     print(format_summary(summary))
-    print(f"records: {records_dir}/status=<kept|eliminated|quarantined>/round=<r>/")
+    print(f"records: {records_dir}/bucket-*.parquet")
     print(f"training set: {storage.join(cfg.output.path, 'training')}/{{parquet,jsonl}}/")
+    problem = accounting_error(summary["accounting"])
+    if problem:
+        raise RuntimeError(problem)
     return summary
-
-
-def _config_yaml(cfg: EvolveConfig) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-

@@ -153,6 +153,13 @@ def format_summary(summary: dict) -> str:
     lines.append(f"{summary['requests']} requests, {summary['generated_tokens']} tokens generated in "
                  f"{summary['wall_seconds']} s ({summary['requests_per_second']} req/s, "
                  f"{summary['generated_tokens_per_second']} tok/s)")
+    if "accounting" in summary:
+        check = summary["accounting"]
+        lines.append(f"accounting: {check['input_rows']} input rows read, {check['round0_records']} round-0 records, "
+                     f"{check['chain_problems']} unended chains: {'OK' if check['ok'] else 'MISMATCH'}")
+    if summary.get("seeds_per_actor"):
+        lines.append("seeds evolved per actor (this run): " + ", ".join(
+            f"{actor} {n}" for actor, n in sorted(summary["seeds_per_actor"].items())))
     return "\n".join(lines)
 
 

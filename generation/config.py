@@ -63,6 +63,10 @@ class GenerationConfig(StrictModel):
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads; default: all cores")
     max_prompt_tokens: int = Field(2048, ge=16, description="longer prompts are truncated from the left")
     seed: int = 0
+    echo_latency_ms: float = Field(0.0, ge=0.0, description="echo: simulated latency per request (dry runs of a "
+                                                            "slow engine)")
+    echo_crash_on: str | None = Field(None, description="echo: fault injection for tests; the process dies when "
+                                                        "a prompt contains this text")
     vllm: VllmConfig = VllmConfig()
     openai: OpenAIConfig = OpenAIConfig()
 

@@ -1,7 +1,9 @@
 """An instant backend with canned answers: for dry runs and orchestration benchmarks, not quality."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 
 from generation.config import GenerationConfig
 from generation.types import Generation, SamplingParams
@@ -10,11 +12,16 @@ from generation.types import Generation, SamplingParams
 class EchoGenerator:
     def __init__(self, cfg: GenerationConfig):
         self.model_name = "echo"
+        self.cfg = cfg
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(text.split()) for text in texts]
 
     async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
+        if self.cfg.echo_crash_on and self.cfg.echo_crash_on in prompt:
+            os._exit(17)  # a poison request: the worker process dies, as with a segfault in an engine
+        if self.cfg.echo_latency_ms:
+            await asyncio.sleep(self.cfg.echo_latency_ms / 1000)
         tag = hashlib.blake2b(prompt.encode(), digest_size=4).hexdigest()
         words = f"Canned answer {tag} with some detail about the topic at hand".split()[:sampling.max_tokens]
         return Generation(" ".join(words), prompt_tokens=len(prompt.split()), completion_tokens=len(words),

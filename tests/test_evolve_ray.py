@@ -9,7 +9,8 @@ import pytest
 from common.config import UserError, load_config
 from evol import elimination as rules
 from evol.config import EvolveConfig
-from evol.pipeline import read_records, read_seed_rows, run_evolve
+from evol.pipeline import read_records, run_evolve
+from evol.reading import read_seed_rows
 from tests.evolve_checks import assert_counts_and_lineage
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from common.config import UserError, load_config
 from evol.config import EvolveConfig
-from evol.pipeline import check_prompt_budget, needs_shuffle_dedupe, preflight, read_seed_files, seed_files
+from evol.pipeline import check_prompt_budget, preflight
+from evol.reading import read_seed_files, seed_files
 from evol.seeds import DUPLICATE_ID, SeedFields, parse_jsonl
 
 FIELDS = SeedFields("instruction", "input", "output", "id")
@@ -57,17 +58,10 @@ def test_the_limit_takes_the_first_rows_in_file_and_line_order_and_stops_reading
     assert [r["seed_id"] for t in _read(tmp_path, limit=4, piece_bytes=30) for r in t] == ["a0", "a1", "b0", "b1"]
 
 
-def test_duplicates_inside_a_piece_are_marked_and_a_split_file_needs_the_shuffle(tmp_path):
+def test_duplicates_inside_a_piece_are_marked_where_they_are_read(tmp_path):
     _jsonl(tmp_path / "d.jsonl", {"id": "x", "instruction": "one"}, {"id": "x", "instruction": "two"})
     rows = _read(tmp_path / "d.jsonl")[0]
     assert [r["error"] for r in rows] == [None, DUPLICATE_ID]
-    path = str(tmp_path / "d.jsonl")
-    size = (tmp_path / "d.jsonl").stat().st_size
-    assert not needs_shuffle_dedupe([path], piece_bytes=size)
-    assert needs_shuffle_dedupe([path], piece_bytes=size - 1)
-    assert needs_shuffle_dedupe([path, path + "2"], piece_bytes=size)
-    (tmp_path / "e.json").write_text("[]" + " " * 100)
-    assert not needs_shuffle_dedupe([str(tmp_path / "e.json")], piece_bytes=10)  # .json is never split
 
 
 def test_the_driver_checks_the_prompt_budget_with_the_models_tokenizer(tmp_path):

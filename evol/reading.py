@@ -1,0 +1,124 @@
+"""Reading seeds on Ray: files in sorted order, jsonl in pieces, every row tagged with its bucket.
+
+Input rows are counted where they are read (one small JSON per file under `_read/`), apart
+from anything the job writes later, so the end-of-job check can catch a lost row.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import json
+from typing import Iterator
+
+import pyarrow as pa
+
+from common import storage
+from evol.config import BUNDLED_PREFIX, SeedsConfig
+from evol.operations import stable_hash
+from evol.resume import bucket_of
+from evol.seeds import (SUPPORTED_SUFFIXES, SeedFields, jsonl_pieces, mark_duplicates, parse_jsonl, parse_seed_file,
+                        seed_table, source_name)
+
+READ_COUNTS = "_read"
+
+
+def resolve_seed_path(path: str) -> str:
+    if path.startswith(BUNDLED_PREFIX):
+        return str(importlib.resources.files("evol") / "data" / path[len(BUNDLED_PREFIX):])
+    return path
+
+
+def seed_files(path: str) -> list[str]:
+    """The seed file, or a folder's seed files in sorted order (the order `seeds.limit` counts in)."""
+    if not storage.is_dir(path):
+        return [path]
+    return [f for f in storage.list_files(path) if f.lower().endswith(SUPPORTED_SUFFIXES)]
+
+
+def is_jsonl(path: str) -> bool:
+    return path.lower().endswith((".jsonl", ".ndjson"))
+
+
+def file_rows(path: str, source: str, fields: SeedFields, piece_bytes: int) -> Iterator[list[dict]]:
+    """The seed rows of one file, a piece at a time: jsonl in pieces of whole lines (exact line
+    numbers, never the whole file in memory), json and parquet whole."""
+    filesys, inner = storage.filesystem(path)
+    with filesys.open_input_stream(inner) as stream:
+        if not is_jsonl(path):
+            yield parse_seed_file(stream.read(), source, fields)
+            return
+        for first_line, piece in jsonl_pieces(stream, piece_bytes):
+            yield parse_jsonl(piece, source, fields, first_line)
+
+
+def read_seed_files(batch: pa.Table, fields: SeedFields, root: str, piece_bytes: int,
+                    limit: int | None) -> Iterator[pa.Table]:
+    """Ray Data generator UDF. Needs `path` (seed files, in order); yields SEED_SCHEMA tables, one
+    per piece. Ids and `source` are relative to `root` (seeds.path). Duplicate ids inside a piece
+    are marked here; `limit`: only the first N rows, in the order of the batch's files and lines."""
+    for path in batch.column("path").to_pylist():
+        for rows in file_rows(path, source_name(path, root), fields, piece_bytes):
+            rows = mark_duplicates(rows)
+            if limit is not None:
+                rows, limit = rows[:limit], limit - min(limit, len(rows))
+            yield seed_table(rows)
+            if limit == 0:
+                return
+
+
+def bucketed_seed_files(batch: pa.Table, fields: SeedFields, root: str, piece_bytes: int, limit: int | None,
+                        buckets: int, done: frozenset[int], counts_dir: str | None) -> Iterator[pa.Table]:
+    """`read_seed_files` plus a `bucket` column; rows of finished buckets are dropped (a resumed
+    run), and every file's rows are counted into `counts_dir` before anything is dropped."""
+    counts: dict[str, dict] = {}
+    for table in read_seed_files(batch, fields, root, piece_bytes, limit):
+        ids = table.column("seed_id").to_pylist()
+        numbers = [bucket_of(seed_id, buckets) for seed_id in ids]
+        for source in set(table.column("source").to_pylist()):
+            counts.setdefault(source, {"rows": 0, "buckets": set()})
+        for source, number in zip(table.column("source").to_pylist(), numbers):
+            counts[source]["rows"] += 1
+            counts[source]["buckets"].add(number)
+        keep = [number not in done for number in numbers]
+        yield table.append_column("bucket", pa.array(numbers, pa.int64())).filter(pa.array(keep))
+    if counts_dir is not None:
+        for source, count in counts.items():
+            storage.write_json(storage.join(counts_dir, f"{stable_hash(source):016x}.json"),
+                               {"source": source, "rows": count["rows"], "buckets": sorted(count["buckets"])})
+
+
+def read_counts(counts_dir: str) -> tuple[int, set[int]]:
+    """Rows read and the buckets they fell in, summed over the files' count records."""
+    rows, buckets = 0, set()
+    for path in storage.list_files(counts_dir):
+        count = json.loads(storage.read_text(path))
+        rows += count["rows"]
+        buckets.update(count["buckets"])
+    return rows, buckets
+
+
+def dedupe_bucket(group: pa.Table) -> pa.Table:
+    """One bucket's rows: duplicates share an id and so a bucket, so marking here is exact."""
+    rows = group.to_pylist()
+    table = seed_table(mark_duplicates(rows))
+    return table.append_column("bucket", pa.array([rows[0]["bucket"]] * len(rows), pa.int64()))
+
+
+def read_seed_rows(path: str, cfg: SeedsConfig, buckets: int = 256, done: frozenset[int] = frozenset(),
+                   counts_dir: str | None = None):
+    """Dataset of SEED_SCHEMA rows + `bucket`, one per input row, bad rows marked (never dropped),
+    grouped so that every bucket's rows are in one block.
+
+    Without a limit every file is read by a task of its own. With one, a single task reads the
+    files in sorted order and stops after `limit` rows: the same rows every run."""
+    import ray
+
+    fields = SeedFields(cfg.instruction_field, cfg.input_field, cfg.response_field, cfg.id_field)
+    files = seed_files(path)
+    paths = ray.data.from_items([{"path": f} for f in files],
+                                override_num_blocks=1 if cfg.limit is not None else len(files))
+    rows = paths.map_batches(
+        bucketed_seed_files, batch_size=None if cfg.limit is not None else 1, batch_format="pyarrow",
+        num_cpus=0.25, fn_kwargs=dict(fields=fields, root=path, piece_bytes=cfg.piece_bytes, limit=cfg.limit,
+                                      buckets=buckets, done=done, counts_dir=counts_dir))
+    by_bucket = rows.groupby("bucket", num_partitions=cfg.dedupe_partitions)
+    return by_bucket.map_groups(dedupe_bucket, batch_format="pyarrow", num_cpus=0.25)

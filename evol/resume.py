@@ -1,0 +1,59 @@
+"""Deterministic shards ("buckets") with completion by existence, so that a killed job resumes.
+
+Every seed belongs to bucket `stable_hash(seed_id) % buckets`. An actor writes all records of
+a bucket as one file, `records/bucket-NNNNN.parquet`, atomically, when the last chain of the
+bucket ends: a bucket file is complete or absent. A rerun skips the buckets whose files exist
+and does the others; duplicates share an id and so a bucket, which keeps duplicate detection
+exact. A rerun must use the same config (the keys that change results): `config_changes` says
+which keys differ.
+"""
+from __future__ import annotations
+
+import re
+
+from evol.operations import stable_hash
+
+BUCKET_FILE = re.compile(r"bucket-(\d{5})\.parquet")
+
+# Keys that change how fast the job runs, not what it writes: a rerun may change them.
+EXECUTION_KEYS = (
+    "ray.", "output.overwrite", "seeds.dedupe_partitions", "seeds.piece_bytes",
+    "generation.concurrency", "generation.rows_per_call", "generation.calls_per_actor", "generation.num_cpus",
+    "generation.num_gpus", "generation.torch_threads", "generation.batch_size", "generation.batch_wait_ms",
+    "generation.openai.max_in_flight", "generation.openai.timeout_s", "generation.openai.max_retries",
+    "generation.echo_latency_ms", "judge.concurrency", "judge.rows_per_call", "judge.calls_per_actor",
+    "judge.num_cpus", "judge.num_gpus", "judge.torch_threads", "judge.batch_size", "judge.batch_wait_ms",
+    "judge.openai.max_in_flight", "judge.openai.timeout_s", "judge.openai.max_retries",
+)
+
+
+def bucket_of(seed_id: str, buckets: int) -> int:
+    return stable_hash("bucket", seed_id) % buckets
+
+
+def bucket_file(bucket: int) -> str:
+    return f"bucket-{bucket:05d}.parquet"
+
+
+def buckets_in(file_names: list[str]) -> set[int]:
+    """Bucket numbers of the complete bucket files among `file_names` (temp files do not match)."""
+    found = (BUCKET_FILE.fullmatch(name.rsplit("/", 1)[-1]) for name in file_names)
+    return {int(match.group(1)) for match in found if match}
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted keys a user would type as overrides."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(before: dict, after: dict) -> list[str]:
+    """Dotted keys whose values differ between two configs, execution-only keys left out."""
+    old, new = flatten(before), flatten(after)
+    changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    return [key for key in changed if not key.startswith(EXECUTION_KEYS)]

@@ -1,0 +1,218 @@
+"""The evolve job survives: a killed driver resumes, a killed worker is restarted, a poison seed
+ends as an error, a changed config is refused, every actor gets work, and all of it on S3 too.
+
+Each run is `python -m jobs.evolve` in a subprocess with a Ray of its own (as `ray job submit`
+would run it), on the echo backend with a simulated latency so that a run takes seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from tests.evolve_checks import assert_counts_and_lineage
+from tests.s3_fixtures import moto_s3, s3_env  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = 40
+BASE = ["generation.backend=echo", "generation.echo_latency_ms=120", "generation.rows_per_call=4",
+        "generation.calls_per_actor=1", "generation.num_cpus=0.5", "output.buckets=16", "evolve.rounds=2",
+        "seeds.limit=null", "ray.num_cpus=2"]
+
+
+def write_seeds(path: Path, poison: int | None = None) -> Path:
+    rows = [{"id": f"s{i:02d}", "instruction": f"Explain topic {i} to a student" + (" POISON" if i == poison else ""),
+             "output": f"Topic {i} explained."} for i in range(SEEDS)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def start_job(seeds: str, out: str, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "jobs.evolve", "--config", "configs/tiny.yaml", f"seeds.path={seeds}",
+           f"output.path={out}", *BASE, *overrides]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env or os.environ.copy(), start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def run_job(seeds, out, *overrides, env=None) -> str:
+    return finish(start_job(str(seeds), str(out), *overrides, env=env))
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and everything it started (its local Ray: GCS, raylet, workers)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(1)
+
+
+def wait_for(condition, timeout: float = 120, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def bucket_files(out: Path) -> list[Path]:
+    return sorted((out / "records").glob("bucket-*.parquet"))
+
+
+def records(out: Path) -> pd.DataFrame:
+    return pd.concat([pq.read_table(f).to_pandas() for f in bucket_files(out)], ignore_index=True)
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    columns = ["id", "root_id", "parent_id", "round", "op", "status", "reason", "instruction", "response"]
+    return frame[columns].sort_values("id").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One uninterrupted run: the record set every interrupted one must end with."""
+    folder = tmp_path_factory.mktemp("full")
+    seeds = write_seeds(folder / "seeds.jsonl")
+    run_job(seeds, folder / "out")
+    return seeds, folder / "out"
+
+
+def test_an_uninterrupted_run_accounts_for_every_row(full_run):
+    seeds, out = full_run
+    frame, result = records(out), summary(out)
+    assert_counts_and_lineage(frame, result, seeds=SEEDS, rounds=2)
+    assert result["accounting"] == {"input_rows": SEEDS, "round0_records": SEEDS, "chain_problems": 0,
+                                    "examples": [], "ok": True}
+    # every seed's records sit in exactly one bucket file
+    owners = {}
+    for path in bucket_files(out):
+        for root in set(pq.read_table(path, columns=["root_id"]).column("root_id").to_pylist()):
+            assert owners.setdefault(root, path) == path
+    assert len(owners) == SEEDS and sum(result["seeds_per_actor"].values()) == SEEDS
+
+
+def test_a_killed_driver_resumes_to_the_same_records(full_run, tmp_path):
+    seeds, full = full_run
+    out = tmp_path / "out"
+    proc = start_job(str(seeds), str(out))
+    wait_for(lambda: len(bucket_files(out)) >= 3, what="three buckets written")
+    kill_group(proc)
+    written = len(bucket_files(out))
+    assert 3 <= written < 16 and not (out / "summary.json").exists()
+    log = run_job(seeds, out)
+    assert f"resuming {out}: {written} bucket(s) already written are skipped" in log
+    result = summary(out)
+    assert sum(result["seeds_per_actor"].values()) < SEEDS  # finished seeds were not generated again
+    frame = records(out)
+    assert frame["id"].is_unique
+    pd.testing.assert_frame_equal(comparable(frame), comparable(records(full)))
+    assert result["accounting"]["ok"] and result["requests"] == summary(full)["requests"]
+    training = pq.read_table(out / "training" / "parquet").num_rows
+    assert training == summary(full)["training_rows"] == result["training_rows"]
+
+
+def test_a_killed_worker_is_restarted_and_nothing_is_lost(full_run, tmp_path):
+    seeds, full = full_run
+    out = tmp_path / "out"
+    proc = start_job(str(seeds), str(out))
+    wait_for(lambda: len(bucket_files(out)) >= 2, what="two buckets written")
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "EvolveActor" in " ".join(p.cmdline())]
+    assert workers, "no EvolveActor worker found"
+    workers[0].kill()
+    finish(proc)
+    pd.testing.assert_frame_equal(comparable(records(out)), comparable(records(full)))
+    assert summary(out)["accounting"]["ok"]
+
+
+def test_a_poison_seed_ends_as_an_error_in_bounded_time(tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl", poison=7)
+    start = time.time()
+    run_job(seeds, tmp_path / "out", "generation.echo_crash_on=POISON")
+    assert time.time() - start < 240
+    frame, result = records(tmp_path / "out"), summary(tmp_path / "out")
+    assert_counts_and_lineage(frame, result, seeds=SEEDS, rounds=2)
+    poisoned = frame[frame["root_id"] == "s07"]
+    assert poisoned[["round", "status", "reason"]].values.tolist() == [[0, "error", "worker_failed"]]
+    failed = frame[frame["reason"] == "worker_failed"]
+    assert len(failed) < SEEDS / 2  # the poison's bucket(s), not the whole job
+    assert result["accounting"]["ok"] and result["seeds"]["errors"] == len(failed)
+
+
+def test_a_rerun_with_another_config_is_refused_and_overwrite_never_deletes_a_foreign_folder(full_run, tmp_path):
+    seeds, full = full_run
+    proc = subprocess.run([sys.executable, "-m", "jobs.evolve", "--config", "configs/tiny.yaml", f"seeds.path={seeds}",
+                           f"output.path={full}", *BASE, "evolve.rounds=3", "evolve.seed=5"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: output.path: {full} holds a run with another config (changed: "
+                                   "evolve.rounds, evolve.seed); rerun with its config to resume it, or set "
+                                   "output.overwrite=true to start over")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    proc = subprocess.run([sys.executable, "-m", "jobs.evolve", "--config", "configs/tiny.yaml", f"seeds.path={seeds}",
+                           f"output.path={foreign}", *BASE, "output.overwrite=true"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "was not created by an evolray evolve run; refusing to delete it" in proc.stderr
+    assert (foreign / "thesis.tex").read_text() == "years of work"
+
+
+def test_two_actors_share_one_seed_file(tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    run_job(seeds, tmp_path / "out", "generation.concurrency=[2,2]", "seeds.dedupe_partitions=8")
+    per_actor = summary(tmp_path / "out")["seeds_per_actor"]
+    assert len(per_actor) == 2 and sum(per_actor.values()) == SEEDS
+    assert min(per_actor.values()) >= SEEDS // 5  # both busy, not one actor and an idle one
+
+
+def test_a_pool_that_holds_every_cpu_is_refused_with_the_numbers(tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    proc = subprocess.run([sys.executable, "-m", "jobs.evolve", "--config", "configs/tiny.yaml", f"seeds.path={seeds}",
+                           f"output.path={tmp_path / 'out'}", *BASE, "generation.concurrency=[2,2]",
+                           "generation.num_cpus=1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: generation.concurrency: 2 actors x num_cpus 1 = 2 CPUs leave no room for reading seeds on this "
+        "2-CPU Ray; lower generation.num_cpus (e.g. 0.5) or the pool size")
+
+
+def test_evolve_from_s3_to_s3_and_resume_there(moto_s3, tmp_path):  # noqa: F811
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    moto_s3.client().upload_file(str(seeds), moto_s3.bucket, "seeds/seeds.jsonl")
+    env = os.environ | s3_env()
+    out = moto_s3.url("runs", "one")
+    proc = start_job(moto_s3.url("seeds", "seeds.jsonl"), out, env=env)
+    wait_for(lambda: len([k for k in moto_s3.keys("runs/one/records/") if k.endswith(".parquet")]) >= 3,
+             what="three buckets on s3")
+    kill_group(proc)
+    log = run_job(moto_s3.url("seeds", "seeds.jsonl"), out, env=env)
+    assert "resuming" in log
+    keys = moto_s3.keys("runs/one/")
+    assert "runs/one/summary.json" in keys and "runs/one/.evolray-job" in keys
+    assert any(k.startswith("runs/one/training/parquet/") for k in keys)
+    body = moto_s3.client().get_object(Bucket=moto_s3.bucket, Key="runs/one/summary.json")["Body"].read()
+    result = json.loads(body)
+    assert result["seeds"]["read"] == SEEDS and result["candidates"] == 2 * SEEDS and result["accounting"]["ok"]
+    missing = subprocess.run([sys.executable, "-m", "jobs.evolve", "--config", "configs/tiny.yaml",
+                              "seeds.path=s3://no-such-bucket/seeds.jsonl", f"output.path={tmp_path / 'x'}", *BASE],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == ("error: seeds.path: s3://no-such-bucket/seeds.jsonl: bucket no-such-bucket "
+                                      "does not exist")
