@@ -25,7 +25,7 @@ from eval.config import EvaluateConfig
 from eval.difficulty import difficulty_by_round, pick_per_round
 from eval.evolution import evolution_stats, read_evolution_records, read_instructions
 from eval.report import caveats, write_report
-from eval.requests import answer, judge, rate, run_all
+from eval.calls import answer, judge, rate, run_all
 from eval.rows import ANSWER_SCHEMA, JUDGMENT_SCHEMA, RATING_SCHEMA, item_rows, judge_rows
 from eval.testset import quarantine_counts, read_testset, resolve_testset_path, select_items
 from generation import GenerationConfig, SamplingConfig, SamplingParams, check_model_available

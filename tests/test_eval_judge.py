@@ -5,7 +5,7 @@ import pytest
 
 from eval.judge import (AMBIGUOUS, BASELINE_FIRST, CANDIDATE_FIRST, EMPTY, MALFORMED, OUT_OF_RANGE, judge_prompt,
                         ordered_answers, parse_verdict, to_candidate_baseline)
-from eval.requests import answer, judge
+from eval.calls import answer, judge
 from generation.types import Generation, GenerationError, SamplingParams
 
 
