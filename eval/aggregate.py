@@ -90,7 +90,7 @@ def _verdict_counts(rows: list[dict]) -> dict:
             if error:
                 failures[error] = failures.get(error, 0) + 1
     total = 2 * sum(not r.get("answer_error") for r in rows)
-    retried = sum(row.get(f"attempts_{o}", 1) > 1 for row in rows for o in ORDERS)
+    retried = sum((row.get(f"attempts_{o}") or 0) > 1 for row in rows for o in ORDERS)
     return {"verdicts": total, "failed": sum(failures.values()), "failures": dict(sorted(failures.items())),
             "retried": retried}
 
