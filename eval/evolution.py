@@ -1,6 +1,6 @@
 """Evolution analysis of an evolve job's output, as in the paper's look at how rounds change the data.
 
-From the evolve records (`<output>/records/status=<s>/round=<r>/*.parquet`) it reports the mean
+From the evolve records (`<output>/records/`) it reports the mean
 kept instruction and response length per round (round 0 = the seeds), the pass rate of each
 operation (kept / kept + eliminated over rounds 1..M) and the eliminations per rule per round.
 Only six small columns are read, with Arrow group-bys, so 250K records are a second's work.
@@ -19,11 +19,16 @@ COLUMNS = ["id", "round", "op", "status", "reason", "instruction_tokens", "respo
 
 
 def _records_dataset(evolve_output: str) -> ds.Dataset:
+    """Both layouts the evolve job has written: bucket files (`records/bucket-NNNNN.parquet`, status
+    and round as columns) and hive folders (`records/status=S/round=R/`). Files whose names start
+    with '.' or '_' (unfinished temp files) are skipped."""
     records = storage.join(evolve_output, "records")
     if not storage.is_dir(records):
         raise UserError(f"evolution.output: {evolve_output} has no records/ folder (is it an evolve job's output?)")
     filesys, inner = storage.filesystem(records)
-    partitioning = ds.partitioning(pa.schema([("status", pa.string()), ("round", pa.int64())]), flavor="hive")
+    hive = any("/status=" in f for f in storage.list_files(records))
+    partitioning = ds.partitioning(pa.schema([("status", pa.string()), ("round", pa.int64())]),
+                                   flavor="hive") if hive else None
     return ds.dataset(inner, filesystem=filesys, format="parquet", partitioning=partitioning)
 
 

@@ -30,6 +30,7 @@ from eval.rows import ANSWER_SCHEMA, JUDGMENT_SCHEMA, RATING_SCHEMA, item_rows, 
 from eval.testset import quarantine_counts, read_testset, resolve_testset_path, select_items
 from generation import GenerationConfig, SamplingConfig, SamplingParams, check_model_available
 
+JOB = "evaluate"
 ROLES = ("candidate", "baseline", "judge")
 Factory = Callable[[GenerationConfig], object]
 
@@ -109,19 +110,21 @@ def preflight(cfg: EvaluateConfig) -> tuple[list[dict], dict]:
 
 
 def prepare_output(cfg: EvaluateConfig, inputs: list[str | None]) -> None:
-    """overwrite: delete the output folder (never one that holds an input); otherwise keep it only
-    if it is an earlier evaluate run, whose cached answers are then reused."""
-    out = storage.absolute(cfg.output.path).rstrip("/")
-    if storage.is_nonempty_dir(cfg.output.path):
-        if cfg.output.overwrite:
-            inside = [p for p in inputs if p and storage.absolute(p).startswith(out + "/")]
-            if inside:
-                raise UserError(f"output.path: {cfg.output.path} holds an input ({inside[0]}); choose another folder")
-            storage.delete_dir(cfg.output.path)
-        elif not storage.exists(storage.join(cfg.output.path, "answers")):
-            raise UserError(f"output.path: {cfg.output.path} holds other files, not an evaluate run; "
-                            "choose another path or set output.overwrite=true")
-    storage.check_writable(cfg.output.path)
+    """The output folder is an evaluate run's own (owner marker): a rerun reuses its cached
+    answers; overwrite empties it first, never when it holds an input. A folder of anything else
+    is neither written into nor deleted."""
+    path = cfg.output.path
+    if cfg.output.overwrite:
+        out = storage.absolute(path).rstrip("/")
+        inside = [p for p in inputs if p and storage.absolute(p).startswith(out + "/")]
+        if inside:
+            raise UserError(f"output.path: {path} holds an input ({inside[0]}); choose another folder")
+        storage.delete_owned_dir(path, JOB)
+    elif storage.is_nonempty_dir(path) and storage.owner(path) != JOB:
+        raise UserError(f"output.path: {path} holds files of something else than an evaluate run; "
+                        "choose another folder")
+    storage.check_writable(path)
+    storage.mark_owned(path, JOB)
 
 
 def with_absolute_paths(cfg: EvaluateConfig) -> EvaluateConfig:
@@ -167,8 +170,9 @@ def evolution_for(cfg: EvaluateConfig, records: pa.Table, factory: Factory | Non
 
 
 def write_rows(rows: list[dict], path: str) -> None:
-    filesys, inner = storage.filesystem(path)
-    pq.write_table(pa.Table.from_pylist(rows), inner, filesystem=filesys)
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    storage.write_bytes_atomic(path, sink.getvalue().to_pybytes())
 
 
 def _timed(seconds: dict, name: str, fn, *args, **kwargs):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import posixpath
 import re
 
 from common import storage
@@ -244,13 +243,6 @@ def caveats(agg: dict, models: dict) -> list[str]:
     return notes
 
 
-def _write_bytes(path: str, data: bytes) -> None:
-    filesys, inner = storage.filesystem(path)
-    filesys.create_dir(posixpath.dirname(inner), recursive=True)
-    with filesys.open_output_stream(inner) as out:
-        out.write(data)
-
-
 def write_report(summary: dict, out_dir: str) -> dict[str, str]:
     """report.md, report.html (figures embedded) and each figure as PNG beside them; returns the paths."""
     images = figures(summary)
@@ -262,7 +254,7 @@ def write_report(summary: dict, out_dir: str) -> dict[str, str]:
         path = storage.join(out_dir, name)
         if name in images:
             paths[name] = path
-            _write_bytes(path, images[name])
+            storage.write_bytes_atomic(path, images[name])
         elif storage.exists(path):  # a figure of an earlier run that this one has no data for
             filesys, inner = storage.filesystem(path)
             filesys.delete_file(inner)

@@ -70,8 +70,9 @@ def test_output_folder_of_something_else_is_never_written_into_or_deleted(tmp_pa
     base = ["--config", "configs/evaluate_tiny.yaml", f"output.path={out}"]
     assert main(base) == 2
     assert capsys.readouterr().err.strip() == \
-        f"error: output.path: {out} holds other files, not an evaluate run; choose another path or set " \
-        "output.overwrite=true"
+        f"error: output.path: {out} holds files of something else than an evaluate run; choose another folder"
+    assert main(base + ["output.overwrite=true"]) == 2
+    assert "was not created by an evolray evaluate run; refusing to delete it" in capsys.readouterr().err
     assert main(base + ["output.overwrite=true", f"testset.path={out / 'mine.jsonl'}"]) == 2
     assert "holds an input" in capsys.readouterr().err
-    assert (out / "mine.jsonl").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["mine.jsonl"]

@@ -9,33 +9,50 @@ from common.config import UserError
 from eval.evolution import evolution_stats, read_evolution_records, read_instructions
 
 
-def write_records(root, status, round_index, rows):
-    """One parquet file under records/status=S/round=R, without the partition columns (as Ray writes)."""
-    folder = os.path.join(root, "records", f"status={status}", f"round={round_index}")
-    os.makedirs(folder, exist_ok=True)
-    table = pa.Table.from_pylist([{"id": f"{status}-{round_index}-{i}", "op": op, "reason": reason,
-                                   "instruction": f"Task {i} of round {round_index}",
-                                   "instruction_tokens": it, "response_tokens": rt}
-                                  for i, (op, reason, it, rt) in enumerate(rows)],
-                                 schema=pa.schema([("id", pa.string()), ("op", pa.string()), ("reason", pa.string()),
-                                                   ("instruction", pa.string()), ("instruction_tokens", pa.int64()),
-                                                   ("response_tokens", pa.int64())]))
-    pq.write_table(table, os.path.join(folder, "part-0.parquet"))
+ROWS = {  # (status, round): [(op, reason, instruction tokens, response tokens)]
+    ("kept", 0): [("seed", None, 10, 100), ("seed", None, 20, 200)],
+    ("quarantined", 0): [("seed", "empty_instruction", None, None)],
+    ("kept", 1): [("deepening", None, 30, 150), ("in_breadth", None, 40, 250)],
+    ("kept", 2): [("deepening", None, 50, 300)],
+    ("eliminated", 2): [("deepening", "template_leak", 45, 80), ("in_breadth", "could_not_answer", 25, 10),
+                        ("in_breadth", "template_leak", 33, 90)],
+}
 
 
-def make_evolve_output(root):
-    write_records(root, "kept", 0, [("seed", None, 10, 100), ("seed", None, 20, 200)])
-    write_records(root, "quarantined", 0, [("seed", "empty_instruction", None, None)])
-    write_records(root, "kept", 1, [("deepening", None, 30, 150), ("in_breadth", None, 40, 250)])
-    write_records(root, "kept", 2, [("deepening", None, 50, 300)])
-    write_records(root, "eliminated", 2, [("deepening", "template_leak", 45, 80),
-                                          ("in_breadth", "could_not_answer", 25, 10),
-                                          ("in_breadth", "template_leak", 33, 90)])
+SCHEMA = pa.schema([("id", pa.string()), ("op", pa.string()), ("reason", pa.string()), ("status", pa.string()),
+                    ("round", pa.int64()), ("instruction", pa.string()), ("instruction_tokens", pa.int64()),
+                    ("response_tokens", pa.int64())])
+
+
+def records(status, round_index, rows, with_partition_columns):
+    table = pa.Table.from_pylist([
+        {"id": f"{status}-{round_index}-{i}", "op": op, "reason": reason, "status": status, "round": round_index,
+         "instruction": f"Task {i} of round {round_index}", "instruction_tokens": it, "response_tokens": rt}
+        for i, (op, reason, it, rt) in enumerate(rows)], schema=SCHEMA)
+    return table if with_partition_columns else table.drop_columns(["status", "round"])
+
+
+def make_evolve_output(root, layout="buckets"):
+    """An evolve output as the job writes it: bucket files with every column (and an unfinished
+    temp file to skip), or the earlier hive folders without the partition columns."""
+    if layout == "buckets":
+        os.makedirs(os.path.join(root, "records"), exist_ok=True)
+        tables = [records(s, r, rows, True) for (s, r), rows in ROWS.items()]
+        pq.write_table(pa.concat_tables(tables[:3]), os.path.join(root, "records", "bucket-00000.parquet"))
+        pq.write_table(pa.concat_tables(tables[3:]), os.path.join(root, "records", "bucket-00001.parquet"))
+        with open(os.path.join(root, "records", ".bucket-00002.parquet.x1y2"), "wb") as half_written:
+            half_written.write(b"PAR1")
+        return str(root)
+    for (status, round_index), rows in ROWS.items():
+        folder = os.path.join(root, "records", f"status={status}", f"round={round_index}")
+        os.makedirs(folder, exist_ok=True)
+        pq.write_table(records(status, round_index, rows, False), os.path.join(folder, "part-0.parquet"))
     return str(root)
 
 
-def test_lengths_pass_rates_and_eliminations_of_a_known_output(tmp_path):
-    stats = evolution_stats(read_evolution_records(make_evolve_output(tmp_path)))
+@pytest.mark.parametrize("layout", ["buckets", "hive"])
+def test_lengths_pass_rates_and_eliminations_of_a_known_output(tmp_path, layout):
+    stats = evolution_stats(read_evolution_records(make_evolve_output(tmp_path, layout)))
     assert stats["records"] == 9
     assert stats["status"] == {"eliminated": 3, "kept": 5, "quarantined": 1}
     assert stats["lengths"] == [
@@ -48,8 +65,9 @@ def test_lengths_pass_rates_and_eliminations_of_a_known_output(tmp_path):
     assert stats["eliminations"] == {2: {"could_not_answer": 1, "template_leak": 2}}
 
 
-def test_instructions_are_read_only_for_the_kept_ids_asked_for(tmp_path):
-    root = make_evolve_output(tmp_path)
+@pytest.mark.parametrize("layout", ["buckets", "hive"])
+def test_instructions_are_read_only_for_the_kept_ids_asked_for(tmp_path, layout):
+    root = make_evolve_output(tmp_path, layout)
     assert read_instructions(root, ["kept-1-1", "eliminated-2-0", "kept-2-0", "nope"]) == \
         {"kept-1-1": "Task 1 of round 1", "kept-2-0": "Task 0 of round 2"}
 
