@@ -37,7 +37,11 @@ from generation.types import Secret
 
 JOB = "evolve"
 WORKER_FAILED = "worker_failed"
-MAX_ACTOR_RESTARTS = 2  # a worker that dies is restarted this often; then its buckets are recorded as errors
+# A call whose worker dies is retried this often, then its buckets are recorded as errors. The
+# actor itself restarts without limit: Ray Data never replaces a dead actor of its pool (it
+# assumes restarts "indefinitely until execution finishes", actor_pool_map_operator.py), and a
+# pool whose only actor is dead waits forever. Measured: max_restarts=2 hung after a poison seed.
+MAX_CALL_RETRIES = 2
 
 
 def check_seeds(cfg: EvolveConfig) -> str:
@@ -189,7 +193,7 @@ class EvolveActor:
 
 
 def failed_bucket_records(group: pa.Table, records_dir: str) -> pa.Table:
-    """A bucket whose worker died past its restarts: every row of it is recorded (bad seeds
+    """A bucket whose worker died on every retry: every row of it is recorded (bad seeds
     quarantined as usual, the others as errors), so that no row is lost and reruns end."""
     rows = group.to_pylist()
     records = [quarantine_record(row) if row["error"] is not None else empty_record(
@@ -296,7 +300,7 @@ def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> dict[str, in
         batch_format="pyarrow", num_cpus=gen.num_cpus, num_gpus=gen.num_gpus,
         compute=ray.data.ActorPoolStrategy(min_size=gen.concurrency[0], max_size=gen.concurrency[1],
                                            max_concurrent_calls_per_actor=gen.calls_per_actor),
-        max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_ACTOR_RESTARTS)
+        max_restarts=-1, max_task_retries=MAX_CALL_RETRIES)
     per_actor: dict[str, int] = {}
     for row in stats.iter_rows():
         per_actor[row["actor"]] = per_actor.get(row["actor"], 0) + row["seeds"]
@@ -304,7 +308,7 @@ def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> dict[str, in
 
 
 def record_failed_buckets(cfg: EvolveConfig, records_dir: str) -> int:
-    """Buckets that were read but have no file (their worker died past its restarts): error records."""
+    """Buckets that were read but have no file (their worker died on every retry): error records."""
     _, read = read_counts(storage.join(cfg.output.path, READ_COUNTS))
     failed = read - buckets_in(storage.list_files(records_dir))
     if not failed:
@@ -313,7 +317,7 @@ def record_failed_buckets(cfg: EvolveConfig, records_dir: str) -> int:
     seeds = read_seed_rows(cfg.seeds.path, cfg.seeds, cfg.output.buckets, every - failed)
     seeds.groupby("bucket").map_groups(failed_bucket_records, fn_kwargs={"records_dir": records_dir},
                                        batch_format="pyarrow").materialize()
-    print(f"[evolve] {len(failed)} bucket(s) failed past {MAX_ACTOR_RESTARTS} restarts: their seeds are "
+    print(f"[evolve] {len(failed)} bucket(s) failed {MAX_CALL_RETRIES + 1} times: their seeds are "
           f"recorded as {WORKER_FAILED} errors", flush=True)
     return len(failed)
 

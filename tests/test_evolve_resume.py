@@ -44,7 +44,11 @@ def start_job(seeds: str, out: str, *overrides: str, env: dict | None = None) ->
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)  # never leave a job and its Ray behind
+        raise
     assert proc.returncode == 0, out[-4000:]
     return out
 
