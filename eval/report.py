@@ -33,7 +33,8 @@ def verdict_words(agg: dict) -> str:
     low, high = overall["ci"]
     level = f"{100 * agg['confidence']:.0f}%"
     text = (f"The candidate scored **{pct(overall['ratio'])}** of the baseline's total score "
-            f"({level} interval {pct(low)} to {pct(high)}, {overall['n']} items judged, each asked in both orders). ")
+            f"({level} interval {pct(low)} to {pct(high)}; {overall['n']} of {agg['items']} items judged, each "
+            "asked in both orders). ")
     if low > 1:
         text += "The whole interval is above 100%: on this test set the candidate is better than the baseline."
     elif high < 1:

@@ -29,14 +29,14 @@ def summary_of(rows, evolution=None, note="A 135M judge is a smoke test, not a m
 
 
 def agg_with(low, high):
-    return {"overall": {"ratio": (low + high) / 2, "ci": (low, high), "n": 40}, "confidence": 0.95}
+    return {"overall": {"ratio": (low + high) / 2, "ci": (low, high), "n": 40}, "confidence": 0.95, "items": 50}
 
 
 def test_headline_reads_the_interval_in_plain_words():
     assert verdict_words(agg_with(1.05, 1.2)).endswith("on this test set the candidate is better than the baseline.")
     assert verdict_words(agg_with(0.7, 0.95)).endswith("on this test set the candidate is worse than the baseline.")
     assert verdict_words(agg_with(0.9, 1.1)).endswith("on this test set the two models cannot be told apart.")
-    assert "**100.0%** of the baseline's total score (95% interval 90.0% to 110.0%, 40 items judged" in \
+    assert "**100.0%** of the baseline's total score (95% interval 90.0% to 110.0%; 40 of 50 items judged" in \
         verdict_words(agg_with(0.9, 1.1))
 
 
