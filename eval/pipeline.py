@@ -21,17 +21,19 @@ from common.models import pin_local_model
 from common.ray_setup import init_ray
 from eval import cache
 from eval.aggregate import aggregate
+from eval.calls import answer, judge, rate, run_all
 from eval.config import EvaluateConfig
 from eval.difficulty import difficulty_by_round, pick_per_round
 from eval.evolution import evolution_stats, read_evolution_records, read_instructions
-from eval.report import caveats, write_report
-from eval.calls import answer, judge, rate, run_all
+from eval.report import FIGURE_BANDS, FIGURE_CATEGORIES, FIGURE_EVOLUTION, caveats, write_report
 from eval.rows import ANSWER_SCHEMA, JUDGMENT_SCHEMA, RATING_SCHEMA, item_rows, judge_rows
 from eval.testset import quarantine_counts, read_testset, resolve_testset_path, select_items
-from generation import GenerationConfig, SamplingConfig, SamplingParams, check_model_available
+from generation import GenerationConfig, SamplingConfig, SamplingParams, build_generator, check_model_available
 
 JOB = "evaluate"
 ROLES = ("candidate", "baseline", "judge")
+RESULTS = ("report.md", "report.html", "items.parquet", "difficulty.parquet", "summary.json", "config.yaml",
+           FIGURE_BANDS, FIGURE_CATEGORIES, FIGURE_EVOLUTION)
 Factory = Callable[[GenerationConfig], object]
 
 
@@ -46,8 +48,6 @@ class EvalActor:
     flight at once. Input and output columns per kind: see KINDS (answer, judge, difficulty)."""
 
     def __init__(self, gen: GenerationConfig, sampling: SamplingConfig, kind: str, factory: Factory | None = None):
-        from generation import build_generator
-
         self.generator = (factory or build_generator)(gen)
         self.sampling = SamplingParams.from_config(sampling)
         self.needs, self.request, self.schema = KINDS[kind]
@@ -123,6 +123,10 @@ def prepare_output(cfg: EvaluateConfig, inputs: list[str | None]) -> None:
     elif storage.is_nonempty_dir(path) and storage.owner(path) != JOB:
         raise UserError(f"output.path: {path} holds files of something else than an evaluate run; "
                         "choose another folder")
+    for name in RESULTS:  # an earlier run's results go; its cached answers stay
+        if storage.exists(storage.join(path, name)):
+            filesys, inner = storage.filesystem(storage.join(path, name))
+            filesys.delete_file(inner)
     storage.check_writable(path)
     storage.mark_owned(path, JOB)
 

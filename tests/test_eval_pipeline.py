@@ -130,6 +130,7 @@ def test_wizardlm_slice_report_has_the_scripted_numbers(local_ray, tmp_path):
                                 "baseline": {"reused": 5, "generated": 1, "failed": 1}}
     assert again["aggregates"]["overall"]["ratio"] == pytest.approx(35 / 26)
     assert not (out / "evolution.png").exists() and "Evolution analysis" not in (out / "report.md").read_text()
+    assert not (out / "difficulty.parquet").exists()  # results of the earlier run do not linger
 
 
 MY_TESTSET = [
