@@ -298,8 +298,11 @@ def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> dict[str, in
     stats = seeds.map_batches(
         EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": keys}, batch_size=None,
         batch_format="pyarrow", num_cpus=gen.num_cpus, num_gpus=gen.num_gpus,
+        # No calls queued at a busy actor (Ray Data's default queues 4x): a block waits for the
+        # first actor with a free slot, so a few large blocks spread over the whole pool.
         compute=ray.data.ActorPoolStrategy(min_size=gen.concurrency[0], max_size=gen.concurrency[1],
-                                           max_concurrent_calls_per_actor=gen.calls_per_actor),
+                                           max_concurrent_calls_per_actor=gen.calls_per_actor,
+                                           max_tasks_in_flight_per_actor=gen.calls_per_actor),
         max_restarts=-1, max_task_retries=MAX_CALL_RETRIES)
     per_actor: dict[str, int] = {}
     for row in stats.iter_rows():

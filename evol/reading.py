@@ -121,4 +121,4 @@ def read_seed_rows(path: str, cfg: SeedsConfig, buckets: int = 256, done: frozen
         num_cpus=0.25, fn_kwargs=dict(fields=fields, root=path, piece_bytes=cfg.piece_bytes, limit=cfg.limit,
                                       buckets=buckets, done=done, counts_dir=counts_dir))
     by_bucket = rows.groupby("bucket", num_partitions=cfg.dedupe_partitions)
-    return by_bucket.map_groups(dedupe_bucket, batch_format="pyarrow", num_cpus=0.25)
+    return by_bucket.map_groups(dedupe_bucket, batch_format="pyarrow", num_cpus=0)

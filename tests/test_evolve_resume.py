@@ -29,9 +29,9 @@ BASE = ["generation.backend=echo", "generation.echo_latency_ms=120", "generation
         "seeds.limit=null", "ray.num_cpus=2"]
 
 
-def write_seeds(path: Path, poison: int | None = None) -> Path:
+def write_seeds(path: Path, poison: int | None = None, count: int = SEEDS) -> Path:
     rows = [{"id": f"s{i:02d}", "instruction": f"Explain topic {i} to a student" + (" POISON" if i == poison else ""),
-             "output": f"Topic {i} explained."} for i in range(SEEDS)]
+             "output": f"Topic {i} explained."} for i in range(count)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
@@ -179,11 +179,13 @@ def test_a_rerun_with_another_config_is_refused_and_overwrite_never_deletes_a_fo
 
 
 def test_two_actors_share_one_seed_file(tmp_path):
-    seeds = write_seeds(tmp_path / "seeds.jsonl")
-    run_job(seeds, tmp_path / "out", "generation.concurrency=[2,2]", "seeds.dedupe_partitions=8")
+    seeds = write_seeds(tmp_path / "seeds.jsonl", count=400)
+    # 4 blocks of ~100 seeds for 2 actors of one call each: a block waits for a free actor
+    run_job(seeds, tmp_path / "out", "generation.concurrency=[2,2]", "seeds.dedupe_partitions=4",
+            "generation.echo_latency_ms=50")
     per_actor = summary(tmp_path / "out")["seeds_per_actor"]
-    assert len(per_actor) == 2 and sum(per_actor.values()) == SEEDS
-    assert min(per_actor.values()) >= SEEDS // 5  # both busy, not one actor and an idle one
+    assert len(per_actor) == 2 and sum(per_actor.values()) == 400
+    assert min(per_actor.values()) >= 400 // 5  # both busy, not one actor and an idle one
 
 
 def test_a_pool_that_holds_every_cpu_is_refused_with_the_numbers(tmp_path):
