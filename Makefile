@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run evolve train test
+.PHONY: setup run evolve train evaluate test
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ evolve: setup
 
 train: setup
 	$(PY) -m jobs.train --config configs/train_local.yaml
+
+evaluate: setup
+	$(PY) -m jobs.evaluate --config configs/evaluate_local.yaml
 
 test: setup
 	$(PY) -m pytest tests

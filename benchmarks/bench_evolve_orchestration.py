@@ -1,11 +1,12 @@
 """Orchestration cost of the evolve job: the whole Ray pipeline with the instant `echo` backend.
 
-    python benchmarks/bench_evolve_orchestration.py [--small 5000] [--large 52000] [--rounds 4]
+    python benchmarks/bench_evolve_orchestration.py [--small 5000] [--large 52000] [--rounds 4] [--actors 2]
 
 Each size runs in its own process (a fresh local Ray) on synthetic Alpaca-style seeds that carry
 their answers, so every request is an evolve, respond or equality call (3 per seed per round:
 52K seeds x 4 rounds = 624K requests, the paper's size). Prints requests/s at both sizes, then the
-driver's peak RSS ratio large/small last (flat memory means the driver streams).
+driver's peak RSS ratio large/small last (flat memory means the driver streams), and the seeds
+each actor of the pool evolved (one seed file spread over every actor).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ cfg = load_config(EvolveConfig, "configs/local.yaml", sys.argv[1:])
 start = time.time()
 summary = run_evolve(cfg)
 print("RESULT " + json.dumps({"wall": time.time() - start, "requests": summary["requests"],
-      "candidates": summary["candidates"], "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+      "candidates": summary["candidates"], "per_actor": summary["seeds_per_actor"],
+      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -36,11 +38,12 @@ def write_seeds(path: Path, count: int) -> None:
                                   "output": f"Topic {i} is explained here."}) + "\n")
 
 
-def run(size: int, rounds: int, batch: int, workdir: Path) -> dict:
+def run(size: int, rounds: int, batch: int, actors: int, workdir: Path) -> dict:
     seeds = workdir / f"seeds_{size}.jsonl"
     write_seeds(seeds, size)
     overrides = [f"seeds.path={seeds}", "seeds.limit=null", f"evolve.rounds={rounds}", "generation.backend=echo",
-                 f"generation.rows_per_call={batch}", "generation.concurrency=[1,1]", "generation.num_cpus=1",
+                 f"generation.rows_per_call={batch}", f"generation.concurrency=[{actors},{actors}]",
+                 f"generation.num_cpus={1 / actors:g}", "seeds.dedupe_partitions=16",
                  f"output.path={workdir / f'out_{size}'}", "output.overwrite=true"]
     proc = subprocess.run([sys.executable, "-c", CHILD, *overrides], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
@@ -57,13 +60,15 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=5000)
     parser.add_argument("--large", type=int, default=52000)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=1024, help="chains in flight per actor call")
+    parser.add_argument("--actors", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {size: run(size, args.rounds, args.batch, Path(tmp)) for size in (args.small, args.large)}
+        results = {size: run(size, args.rounds, args.batch, args.actors, Path(tmp)) for size in (args.small, args.large)}
     for size, r in results.items():
         print(f"{size:>7} seeds: {r['requests']:>8} requests in {r['wall']:7.1f} s = "
-              f"{r['requests'] / r['wall']:8.0f} req/s end to end; driver peak RSS {r['rss_mb']:.0f} MB")
+              f"{r['requests'] / r['wall']:8.0f} req/s end to end; driver peak RSS {r['rss_mb']:.0f} MB; "
+              f"seeds per actor {sorted(r['per_actor'].values())}")
     small, large = results[args.small], results[args.large]
     print(f"driver peak RSS ratio {args.large}/{args.small} seeds: {large['rss_mb'] / small['rss_mb']:.2f}x "
           f"(target <= 1.5x)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import socket
 import time
@@ -136,10 +137,24 @@ def check_prompt_budget(cfg: EvolveConfig) -> None:
         raise UserError(f"config error: {problem}")
 
 
-def write_bucket(records_dir: str, bucket: int, rows: list[dict]) -> None:
+def write_parquet(path: str, table: pa.Table) -> None:
     sink = io.BytesIO()
-    pq.write_table(records_table(rows), sink)
-    storage.write_bytes_atomic(storage.join(records_dir, bucket_file(bucket)), sink.getvalue())
+    pq.write_table(table, sink)
+    storage.write_bytes_atomic(path, sink.getvalue())
+
+
+def write_bucket(out: str, bucket: int, records: list[dict], train_on_truncated: bool) -> None:
+    """The bucket's training rows (parquet + chat jsonl), then its records: a record file is the
+    bucket's completion mark, so it is written last."""
+    training = training_rows(records, train_on_truncated)
+    if training.num_rows:
+        name = bucket_file(bucket)
+        write_parquet(storage.join(out, "training", "parquet", name), training)
+        lines = (json.dumps({"id": row["id"], "messages": row["messages"]}, ensure_ascii=False) + "\n"
+                 for row in training.select(["id", "messages"]).to_pylist())
+        storage.write_bytes_atomic(storage.join(out, "training", "jsonl", name.replace(".parquet", ".jsonl")),
+                                   "".join(lines).encode())
+    write_parquet(storage.join(out, "records", bucket_file(bucket)), records_table(records))
 
 
 class EvolveActor:
@@ -157,7 +172,6 @@ class EvolveActor:
         writer = build_generator(cfg.generation, api_keys["generation"])
         judge = build_generator(cfg.judge, api_keys["judge"]) if cfg.judge is not None else writer
         self.roles = Roles(writer=writer, judge=judge)
-        self.records_dir = storage.join(cfg.output.path, "records")
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
         self.started, self.seeds_done = time.perf_counter(), 0
         self.slots: asyncio.Semaphore | None = None
@@ -169,7 +183,8 @@ class EvolveActor:
     async def _bucket(self, bucket: int, rows: list[dict]) -> dict:
         chains = await asyncio.gather(*(self._chain(row) for row in rows))
         records = [record for chain in chains for record in chain]
-        await asyncio.to_thread(write_bucket, self.records_dir, bucket, records)
+        await asyncio.to_thread(write_bucket, self.cfg.output.path, bucket, records,
+                                self.cfg.evolve.train_on_truncated_responses)
         self.seeds_done += len(rows)
         return {"bucket": bucket, "seeds": len(rows), "records": len(records), "actor": self.actor,
                 "kept": sum(r["status"] == KEPT and r["round"] > 0 for r in records),
@@ -192,7 +207,7 @@ class EvolveActor:
         return pa.Table.from_pylist(done)
 
 
-def failed_bucket_records(group: pa.Table, records_dir: str) -> pa.Table:
+def failed_bucket_records(group: pa.Table, out: str) -> pa.Table:
     """A bucket whose worker died on every retry: every row of it is recorded (bad seeds
     quarantined as usual, the others as errors), so that no row is lost and reruns end."""
     rows = group.to_pylist()
@@ -200,14 +215,14 @@ def failed_bucket_records(group: pa.Table, records_dir: str) -> pa.Table:
         id=row["seed_id"], root_id=row["seed_id"], round=0, op="seed", instruction=row["instruction"],
         input=row["input"], source=row["source"], line=row["line"], status=ERROR, reason=WORKER_FAILED,
         detail="the worker evolving this bucket died repeatedly") for row in rows]
-    write_bucket(records_dir, rows[0]["bucket"], records)
+    write_bucket(out, rows[0]["bucket"], records, train_on_truncated=False)
     return pa.table({"bucket": [rows[0]["bucket"]], "seeds": [len(rows)]})
 
 
-def training_rows(batch: pa.Table, train_on_truncated: bool) -> pa.Table:
-    """Needs RECORD_SCHEMA columns; yields TRAINING_SCHEMA rows of the records `in_training_set`."""
+def training_rows(records: list[dict], train_on_truncated: bool) -> pa.Table:
+    """TRAINING_SCHEMA rows of the records `in_training_set`."""
     rows = []
-    for row in batch.to_pylist():
+    for row in records:
         if not in_training_set(row, train_on_truncated):
             continue
         messages = [{"role": "user", "content": user_turn(row["instruction"], row["input"])},
@@ -227,19 +242,6 @@ def read_records(records_dir: str, columns: list[str] | None = None):
 
 def record_files(records_dir: str) -> list[str]:
     return [f for f in storage.list_files(records_dir) if buckets_in([f])]
-
-
-def write_training_set(records_dir: str, out_dir: str, train_on_truncated: bool) -> None:
-    """Kept rows, less rejected seed answers and (unless `train_on_truncated`) cut responses."""
-    from ray.data.expressions import col
-
-    storage.delete_dir(out_dir)  # a resumed run writes it again, whole
-    kept = read_records(records_dir).filter(expr=col("status") == KEPT)
-    training = kept.map_batches(training_rows, fn_kwargs={"train_on_truncated": train_on_truncated},
-                                batch_format="pyarrow").materialize()  # one pass, two writes
-    training.write_parquet(storage.join(out_dir, "parquet"))
-    training.drop_columns(["root_id", "round", "op", "instruction", "input", "response"]) \
-        .write_json(storage.join(out_dir, "jsonl"))
 
 
 def summarize(cfg: EvolveConfig, records_dir: str, wall_seconds: float) -> dict:
@@ -318,7 +320,7 @@ def record_failed_buckets(cfg: EvolveConfig, records_dir: str) -> int:
         return 0
     every = frozenset(range(cfg.output.buckets))
     seeds = read_seed_rows(cfg.seeds.path, cfg.seeds, cfg.output.buckets, every - failed)
-    seeds.groupby("bucket").map_groups(failed_bucket_records, fn_kwargs={"records_dir": records_dir},
+    seeds.groupby("bucket").map_groups(failed_bucket_records, fn_kwargs={"out": cfg.output.path},
                                        batch_format="pyarrow").materialize()
     print(f"[evolve] {len(failed)} bucket(s) failed {MAX_CALL_RETRIES + 1} times: their seeds are "
           f"recorded as {WORKER_FAILED} errors", flush=True)
@@ -338,8 +340,6 @@ def run_evolve(cfg: EvolveConfig) -> dict:
     record_failed_buckets(cfg, records_dir)
     if not record_files(records_dir):
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
-    write_training_set(records_dir, storage.join(cfg.output.path, "training"),
-                       cfg.evolve.train_on_truncated_responses)
     summary = summarize(cfg, records_dir, time.time() - started)
     summary["seeds_per_actor"] = per_actor
     summary["output"] = cfg.output.path
