@@ -10,7 +10,8 @@ from pydantic import Field
 
 from common.config import StrictModel
 from common.ray_setup import RayConfig
-from eval.testset import BUNDLED_PREFIX, ItemFields
+from common.rows import BUNDLED_PREFIX
+from eval.testset import ItemFields
 from generation.config import GenerationConfig, SamplingConfig
 
 

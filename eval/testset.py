@@ -7,7 +7,6 @@ lets any test set be used without reshaping it first; the vendored WizardLM set 
 """
 from __future__ import annotations
 
-import importlib.resources
 import io
 import json
 import math
@@ -20,20 +19,13 @@ import pyarrow.parquet as pq
 from common import storage
 from common.config import UserError
 
-MALFORMED_JSON = "malformed_json"
-NOT_AN_OBJECT = "not_an_object"
-MISSING_INSTRUCTION = "missing_instruction"
-INSTRUCTION_NOT_STRING = "instruction_not_string"
-EMPTY_INSTRUCTION = "empty_instruction"
+from common.rows import (DUPLICATE_ID, EMPTY_INSTRUCTION, INSTRUCTION_NOT_STRING,  # noqa: F401
+                         MALFORMED_JSON, MISSING_INSTRUCTION, NOT_AN_OBJECT, RAW_LIMIT, SUPPORTED_SUFFIXES,
+                         UNREADABLE_FILE, resolve_bundled)
+
 BAD_CATEGORY = "category_not_text"
 BAD_DIFFICULTY = "bad_difficulty"
 BAD_REFERENCE = "reference_not_string"
-DUPLICATE_ID = "duplicate_id"
-UNREADABLE_FILE = "unreadable_file"
-
-BUNDLED_PREFIX = "bundled:"
-SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
-RAW_LIMIT = 500
 DIFFICULTY_RANGE = (1, 10)
 
 ITEM_SCHEMA = pa.schema([
@@ -203,9 +195,7 @@ def items_table(rows: list[dict]) -> pa.Table:
 
 def resolve_testset_path(path: str) -> str:
     """`bundled:NAME` is a file of eval/data (the vendored WizardLM set); anything else as given."""
-    if path.startswith(BUNDLED_PREFIX):
-        return str(importlib.resources.files("eval") / "data" / path[len(BUNDLED_PREFIX):])
-    return path
+    return resolve_bundled(path, "eval")
 
 
 def testset_files(path: str) -> list[str]:

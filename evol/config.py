@@ -4,13 +4,13 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from common.config import StrictModel
+from common.rows import BUNDLED_PREFIX
 from common.ray_setup import RayConfig
 from evol.elimination import MIN_JUDGE_TOKENS
 from evol.operations import OPERATIONS
 from evol.templates import template_overheads
 from generation.config import GenerationConfig, SamplingConfig
 
-BUNDLED_PREFIX = "bundled:"
 TRUNCATING_BACKENDS = ("hf", "vllm")  # cut prompts to max_prompt_tokens themselves
 PROMPT_MARGIN = 8  # tokens that merge or split differently where an instruction meets its template
 

@@ -5,14 +5,14 @@ from anything the job writes later, so the end-of-job check can catch a lost row
 """
 from __future__ import annotations
 
-import importlib.resources
 import json
 from typing import Iterator
 
 import pyarrow as pa
 
 from common import storage
-from evol.config import BUNDLED_PREFIX, SeedsConfig
+from common.rows import resolve_bundled
+from evol.config import SeedsConfig
 from evol.operations import stable_hash
 from evol.resume import bucket_of
 from evol.seeds import (SUPPORTED_SUFFIXES, SeedFields, jsonl_pieces, mark_duplicates, parse_jsonl, parse_seed_file,
@@ -22,9 +22,7 @@ READ_COUNTS = "_read"
 
 
 def resolve_seed_path(path: str) -> str:
-    if path.startswith(BUNDLED_PREFIX):
-        return str(importlib.resources.files("evol") / "data" / path[len(BUNDLED_PREFIX):])
-    return path
+    return resolve_bundled(path, "evol")
 
 
 def seed_files(path: str) -> list[str]:

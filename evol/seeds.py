@@ -17,21 +17,14 @@ from typing import BinaryIO, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.rows import (DUPLICATE_ID, EMPTY_INSTRUCTION, MALFORMED_JSON, MISSING_INSTRUCTION,  # noqa: F401
+                         NOT_AN_OBJECT, RAW_LIMIT, SUPPORTED_SUFFIXES, UNREADABLE_FILE)
+from common.rows import INSTRUCTION_NOT_STRING as NOT_A_STRING
 from evol.records import SEED_SCHEMA
 
-MALFORMED_JSON = "malformed_json"
 NOT_UTF8 = "not_utf8"
-NOT_AN_OBJECT = "not_an_object"
-MISSING_INSTRUCTION = "missing_instruction"
-NOT_A_STRING = "instruction_not_string"
-EMPTY_INSTRUCTION = "empty_instruction"
 BAD_FIELD = "field_not_string"
-DUPLICATE_ID = "duplicate_id"
 TOO_MANY_TOKENS = "too_many_tokens"
-UNREADABLE_FILE = "unreadable_file"
-
-SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
-RAW_LIMIT = 500
 BOM = b"\xef\xbb\xbf"
 
 

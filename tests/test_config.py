@@ -1,24 +1,15 @@
-import glob
 
 import pytest
+
+from tests.config_files import yamls_for
 
 from common.config import ConfigError, load_config, parse_override
 from evol.config import EvolveConfig
 from evol.elimination import MIN_JUDGE_TOKENS
 
 
-def _evolve_yamls() -> list[str]:
-    """Every YAML whose first line is the command that runs it with the evolve job."""
-    paths = []
-    for path in sorted(glob.glob("configs/*.yaml")):
-        with open(path) as f:
-            if "jobs.evolve" in f.readline():
-                paths.append(path)
-    return paths
-
-
 def test_every_evolve_yaml_in_configs_loads():
-    paths = _evolve_yamls()
+    paths = yamls_for("evolve")
     assert {"configs/local.yaml", "configs/tiny.yaml", "configs/evolve_cluster.yaml"} <= set(paths)
     for path in paths:
         cfg = load_config(EvolveConfig, path)

@@ -1,8 +1,9 @@
 """Every evaluate config loads; bad values are one-line errors before Ray starts."""
-import glob
 import json
 
 import pytest
+
+from tests.config_files import yamls_for
 
 from common.config import ConfigError, load_config
 from eval.config import EvaluateConfig
@@ -11,18 +12,8 @@ from jobs.evaluate import main
 from train.config import TrainConfig
 
 
-def evaluate_yamls() -> list[str]:
-    """Every YAML whose first line is the command that runs it with the evaluate job."""
-    paths = []
-    for path in sorted(glob.glob("configs/*.yaml")):
-        with open(path) as f:
-            if "jobs.evaluate" in f.readline():
-                paths.append(path)
-    return paths
-
-
 def test_every_evaluate_yaml_in_configs_loads():
-    paths = evaluate_yamls()
+    paths = yamls_for("evaluate")
     assert {"configs/evaluate_local.yaml", "configs/evaluate_tiny.yaml"} <= set(paths)
     for path in paths:
         cfg = load_config(EvaluateConfig, path)
