@@ -1,11 +1,10 @@
 
 import pytest
 
-from tests.config_files import yamls_for
-
 from common.config import ConfigError, load_config, parse_override
 from evol.config import EvolveConfig
 from evol.elimination import MIN_JUDGE_TOKENS
+from tests.config_files import yamls_for
 
 
 def test_every_evolve_yaml_in_configs_loads():

@@ -3,13 +3,12 @@ import json
 
 import pytest
 
-from tests.config_files import yamls_for
-
 from common.config import ConfigError, load_config
 from eval.config import EvaluateConfig
 from eval.testset import ItemFields
 from jobs.evaluate import main
 from train.config import TrainConfig
+from tests.config_files import yamls_for
 
 
 def test_every_evaluate_yaml_in_configs_loads():
