@@ -1,4 +1,4 @@
-
+"""Every evolve config loads; bad keys and values are one-line errors before any work."""
 import pytest
 
 from common.config import ConfigError, load_config, parse_override
