@@ -29,11 +29,16 @@ def settings(rounds: int, evolve_tokens: int, respond_tokens: int) -> EvolveSett
                           judge_sampling=SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16))
 
 
-def run_job_chains(generator, rows: list[dict], cfg: EvolveSettings) -> tuple[list[dict], float]:
-    """The evolve job's code path inside one actor: every chain at once, the engine batching."""
+async def job_chains(generator, rows: list[dict], cfg: EvolveSettings) -> tuple[list[dict], float]:
+    """The evolve job's code path inside one actor: every chain at once, the engine batching.
+    Awaited in the caller's event loop: an async engine lives in one loop for its whole life."""
     start = time.perf_counter()
-    records = asyncio.run(evolve_rows(rows, Roles(generator, generator), cfg, max_instruction_tokens=4096))
+    records = await evolve_rows(rows, Roles(generator, generator), cfg, max_instruction_tokens=4096)
     return records, time.perf_counter() - start
+
+
+def run_job_chains(generator, rows: list[dict], cfg: EvolveSettings) -> tuple[list[dict], float]:
+    return asyncio.run(job_chains(generator, rows, cfg))
 
 
 def prompts_of(records: list[dict], cfg: EvolveSettings) -> list[tuple[str, SamplingConfig]]:

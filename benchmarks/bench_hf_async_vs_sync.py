@@ -28,7 +28,8 @@ def batched(engine, prompts: list[str], sampling) -> list:
     out = [None] * len(prompts)
     for start in range(0, len(order), engine.cfg.batch_size):
         chunk = order[start:start + engine.cfg.batch_size]
-        for i, gen in zip(chunk, engine._generate_batch([engine.prompt_ids(prompts[i]) for i in chunk], params)):
+        ids = [engine.prompt_ids(prompts[i]) for i in chunk]
+        for i, gen in zip(chunk, engine._generate_batch(ids, [params] * len(chunk))):
             out[i] = gen
     return out
 

@@ -31,14 +31,16 @@ def chain_problems(rows: list[dict], rounds: int) -> list[str]:
     return problems
 
 
-def accounting(input_rows: int, round0_records: int, problems: list[str]) -> dict:
-    ok = input_rows == round0_records and not problems
+def accounting(input_rows: int, round0_records: int, problems: list[str], unread: list[str] = ()) -> dict:
+    """`unread`: seed files without a count record (their rows would be missing on both sides)."""
+    ok = input_rows == round0_records and not problems and not unread
     return {"input_rows": input_rows, "round0_records": round0_records, "chain_problems": len(problems),
-            "examples": problems[:5], "ok": ok}
+            "examples": problems[:5], "unread_files": list(unread)[:5], "ok": ok}
 
 
 def accounting_error(check: dict) -> str | None:
     if check["ok"]:
         return None
     return (f"accounting check failed: {check['input_rows']} input rows read but {check['round0_records']} "
-            f"round-0 records written; {check['chain_problems']} chain problem(s) {check['examples']}")
+            f"round-0 records written; {check['chain_problems']} chain problem(s) {check['examples']}; "
+            f"files never read: {check['unread_files']}")

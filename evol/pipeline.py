@@ -25,7 +25,7 @@ from common.ray_setup import init_ray
 from common.s3 import preflight_s3
 from evol.accounting import accounting, accounting_error, chain_problems
 from evol.config import TRUNCATING_BACKENDS, EvolveConfig, prompt_budget_problem
-from evol.reading import READ_COUNTS, read_counts, read_seed_rows, resolve_seed_path
+from evol.reading import READ_COUNTS, read_counts, read_seed_rows, resolve_seed_path, unread_files
 from evol.records import ERROR, KEPT, SEED_SCHEMA, TRAINING_SCHEMA, empty_record, in_training_set, records_table
 from evol.resume import bucket_file, buckets_in, config_changes
 from evol.rounds import Roles, quarantine_record, run_chain
@@ -254,8 +254,9 @@ def summarize(cfg: EvolveConfig, records_dir: str, wall_seconds: float) -> dict:
         problems += chain_problems(rows, cfg.evolve.rounds)
         round0 += sum(row["round"] == 0 for row in rows)
     summary = builder.build(wall_seconds)
-    input_rows, _ = read_counts(storage.join(cfg.output.path, READ_COUNTS))
-    summary["accounting"] = accounting(input_rows, round0, problems)
+    input_rows, _, counted = read_counts(storage.join(cfg.output.path, READ_COUNTS))
+    unread = unread_files(cfg.seeds.path, counted) if cfg.seeds.limit is None else []
+    summary["accounting"] = accounting(input_rows, round0, problems, unread)
     return summary
 
 
@@ -314,7 +315,7 @@ def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> dict[str, in
 
 def record_failed_buckets(cfg: EvolveConfig, records_dir: str) -> int:
     """Buckets that were read but have no file (their worker died on every retry): error records."""
-    _, read = read_counts(storage.join(cfg.output.path, READ_COUNTS))
+    _, read, _ = read_counts(storage.join(cfg.output.path, READ_COUNTS))
     failed = read - buckets_in(storage.list_files(records_dir))
     if not failed:
         return 0

@@ -68,6 +68,9 @@ def bucketed_seed_files(batch: pa.Table, fields: SeedFields, root: str, piece_by
     """`read_seed_files` plus a `bucket` column; rows of finished buckets are dropped (a resumed
     run), and every file's rows are counted into `counts_dir` before anything is dropped."""
     counts: dict[str, dict] = {}
+    if limit is None:  # every file gets a count, an empty one too: a missing count is a file never read
+        for path in batch.column("path").to_pylist():
+            counts[source_name(path, root)] = {"rows": 0, "buckets": set()}
     for table in read_seed_files(batch, fields, root, piece_bytes, limit):
         ids = table.column("seed_id").to_pylist()
         numbers = [bucket_of(seed_id, buckets) for seed_id in ids]
@@ -84,14 +87,20 @@ def bucketed_seed_files(batch: pa.Table, fields: SeedFields, root: str, piece_by
                                {"source": source, "rows": count["rows"], "buckets": sorted(count["buckets"])})
 
 
-def read_counts(counts_dir: str) -> tuple[int, set[int]]:
-    """Rows read and the buckets they fell in, summed over the files' count records."""
-    rows, buckets = 0, set()
+def read_counts(counts_dir: str) -> tuple[int, set[int], set[str]]:
+    """Rows read, the buckets they fell in and the files counted, over the files' count records."""
+    rows, buckets, sources = 0, set(), set()
     for path in storage.list_files(counts_dir):
         count = json.loads(storage.read_text(path))
         rows += count["rows"]
         buckets.update(count["buckets"])
-    return rows, buckets
+        sources.add(count["source"])
+    return rows, buckets, sources
+
+
+def unread_files(path: str, counted: set[str]) -> list[str]:
+    """Seed files with no count record: their read task failed (rows that vanished unseen)."""
+    return sorted(set(source_name(f, path) for f in seed_files(path)) - counted)
 
 
 def dedupe_bucket(group: pa.Table) -> pa.Table:

@@ -102,7 +102,7 @@ def test_an_uninterrupted_run_accounts_for_every_row(full_run):
     frame, result = records(out), summary(out)
     assert_counts_and_lineage(frame, result, seeds=SEEDS, rounds=2)
     assert result["accounting"] == {"input_rows": SEEDS, "round0_records": SEEDS, "chain_problems": 0,
-                                    "examples": [], "ok": True}
+                                    "examples": [], "unread_files": [], "ok": True}
     # every seed's records sit in exactly one bucket file
     owners = {}
     for path in bucket_files(out):
