@@ -64,7 +64,8 @@ def main() -> None:
     cfg = load_config(EvolveConfig, "configs/local.yaml", [f"evolve.rounds={args.rounds}"])
     generator = build_generator(cfg.generation)
     rows = bundled_seed_rows(args.seeds)
-    old_tokens, old_seconds = lockstep(generator.inner, rows, cfg.evolve)
+    # on the backend's own generate thread, as the new path runs generate(): one OpenMP team for both
+    old_tokens, old_seconds = generator.inner._worker.submit(lockstep, generator.inner, rows, cfg.evolve).result()
     records, new_seconds = run_job_chains(generator, rows, cfg.evolve)
     new_tokens = generated_tokens(records)
     old_rate, new_rate = old_tokens / old_seconds, new_tokens / new_seconds

@@ -80,7 +80,7 @@ def bucketed_seed_files(batch: pa.Table, fields: SeedFields, root: str, piece_by
             counts[source]["rows"] += 1
             counts[source]["buckets"].add(number)
         keep = [number not in done for number in numbers]
-        yield table.append_column("bucket", pa.array(numbers, pa.int64())).filter(pa.array(keep))
+        yield table.append_column("bucket", pa.array(numbers, pa.int64())).filter(pa.array(keep, pa.bool_()))
     if counts_dir is not None:
         for source, count in counts.items():
             storage.write_json(storage.join(counts_dir, f"{stable_hash(source):016x}.json"),

@@ -156,7 +156,8 @@ def format_summary(summary: dict) -> str:
     if "accounting" in summary:
         check = summary["accounting"]
         lines.append(f"accounting: {check['input_rows']} input rows read, {check['round0_records']} round-0 records, "
-                     f"{check['chain_problems']} unended chains: {'OK' if check['ok'] else 'MISMATCH'}")
+                     f"{check['chain_problems']} unended chains, {len(check.get('unread_files', []))} files never read: "
+                     f"{'OK' if check['ok'] else 'MISMATCH'}")
     if summary.get("seeds_per_actor"):
         lines.append("seeds evolved per actor (this run): " + ", ".join(
             f"{actor} {n}" for actor, n in sorted(summary["seeds_per_actor"].items())))

@@ -200,3 +200,18 @@ def test_cli_errors_are_one_line_with_exit_2(override, message):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == message
+
+
+def test_an_empty_file_in_a_folder_is_read_and_accounted(tmp_path, local_ray):
+    """A file without rows beside a good one: read (its count is 0), and the accounting holds."""
+    folder = tmp_path / "seeds"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("".join(json.dumps({"instruction": f"Task {i}."}) + "\n" for i in range(5)))
+    (folder / "empty.jsonl").write_text("\n")
+    summary = run_evolve(load_config(EvolveConfig, "configs/tiny.yaml", [
+        f"seeds.path={folder}", "seeds.limit=null", f"output.path={tmp_path / 'out'}", "generation.backend=echo",
+        "evolve.rounds=1"]))
+    assert summary["accounting"] == {"input_rows": 5, "round0_records": 5, "chain_problems": 0, "examples": [],
+                                     "unread_files": [], "ok": True}
+    counted = sorted(json.loads(p.read_text())["source"] for p in (tmp_path / "out" / "_read").iterdir())
+    assert counted == ["a.jsonl", "empty.jsonl"]
