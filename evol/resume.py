@@ -16,15 +16,11 @@ from evol.operations import stable_hash
 BUCKET_FILE = re.compile(r"bucket-(\d{5})\.parquet")
 
 # Keys that change how fast the job runs, not what it writes: a rerun may change them.
-EXECUTION_KEYS = (
-    "ray.", "output.overwrite", "seeds.dedupe_partitions", "seeds.piece_bytes",
-    "generation.concurrency", "generation.rows_per_call", "generation.calls_per_actor", "generation.num_cpus",
-    "generation.num_gpus", "generation.torch_threads", "generation.batch_size", "generation.batch_wait_ms",
-    "generation.openai.max_in_flight", "generation.openai.timeout_s", "generation.openai.max_retries",
-    "generation.echo_latency_ms", "judge.concurrency", "judge.rows_per_call", "judge.calls_per_actor",
-    "judge.num_cpus", "judge.num_gpus", "judge.torch_threads", "judge.batch_size", "judge.batch_wait_ms",
-    "judge.openai.max_in_flight", "judge.openai.timeout_s", "judge.openai.max_retries",
-)
+_GENERATION_EXECUTION = ("concurrency", "rows_per_call", "calls_per_actor", "num_cpus", "num_gpus", "torch_threads",
+                         "batch_size", "batch_wait_ms", "openai.max_in_flight", "openai.timeout_s",
+                         "openai.max_retries", "echo_latency_ms")
+EXECUTION_KEYS = ("ray.", "output.overwrite", "seeds.dedupe_partitions", "seeds.piece_bytes",
+                  *(f"{role}.{key}" for role in ("generation", "judge") for key in _GENERATION_EXECUTION))
 
 
 def bucket_of(seed_id: str, buckets: int) -> int:

@@ -11,7 +11,7 @@ import asyncio
 import os
 
 from generation.config import GenerationConfig
-from generation.prompts import render_prompt
+from generation.prompts import render_prompt, text_token_ids
 from generation.types import Generation, GenerationError, SamplingParams, Secret
 
 NO_KEY = "EMPTY"  # what a self-hosted server without --api-key accepts
@@ -60,9 +60,7 @@ class OpenAIGenerator:
     def count_tokens(self, texts: list[str]) -> list[int]:
         if self.tokenizer is None:
             return [-(-len(text) // CHARS_PER_TOKEN) for text in texts]
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return [len(ids) for ids in text_token_ids(self.tokenizer, texts)]
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key != NO_KEY else text
