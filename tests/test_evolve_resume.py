@@ -58,10 +58,21 @@ def run_job(seeds, out, *overrides, env=None) -> str:
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver and everything it started (its local Ray: GCS, raylet, workers)."""
+    """SIGKILL the driver and everything it started (its local Ray: GCS, raylet, workers), and wait
+    until all of them are gone, so that no worker writes after the kill."""
+    try:
+        started = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        started = []
     os.killpg(proc.pid, signal.SIGKILL)
+    for child in started:  # a Ray process may sit in a session of its own
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
     proc.wait(timeout=30)
-    time.sleep(1)
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, f"still running after SIGKILL: {alive}"
 
 
 def wait_for(condition, timeout: float = 120, what: str = "") -> None:
