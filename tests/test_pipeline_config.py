@@ -1,0 +1,116 @@
+"""The pipeline config: stage sections on top of job presets, hand-offs, one ray section, stage
+fingerprints and completion markers. No Ray here."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from common.config import ConfigError, load_config
+from common.pipeline import (PipelineConfig, artifacts, format_artifacts, fingerprints, is_complete,
+                             marker_path)
+from common import storage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(ROOT)  # base: paths are relative to where the job runs (the repo root)
+
+
+def load(*overrides: str, path: str = "configs/pipeline_local.yaml") -> PipelineConfig:
+    return load_config(PipelineConfig, path, list(overrides))
+
+
+def test_every_stage_reads_its_upstream_output_path():
+    cfg = load("evolve.output.path=/data/evo", "train.output.path=/data/model")
+    assert cfg.train.data.path == "/data/evo/training/parquet"
+    assert cfg.evaluate.candidate.model == "/data/model"
+    assert cfg.evaluate.evolution.output == "/data/evo"
+
+
+def test_sections_override_their_preset_and_keep_the_rest():
+    cfg = load()
+    preset = yaml_of("configs/local.yaml")
+    assert cfg.evolve.seeds.limit == 12 and cfg.evolve.evolve.rounds == 3  # the pipeline's keys
+    assert cfg.evolve.generation.model == preset["generation"]["model"]  # the preset's
+    assert cfg.evolve.evolve.respond_sampling.max_tokens == preset["evolve"]["respond_sampling"]["max_tokens"]
+    assert cfg.evolve.output.overwrite is False and yaml_of("configs/local.yaml")["output"]["overwrite"] is True
+    assert cfg.train.name == "pipeline-local" and cfg.train.deepspeed.stage == 3
+
+
+def test_one_ray_section_for_every_stage():
+    cfg = load("ray.num_cpus=7")
+    assert cfg.evolve.ray.num_cpus == cfg.train.ray.num_cpus == cfg.evaluate.ray.num_cpus == 7
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.data.path=/x", "config error: train.data.path: set by the pipeline from evolve.output.path; remove it"),
+    ("evaluate.candidate.model=/m", "config error: evaluate.candidate.model: set by the pipeline from train.output.path"),
+    ("evaluate.evolution.output=/e", "config error: evaluate.evolution.output: set by the pipeline from evolve.output.path"),
+    ("evolve.ray.num_cpus=3", "config error: evolve.ray: the pipeline has one ray section"),
+    ("evolve.base=configs/nope.yaml", "config error: evolve.base: cannot read configs/nope.yaml"),
+    ("train.base=configs/pipeline_tiny.yaml", "config error: train.base: configs/pipeline_tiny.yaml is a pipeline config"),
+    ("stages=[train, evolve]", "config error: stages: ['train', 'evolve'] must be in pipeline order"),
+    ("stages=[train, train]", "config error: stages: ['train', 'train'] must be in pipeline order"),
+    ("stages=[]", "config error: stages: name at least one"),
+    ("stages=[deploy]", "config error: stages.0: Input should be 'evolve', 'train' or 'evaluate'"),
+    ("evolve.seeds.limt=3", "config error: evolve.seeds.limt: unknown key"),
+    ("train.optim.lr=-1", "config error: train.optim.lr: Input should be greater than 0"),
+    ("evaluate.report.bootstrap_samples=0", "config error: evaluate.report.bootstrap_samples:"),
+])
+def test_bad_config_is_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as error:
+        load(override)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_a_changed_stage_makes_it_and_every_later_stage_stale():
+    base = fingerprints(load())
+    assert fingerprints(load()) == base  # stable
+    assert fingerprints(load("ray.num_cpus=8")) == base  # where it runs is not what it makes
+    evolve = fingerprints(load("evolve.evolve.rounds=2"))
+    assert all(evolve[s] != base[s] for s in ("evolve", "train", "evaluate"))
+    train = fingerprints(load("train.optim.lr=0.001"))
+    assert train["evolve"] == base["evolve"] and train["train"] != base["train"] and train["evaluate"] != base["evaluate"]
+    evaluate = fingerprints(load("evaluate.testset.limit=3"))
+    assert evaluate["evolve"] == base["evolve"] and evaluate["train"] == base["train"]
+    assert evaluate["evaluate"] != base["evaluate"]
+
+
+def test_a_stage_is_complete_only_with_its_marker_same_settings_and_its_result(tmp_path):
+    cfg = load(f"output.path={tmp_path}/pipe", f"evolve.output.path={tmp_path}/evo")
+    keys = fingerprints(cfg)
+    assert not is_complete(cfg, "evolve", keys["evolve"])  # nothing yet
+    storage.write_json(marker_path(cfg, "evolve"), {"fingerprint": keys["evolve"]})
+    assert not is_complete(cfg, "evolve", keys["evolve"])  # marker, but the summary is gone
+    storage.write_json(f"{tmp_path}/evo/summary.json", {})
+    assert is_complete(cfg, "evolve", keys["evolve"])
+    assert not is_complete(cfg, "evolve", "another-fingerprint")
+    assert not is_complete(cfg, "train", keys["train"])
+
+
+def test_artifacts_name_every_result_of_every_stage():
+    cfg = load("output.path=/p", "evolve.output.path=/e", "train.output.path=/m", "evaluate.output.path=/r")
+    paths = artifacts(cfg)
+    assert paths["evolve"]["training set"] == "/e/training/parquet" and paths["evolve"]["dataset card"] == "/e/README.md"
+    assert paths["train"]["model"] == "/m/config.json"
+    assert paths["evaluate"]["report"] == "/r/report.html"
+    text = format_artifacts({"ran": ["train", "evaluate"], "skipped": ["evolve"], "seconds": 61.0, "artifacts": paths})
+    assert text.splitlines()[0] == "[pipeline] ran train, evaluate; skipped evolve (complete) in 61 s"
+    assert "/r/report.html" in text and "/e/training/parquet" in text
+
+
+def yaml_of(path: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+def test_presets_load():
+    for path in sorted((ROOT / "configs").glob("pipeline_*.yaml")):
+        cfg = load(path=str(path.relative_to(ROOT)))
+        assert cfg.stages == ("evolve", "train", "evaluate"), path
+        assert json.dumps(fingerprints(cfg))
