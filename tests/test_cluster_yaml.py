@@ -11,3 +11,33 @@ def test_cluster_yaml_passes_rays_own_schema_and_keeps_the_dashboard_private():
     assert "--dashboard-host=127.0.0.1" in head_start and "RAY_AUTH_MODE=token" in head_start
     assert all(t["min_workers"] == 0 for name, t in config["available_node_types"].items() if name != "head")
     assert "aws_access_key_id" not in open("cluster.yaml").read().lower()
+
+
+def _node_types() -> dict:
+    with open("cluster.yaml") as f:
+        return {name: t for name, t in yaml.safe_load(f)["available_node_types"].items() if name != "head"}
+
+
+def _fits(cpus: float, gpus: float, node: dict) -> bool:
+    have = node["resources"]
+    return cpus <= have.get("CPU", 0) and gpus <= have.get("GPU", 0)
+
+
+def test_every_gpu_reservation_of_the_cloud_pipeline_fits_a_worker_type():
+    """vLLM actors reserve num_gpus = tensor-parallel size; the train job 1 GPU + cpus_per_worker per
+    worker: each must fit one node of cluster.yaml, and the train job's workers the largest pool."""
+    from common.config import load_config
+    from common.pipeline import PipelineConfig
+
+    cfg = load_config(PipelineConfig, "configs/pipeline_cloud_7b.yaml")
+    nodes = _node_types()
+    roles = [cfg.evolve.generation] + [getattr(cfg.evaluate, r) for r in ("candidate", "baseline", "judge")]
+    for gen in roles:
+        if gen.backend == "vllm":
+            assert gen.num_gpus == gen.vllm.tensor_parallel_size
+            assert any(_fits(gen.num_cpus, gen.num_gpus, n) for n in nodes.values()), gen.model
+    s = cfg.train.scaling
+    assert s.use_gpu
+    assert any(_fits(s.cpus_per_worker, 1, n) for n in nodes.values())
+    assert any(s.num_workers <= n["max_workers"] * min(n["resources"]["GPU"], n["resources"]["CPU"] // s.cpus_per_worker)
+               for n in nodes.values())
