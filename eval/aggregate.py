@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from eval.calls import GENERATION_FAILED
 from eval.judge import ORDERS
 
 WIN, TIE, LOSS = "win", "tie", "loss"
@@ -82,7 +83,8 @@ def _by(items: list[dict], key) -> dict[str, dict]:
 
 
 def _verdict_counts(rows: list[dict]) -> dict:
-    """Failures by reason over all verdicts (two per item with answers), and retries."""
+    """Failures by reason over all verdicts (two per item with answers), of which `unreadable`: the
+    judge answered but gave no usable scores (the rest failed as requests), and retries."""
     failures: dict[str, int] = {}
     for row in rows:
         for order in ORDERS:
@@ -91,8 +93,9 @@ def _verdict_counts(rows: list[dict]) -> dict:
                 failures[error] = failures.get(error, 0) + 1
     total = 2 * sum(not r.get("answer_error") for r in rows)
     retried = sum((row.get(f"attempts_{o}") or 0) > 1 for row in rows for o in ORDERS)
-    return {"verdicts": total, "failed": sum(failures.values()), "failures": dict(sorted(failures.items())),
-            "retried": retried}
+    unreadable = sum(n for reason, n in failures.items() if not reason.startswith(GENERATION_FAILED))
+    return {"verdicts": total, "failed": sum(failures.values()), "unreadable": unreadable,
+            "failures": dict(sorted(failures.items())), "retried": retried}
 
 
 def _order_view(judged: list[dict]) -> dict:

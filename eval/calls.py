@@ -27,8 +27,7 @@ async def ask(generator, prompt: str, sampling: SamplingParams) -> dict:
 async def answer(generator, item: dict, sampling: SamplingParams) -> dict:
     """The model's answer to one test item (the instruction is the whole user turn)."""
     reply = await ask(generator, item["instruction"], sampling)
-    return {"id": item["id"], "instruction": item["instruction"], "settings": item.get("settings"),
-            "answer": reply.pop("text")} | reply
+    return {"id": item["id"], "instruction": item["instruction"], "answer": reply.pop("text")} | reply
 
 
 async def ask_parsed(generator, prompt: str, sampling: SamplingParams, parse, reminder: str):

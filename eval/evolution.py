@@ -4,8 +4,12 @@ From the evolve records (`<output>/records/`) it reports the mean
 kept instruction and response length per round (round 0 = the seeds), the pass rate of each
 operation (kept / kept + eliminated over rounds 1..M) and the eliminations per rule per round.
 Only six small columns are read, with Arrow group-bys, so 250K records are a second's work.
+The job's cost (accelerator-seconds per round and per kept instruction) comes from its
+summary.json when it counted one.
 """
 from __future__ import annotations
+
+import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -88,3 +92,17 @@ def evolution_stats(table: pa.Table) -> dict:
     """Every number of the evolution section, JSON-able (round keys become text in JSON)."""
     return {"records": table.num_rows, "status": status_counts(table), "lengths": lengths_by_round(table),
             "pass_rate": pass_rate_by_operation(table), "eliminations": eliminations_by_round(table)}
+
+
+def read_evolve_cost(evolve_output: str) -> dict | None:
+    """The `cost` of the evolve job's summary.json (accelerator-seconds in all and per round, per
+    kept instruction, money at a price), or None when the summary or its cost is absent: runs of
+    an evolve job that did not count it are analysed without it."""
+    path = storage.join(evolve_output, "summary.json")
+    if not storage.exists(path):
+        return None
+    try:
+        cost = json.loads(storage.read_text(path)).get("cost")
+    except (ValueError, AttributeError):
+        return None
+    return cost if isinstance(cost, dict) else None

@@ -24,11 +24,13 @@ from eval.aggregate import aggregate
 from eval.calls import answer, judge, rate, run_all
 from eval.config import EvaluateConfig
 from eval.difficulty import difficulty_by_round, pick_per_round
-from eval.evolution import evolution_stats, read_evolution_records, read_instructions
+from eval.evolution import evolution_stats, read_evolution_records, read_evolve_cost, read_instructions
 from eval.report import FIGURE_BANDS, FIGURE_CATEGORIES, FIGURE_EVOLUTION, caveats, write_report
 from eval.rows import ANSWER_SCHEMA, JUDGMENT_SCHEMA, RATING_SCHEMA, item_rows, judge_rows
 from eval.testset import quarantine_counts, read_testset, resolve_testset_path, select_items
-from generation import GenerationConfig, SamplingConfig, SamplingParams, build_generator, check_model_available
+from generation import (GenerationConfig, SamplingConfig, SamplingParams, build_generator, check_model_available,
+                        driver_api_key)
+from generation.types import Secret
 
 JOB = "evaluate"
 ROLES = ("candidate", "baseline", "judge")
@@ -37,20 +39,22 @@ RESULTS = ("report.md", "report.html", "items.parquet", "difficulty.parquet", "s
 Factory = Callable[[GenerationConfig], object]
 
 
-# kind → (columns each input row needs, request per row, schema of the output rows)
-KINDS = {"answer": (("id", "instruction", "settings"), answer, ANSWER_SCHEMA),
-         "judge": (("id", "order", "prompt"), judge, JUDGMENT_SCHEMA),
-         "difficulty": (("id", "round", "instruction"), rate, RATING_SCHEMA)}
+# kind → (columns each input row needs, request per row, schema of the output rows, cache folder)
+KINDS = {"answer": (("id", "request", "instruction"), answer, ANSWER_SCHEMA, "answers"),
+         "judge": (("id", "request", "order", "prompt"), judge, JUDGMENT_SCHEMA, "verdicts"),
+         "difficulty": (("id", "request", "round", "instruction"), rate, RATING_SCHEMA, "ratings")}
 
 
 class EvalActor:
     """Ray Data callable class: one generator per actor for the whole stage, every row of a call in
-    flight at once. Input and output columns per kind: see KINDS (answer, judge, difficulty)."""
+    flight at once. Input and output columns per kind: see KINDS (answer, judge, difficulty); every
+    output row carries its input's `request` (the cache key of what was asked)."""
 
-    def __init__(self, gen: GenerationConfig, sampling: SamplingConfig, kind: str, factory: Factory | None = None):
-        self.generator = (factory or build_generator)(gen)
+    def __init__(self, gen: GenerationConfig, sampling: SamplingConfig, kind: str, factory: Factory | None = None,
+                 api_key: Secret | None = None):
+        self.generator = factory(gen) if factory else build_generator(gen, api_key)
         self.sampling = SamplingParams.from_config(sampling)
-        self.needs, self.request, self.schema = KINDS[kind]
+        self.needs, self.request, self.schema, _ = KINDS[kind]
         self.kind = kind
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
@@ -58,39 +62,53 @@ class EvalActor:
         if missing:
             raise ValueError(f"EvalActor({self.kind}) needs columns {missing}")
         rows = batch.to_pylist()
-        return pa.Table.from_pylist(await run_all(self.request(self.generator, r, self.sampling) for r in rows),
+        results = await run_all(self.request(self.generator, r, self.sampling) for r in rows)
+        return pa.Table.from_pylist([out | {"request": r["request"]} for r, out in zip(rows, results)],
                                     schema=self.schema)
 
 
 def generate_stage(rows: list[dict], gen: GenerationConfig, sampling: SamplingConfig, kind: str,
                    factory: Factory | None = None):
-    """The lazy dataset of one generation stage over `rows` (one actor pool of `gen`'s size)."""
+    """The lazy dataset of one generation stage over `rows` (one actor pool of `gen`'s size). An
+    openai role's key is read here, on the driver, and handed to the actors."""
     import ray
 
     low, high = gen.concurrency
+    kwargs = dict(gen=gen, sampling=sampling, kind=kind, factory=factory,
+                  api_key=None if factory else driver_api_key(gen))
     return ray.data.from_items(rows).map_batches(
-        EvalActor, fn_constructor_kwargs=dict(gen=gen, sampling=sampling, kind=kind, factory=factory),
+        EvalActor, fn_constructor_kwargs=kwargs,
         batch_size=gen.rows_per_call, batch_format="pyarrow", num_cpus=gen.num_cpus, num_gpus=gen.num_gpus,
         compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high,
                                            max_concurrent_calls_per_actor=gen.calls_per_actor))
 
 
-def answers_for(gen: GenerationConfig, sampling: SamplingConfig, items: list[dict], out_dir: str,
-                factory: Factory | None = None) -> tuple[dict[str, dict], dict]:
-    """Answers of one model to every item, by id: cached ones reused, the rest generated and stored."""
-    settings = cache.answer_settings(gen, sampling)
-    key = cache.settings_key(settings)
-    folder = cache.answers_dir(out_dir, key)
-    stored = cache.best_answers(cache.read_answers(folder), items)
-    todo = [{"id": i["id"], "instruction": i["instruction"], "settings": key} for i in items
-            if i["id"] not in stored or stored[i["id"]]["error"] is not None]
+def cached_stage(rows: list[dict], gen: GenerationConfig, sampling: SamplingConfig, kind: str, out_dir: str,
+                 factory: Factory | None = None) -> tuple[dict[str, dict], dict]:
+    """The result rows of one stage by `request`: stored ones reused (see eval.cache), the rest
+    generated and stored as they finish. Returns them and the counts reused / generated / failed."""
+    *_, schema, folder_name = KINDS[kind]
+    settings = cache.generation_settings(gen, sampling)
+    folder = cache.results_dir(out_dir, folder_name, cache.settings_key(settings))
+    wanted = {row["request"] for row in rows}
+    stored = cache.best_rows(cache.read_rows(folder, schema), wanted)
+    todo = [row for row in rows if row["request"] not in stored or cache.must_ask_again(stored[row["request"]])]
     if todo:
         storage.write_json(folder + ".json", settings)
-        generate_stage(todo, gen, sampling, "answer", factory).write_parquet(folder)
-        stored = cache.best_answers(cache.read_answers(folder), items)
-    counts = {"reused": len(items) - len(todo), "generated": len(todo),
-              "failed": sum(row["error"] is not None for row in stored.values())}
+        generate_stage(todo, gen, sampling, kind, factory).write_parquet(folder)
+        stored = cache.best_rows(cache.read_rows(folder, schema), wanted)
+    counts = {"reused": len(rows) - len(todo), "generated": len(todo),
+              "failed": sum(bool(row["error"]) for row in stored.values())}
     return stored, counts
+
+
+def answers_for(gen: GenerationConfig, sampling: SamplingConfig, items: list[dict], out_dir: str,
+                factory: Factory | None = None) -> tuple[dict[str, dict], dict]:
+    """Answers of one model to every item, by item id (an answer is cached by id and instruction)."""
+    rows = [{"id": i["id"], "instruction": i["instruction"], "request": cache.request_key(i["id"], i["instruction"])}
+            for i in items]
+    stored, counts = cached_stage(rows, gen, sampling, "answer", out_dir, factory)
+    return {row["id"]: row for row in stored.values()}, counts
 
 
 def preflight(cfg: EvaluateConfig) -> tuple[list[dict], dict]:
@@ -150,27 +168,38 @@ def build_summary(cfg: EvaluateConfig, testset: dict, agg: dict, answers: dict, 
 
 
 def judgments_for(cfg: EvaluateConfig, items: list[dict], candidate: dict, baseline: dict,
-                  factory: Factory | None = None) -> list[dict]:
-    prompts = judge_rows(items, candidate, baseline)
+                  factory: Factory | None = None) -> tuple[list[dict], dict]:
+    """Both verdicts of every item with two answers, and their cache counts. A verdict is cached
+    by its whole prompt, so a changed answer is judged again."""
+    prompts = [row | {"request": cache.request_key(row["id"], row["order"], row["prompt"])}
+               for row in judge_rows(items, candidate, baseline)]
     if not prompts:
-        return []
-    return generate_stage(prompts, cfg.judge, cfg.judge_sampling, "judge", factory).take_all()
+        return [], {"reused": 0, "generated": 0, "failed": 0}
+    stored, counts = cached_stage(prompts, cfg.judge, cfg.judge_sampling, "judge", cfg.output.path, factory)
+    return list(stored.values()), counts
 
 
 def evolution_for(cfg: EvaluateConfig, records: pa.Table, factory: Factory | None = None) -> dict:
-    """The evolution analysis; with `difficulty_per_round`, the judge also rates a sample of each
-    round's kept instructions (raw ratings written to difficulty.parquet)."""
+    """The evolution analysis, with the evolve job's cost when its summary has one; with
+    `difficulty_per_round`, the judge also rates a sample of each round's kept instructions (raw
+    ratings written to difficulty.parquet)."""
     stats = evolution_stats(records)
+    cost = read_evolve_cost(cfg.evolution.output)
+    if cost is not None:
+        stats["cost"] = cost
     per_round = cfg.evolution.difficulty_per_round
     if not per_round:
         return stats
     kept = records.filter(pc.equal(records["status"], "kept")).select(["id", "round"]).to_pylist()
     picked = pick_per_round(kept, per_round, cfg.evolution.seed)
     texts = read_instructions(cfg.evolution.output, [row["id"] for row in picked])
-    rows = [row | {"instruction": texts[row["id"]]} for row in picked if texts.get(row["id"])]
-    ratings = generate_stage(rows, cfg.judge, cfg.evolution.difficulty_sampling, "difficulty", factory).take_all()
+    rows = [row | {"instruction": texts[row["id"]], "request": cache.request_key(row["id"], texts[row["id"]])}
+            for row in picked if texts.get(row["id"])]
+    stored, counts = cached_stage(rows, cfg.judge, cfg.evolution.difficulty_sampling, "difficulty",
+                                  cfg.output.path, factory)
+    ratings = sorted(stored.values(), key=lambda r: (r["round"], r["id"]))
     write_rows(ratings, storage.join(cfg.output.path, "difficulty.parquet"))
-    return stats | {"difficulty": difficulty_by_round(ratings)}
+    return stats | {"difficulty": difficulty_by_round(ratings), "ratings": counts}
 
 
 def write_rows(rows: list[dict], path: str) -> None:
@@ -198,19 +227,20 @@ def run_evaluate(cfg: EvaluateConfig, generator_factories: dict[str, Factory] | 
     for role in ("candidate", "baseline"):
         stored[role], answers[role] = _timed(seconds, f"{role} answers", answers_for, getattr(cfg, role),
                                              cfg.answer_sampling, items, out, factories.get(role))
-    judgments = _timed(seconds, "judge", judgments_for, cfg, items, stored["candidate"], stored["baseline"],
-                       factories.get("judge"))
+    judgments, verdicts = _timed(seconds, "judge", judgments_for, cfg, items, stored["candidate"],
+                                 stored["baseline"], factories.get("judge"))
     evolution = None if records is None else _timed(seconds, "evolution analysis", evolution_for, cfg, records,
                                                     factories.get("judge"))
     rows = item_rows(items, stored["candidate"], stored["baseline"], judgments)
     report = cfg.report
     agg = aggregate(rows, report.bootstrap_samples, report.confidence, report.seed, report.threshold)
-    summary = build_summary(cfg, testset, agg, answers, evolution, seconds)
+    summary = build_summary(cfg, testset, agg, answers, evolution, seconds) | {"verdicts": verdicts}
     write_rows(rows, storage.join(out, "items.parquet"))
     storage.write_json(storage.join(out, "summary.json"), summary)
     storage.write_text(storage.join(out, "config.yaml"), _config_yaml(cfg))
     paths = write_report(summary, out)
-    print(f"[evaluate] {answers}; judge: {agg['verdicts']['verdicts']} verdicts, {agg['verdicts']['failed']} unreadable")
+    print(f"[evaluate] answers {answers}; verdicts {verdicts}; {agg['verdicts']['failed']} of "
+          f"{agg['verdicts']['verdicts']} verdicts without scores")
     print(f"[evaluate] score ratio candidate/baseline: {_headline(agg)}")
     print(f"report: {paths['html']} (and report.md, items.parquet, summary.json)")
     return summary

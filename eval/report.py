@@ -69,11 +69,22 @@ def setup_blocks(summary: dict) -> list[tuple]:
               ("table", ["role", "model", "backend", "prompt format", "sampling"], rows),
               ("p", f"Test set `{testset['path']}`: {testset['rows']} rows read, {testset['used']} items "
                     f"evaluated, quarantined: {quarantined}."),
-              ("p", "Answers: " + "; ".join(f"{role} {a['reused']} reused, {a['generated']} generated, "
-                                            f"{a['failed']} failed" for role, a in summary["answers"].items()) + ".")]
+              ("p", "Requests: " + "; ".join(f"{name} {c['reused']} reused, {c['generated']} generated, "
+                                             f"{c['failed']} failed" for name, c in reuse_counts(summary)) +
+                    " (reused: cached by an earlier run with the same settings).")]
     if summary.get("seconds"):
         blocks.append(("p", "Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items()) + "."))
     return blocks
+
+
+def reuse_counts(summary: dict) -> list[tuple[str, dict]]:
+    """(what, reused/generated/failed) of every cached stage that ran."""
+    out = [(f"{role} answers", counts) for role, counts in summary["answers"].items()]
+    if summary.get("verdicts"):
+        out.append(("verdicts", summary["verdicts"]))
+    if (summary.get("evolution") or {}).get("ratings"):
+        out.append(("difficulty ratings", summary["evolution"]["ratings"]))
+    return out
 
 
 def _outcome_rows(groups: dict[str, dict]) -> list[list]:
@@ -106,8 +117,8 @@ def reliability_blocks(agg: dict) -> list[tuple]:
     by_order = order["mean_difference_by_order"]
     return [("h2", "Judge reliability"),
             ("p", f"{verdicts['verdicts']} verdicts asked (every item twice, answers swapped); {verdicts['retried']} "
-                  f"were unreadable and asked again; {verdicts['failed']} stayed unreadable ({failures}) and were "
-                  f"counted as failures, never guessed. Items with no readable verdict: {agg['unjudged']}; "
+                  f"were unreadable and asked again; {verdicts['failed']} gave no usable scores ({failures}) and "
+                  f"were counted as failures, never guessed. Items with no readable verdict: {agg['unjudged']}; "
                   f"items without both answers: {agg['answer_failures']}."),
             ("p", f"The two orders disagreed on the winner for {order['disagree']} of {order['both_orders']} items "
                   f"({pct(order['disagreement_rate'])}). Mean candidate minus baseline score with the candidate "
@@ -126,7 +137,32 @@ def evolution_blocks(stats: dict | None) -> list[tuple]:
             ("img", FIGURE_EVOLUTION, "kept length per round, pass rate per operation, eliminations per rule"),
             ("table", ["round", "kept", "mean instruction tokens", "mean response tokens"], lengths),
             ("table", ["operation", "kept", "eliminated", "pass rate"], rates),
-            ("table", ["round", "eliminations per rule"], elim or [["-", "none"]])] + judged_difficulty_blocks(stats)
+            ("table", ["round", "eliminations per rule"], elim or [["-", "none"]])] + cost_blocks(stats.get("cost")) \
+        + judged_difficulty_blocks(stats)
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f}"
+
+
+def cost_blocks(cost: dict | None) -> list[tuple]:
+    """The evolve job's cost (its summary.json `cost`): accelerator-seconds per round and in all,
+    per kept instruction, and money when the evolve config gave a price. Nothing when absent."""
+    if not cost:
+        return []
+    text = f"Evolution cost: **{_seconds(cost.get('accelerator_seconds'))} accelerator-seconds** of generation"
+    if cost.get("reserved_accelerator_seconds") is not None:
+        text += f" ({_seconds(cost['reserved_accelerator_seconds'])} reserved by the actors)"
+    text += f", {_seconds(cost.get('per_kept_instruction'))} per kept instruction"
+    if cost.get("money") is not None and cost.get("price_per_accelerator_hour") is not None:
+        text += (f"; at {cost['price_per_accelerator_hour']:g} per accelerator-hour that is "
+                 f"**{cost['money']:.4g}** in all")
+    rows = [[r["round"], _seconds(r["accelerator_seconds"]), r["kept"], _seconds(r.get("per_kept"))]
+            for r in cost.get("per_round") or []]
+    rows.append(["all", _seconds(cost.get("accelerator_seconds")), sum(r[2] for r in rows) if rows else "n/a",
+                 _seconds(cost.get("per_kept_instruction"))])
+    return [("p", text + "."),
+            ("table", ["round", "accelerator-seconds", "kept", "accelerator-seconds per kept"], rows)]
 
 
 def judged_difficulty_blocks(stats: dict) -> list[tuple]:
@@ -234,9 +270,13 @@ def caveats(agg: dict, models: dict) -> list[str]:
         notes.append(f"Only {agg['judged']} items were judged: the interval is wide and per-category ratios "
                      "rest on one or two items each.")
     verdicts = agg["verdicts"]
-    if verdicts["verdicts"] and verdicts["failed"] / verdicts["verdicts"] > 0.2:
-        notes.append(f"{verdicts['failed']} of {verdicts['verdicts']} verdicts could not be read: the judge "
+    if verdicts["verdicts"] and verdicts["unreadable"] / verdicts["verdicts"] > 0.2:
+        notes.append(f"{verdicts['unreadable']} of {verdicts['verdicts']} verdicts could not be read: the judge "
                      "often does not follow the scoring format.")
+    failed_requests = verdicts["failed"] - verdicts["unreadable"]
+    if failed_requests:
+        notes.append(f"{failed_requests} verdict requests failed (server errors, timeouts): those items are "
+                     "not scored; a rerun asks only them again.")
     rate = agg["order"]["disagreement_rate"]
     if rate is not None and rate > 0.3:
         notes.append(f"The judge changed its winner when the answers were swapped for {pct(rate)} of items: "

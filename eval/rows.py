@@ -14,7 +14,7 @@ from eval.judge import ORDERS, judge_prompt, ordered_answers
 ANSWER_SCHEMA = pa.schema([
     ("id", pa.string()), ("instruction", pa.string()), ("answer", pa.string()), ("error", pa.string()),
     ("detail", pa.string()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
-    ("finished", pa.bool_()), ("seconds", pa.float64()), ("settings", pa.string()),
+    ("finished", pa.bool_()), ("seconds", pa.float64()), ("request", pa.string()),
 ])
 
 JUDGMENT_SCHEMA = pa.schema([
@@ -22,12 +22,14 @@ JUDGMENT_SCHEMA = pa.schema([
     ("attempts", pa.int64()), ("candidate_score", pa.float64()), ("baseline_score", pa.float64()),
     ("rationale", pa.string()), ("error", pa.string()), ("detail", pa.string()),
     ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("seconds", pa.float64()),
+    ("request", pa.string()),
 ])
 
 RATING_SCHEMA = pa.schema([
     ("id", pa.string()), ("round", pa.int64()), ("rating", pa.string()), ("difficulty", pa.float64()),
     ("first_attempt", pa.string()), ("attempts", pa.int64()), ("error", pa.string()), ("detail", pa.string()),
     ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("seconds", pa.float64()),
+    ("request", pa.string()),
 ])
 
 ORDER_FIELDS = ("verdict", "first_attempt", "attempts", "rationale", "error")

@@ -1,7 +1,8 @@
-"""The answer cache: its key changes with what changes an answer, and only with that."""
+"""The result cache: its key changes with what changes a result, and only with that; a rerun asks
+again only what is new or failed as a request."""
 import os
 
-from eval.cache import answer_settings, best_answers, model_signature, settings_key
+from eval.cache import best_rows, generation_settings, model_signature, must_ask_again, request_key, settings_key
 from generation.config import GenerationConfig, SamplingConfig
 
 BASE = GenerationConfig(backend="hf", model="smollm2-135m-instruct")
@@ -9,7 +10,7 @@ SAMPLING = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=64)
 
 
 def key(gen=BASE, sampling=SAMPLING):
-    return settings_key(answer_settings(gen, sampling))
+    return settings_key(generation_settings(gen, sampling))
 
 
 def test_key_changes_with_model_format_and_sampling_but_not_with_resources():
@@ -18,6 +19,9 @@ def test_key_changes_with_model_format_and_sampling_but_not_with_resources():
     for change in ({"model": "other"}, {"prompt_format": "plain"}, {"backend": "vllm"}, {"dtype": "float32"}):
         assert key(BASE.model_copy(update=change)) != key(), change
     assert key(sampling=SAMPLING.model_copy(update={"max_tokens": 65})) != key()
+    endpoint = BASE.model_copy(update={"backend": "openai", "model": "gpt-4"})
+    other = endpoint.model_copy(update={"openai": endpoint.openai.model_copy(update={"base_url": "http://h/v1"})})
+    assert key(other) != key(endpoint)
 
 
 def test_a_retrained_local_model_gets_a_new_key(tmp_path):
@@ -31,12 +35,21 @@ def test_a_retrained_local_model_gets_a_new_key(tmp_path):
     assert model_signature("smollm2-135m-instruct") is None
 
 
-def test_best_answers_prefers_a_good_row_and_drops_changed_instructions():
-    items = [{"id": "a", "instruction": "A?"}, {"id": "b", "instruction": "B now?"}, {"id": "c", "instruction": "C?"}]
-    cached = [{"id": "a", "instruction": "A?", "answer": "good", "error": None},
-              {"id": "a", "instruction": "A?", "answer": None, "error": "generation_failed:x"},
-              {"id": "b", "instruction": "B before?", "answer": "old", "error": None},
-              {"id": "c", "instruction": "C?", "answer": None, "error": "generation_failed:x"},
-              {"id": "z", "instruction": "Z?", "answer": "gone", "error": None}]
-    found = best_answers(cached, items)
-    assert {i: r["answer"] for i, r in found.items()} == {"a": "good", "c": None}
+def test_request_key_tells_every_part_apart():
+    assert request_key("1", "cb", "prompt") == request_key("1", "cb", "prompt")
+    assert len({request_key("1", "cb", "prompt"), request_key("1", "bc", "prompt"), request_key("1", "cb", "prompt!"),
+                request_key("1c", "b", "prompt"), request_key("2", "cb", "prompt")}) == 5
+
+
+def row(request, error=None):
+    return {"request": request, "answer": None if error else f"good {request}", "error": error}
+
+
+def test_best_rows_prefer_a_row_that_need_not_be_asked_again():
+    cached = [row("a", "generation_failed:http_500"), row("a"), row("a", "generation_failed:timeout"),
+              row("b", "malformed"),  # the judge wrote it, unreadable: kept, asked again would say the same
+              row("c", "generation_failed:http_500"),
+              row("z")]  # not asked now (a changed instruction or answer has another request key)
+    found = best_rows(cached, {"a", "b", "c", "d"})
+    assert {k: r["error"] for k, r in found.items()} == {"a": None, "b": "malformed", "c": "generation_failed:http_500"}
+    assert [must_ask_again(found[k]) for k in "abc"] == [False, False, True]

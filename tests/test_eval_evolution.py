@@ -1,4 +1,5 @@
 """Evolution analysis on a hand-made evolve output laid out as the evolve job writes it."""
+import json
 import os
 
 import pyarrow as pa
@@ -6,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from common.config import UserError
-from eval.evolution import evolution_stats, read_evolution_records, read_instructions
+from eval.evolution import evolution_stats, read_evolution_records, read_evolve_cost, read_instructions
 
 
 ROWS = {  # (status, round): [(op, reason, instruction tokens, response tokens)]
@@ -75,3 +76,16 @@ def test_instructions_are_read_only_for_the_kept_ids_asked_for(tmp_path, layout)
 def test_a_folder_without_records_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match="has no records/ folder"):
         read_evolution_records(str(tmp_path))
+
+
+def test_cost_is_read_from_the_evolve_summary_when_it_has_one(tmp_path):
+    assert read_evolve_cost(str(tmp_path)) is None  # no summary.json
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"rounds": 4}))  # an evolve job that did not count cost
+    assert read_evolve_cost(str(tmp_path)) is None
+    summary.write_text('{"cost": ')  # half written
+    assert read_evolve_cost(str(tmp_path)) is None
+    cost = {"accelerator_seconds": 12.5, "reserved_accelerator_seconds": None, "per_kept_instruction": None,
+            "price_per_accelerator_hour": None, "money": None, "per_round": []}
+    summary.write_text(json.dumps({"rounds": 4, "cost": cost}))
+    assert read_evolve_cost(str(tmp_path)) == cost

@@ -92,7 +92,8 @@ def test_wizardlm_slice_report_has_the_scripted_numbers(local_ray, tmp_path):
         {"1-4": (1, 1, 0, 0), "5-7": (3, 1, 1, 1), "8-10": (1, 1, 0, 0)}
     assert agg["by_category"]["Code Generation"]["ratio"] == pytest.approx(3.5 / 7.5)
     assert agg["categories_at_or_above"] == 4 and len(agg["by_category"]) == 5
-    assert agg["verdicts"] == {"verdicts": 10, "failed": 1, "failures": {"out_of_range": 1}, "retried": 3}
+    assert agg["verdicts"] == {"verdicts": 10, "failed": 1, "unreadable": 1, "failures": {"out_of_range": 1},
+                              "retried": 3}
     assert agg["order"]["disagree"] == 1 and agg["order"]["both_orders"] == 4
     assert agg["order"]["mean_difference_by_order"] == {"cb": pytest.approx(2.6), "bc": pytest.approx(0.0)}
     assert summary["answers"] == {"candidate": {"reused": 0, "generated": 6, "failed": 0},
@@ -107,12 +108,13 @@ def test_wizardlm_slice_report_has_the_scripted_numbers(local_ray, tmp_path):
                         "Evolution analysis (the evolve job's output)", "Setup", "Files"]
     assert "| difficulty 5-7 | 3 | 1 | 1 | 1 | 100.0% |" in report
     assert "**4 of 5** categories" in report and "| Code Generation | 1 | 46.7% |" in report
-    assert "10 verdicts asked" in report and "stayed unreadable (out_of_range: 1)" in report
+    assert "10 verdicts asked" in report and "1 gave no usable scores (out_of_range: 1)" in report
     assert "| deepening | 2 | 1 | 66.7% |" in report
     assert summary["evolution"]["difficulty"] == [{"round": 0, "rated": 1, "failed": 0, "mean": 1.0},
                                                   {"round": 1, "rated": 1, "failed": 0, "mean": 3.0},
                                                   {"round": 2, "rated": 1, "failed": 0, "mean": 5.0}]
     assert "| 2 | 1 | 0 | 5.00 |" in report
+    assert "Evolution cost" not in report  # that evolve output's summary has no cost: nothing to say
     html = (out / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) == 3 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
@@ -124,10 +126,13 @@ def test_wizardlm_slice_report_has_the_scripted_numbers(local_ray, tmp_path):
     assert items[0]["answer_error"] == "baseline: generation_failed:http_500"
     assert json.loads((out / "summary.json").read_text())["aggregates"]["overall"]["win"] == 3
 
-    # A rerun with the same settings reuses every good answer (the failed one is asked again).
+    # A rerun with the same settings reuses every good answer (the failed one is asked again) and
+    # every verdict (the unreadable one too: the same judge would write it again).
     again = run_evaluate(wizardlm_config(out), FACTORIES)
     assert again["answers"] == {"candidate": {"reused": 6, "generated": 0, "failed": 0},
                                 "baseline": {"reused": 5, "generated": 1, "failed": 1}}
+    assert summary["verdicts"] == {"reused": 0, "generated": 10, "failed": 1}
+    assert again["verdicts"] == {"reused": 10, "generated": 0, "failed": 1}
     assert again["aggregates"]["overall"]["ratio"] == pytest.approx(35 / 26)
     assert not (out / "evolution.png").exists() and "Evolution analysis" not in (out / "report.md").read_text()
     assert not (out / "difficulty.parquet").exists()  # results of the earlier run do not linger

@@ -9,7 +9,7 @@ import pytest
 
 from eval.aggregate import aggregate
 from eval.evolution import evolution_stats, read_evolution_records
-from eval.report import caveats, verdict_words, write_report
+from eval.report import caveats, cost_blocks, verdict_words, write_report
 from tests.test_eval_aggregate import TABLE, item
 from tests.test_eval_evolution import make_evolve_output
 
@@ -62,6 +62,22 @@ def test_headline_and_caveats_come_first(tmp_path):
     assert "> **Note:** A 135M judge is a smoke test, not a measurement." in before_sections
     assert "Judged difficulty per round" not in report  # no evolution output given
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["per_category.png", "win_tie_loss_by_difficulty.png"]
+
+
+def test_evolve_cost_shows_per_round_and_in_all_and_money_only_with_a_price():
+    cost = {"accelerator_seconds": 3725.25, "reserved_accelerator_seconds": None, "per_kept_instruction": 93.13,
+            "price_per_accelerator_hour": None, "money": None,
+            "per_round": [{"round": 1, "accelerator_seconds": 2000.0, "kept": 25, "per_kept": 80.0},
+                          {"round": 2, "accelerator_seconds": 1725.25, "kept": 15, "per_kept": 115.02},
+                          {"round": 3, "accelerator_seconds": 0.0, "kept": 0, "per_kept": None}]}
+    (_, text), (_, header, rows) = cost_blocks(cost)
+    assert text == "Evolution cost: **3,725.2 accelerator-seconds** of generation, 93.1 per kept instruction."
+    assert rows == [[1, "2,000.0", 25, "80.0"], [2, "1,725.2", 15, "115.0"], [3, "0.0", 0, "n/a"],
+                    ["all", "3,725.2", 40, "93.1"]]
+    priced = cost | {"reserved_accelerator_seconds": 7200.0, "price_per_accelerator_hour": 2.5, "money": 2.587}
+    assert cost_blocks(priced)[0][1].endswith("(7,200.0 reserved by the actors), 93.1 per kept instruction; at 2.5 "
+                                              "per accelerator-hour that is **2.587** in all.")
+    assert cost_blocks(None) == [] and cost_blocks({}) == []
 
 
 PROBE = """<script>
