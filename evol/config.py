@@ -68,6 +68,14 @@ class OutputConfig(StrictModel):
                                                           "buckets; a killed run redoes only unfinished ones")
 
 
+class CostConfig(StrictModel):
+    """Turns the accelerator-seconds of the summary into money; changes no result (a rerun may set it)."""
+
+    price_per_accelerator_hour: float | None = Field(
+        None, ge=0.0, description="price of one accelerator (a GPU; on CPU: one actor's engine) per hour, in any "
+                                  "currency; None: no money figure")
+
+
 class EvolveConfig(StrictModel):
     seeds: SeedsConfig = SeedsConfig()
     evolve: EvolveSettings = EvolveSettings()
@@ -75,6 +83,7 @@ class EvolveConfig(StrictModel):
     judge: GenerationConfig | None = Field(
         None, description="the equality check's own model/backend (the paper used ChatGPT); None: `generation`")
     output: OutputConfig = OutputConfig()
+    cost: CostConfig = CostConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")

@@ -24,13 +24,14 @@ from common.models import SMALL_MODEL_ALIAS, pin_local_model, resolve_model
 from common.ray_setup import init_ray
 from common.s3 import preflight_s3
 from evol.accounting import accounting, accounting_error, chain_problems
+from evol.card import render_card
 from evol.config import TRUNCATING_BACKENDS, EvolveConfig, prompt_budget_problem
 from evol.reading import READ_COUNTS, read_counts, read_seed_rows, resolve_seed_path, unread_files
 from evol.records import ERROR, KEPT, SEED_SCHEMA, TRAINING_SCHEMA, empty_record, in_training_set, records_table
 from evol.resume import bucket_file, buckets_in, config_changes
 from evol.rounds import Roles, quarantine_record, run_chain
 from evol.seeds import SUPPORTED_SUFFIXES
-from evol.summary import SummaryBuilder, format_summary
+from evol.summary import SummaryBuilder, accelerators_per_engine, format_summary, reserved_accelerator_seconds
 from evol.templates import template_overheads, user_turn
 from generation import GenerationConfig, check_model_available, driver_api_key
 from generation.prompts import prompt_token_ids
@@ -244,8 +245,9 @@ def record_files(records_dir: str) -> list[str]:
     return [f for f in storage.list_files(records_dir) if buckets_in([f])]
 
 
-def summarize(cfg: EvolveConfig, records_dir: str, wall_seconds: float) -> dict:
-    """Summary and accounting in one pass, a bucket file at a time (driver memory: one bucket)."""
+def summarize(cfg: EvolveConfig, records_dir: str, wall_seconds: float, per_actor: dict[str, int]) -> dict:
+    """Summary, cost and accounting in one pass, a bucket file at a time (driver memory: one bucket).
+    `per_actor`: seeds evolved per actor in this run (the actors the pool held)."""
     builder, problems, round0 = SummaryBuilder(cfg.evolve.train_on_truncated_responses), [], 0
     for path in record_files(records_dir):
         filesys, inner = storage.filesystem(path)
@@ -254,6 +256,9 @@ def summarize(cfg: EvolveConfig, records_dir: str, wall_seconds: float) -> dict:
         problems += chain_problems(rows, cfg.evolve.rounds)
         round0 += sum(row["round"] == 0 for row in rows)
     summary = builder.build(wall_seconds)
+    summary["cost"] = builder.cost(accelerators_per_engine(cfg.generation),
+                                   reserved_accelerator_seconds(cfg.generation, wall_seconds, len(per_actor)),
+                                   cfg.cost.price_per_accelerator_hour)
     input_rows, _, counted = read_counts(storage.join(cfg.output.path, READ_COUNTS))
     unread = unread_files(cfg.seeds.path, counted) if cfg.seeds.limit is None else []
     summary["accounting"] = accounting(input_rows, round0, problems, unread)
@@ -330,7 +335,7 @@ def record_failed_buckets(cfg: EvolveConfig, records_dir: str) -> int:
 
 def run_evolve(cfg: EvolveConfig) -> dict:
     preflight(cfg)
-    cfg = with_absolute_paths(cfg)
+    given, cfg = cfg, with_absolute_paths(cfg)
     ray = init_ray(cfg.ray)
     check_room(ray, cfg)
     ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed bucket is recorded, not fatal
@@ -341,13 +346,15 @@ def run_evolve(cfg: EvolveConfig) -> dict:
     record_failed_buckets(cfg, records_dir)
     if not record_files(records_dir):
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
-    summary = summarize(cfg, records_dir, time.time() - started)
+    summary = summarize(cfg, records_dir, time.time() - started, per_actor)
     summary["seeds_per_actor"] = per_actor
     summary["output"] = cfg.output.path
     storage.write_json(storage.join(cfg.output.path, "summary.json"), summary)
+    storage.write_text(storage.join(cfg.output.path, "README.md"), render_card(summary, given))  # the user's paths
     print(format_summary(summary))
     print(f"records: {records_dir}/bucket-*.parquet")
     print(f"training set: {storage.join(cfg.output.path, 'training')}/{{parquet,jsonl}}/")
+    print(f"dataset card: {storage.join(cfg.output.path, 'README.md')}")
     problem = accounting_error(summary["accounting"])
     if problem:
         raise RuntimeError(problem)

@@ -15,11 +15,12 @@ from evol.operations import stable_hash
 
 BUCKET_FILE = re.compile(r"bucket-(\d{5})\.parquet")
 
-# Keys that change how fast the job runs, not what it writes: a rerun may change them.
+# Keys that change how fast the job runs or how its cost is priced, not what it writes: a rerun may
+# change them.
 _GENERATION_EXECUTION = ("concurrency", "rows_per_call", "calls_per_actor", "num_cpus", "num_gpus", "torch_threads",
                          "batch_size", "batch_wait_ms", "openai.max_in_flight", "openai.timeout_s",
                          "openai.max_retries", "echo_latency_ms")
-EXECUTION_KEYS = ("ray.", "output.overwrite", "seeds.dedupe_partitions", "seeds.piece_bytes",
+EXECUTION_KEYS = ("ray.", "cost.", "output.overwrite", "seeds.dedupe_partitions", "seeds.piece_bytes",
                   *(f"{role}.{key}" for role in ("generation", "judge") for key in _GENERATION_EXECUTION))
 
 

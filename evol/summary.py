@@ -5,6 +5,7 @@ from collections import Counter, defaultdict
 
 from evol.elimination import SKIPPED, UNPARSED
 from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED, flag_is_set, in_training_set
+from generation.config import GenerationConfig
 
 SUMMARY_COLUMNS = ["round", "op", "status", "reason", "equality", "instruction_tokens", "response_tokens",
                    "generated_tokens", "prompt_tokens", "requests", "gen_seconds", "response_reason",
@@ -114,6 +115,59 @@ class SummaryBuilder:
             "generated_tokens_per_second": round(generated / wall_seconds, 2) if wall_seconds else None,
         }
 
+    def cost(self, per_engine: float = 1.0, reserved: float | None = None, price: float | None = None) -> dict:
+        """`cost_summary` of the rows added so far (see there for the arguments)."""
+        rounds = sorted({key[0] for key in self.counts})
+        return cost_summary({r: self.sums[(r, "gen_seconds")] for r in rounds},
+                            {r: self.counts[(r, "status", KEPT)] for r in rounds}, per_engine, reserved, price)
+
+
+# Cost. A record's `gen_seconds` is its requests' share of their engine's busy time (generation/
+# types.py BusyClock: while n requests are in flight each is charged dt / n), so the records of a
+# round add up to the time the engines worked for it, whatever the concurrency. One engine runs in
+# each actor of the pool and holds the GPUs the actor reserves (num_gpus; vllm: tensor_parallel_size).
+# On CPU (num_gpus 0) an actor's engine counts as one accelerator: the figures are engine-seconds,
+# to be priced per engine-hour (e.g. a CPU node's price / the actors it runs).
+
+
+def accelerators_per_engine(gen: GenerationConfig) -> float:
+    """Accelerators one actor's engine holds: its GPUs, or 1 (the engine itself) on CPU."""
+    return gen.num_gpus if gen.num_gpus > 0 else 1.0
+
+
+def reserved_accelerator_seconds(gen: GenerationConfig, wall_seconds: float, actors_seen: int) -> float | None:
+    """At most what the pool held in this run: the stage's wall time (seed reading, model loads and
+    scale-up included) x the actors that ran (at least the pool's min size, at most its max) x
+    accelerators per actor. None for an OpenAI-compatible writer: the pool holds no accelerator
+    (its time is the endpoint's, billed by the endpoint)."""
+    if gen.backend == "openai":
+        return None
+    low, high = gen.concurrency
+    return wall_seconds * max(low, min(actors_seen, high)) * accelerators_per_engine(gen)
+
+
+def cost_summary(seconds_by_round: dict[int, float], kept_by_round: dict[int, int], per_engine: float = 1.0,
+                 reserved: float | None = None, price: float | None = None) -> dict:
+    """Accelerator-seconds per round (round 0: the seeds' generated answers, `kept` = seeds used) and
+    per kept evolved instruction (rounds 1..M); `money` prices the accelerator-seconds (the engine
+    time the work used; a rented pool bills up to `reserved` x price).
+
+    `seconds_by_round`: summed gen_seconds; `per_engine`: accelerators_per_engine; `reserved`:
+    reserved_accelerator_seconds; `price`: per accelerator-hour."""
+    spent = {r: _number(seconds) * per_engine for r, seconds in seconds_by_round.items()}
+    total = sum(spent.values())
+    evolved = sum(n for r, n in kept_by_round.items() if r > 0)
+    return {
+        "accelerator_seconds": round(total, 3),
+        "reserved_accelerator_seconds": None if reserved is None else round(reserved, 3),
+        "per_kept_instruction": round(total / evolved, 4) if evolved else None,
+        "price_per_accelerator_hour": price,
+        "money": None if price is None else round(total / 3600 * price, 6),
+        "per_round": [{"round": r, "accelerator_seconds": round(spent[r], 3), "kept": kept_by_round.get(r, 0),
+                       "per_kept": round(spent[r] / kept_by_round[r], 4) if kept_by_round.get(r) else None}
+                      for r in sorted(spent)],
+    }
+
 
 def _share(part: int, total: int) -> float | None:
     return round(part / total, 4) if total else None
@@ -153,6 +207,8 @@ def format_summary(summary: dict) -> str:
     lines.append(f"{summary['requests']} requests, {summary['generated_tokens']} tokens generated in "
                  f"{summary['wall_seconds']} s ({summary['requests_per_second']} req/s, "
                  f"{summary['generated_tokens_per_second']} tok/s)")
+    if "cost" in summary:
+        lines.append(format_cost(summary["cost"]))
     if "accounting" in summary:
         check = summary["accounting"]
         lines.append(f"accounting: {check['input_rows']} input rows read, {check['round0_records']} round-0 records, "
@@ -162,6 +218,17 @@ def format_summary(summary: dict) -> str:
         lines.append("seeds evolved per actor (this run): " + ", ".join(
             f"{actor} {n}" for actor, n in sorted(summary["seeds_per_actor"].items())))
     return "\n".join(lines)
+
+
+def format_cost(cost: dict) -> str:
+    """One line: engine time spent, per kept instruction, what the pool held, money when priced."""
+    per_kept = "-" if cost["per_kept_instruction"] is None else f"{cost['per_kept_instruction']:.3f}"
+    reserved = cost["reserved_accelerator_seconds"]
+    held = "" if reserved is None else f"; the pool held at most {reserved:.1f} accelerator-s this run"
+    money = ("; no price (cost.price_per_accelerator_hour)" if cost["price_per_accelerator_hour"] is None
+             else f"; money {cost['money']:.4f} at {cost['price_per_accelerator_hour']:g} per accelerator-hour")
+    return (f"cost: {cost['accelerator_seconds']:.1f} accelerator-s of engine time, {per_kept} per kept "
+            f"instruction{held}{money}")
 
 
 def _response_line(summary: dict) -> str:
