@@ -25,6 +25,7 @@ from common.config import StrictModel
 from common.ray_setup import RayConfig, init_ray
 from eval.config import EvaluateConfig
 from evol.config import EvolveConfig
+from evol.resume import EXECUTION_KEYS, flatten
 from train.config import TrainConfig
 
 STAGES = ("evolve", "train", "evaluate")
@@ -145,10 +146,13 @@ def _default(stage: str, dotted: str):
 
 def fingerprints(cfg: PipelineConfig) -> dict[str, str]:
     """A stage's settings and those of every stage upstream of it: a changed evolve config makes
-    train and evaluate stale too. The ray section is left out (where it runs, not what it makes)."""
+    train and evaluate stale too. Left out: the ray section, and evolve's execution-only keys (pool
+    size, price...), which change where and how fast it runs, not what it makes."""
     result, chain = {}, ""
     for stage in STAGES:
-        settings = getattr(cfg, stage).model_dump(mode="json", exclude={"ray"})
+        settings = flatten(getattr(cfg, stage).model_dump(mode="json", exclude={"ray"}))
+        if stage == "evolve":
+            settings = {k: v for k, v in settings.items() if not k.startswith(EXECUTION_KEYS)}
         chain = hashlib.sha256((chain + json.dumps(settings, sort_keys=True)).encode()).hexdigest()[:16]
         result[stage] = chain
     return result
