@@ -5,7 +5,8 @@
 The echo backend with a small simulated latency per request stands in for an engine. One
 uninterrupted run, then a run that is SIGKILLed (driver and its whole local Ray) once half of
 the buckets are written, then the rerun that resumes it. Prints the three times, checks that
-the resumed output has the same record count, then rerun/full last (target <= 0.6x).
+the resumed output has the same record count and that the rerun evolved only the seeds of
+unwritten buckets, then rerun/full last (target <= 0.6x).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def start(seeds: Path, out: Path, args) -> subprocess.Popen:
            "seeds.limit=null", f"evolve.rounds={args.rounds}", "generation.backend=echo",
            f"generation.echo_latency_ms={args.latency_ms}", "generation.rows_per_call=1024",
            "generation.concurrency=[2,2]", "generation.num_cpus=0.5", "seeds.dedupe_partitions=16",
-           f"output.buckets={BUCKETS}", f"output.path={out}"]
+           f"output.buckets={BUCKETS}", f"output.path={out}", "output.overwrite=false"]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 
@@ -74,11 +75,13 @@ def main() -> None:
         killed = killed_half_way(seeds, Path(tmp) / "resumed", args)
         written = len(list((Path(tmp) / "resumed" / "records").glob("bucket-*.parquet")))
         rerun = timed_run(seeds, Path(tmp) / "resumed", args)
-        counts = [json.loads((Path(tmp) / name / "summary.json").read_text())["candidates"]
-                  for name in ("full", "resumed")]
+        summaries = [json.loads((Path(tmp) / name / "summary.json").read_text()) for name in ("full", "resumed")]
+    counts = [s["candidates"] for s in summaries]
     assert counts[0] == counts[1] == args.seeds * args.rounds, counts
+    redone = sum(summaries[1]["seeds_per_actor"].values())  # seeds the rerun evolved
+    assert redone < args.seeds, "the rerun evolved every seed again: it did not resume"
     print(f"full run {full:.1f} s; killed after {killed:.1f} s with {written}/{BUCKETS} buckets written; "
-          f"rerun {rerun:.1f} s; {counts[1]} candidates in both")
+          f"rerun {rerun:.1f} s evolving {redone} of {args.seeds} seeds; {counts[1]} candidates in both")
     print(f"resume rerun / full run: {rerun / full:.2f}x (target <= 0.6x)")
 
 
