@@ -112,8 +112,8 @@ def _order_view(judged: list[dict]) -> dict:
 
 def aggregate(rows: list[dict], bootstrap_samples: int = 1000, confidence: float = 0.95, seed: int = 0,
               threshold: float = 0.9) -> dict:
-    """Every number of the report. Rows: id, category, difficulty, answer_error, and per order
-    o in ORDERS: candidate_o, baseline_o, error_o, attempts_o."""
+    """Every number of the report. Rows: id, category, difficulty, answer_error, candidate_answer and
+    baseline_answer (optional), and per order o in ORDERS: candidate_o, baseline_o, error_o, attempts_o."""
     items = [combine_item(r) | {"row": r} for r in rows]
     judged = [i for i in items if i["outcome"] is not None]
     overall = _group(judged)
@@ -128,8 +128,11 @@ def aggregate(rows: list[dict], bootstrap_samples: int = 1000, confidence: float
         "judged": len(judged), "unjudged": len(rows) - len(judged) - sum(bool(r.get("answer_error")) for r in rows),
         "overall": overall, "confidence": confidence, "bootstrap_samples": bootstrap_samples,
         "by_category": categories, "threshold": threshold,
-        "categories_at_or_above": at_or_above, "has_categories": bool(categories),
+        "categories_at_or_above": at_or_above,
+        "has_categories": any(r.get("category") is not None for r in rows),
         "by_band": {name: bands[name] for name, _, _ in BANDS if name in bands},
         "has_difficulty": any(r.get("difficulty") is not None for r in rows),
         "order": _order_view(judged), "verdicts": _verdict_counts(rows),
+        "empty_answers": {role: sum(r.get(f"{role}_answer") is not None and not r[f"{role}_answer"].strip()
+                                    for r in rows) for role in ("candidate", "baseline")},
     }

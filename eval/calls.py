@@ -6,12 +6,36 @@ becomes a row with `error`/`detail` in every stage alike, and the job goes on.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from eval.difficulty import DIFFICULTY_REMINDER, difficulty_prompt, parse_difficulty
 from eval.judge import RETRY_REMINDER, parse_verdict, to_candidate_baseline
-from generation.types import GenerationError, SamplingParams
+from generation.prompts import PLAIN_TEMPLATE
+from generation.types import Generation, GenerationError, SamplingParams
 
 GENERATION_FAILED = "generation_failed"
+
+
+class Prefilled:
+    """A generator whose every reply starts with `prefill` (e.g. 'Score A:'): the prompt is put in
+    the plain format here, the prefill on the line after '### Response:', and sent to a generator built with
+    prompt_format raw. The reply returned holds the prefill, so it is parsed and stored whole.
+    This lets a small local judge that ignores the requested format give its scores; the numbers
+    are still the model's own, never filled in."""
+
+    def __init__(self, inner, prefill: str):
+        self.inner, self.prefill = inner, prefill
+        self.model_name = inner.model_name
+
+    async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
+        gen = await self.inner.generate(f"{PLAIN_TEMPLATE.format(prompt=prompt)}\n{self.prefill}", sampling)
+        return replace(gen, text=f"{self.prefill} {gen.text.strip()}")
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self.inner.count_tokens(texts)
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 async def ask(generator, prompt: str, sampling: SamplingParams) -> dict:

@@ -6,7 +6,7 @@ baseline (its base model, another checkpoint or an endpoint) and the judge.
 """
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from common.config import StrictModel
 from common.ray_setup import RayConfig
@@ -64,7 +64,18 @@ class EvaluateConfig(StrictModel):
     judge: GenerationConfig = GenerationConfig()
     answer_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=512)
     judge_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=128)
+    judge_prefill: bool = Field(False, description="start every verdict with 'Score A:' and every difficulty "
+                                                   "rating with 'Difficulty:' (judge.prompt_format must be "
+                                                   "plain): lets a small local judge that ignores the format "
+                                                   "give scores; the report says so. Off for real judges")
     report: ReportConfig = ReportConfig()
     evolution: EvolutionConfig = EvolutionConfig()
     output: OutputConfig = OutputConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.judge_prefill and self.judge.prompt_format != "plain":
+            raise ValueError("judge_prefill needs judge.prompt_format=plain (the reply is started after "
+                             f"'### Response:'), got {self.judge.prompt_format!r}")
+        return self

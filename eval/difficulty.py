@@ -19,8 +19,9 @@ reasoning steps and how many constraints it takes. Do not carry out the instruct
 [Instruction]
 {instruction}
 
-Use a whole number from 1 (trivial) to 10 (expert level, many steps). Answer in exactly this form:
-Difficulty: <1-10>"""
+Answer with one line, "Difficulty: " and a whole number from 1 (trivial) to 10 (expert level, many steps)."""
+
+DIFFICULTY_PREFILL = "Difficulty:"  # with `judge_prefill`, every rating starts with this
 
 DIFFICULTY_REMINDER = "\n\nYour reply must start with the line 'Difficulty: <number>', the number from 1 to 10."
 

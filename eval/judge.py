@@ -41,6 +41,9 @@ Reason: <one or two sentences>"""
 
 REFERENCE_BLOCK = "\n[Reference answer, for your guidance]\n{reference}\n"
 
+# With `judge_prefill`, every verdict is made to start with this (see eval.calls.Prefilled).
+VERDICT_PREFILL = "Score A:"
+
 RETRY_REMINDER = ("\n\nYour reply must start with the two lines 'Score A: <number>' and 'Score B: <number>', "
                   "each number from 1 to 10.")
 

@@ -21,10 +21,11 @@ from common.models import pin_local_model
 from common.ray_setup import init_ray
 from eval import cache
 from eval.aggregate import aggregate
-from eval.calls import answer, judge, rate, run_all
+from eval.calls import Prefilled, answer, judge, rate, run_all
 from eval.config import EvaluateConfig
-from eval.difficulty import difficulty_by_round, pick_per_round
+from eval.difficulty import DIFFICULTY_PREFILL, difficulty_by_round, pick_per_round
 from eval.evolution import evolution_stats, read_evolution_records, read_evolve_cost, read_instructions
+from eval.judge import VERDICT_PREFILL
 from eval.report import FIGURE_BANDS, FIGURE_CATEGORIES, FIGURE_EVOLUTION, caveats, write_report
 from eval.rows import ANSWER_SCHEMA, JUDGMENT_SCHEMA, RATING_SCHEMA, item_rows, judge_rows
 from eval.testset import quarantine_counts, read_testset, resolve_testset_path, select_items
@@ -51,8 +52,12 @@ class EvalActor:
     output row carries its input's `request` (the cache key of what was asked)."""
 
     def __init__(self, gen: GenerationConfig, sampling: SamplingConfig, kind: str, factory: Factory | None = None,
-                 api_key: Secret | None = None):
+                 api_key: Secret | None = None, prefill: str | None = None):
+        if prefill:  # the prompt is rendered by Prefilled, so the engine gets it as is
+            gen = gen.model_copy(update={"prompt_format": "raw"})
         self.generator = factory(gen) if factory else build_generator(gen, api_key)
+        if prefill:
+            self.generator = Prefilled(self.generator, prefill)
         self.sampling = SamplingParams.from_config(sampling)
         self.needs, self.request, self.schema, _ = KINDS[kind]
         self.kind = kind
@@ -68,14 +73,14 @@ class EvalActor:
 
 
 def generate_stage(rows: list[dict], gen: GenerationConfig, sampling: SamplingConfig, kind: str,
-                   factory: Factory | None = None):
+                   factory: Factory | None = None, prefill: str | None = None):
     """The lazy dataset of one generation stage over `rows` (one actor pool of `gen`'s size). An
     openai role's key is read here, on the driver, and handed to the actors."""
     import ray
 
     low, high = gen.concurrency
     kwargs = dict(gen=gen, sampling=sampling, kind=kind, factory=factory,
-                  api_key=None if factory else driver_api_key(gen))
+                  api_key=None if factory else driver_api_key(gen), prefill=prefill)
     return ray.data.from_items(rows).map_batches(
         EvalActor, fn_constructor_kwargs=kwargs,
         batch_size=gen.rows_per_call, batch_format="pyarrow", num_cpus=gen.num_cpus, num_gpus=gen.num_gpus,
@@ -84,18 +89,18 @@ def generate_stage(rows: list[dict], gen: GenerationConfig, sampling: SamplingCo
 
 
 def cached_stage(rows: list[dict], gen: GenerationConfig, sampling: SamplingConfig, kind: str, out_dir: str,
-                 factory: Factory | None = None) -> tuple[dict[str, dict], dict]:
+                 factory: Factory | None = None, prefill: str | None = None) -> tuple[dict[str, dict], dict]:
     """The result rows of one stage by `request`: stored ones reused (see eval.cache), the rest
     generated and stored as they finish. Returns them and the counts reused / generated / failed."""
     *_, schema, folder_name = KINDS[kind]
-    settings = cache.generation_settings(gen, sampling)
+    settings = cache.generation_settings(gen, sampling) | ({"prefill": prefill} if prefill else {})
     folder = cache.results_dir(out_dir, folder_name, cache.settings_key(settings))
     wanted = {row["request"] for row in rows}
     stored = cache.best_rows(cache.read_rows(folder, schema), wanted)
     todo = [row for row in rows if row["request"] not in stored or cache.must_ask_again(stored[row["request"]])]
     if todo:
         storage.write_json(folder + ".json", settings)
-        generate_stage(todo, gen, sampling, kind, factory).write_parquet(folder)
+        generate_stage(todo, gen, sampling, kind, factory, prefill).write_parquet(folder)
         stored = cache.best_rows(cache.read_rows(folder, schema), wanted)
     counts = {"reused": len(rows) - len(todo), "generated": len(todo),
               "failed": sum(bool(row["error"]) for row in stored.values())}
@@ -163,7 +168,7 @@ def build_summary(cfg: EvaluateConfig, testset: dict, agg: dict, answers: dict, 
                      "prompt_format": getattr(cfg, role).prompt_format} for role in ROLES}
     notes = ([cfg.report.note] if cfg.report.note else []) + caveats(agg, models)
     return {"models": models, "testset": testset, "answers": answers, "aggregates": agg, "evolution": evolution,
-            "notes": notes, "seconds": seconds, "output": cfg.output.path,
+            "notes": notes, "seconds": seconds, "output": cfg.output.path, "judge_prefill": cfg.judge_prefill,
             "sampling": {"answers": cfg.answer_sampling.model_dump(), "judge": cfg.judge_sampling.model_dump()}}
 
 
@@ -175,7 +180,8 @@ def judgments_for(cfg: EvaluateConfig, items: list[dict], candidate: dict, basel
                for row in judge_rows(items, candidate, baseline)]
     if not prompts:
         return [], {"reused": 0, "generated": 0, "failed": 0}
-    stored, counts = cached_stage(prompts, cfg.judge, cfg.judge_sampling, "judge", cfg.output.path, factory)
+    stored, counts = cached_stage(prompts, cfg.judge, cfg.judge_sampling, "judge", cfg.output.path, factory,
+                                  VERDICT_PREFILL if cfg.judge_prefill else None)
     return list(stored.values()), counts
 
 
@@ -196,7 +202,7 @@ def evolution_for(cfg: EvaluateConfig, records: pa.Table, factory: Factory | Non
     rows = [row | {"instruction": texts[row["id"]], "request": cache.request_key(row["id"], texts[row["id"]])}
             for row in picked if texts.get(row["id"])]
     stored, counts = cached_stage(rows, cfg.judge, cfg.evolution.difficulty_sampling, "difficulty",
-                                  cfg.output.path, factory)
+                                  cfg.output.path, factory, DIFFICULTY_PREFILL if cfg.judge_prefill else None)
     ratings = sorted(stored.values(), key=lambda r: (r["round"], r["id"]))
     write_rows(ratings, storage.join(cfg.output.path, "difficulty.parquet"))
     return stats | {"difficulty": difficulty_by_round(ratings), "ratings": counts}

@@ -12,6 +12,7 @@ import re
 
 from common import storage
 from eval import plots
+from eval.judge import VERDICT_PREFILL
 
 FIGURE_CATEGORIES, FIGURE_BANDS, FIGURE_EVOLUTION = "per_category.png", "win_tie_loss_by_difficulty.png", \
     "evolution.png"
@@ -48,11 +49,13 @@ def headline_blocks(summary: dict) -> list[tuple]:
     agg, models = summary["aggregates"], summary["models"]
     overall = agg["overall"]
     blocks = [("h1", f"Evaluation: {models['candidate']['model']} vs {models['baseline']['model']}"),
-              ("p", verdict_words(agg)),
-              ("p", f"Wins {overall['win']}, ties {overall['tie']}, losses {overall['loss']} "
-                    f"(a win: the candidate's mean score over both orders is higher). "
-                    f"Mean score {num(overall['candidate_mean'])} vs {num(overall['baseline_mean'])} out of 10.")]
-    if agg["has_categories"]:
+              ("p", verdict_words(agg))]
+    if overall["n"]:
+        blocks.append(("p", f"Wins {overall['win']}, ties {overall['tie']}, losses {overall['loss']} "
+                            f"(a win: the candidate's mean score over both orders is higher). "
+                            f"Mean score {num(overall['candidate_mean'])} vs {num(overall['baseline_mean'])} "
+                            "out of 10."))
+    if agg["has_categories"] and overall["n"]:
         blocks.append(("p", f"The candidate reached at least {100 * agg['threshold']:.0f}% of the baseline on "
                             f"**{agg['categories_at_or_above']} of {len(agg['by_category'])}** categories."))
     blocks += [("note", note) for note in summary["notes"]]
@@ -95,6 +98,8 @@ def difficulty_blocks(agg: dict) -> list[tuple]:
     blocks = [("h2", "Win / tie / loss by difficulty")]
     if not agg["has_difficulty"]:
         return blocks + [("p", "The test set has no difficulty field, so the difficulty views are left out.")]
+    if not agg["overall"]["n"]:
+        return blocks + [("p", "No item was judged.")]
     groups = {f"difficulty {k}": v for k, v in agg["by_band"].items()} | {"all": agg["overall"]}
     return blocks + [("table", ["items", "n", "win", "tie", "loss", "score ratio"], _outcome_rows(groups)),
                      ("img", FIGURE_BANDS, "win, tie and loss shares per difficulty band")]
@@ -104,6 +109,8 @@ def category_blocks(agg: dict) -> list[tuple]:
     blocks = [("h2", "Per category")]
     if not agg["has_categories"]:
         return blocks + [("p", "The test set has no category field, so there is no per-category view.")]
+    if not agg["by_category"]:
+        return blocks + [("p", "No item was judged.")]
     rows = [[name, g["n"], pct(g["ratio"]), num(g["candidate_mean"]), num(g["baseline_mean"]),
              f"{g['win']}/{g['tie']}/{g['loss']}"]
             for name, g in sorted(agg["by_category"].items(), key=lambda kv: -kv[1]["ratio"])]
@@ -111,19 +118,28 @@ def category_blocks(agg: dict) -> list[tuple]:
                      ("table", ["category", "n", "score ratio", "candidate", "baseline", "win/tie/loss"], rows)]
 
 
-def reliability_blocks(agg: dict) -> list[tuple]:
+def _were(count: int) -> str:
+    return "was" if count == 1 else "were"
+
+
+def reliability_blocks(agg: dict, prefill: bool = False) -> list[tuple]:
     verdicts, order = agg["verdicts"], agg["order"]
     failures = ", ".join(f"{k}: {v}" for k, v in verdicts["failures"].items()) or "none"
     by_order = order["mean_difference_by_order"]
     return [("h2", "Judge reliability"),
             ("p", f"{verdicts['verdicts']} verdicts asked (every item twice, answers swapped); {verdicts['retried']} "
-                  f"were unreadable and asked again; {verdicts['failed']} gave no usable scores ({failures}) and "
-                  f"were counted as failures, never guessed. Items with no readable verdict: {agg['unjudged']}; "
-                  f"items without both answers: {agg['answer_failures']}."),
+                  f"{_were(verdicts['retried'])} unreadable and asked again with a format reminder; "
+                  + (f"{verdicts['failed']} gave no usable scores ({failures}) and {_were(verdicts['failed'])} "
+                     "counted as failures, never guessed. " if verdicts["failed"] else "all gave usable scores. ")
+                  + f"Items with no readable verdict: {agg['unjudged']}; items without both answers: "
+                    f"{agg['answer_failures']}."),
             ("p", f"The two orders disagreed on the winner for {order['disagree']} of {order['both_orders']} items "
                   f"({pct(order['disagreement_rate'])}). Mean candidate minus baseline score with the candidate "
                   f"shown first: {num(by_order['cb'])}; shown second: {num(by_order['bc'])} "
-                  "(a gap between the two is the judge's position bias, which judging both orders cancels).")]
+                  "(a gap between the two is the judge's position bias, which judging both orders cancels).")] \
+        + ([("p", f"Every verdict was started with `{VERDICT_PREFILL}` for the judge (`judge_prefill`), so a small "
+                  "judge that ignores the scoring format still writes two numbers; the numbers are its own, "
+                  "never filled in, but may mean little.")] if prefill else [])
 
 
 def evolution_blocks(stats: dict | None) -> list[tuple]:
@@ -178,13 +194,15 @@ def judged_difficulty_blocks(stats: dict) -> list[tuple]:
 def files_blocks() -> list[tuple]:
     return [("h2", "Files"),
             ("p", "`items.parquet`: every item with both answers, both verdicts (raw text, first attempt if "
-                  "retried) and parsed scores; `summary.json`: every number above; `answers/`: the cached "
-                  "answers, reused by a rerun with the same model, prompt format and sampling.")]
+                  "retried) and parsed scores; `summary.json`: every number above; `answers/`, `verdicts/`, "
+                  "`ratings/`: what each model wrote, reused by a rerun with the same model, prompt format and "
+                  "sampling.")]
 
 
 def build_blocks(summary: dict) -> list[tuple]:
     agg = summary["aggregates"]
-    return (headline_blocks(summary) + difficulty_blocks(agg) + category_blocks(agg) + reliability_blocks(agg)
+    return (headline_blocks(summary) + difficulty_blocks(agg) + category_blocks(agg)
+            + reliability_blocks(agg, summary.get("judge_prefill", False))
             + evolution_blocks(summary.get("evolution")) + setup_blocks(summary) + files_blocks())
 
 
@@ -195,7 +213,7 @@ def figures(summary: dict) -> dict[str, bytes]:
     if agg["has_difficulty"] and agg["by_band"]:
         groups = {f"difficulty {k}": v for k, v in agg["by_band"].items()} | {"all": agg["overall"]}
         out[FIGURE_BANDS] = plots.outcome_chart(groups, "Win / tie / loss by difficulty")
-    if agg["has_categories"]:
+    if agg["by_category"]:
         out[FIGURE_CATEGORIES] = plots.category_chart(agg["by_category"], agg["threshold"])
     if summary.get("evolution") and summary["evolution"]["lengths"]:
         out[FIGURE_EVOLUTION] = plots.evolution_chart(summary["evolution"])
@@ -269,6 +287,10 @@ def caveats(agg: dict, models: dict) -> list[str]:
     if 0 < agg["judged"] < 30:
         notes.append(f"Only {agg['judged']} items were judged: the interval is wide and per-category ratios "
                      "rest on one or two items each.")
+    for role, empty in agg.get("empty_answers", {}).items():
+        if empty:
+            notes.append(f"The {role}'s answer was empty for {empty} of {agg['items']} items (the model ended its "
+                         "reply at once); the judge scored those empty answers as they are.")
     verdicts = agg["verdicts"]
     if verdicts["verdicts"] and verdicts["unreadable"] / verdicts["verdicts"] > 0.2:
         notes.append(f"{verdicts['unreadable']} of {verdicts['verdicts']} verdicts could not be read: the judge "

@@ -84,6 +84,8 @@ def test_nothing_judged_gives_no_ratio_and_no_interval():
     result = aggregate([item("a", None, None, "Math", 3)])
     assert result["overall"]["ratio"] is None and result["overall"]["ci"] is None
     assert result["judged"] == 0 and result["unjudged"] == 1
+    assert result["has_categories"] and result["has_difficulty"]  # the test set has them; nothing to show
+    assert result["by_category"] == {} and result["by_band"] == {}
 
 
 def test_bootstrap_interval_of_a_constant_ratio_is_that_ratio():

@@ -25,6 +25,8 @@ def test_embedded_default_compares_the_train_export_with_its_base_and_says_it_is
     assert cfg.candidate.model == train.output.path and cfg.candidate.prompt_format == "plain"
     assert cfg.baseline.model == cfg.judge.model == train.model.name
     assert "smoke test" in cfg.report.note
+    assert cfg.testset.per_category == 1 and cfg.testset.limit is None  # every skill, both orders, every band
+    assert cfg.judge_prefill and cfg.judge.prompt_format == "plain"  # else a 135M judge gives no scores
 
 
 def test_field_mapping_and_overrides():
@@ -40,6 +42,7 @@ def test_field_mapping_and_overrides():
     ("judge.backend=magic", "config error: judge.backend:"),
     ("report.confidence=1.5", "config error: report.confidence: Input should be less than 1 (got 1.5)"),
     ("baseline.modle=x", "config error: baseline.modle: unknown key"),
+    ("judge_prefill=true", "config error: judge_prefill needs judge.prompt_format=plain"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(override, expected):
     with pytest.raises(ConfigError) as info:

@@ -5,7 +5,7 @@ import pytest
 
 from eval.judge import (AMBIGUOUS, BASELINE_FIRST, CANDIDATE_FIRST, EMPTY, MALFORMED, OUT_OF_RANGE, judge_prompt,
                         ordered_answers, parse_verdict, to_candidate_baseline)
-from eval.calls import answer, judge
+from eval.calls import Prefilled, answer, judge, rate
 from generation.types import Generation, GenerationError, SamplingParams
 
 
@@ -103,3 +103,18 @@ def test_failed_requests_are_recorded_not_raised():
     gen = ScriptedJudge([GenerationError("http_500")])
     row = asyncio.run(answer(gen, {"id": "q2", "instruction": "Say hi."}, SAMPLING))
     assert (row["id"], row["answer"], row["error"]) == ("q2", None, "generation_failed:http_500")
+
+
+def test_prefill_starts_every_reply_and_the_retry_too():
+    """judge_prefill: the plain-format prompt ends with the prefill, the reply holds it, a retry
+    (reminder appended to the request, not after the prefill) is prefilled again."""
+    inner = ScriptedJudge(["I think", "7\nScore B: 5"])
+    row = asyncio.run(judge(Prefilled(inner, "Score A:"), {"id": "q1", "order": BASELINE_FIRST, "prompt": "P"},
+                            SAMPLING))
+    assert inner.prompts[0] == "P\n\n### Response:\nScore A:"
+    assert inner.prompts[1].startswith("P\n\nYour reply must") and inner.prompts[1].endswith("### Response:\nScore A:")
+    assert (row["first_attempt"], row["verdict"]) == ("Score A: I think", "Score A: 7\nScore B: 5")
+    assert (row["candidate_score"], row["baseline_score"], row["attempts"]) == (5.0, 7.0, 2)
+    rating = asyncio.run(rate(Prefilled(ScriptedJudge([" 6"]), "Difficulty:"), {"id": "r", "round": 2,
+                                                                               "instruction": "Do X."}, SAMPLING))
+    assert (rating["rating"], rating["difficulty"]) == ("Difficulty: 6", 6.0)

@@ -49,6 +49,9 @@ class JudgeServer(FlakyOpenAIServer):
             text = "Difficulty: 4"
         else:
             text = "A baseline reply."
+        for prefill in ("Score A:", "Difficulty:"):  # judge_prefill: the reply was started for us
+            if prompt.endswith(f"### Response:\n{prefill}"):
+                text = text.removeprefix(prefill).removeprefix("**Score A:**")
         _send(request, 200, _completion(body, text))
 
 
@@ -113,3 +116,10 @@ def test_baseline_and_judge_on_an_endpoint_and_a_rerun_asks_nothing_again(local_
 
     run_evaluate(config(server, out, evolve, "judge_sampling.max_tokens=24"))  # new judge settings: new verdicts
     assert server.asked == {"answer": 4, "verdict": 18, "rating": 3}
+
+    prefilled = run_evaluate(config(server, out, evolve, "judge_prefill=true"))  # replies started for the judge
+    assert server.asked == {"answer": 4, "verdict": 26, "rating": 6}
+    assert prefilled["aggregates"]["overall"]["ratio"] == pytest.approx(8 / 6)
+    assert prefilled["aggregates"]["verdicts"]["failed"] == 0
+    assert [r["mean"] for r in prefilled["evolution"]["difficulty"]] == [4.0, 4.0, 4.0]
+    assert "Every verdict was started with `Score A:`" in (out / "report.md").read_text()

@@ -55,7 +55,7 @@ class ScriptedJudge(FakeGenerator):
     is 5 vs 5, so the bias alone decides and the two orders disagree."""
 
     def reply(self, prompt):
-        if prompt.endswith("Difficulty: <1-10>"):  # rating an evolved instruction: 2 x its round + 1
+        if prompt.startswith("Rate how hard"):  # rating an evolved instruction: 2 x its round + 1
             round_index = int(re.search(r"of round (\d+)", prompt).group(1))
             return f"Difficulty: {2 * round_index + 1}"
         candidate_first = prompt.index(CANDIDATE) < prompt.index(BASELINE)

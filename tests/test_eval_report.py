@@ -47,6 +47,10 @@ def test_caveats_say_plainly_what_limits_the_result():
         "own answers.",
         "Only 5 items were judged: the interval is wide and per-category ratios rest on one or two items each.",
         "3 of 12 verdicts could not be read: the judge often does not follow the scoring format."]
+    empty = [item("e", (1, 6), (6, 1), candidate_answer="", baseline_answer="Hi."), item("f", None, None)]
+    assert caveats(aggregate(empty, bootstrap_samples=10), MODELS | {"judge": {"model": "gpt-4"}})[1] == \
+        "The candidate's answer was empty for 1 of 2 items (the model ended its reply at once); the judge scored " \
+        "those empty answers as they are."
     many = [item(str(i), (8, 2), (2, 8)) for i in range(40)]  # each order picks the first answer: pure bias
     assert caveats(aggregate(many, bootstrap_samples=10), MODELS | {"judge": {"model": "gpt-4"}}) == [
         "The judge changed its winner when the answers were swapped for 100.0% of items: its verdicts depend "
@@ -62,6 +66,15 @@ def test_headline_and_caveats_come_first(tmp_path):
     assert "> **Note:** A 135M judge is a smoke test, not a measurement." in before_sections
     assert "Judged difficulty per round" not in report  # no evolution output given
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["per_category.png", "win_tie_loss_by_difficulty.png"]
+
+
+def test_a_run_where_nothing_was_judged_says_so_once_without_empty_tables(tmp_path):
+    write_report(summary_of([item("a", None, None, "Math", 3), item("b", None, None, "Code", 9)]),
+                 str(tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    assert "No item could be judged, so there is no score ratio" in report and "Wins" not in report
+    assert report.count("No item was judged.") == 2 and "no category field" not in report
+    assert "| all | 0 |" not in report and list(tmp_path.glob("*.png")) == []
 
 
 def test_evolve_cost_shows_per_round_and_in_all_and_money_only_with_a_price():
