@@ -162,20 +162,23 @@ def _seconds(value: float | None) -> str:
 
 
 def cost_blocks(cost: dict | None) -> list[tuple]:
-    """The evolve job's cost (its summary.json `cost`): accelerator-seconds per round and in all,
-    per kept instruction, and money when the evolve config gave a price. Nothing when absent."""
+    """The evolve job's cost (its summary.json `cost`): accelerator-seconds per round (round 0: the
+    seeds' generated answers, kept = seeds used) and in all, per kept evolved instruction (rounds
+    1..M), and money when the evolve config gave a price. Nothing when absent."""
     if not cost:
         return []
     text = f"Evolution cost: **{_seconds(cost.get('accelerator_seconds'))} accelerator-seconds** of generation"
     if cost.get("reserved_accelerator_seconds") is not None:
         text += f" ({_seconds(cost['reserved_accelerator_seconds'])} reserved by the actors)"
-    text += f", {_seconds(cost.get('per_kept_instruction'))} per kept instruction"
+    text += f", {_seconds(cost.get('per_kept_instruction'))} per kept evolved instruction"
     if cost.get("money") is not None and cost.get("price_per_accelerator_hour") is not None:
         text += (f"; at {cost['price_per_accelerator_hour']:g} per accelerator-hour that is "
                  f"**{cost['money']:.4g}** in all")
-    rows = [[r["round"], _seconds(r["accelerator_seconds"]), r["kept"], _seconds(r.get("per_kept"))]
-            for r in cost.get("per_round") or []]
-    rows.append(["all", _seconds(cost.get("accelerator_seconds")), sum(r[2] for r in rows) if rows else "n/a",
+    per_round = cost.get("per_round") or []
+    rows = [["0 (seed answers)" if r["round"] == 0 else r["round"], _seconds(r["accelerator_seconds"]), r["kept"],
+             _seconds(r.get("per_kept"))] for r in per_round]
+    evolved = sum(r["kept"] for r in per_round if r["round"] > 0)
+    rows.append(["all (kept: evolved)", _seconds(cost.get("accelerator_seconds")), evolved if per_round else "n/a",
                  _seconds(cost.get("per_kept_instruction"))])
     return [("p", text + "."),
             ("table", ["round", "accelerator-seconds", "kept", "accelerator-seconds per kept"], rows)]

@@ -94,8 +94,8 @@ def test_baseline_and_judge_on_an_endpoint_and_a_rerun_asks_nothing_again(local_
     assert "| baseline | fake-baseline | openai | chat |" in report
     assert "| judge | fake-judge | openai | plain |" in report
     assert "Evolution cost: **250.0 accelerator-seconds** of generation (400.0 reserved by the actors), 50.0 per " \
-           "kept instruction; at 3.6 per accelerator-hour that is **0.25** in all." in report
-    assert "| 1 | 150.0 | 2 | 75.0 |\n| 2 | 100.0 | 1 | 100.0 |\n| all | 250.0 | 3 | 50.0 |" in report
+           "kept evolved instruction; at 3.6 per accelerator-hour that is **0.25** in all." in report
+    assert "| 1 | 150.0 | 2 | 75.0 |\n| 2 | 100.0 | 1 | 100.0 |\n| all (kept: evolved) | 250.0 | 3 | 50.0 |" in report
     assert "2 verdict requests failed (server errors, timeouts): those items are not scored; a rerun asks only " \
            "them again." in report and "could not be read" not in report
     assert JUDGE_KEY not in report + (out / "summary.json").read_text() + (out / "config.yaml").read_text()

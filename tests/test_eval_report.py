@@ -78,18 +78,19 @@ def test_a_run_where_nothing_was_judged_says_so_once_without_empty_tables(tmp_pa
 
 
 def test_evolve_cost_shows_per_round_and_in_all_and_money_only_with_a_price():
-    cost = {"accelerator_seconds": 3725.25, "reserved_accelerator_seconds": None, "per_kept_instruction": 93.13,
+    cost = {"accelerator_seconds": 3765.25, "reserved_accelerator_seconds": None, "per_kept_instruction": 94.13,
             "price_per_accelerator_hour": None, "money": None,
-            "per_round": [{"round": 1, "accelerator_seconds": 2000.0, "kept": 25, "per_kept": 80.0},
+            "per_round": [{"round": 0, "accelerator_seconds": 40.0, "kept": 16, "per_kept": 2.5},
+                          {"round": 1, "accelerator_seconds": 2000.0, "kept": 25, "per_kept": 80.0},
                           {"round": 2, "accelerator_seconds": 1725.25, "kept": 15, "per_kept": 115.02},
                           {"round": 3, "accelerator_seconds": 0.0, "kept": 0, "per_kept": None}]}
     (_, text), (_, header, rows) = cost_blocks(cost)
-    assert text == "Evolution cost: **3,725.2 accelerator-seconds** of generation, 93.1 per kept instruction."
-    assert rows == [[1, "2,000.0", 25, "80.0"], [2, "1,725.2", 15, "115.0"], [3, "0.0", 0, "n/a"],
-                    ["all", "3,725.2", 40, "93.1"]]
-    priced = cost | {"reserved_accelerator_seconds": 7200.0, "price_per_accelerator_hour": 2.5, "money": 2.587}
-    assert cost_blocks(priced)[0][1].endswith("(7,200.0 reserved by the actors), 93.1 per kept instruction; at 2.5 "
-                                              "per accelerator-hour that is **2.587** in all.")
+    assert text == "Evolution cost: **3,765.2 accelerator-seconds** of generation, 94.1 per kept evolved instruction."
+    assert rows == [["0 (seed answers)", "40.0", 16, "2.5"], [1, "2,000.0", 25, "80.0"], [2, "1,725.2", 15, "115.0"],
+                    [3, "0.0", 0, "n/a"], ["all (kept: evolved)", "3,765.2", 40, "94.1"]]
+    priced = cost | {"reserved_accelerator_seconds": 7200.0, "price_per_accelerator_hour": 2.5, "money": 2.615}
+    assert cost_blocks(priced)[0][1].endswith("(7,200.0 reserved by the actors), 94.1 per kept evolved instruction; "
+                                              "at 2.5 per accelerator-hour that is **2.615** in all.")
     assert cost_blocks(None) == [] and cost_blocks({}) == []
 
 
