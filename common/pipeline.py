@@ -160,12 +160,12 @@ def fingerprints(cfg: PipelineConfig) -> dict[str, str]:
 
 def artifacts(cfg: PipelineConfig) -> dict[str, dict[str, str]]:
     """Where each stage's results are; the first one of a stage is its completion check."""
-    evolve, train, evaluate = cfg.evolve.output.path, cfg.train.output.path, cfg.evaluate.output.path
+    evolve, train, evaluate = (storage.absolute(c.output.path) for c in (cfg.evolve, cfg.train, cfg.evaluate))
     return {
         "evolve": {"summary": storage.join(evolve, "summary.json"), "dataset card": storage.join(evolve, "README.md"),
                    "training set": storage.join(evolve, "training", "parquet"), "records": storage.join(evolve, "records")},
         "train": {"model": storage.join(train, "config.json"), "metrics": storage.join(train, "train_metrics.json"),
-                  "checkpoints": storage.join(cfg.train.checkpoint.storage_path, cfg.train.name)},
+                  "checkpoints": storage.join(storage.absolute(cfg.train.checkpoint.storage_path), cfg.train.name)},
         "evaluate": {"report": storage.join(evaluate, "report.html"), "report (markdown)": storage.join(evaluate, "report.md"),
                      "rows": storage.join(evaluate, "items.parquet"), "summary": storage.join(evaluate, "summary.json")},
     }

@@ -34,11 +34,12 @@ def test_every_stage_reads_its_upstream_output_path():
 def test_sections_override_their_preset_and_keep_the_rest():
     cfg = load()
     preset = yaml_of("configs/local.yaml")
-    assert cfg.evolve.seeds.limit == 12 and cfg.evolve.evolve.rounds == 3  # the pipeline's keys
+    assert cfg.evolve.seeds.limit == 12 and cfg.train.optim.epochs == 2  # the pipeline's keys
     assert cfg.evolve.generation.model == preset["generation"]["model"]  # the preset's
     assert cfg.evolve.evolve.respond_sampling.max_tokens == preset["evolve"]["respond_sampling"]["max_tokens"]
     assert cfg.evolve.output.overwrite is False and yaml_of("configs/local.yaml")["output"]["overwrite"] is True
     assert cfg.train.name == "pipeline-local" and cfg.train.deepspeed.stage == 3
+    assert cfg.evolve.evolve.rounds == preset["evolve"]["rounds"] == 4
 
 
 def test_one_ray_section_for_every_stage():
