@@ -50,19 +50,19 @@ class FlakyOpenAIServer:
             self.hits[(marker, prompt)] += 1
             seen = self.hits[(marker, prompt)]
         if marker == "RATE" and seen <= 2:
-            return _send(request, 429, {"error": {"message": "slow down", "type": "rate_limit"}},
+            return send_json(request, 429, {"error": {"message": "slow down", "type": "rate_limit"}},
                          {"retry-after-ms": "20"})
         if marker == "BROKEN":
-            return _send(request, 500, {"error": {"message": "internal failure", "type": "server_error"}})
+            return send_json(request, 500, {"error": {"message": "internal failure", "type": "server_error"}})
         if marker == "AUTH":
             key = request.headers.get("Authorization", "").removeprefix("Bearer ")
-            return _send(request, 401, {"error": {"message": f"Incorrect API key provided: {key}",
+            return send_json(request, 401, {"error": {"message": f"Incorrect API key provided: {key}",
                                                   "type": "invalid_request_error"}})
         if marker == "GARBLED":
-            return _send_raw(request, 200, b'{"id": "x", "choices": [{"index": 0, "mess')
+            return send_raw(request, 200, b'{"id": "x", "choices": [{"index": 0, "mess')
         if marker == "SLOW":
             time.sleep(self.slow_seconds)
-        _send(request, 200, _completion(body, _answer(prompt)))
+        send_json(request, 200, completion_body(body, _answer(prompt)))
 
 
 def _answer(prompt: str) -> str:
@@ -74,7 +74,7 @@ def _answer(prompt: str) -> str:
     return "Here is a careful answer with several useful words about the question."
 
 
-def _completion(body: dict, text: str) -> dict:
+def completion_body(body: dict, text: str) -> dict:
     usage = {"prompt_tokens": 11, "completion_tokens": len(text.split()), "total_tokens": 11 + len(text.split())}
     if "messages" in body:
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
@@ -84,11 +84,11 @@ def _completion(body: dict, text: str) -> dict:
             "choices": [{"index": 0, "text": text, "finish_reason": "stop"}], "usage": usage}
 
 
-def _send(request, status: int, payload: dict, headers: dict | None = None) -> None:
-    _send_raw(request, status, json.dumps(payload).encode(), headers)
+def send_json(request, status: int, payload: dict, headers: dict | None = None) -> None:
+    send_raw(request, status, json.dumps(payload).encode(), headers)
 
 
-def _send_raw(request, status: int, data: bytes, headers: dict | None = None) -> None:
+def send_raw(request, status: int, data: bytes, headers: dict | None = None) -> None:
     request.send_response(status)
     request.send_header("Content-Type", "application/json")
     request.send_header("Content-Length", str(len(data)))

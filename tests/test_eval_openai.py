@@ -12,7 +12,7 @@ import pytest
 from common.config import load_config
 from eval.config import EvaluateConfig
 from eval.pipeline import run_evaluate
-from tests.openai_fakes import FlakyOpenAIServer, _completion, _send
+from tests.openai_fakes import FlakyOpenAIServer, completion_body, send_json
 from tests.test_eval_evolution import make_evolve_output
 
 JUDGE_KEY_ENV, JUDGE_KEY = "EVOLRAY_TEST_JUDGE_KEY", "sk-judge-only-on-the-driver"
@@ -39,7 +39,7 @@ class JudgeServer(FlakyOpenAIServer):
             self.asked[kind] += 1
             self.keys.setdefault(kind, set()).add(request.headers.get("Authorization", ""))
         if kind == "verdict" and self.fail_on and self.fail_on in prompt:
-            return _send(request, 500, {"error": {"message": "judge overloaded", "type": "server_error"}})
+            return send_json(request, 500, {"error": {"message": "judge overloaded", "type": "server_error"}})
         if kind == "verdict":
             candidate_first = re.search(r"\[Reply A\]\n(.*?)\n\n\[Reply B\]", prompt, re.DOTALL).group(1) \
                 .startswith("Canned answer")
@@ -52,7 +52,7 @@ class JudgeServer(FlakyOpenAIServer):
         for prefill in ("Score A:", "Difficulty:"):  # judge_prefill: the reply was started for us
             if prompt.endswith(f"### Response:\n{prefill}"):
                 text = text.removeprefix(prefill).removeprefix("**Score A:**")
-        _send(request, 200, _completion(body, text))
+        send_json(request, 200, completion_body(body, text))
 
 
 @pytest.fixture
