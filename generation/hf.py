@@ -64,19 +64,28 @@ class HFGenerator:
         return await future
 
     def _take_batch(self) -> list:
-        """Requests that can share one generate(): the same temperature and top_p (their max_tokens
-        may differ: each answer is cut to its own). The largest such group goes first, oldest on a
-        tie, so that chains at different steps still fill the batch (measured: batching by exact
-        sampling split evolve and respond requests into half-empty batches, 0.67x the old path)."""
-        sizes: dict[tuple, int] = {}
+        """Requests that can share one generate(). A whole batch of one kind (temperature, top_p and
+        max_tokens) goes first: nobody runs past their own limit. Else the largest group of one
+        temperature/top_p, oldest first, whatever their max_tokens (each answer is cut to its own):
+        measured, a step of a full mixed batch yields more tokens than a half-empty exact one, since a
+        CPU decode step costs nearly the same at batch 4 and 8."""
+        exact: dict[tuple, int] = {}
         for _, sampling, _ in self._pending:
-            key = (sampling.temperature, sampling.top_p)
-            sizes[key] = sizes.get(key, 0) + 1
-        chosen = max(sizes, key=lambda key: sizes[key])  # dicts keep insertion order: oldest wins ties
+            key = (sampling.temperature, sampling.top_p, sampling.max_tokens)
+            exact[key] = exact.get(key, 0) + 1
+        full = [key for key, n in exact.items() if n >= self.cfg.batch_size]
+        if full:  # a whole batch of one kind: nobody runs past their own max_tokens
+            chosen, width = full[0], 3
+        else:
+            sizes: dict[tuple, int] = {}
+            for key, n in exact.items():
+                sizes[key[:2]] = sizes.get(key[:2], 0) + n
+            chosen, width = max(sizes, key=lambda key: sizes[key]), 2  # dicts keep insertion order: oldest wins ties
         batch, rest = [], deque()
         while self._pending:
             item = self._pending.popleft()
-            fits = (item[1].temperature, item[1].top_p) == chosen and len(batch) < self.cfg.batch_size
+            key = (item[1].temperature, item[1].top_p, item[1].max_tokens)[:width]
+            fits = key == chosen and len(batch) < self.cfg.batch_size
             (batch if fits else rest).append(item)
         self._pending = rest
         return batch
