@@ -71,8 +71,18 @@ def kill_group(proc: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             pass
     proc.wait(timeout=30)
-    _, alive = psutil.wait_procs(started, timeout=30)
-    assert not alive, f"still running after SIGKILL: {alive}"
+    deadline = time.time() + 30
+    while alive := [p for p in started if _running(p)]:
+        assert time.time() < deadline, f"still running after SIGKILL: {alive}"
+        time.sleep(0.1)
+
+
+def _running(process: psutil.Process) -> bool:
+    """A zombie (dead, not yet reaped by a container's PID 1) writes nothing."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def wait_for(condition, timeout: float = 120, what: str = "") -> None:
