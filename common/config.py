@@ -74,19 +74,28 @@ def format_validation_error(error: ValidationError) -> str:
     return f"config error: {where}{message}" + (f" (and {more} more)" if more else "")
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A config file's sections; ValueError with one line (the caller names the key or file)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of sections")
+    return data
+
+
 def load_config(schema: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
     data: dict = {}
     if path is not None:
         try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"config error: cannot read {path}: {exc.strerror}") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config error: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config error: {path} must hold a mapping of sections")
+            data = read_yaml_mapping(path)
+        except ValueError as exc:
+            raise ConfigError(f"config error: {exc}") from None
     for text in overrides:
         set_dotted(data, *parse_override(text))
     try:

@@ -14,14 +14,12 @@ import copy
 import hashlib
 import json
 import time
-from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, model_validator
 
 from common import storage
-from common.config import StrictModel
+from common.config import StrictModel, read_yaml_mapping, set_dotted
 from common.ray_setup import RayConfig, init_ray
 from eval.config import EvaluateConfig
 from evol.config import EvolveConfig
@@ -75,14 +73,6 @@ def _get(data: dict, dotted: str):
     return node
 
 
-def _set(data: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-
-
 def _merge(base: dict, over: dict) -> dict:
     """`over` on top of `base`, section by section."""
     merged = copy.deepcopy(base)
@@ -98,13 +88,9 @@ def _read_base(stage: str, path) -> dict:
     if not isinstance(path, str):
         raise ValueError(f"{stage}.base: must be the path of a {stage} job config file")
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ValueError(f"{stage}.base: cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{stage}.base: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{stage}.base: {path} must hold a mapping of sections")
+        data = read_yaml_mapping(path)
+    except ValueError as exc:
+        raise ValueError(f"{stage}.base: {exc}") from None
     if "stages" in data or "base" in data:
         raise ValueError(f"{stage}.base: {path} is a pipeline config, not a {stage} job config")
     return data
@@ -128,7 +114,7 @@ def compose(data: dict) -> dict:
     for stage, handoffs in HANDOFFS.items():
         for key, (upstream, upstream_key), suffix in handoffs:
             path = _get(data[upstream], upstream_key) or _default(upstream, upstream_key)
-            _set(data[stage], key, f"{str(path).rstrip('/')}/{suffix}" if suffix else path)
+            set_dotted(data[stage], key, f"{str(path).rstrip('/')}/{suffix}" if suffix else path)
     ray = data.get("ray") or {}
     for stage in STAGES:
         data[stage]["ray"] = ray
@@ -213,8 +199,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         print(f"[pipeline] {stage}: done in {seconds:.0f} s", flush=True)
         ran.append(stage)
+    paths = artifacts(cfg)
     result = {"ran": ran, "skipped": skipped, "seconds": round(time.time() - started, 1),
-              "artifacts": {stage: artifacts(cfg)[stage] for stage in cfg.stages}}
+              "artifacts": {stage: paths[stage] for stage in cfg.stages}}
     storage.write_json(storage.join(cfg.output.path, "pipeline.json"), result)
     print(format_artifacts(result))
     return result
