@@ -7,7 +7,7 @@ requests of the same sampling, after a short wait for more) and runs one left-pa
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 
 from common.models import resolve_model
@@ -69,23 +69,17 @@ class HFGenerator:
         temperature/top_p, oldest first, whatever their max_tokens (each answer is cut to its own):
         measured, a step of a full mixed batch yields more tokens than a half-empty exact one, since a
         CPU decode step costs nearly the same at batch 4 and 8."""
-        exact: dict[tuple, int] = {}
-        for _, sampling, _ in self._pending:
-            key = (sampling.temperature, sampling.top_p, sampling.max_tokens)
-            exact[key] = exact.get(key, 0) + 1
-        full = [key for key, n in exact.items() if n >= self.cfg.batch_size]
-        if full:  # a whole batch of one kind: nobody runs past their own max_tokens
+        kinds = Counter(_kind(sampling) for _, sampling, _ in self._pending)
+        full = [kind for kind, n in kinds.items() if n >= self.cfg.batch_size]
+        if full:
             chosen, width = full[0], 3
         else:
-            sizes: dict[tuple, int] = {}
-            for key, n in exact.items():
-                sizes[key[:2]] = sizes.get(key[:2], 0) + n
-            chosen, width = max(sizes, key=lambda key: sizes[key]), 2  # dicts keep insertion order: oldest wins ties
+            shared = Counter(_kind(sampling)[:2] for _, sampling, _ in self._pending)
+            chosen, width = max(shared, key=shared.get), 2  # counters keep insertion order: oldest wins ties
         batch, rest = [], deque()
         while self._pending:
             item = self._pending.popleft()
-            key = (item[1].temperature, item[1].top_p, item[1].max_tokens)[:width]
-            fits = key == chosen and len(batch) < self.cfg.batch_size
+            fits = _kind(item[1])[:width] == chosen and len(batch) < self.cfg.batch_size
             (batch if fits else rest).append(item)
         self._pending = rest
         return batch
@@ -139,3 +133,9 @@ class HFGenerator:
         if self._batcher is not None:
             self._batcher.cancel()
         self._worker.shutdown(wait=False)
+
+
+def _kind(sampling: SamplingParams) -> tuple:
+    """(temperature, top_p, max_tokens): requests of one kind run to the same length; the first two
+    decide whether requests can share a generate() at all."""
+    return sampling.temperature, sampling.top_p, sampling.max_tokens
