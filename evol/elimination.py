@@ -87,6 +87,18 @@ def normalize(text: str) -> str:
     return " ".join(words(text))
 
 
+# Sentence punctuation and quotes: a rewrite that only adds a full stop or quotes is a copy. Any
+# other symbol is content ("2+2" vs "2*2", "x >= y" vs "x <= y").
+_SENTENCE_MARKS = str.maketrans("", "", ".,!?;:\"'`“”‘’«»…。，、！？；：")
+
+
+def copy_key(text: str) -> str:
+    """What two instructions must share to be verbatim copies: case-folded NFKC text without
+    sentence punctuation, whitespace collapsed, every other symbol kept."""
+    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).casefold().translate(_SENTENCE_MARKS)
+    return " ".join(text.split())
+
+
 def could_not_answer(response: str) -> bool:
     """Rule 2: an apology ("sorry", English only) in a short answer."""
     return "sorry" in response.casefold() and len(words(response)) < SORRY_MAX_WORDS
@@ -149,10 +161,14 @@ _COPULAS = frozenset({"is", "are", "be", "was", "were", "am", "seem", "seems", "
                       "remain", "remains", "being", "isn't", "aren't", "wasn't", "weren't"})
 _ADVERBS = frozenset({"the", "exactly", "really", "quite", "entirely", "completely", "totally", "fully",
                       "essentially", "basically", "clearly", "definitely", "absolutely", "strictly", "truly"})
-_NEGATORS = frozenset({"not", "never", "non", "hardly", "neither", "nor", "cannot"})
+_NEGATORS = frozenset({"not", "never", "non", "hardly", "neither", "nor", "cannot", "no", "nowhere"})
+# Words that make an "equal" further back in its sentence doubtful ("they are not, in my view,
+# equal", "far from equal"): such a statement is no evidence of equality.
+_DOUBTS = frozenset({"far", "unlikely", "false", "wrong", "incorrect", "less", "more"})
+_YES, _NO = frozenset({"yes", "true", "correct"}), frozenset({"no", "false", "wrong", "incorrect"})
 _CONTRASTS = frozenset({"but", "however", "although", "though", "whereas", "while", "except", "yet"})
 _HEDGES = frozenset({"whether", "if", "might", "may", "maybe", "perhaps", "possibly", "probably", "unclear",
-                     "unsure", "clear", "sure"})  # "it is not clear whether they are equal"
+                     "unsure", "clear", "sure", "unlikely", "likely"})  # "it is not clear whether they are equal"
 _LABEL = r"^(?:(?:final\s+)?(?:answer|verdict|judgement|judgment|result|output)\s*:\s*)?"
 _BARE = re.compile(_LABEL + r"(not equal|unequal|equal|not the same|the same|different) ?(?P<end>[.!\n]|$)")
 _SENTENCE = re.compile(r"[^.!?;\n]+[.!?;\n]?")
@@ -188,17 +204,29 @@ def _in_predicate(tokens: list[str], i: int) -> bool:
     return opens_clause and all(_is_negator(t) or t in _ADVERBS for t in before)
 
 
-def _polarities(tokens: list[str]) -> set[bool]:
-    """Each verdict stated in one sentence: True for equal, False for not equal (negation applied)."""
-    found = set()
+def _polarities(tokens: list[str]) -> set[bool | None]:
+    """Each verdict stated in one sentence: True for equal, False for not equal (negation applied),
+    None for a statement that cannot be read safely.
+
+    The two answers are not symmetric: a wrong "equal" eliminates a good candidate, a wrong "not
+    equal" only keeps one. So an equal reading needs a sentence with no negation or doubt before
+    it anywhere, not only in its own clause ("They are not, strictly speaking, equal")."""
+    found: set[bool | None] = set()
     for i, token in enumerate(tokens):
         if token not in _VERDICT_WORDS or not _in_predicate(tokens, i):
             continue
         after = tokens[i + 1] if i + 1 < len(tokens) else "."
         if token in _ADJECTIVES_BEFORE_NOUNS and after[0].isalnum() and after not in _FOLLOWERS:
             continue
-        negated = any(_is_negator(t) for t in _clause_before(tokens, i))
-        found.add(_VERDICT_WORDS[token] != negated)
+        clause = _clause_before(tokens, i)
+        negated = any(_is_negator(t) for t in clause)
+        if after == ":":  # "Equal: no" / "Equal: true"
+            answer = tokens[i + 2] if i + 2 < len(tokens) else ""
+            negated = negated != (answer in _NO) if answer in _YES | _NO else negated
+        equal = _VERDICT_WORDS[token] != negated
+        earlier = tokens[:i - len(clause)]
+        doubtful = any(_is_negator(t) or t in _DOUBTS for t in earlier) or _DOUBTS.intersection(clause)
+        found.add(None if equal and doubtful else equal)
     return found
 
 
@@ -225,7 +253,7 @@ def parse_equality(answer: str) -> str:
     for sentence in _SENTENCE.findall(text):
         tokens = _TOKEN.findall(sentence)
         stated = _polarities(tokens) if not sentence.endswith("?") else set()
-        if stated and _HEDGES.intersection(tokens):
+        if None in stated or (stated and _HEDGES.intersection(tokens)):
             return UNPARSED
         found |= stated
         contrast = contrast or bool(_CONTRASTS.intersection(tokens))
@@ -252,7 +280,7 @@ def reason_before_response(parent: str, candidate: str, truncated: bool = False)
         return TRUNCATED_EVOLUTION  # half an instruction must not be answered nor evolved again
     if has_template_leak(candidate, parent):
         return TEMPLATE_LEAK
-    if normalize(candidate) == normalize(parent):
+    if copy_key(candidate) == copy_key(parent):
         return NO_INFORMATION_GAIN  # a verbatim copy needs no judge
     return None
 

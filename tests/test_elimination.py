@@ -89,6 +89,15 @@ def test_a_changed_instruction_in_any_script_is_not_a_copy(parent, candidate):
     assert rules.reason_before_response(parent, " " + parent.replace(" ", "  ")) == rules.NO_INFORMATION_GAIN
 
 
+@pytest.mark.parametrize("parent, candidate", [
+    ("Compute 2+2.", "Compute 2*2."), ("Expand (a+b)^2.", "Expand (a-b)^2."), ("Prove `x >= y`.", "Prove `x <= y`."),
+    ("Sort the list in C.", "Sort the list in C++."),
+])
+def test_a_rewrite_that_changes_only_symbols_is_not_a_copy(parent, candidate):
+    assert rules.reason_before_response(parent, candidate) is None
+    assert rules.reason_before_response(parent, f'"{parent.rstrip(".").lower()}"') == rules.NO_INFORMATION_GAIN
+
+
 @pytest.mark.parametrize("answer", [
     "Equal", "equal.", "They are Equal", "**Equal**", "Answer: Equal", "Verdict: equal\n\nBoth ask for three rivers.",
     "The two instructions are equal.", "They're equal in constraints and depth.", "They are the same.",
@@ -96,7 +105,7 @@ def test_a_changed_instruction_in_any_script_is_not_a_copy(parent, candidate):
     "I think they are equal.", "They do not differ.", "Are they equal? Yes, they are equal.",
     "Both instructions are identical.", "The instructions are, in my view, equal",
     "Both have the same constraints and requirements and the same depth and breadth. Equal.",
-    "Neither is more complex; they are equal.",
+    "Neither is more complex; they are equal.", "Equal: yes", "Equal: true",
 ])
 def test_parse_equality_equal(answer):
     assert rules.parse_equality(answer) == rules.EQUAL
@@ -114,6 +123,8 @@ def test_parse_equality_equal(answer):
     "No, they are not equal.", "They are not equal because the second one requires a rhyme.",
     "The second is a more specific version of the first, so they're not equal.",
     "The two instructions are not equal. The first asks for rivers, while the second asks for long ones.",
+    "They are by no means equal.", "They are in no way equal.", "They are nowhere near equal.",
+    "They are no longer equal.", "Equal: No.", "Equal: false", "Not Equal: true",
 ])
 def test_parse_equality_not_equal(answer):
     assert rules.parse_equality(answer) == rules.NOT_EQUAL
@@ -126,6 +137,9 @@ def test_parse_equality_not_equal(answer):
     "Both are about the same topic.", "Equal? Not equal? Hard to say.",
     "It is not clear whether they are equal.", "They might be equal.", "They are probably not equal.",
     "The instructions are equal in constraints, but the second one has more depth.",
+    # a negation or doubt anywhere before an "equal" (not only next to it) is never read as equal
+    "They are not, in my view, equal.", "They are not, strictly speaking, equal.", "They are not—in any sense—equal.",
+    "They are far from equal.", "They are unlikely to be equal.", "No, they are equal.", "More or less equal.",
 ])
 def test_parse_equality_unclear_is_unparsed(answer):
     assert rules.parse_equality(answer) == rules.UNPARSED
