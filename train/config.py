@@ -69,8 +69,9 @@ class CheckpointSection(StrictModel):
     keep: int = Field(2, ge=1, description="checkpoints kept (the latest K)")
     max_failures: int = Field(3, ge=0, description="worker-group restarts from the last checkpoint")
     scratch_dir: Optional[str] = Field(None, description=(
-        "local folder where each worker stages its checkpoint shards and the export before upload "
-        "(NVMe on GPU nodes); default: the system temp folder"))
+        "local folder where each worker stages its checkpoint shards and the export before upload, and "
+        "downloads a checkpoint from s3:// to resume (NVMe on GPU nodes; created if missing); default: the "
+        "system temp folder"))
 
 
 class OutputSection(StrictModel):

@@ -10,8 +10,10 @@ micro_batch_size units.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -74,11 +76,47 @@ def say(line: str) -> None:
     sys.__stdout__.flush()
 
 
+_announced: set[str] = set()
+
+
+def _local_rank() -> int:
+    try:
+        import ray.train
+
+        return ray.train.get_context().get_local_rank()
+    except Exception:  # outside a Ray Train worker
+        return 0
+
+
 def scratch_dir(cfg: TrainConfig) -> str:
-    """Local staging folder for checkpoint shards and the export (checkpoint.scratch_dir, NVMe on GPU nodes)."""
+    """Local staging folder for checkpoint shards, restored checkpoints and the export
+    (checkpoint.scratch_dir, NVMe on GPU nodes); created if missing, and named once per node."""
     folder = cfg.checkpoint.scratch_dir or tempfile.gettempdir()
+    created = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
+    if folder not in _announced:
+        _announced.add(folder)
+        if created or _local_rank() == 0:
+            source = "checkpoint.scratch_dir" if cfg.checkpoint.scratch_dir else "system temp folder"
+            say(f"[train] scratch folder ({source}) on {os.uname().nodename}: {folder}{' (created)' if created else ''}")
     return folder
+
+
+@contextlib.contextmanager
+def local_checkpoint_dir(checkpoint, scratch: str):
+    """The checkpoint's files in a local folder: a local checkpoint is read in place; a remote
+    one (s3://) is downloaded into `scratch` and deleted afterwards. (Ray's `as_directory` would
+    download it into the system temp folder: ~100 GB on the root disk for a 7B ZeRO-3 run.)"""
+    from pyarrow import fs as pafs
+
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        yield checkpoint.path
+        return
+    folder = tempfile.mkdtemp(prefix="evolray-restore-", dir=scratch)
+    try:
+        yield checkpoint.to_directory(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def to_device(batch: dict, device) -> dict:
@@ -128,17 +166,17 @@ def heldout_loss(engine, examples: list, pad_id: int) -> float | None:
     return total / max(count, 1)
 
 
-def restore(engine, plan: Plan, name: str) -> RunState:
+def restore(engine, cfg: TrainConfig, plan: Plan) -> RunState:
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return RunState()
-    with checkpoint.as_directory() as folder:
+    with local_checkpoint_dir(checkpoint, scratch_dir(cfg)) as folder:
         _, client = engine.load_checkpoint(folder, load_lr_scheduler_states=True)
     diff = plan_mismatch(client.get("plan", {}), plan.signature())
     if diff:
-        raise ValueError(resume_error(name, diff))
+        raise ValueError(resume_error(cfg.name, diff))
     state = RunState(**client["run_state"])
     state.restored_from = state.step
     return state
@@ -276,7 +314,7 @@ def train_loop(loop_config: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = pad_id_of(tokenizer)
     engine = build_engine(cfg, model_path, plan.total_steps)
-    state = restore(engine, plan, cfg.name)
+    state = restore(engine, cfg, plan)
     if state.heldout_loss_before is None:
         state.heldout_loss_before = heldout_loss(engine, plan.heldout, pad_id)
     started = time.perf_counter()
