@@ -276,11 +276,26 @@ def global_step_targets(engine, units: Units, order, cfg: TrainConfig, plan: Pla
     return counts.tolist()
 
 
+def train_step(engine, units: Units, order, step: int, target: int, mode: str, pad_id: int, cfg: TrainConfig,
+               world_size: int, window: Window) -> None:
+    """One optimizer step of this worker: its grad_accum_steps micro batches of step `step` of the
+    epoch, each backpropagated as its share of the step's global token mean (`target` loss
+    positions on all workers); DeepSpeed sums them and updates at the accumulation boundary."""
+    accum, micro = cfg.grad_accum_steps, cfg.optim.micro_batch_size
+    for a in range(accum):
+        batch, real = collate(units, micro_batch(order, step, a, accum, micro), mode, pad_id)
+        inputs = to_device(batch, engine.device)
+        # No KV cache: transformers derives the per-sample mask only without one.
+        loss, value = micro_step_loss(engine, inputs, target, world_size)
+        engine.backward(loss, scale_wrt_gas=False)
+        engine.step()  # DeepSpeed only updates at the accumulation boundary
+        window.add(value, inputs["input_ids"].numel(), real)
+
+
 def run_epochs(engine, cfg: TrainConfig, plan: Plan, state: RunState, pad_id: int) -> None:
     import ray.train
 
     rank = ray.train.get_context().get_world_rank()
-    accum, micro = cfg.grad_accum_steps, cfg.optim.micro_batch_size
     mode = collate_mode(cfg.data.packing, cfg.optim.batch_unit, cfg.model.attn_implementation)
     flops = model_flops(engine, cfg)
     units = load_units(ray.train.get_dataset_shard(f"rank{rank}"))
@@ -289,14 +304,7 @@ def run_epochs(engine, cfg: TrainConfig, plan: Plan, state: RunState, pad_id: in
         order = epoch_order(len(units), cfg.data.seed, epoch, rank)
         targets = global_step_targets(engine, units, order, cfg, plan)
         for step in range(state.step - epoch * plan.steps_per_epoch, plan.steps_per_epoch):
-            for a in range(accum):
-                batch, real = collate(units, micro_batch(order, step, a, accum, micro), mode, pad_id)
-                inputs = to_device(batch, engine.device)
-                # No KV cache: transformers derives the per-sample mask only without one.
-                loss, value = micro_step_loss(engine, inputs, targets[step], plan.world_size)
-                engine.backward(loss, scale_wrt_gas=False)
-                engine.step()  # DeepSpeed only updates at the accumulation boundary
-                window.add(value, inputs["input_ids"].numel(), real)
+            train_step(engine, units, order, step, targets[step], mode, pad_id, cfg, plan.world_size, window)
             state.step += 1
             window.steps += 1
             maybe_kill(cfg, state, rank)

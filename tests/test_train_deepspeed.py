@@ -1,0 +1,131 @@
+"""The loss normalisation through the real DeepSpeed engine (train.engine.build_engine) and the
+loop's own optimizer step (train.loop.train_step): gradient accumulation 1 x 8 and 4 x 2 of
+packed micro batches with very different numbers of response tokens give the same update, the
+one of the global per-token mean loss of the 8 samples. A DeepSpeed that divided by the
+accumulation steps despite scale_wrt_gas=False (its output backward hooks do unless the
+engine's backward registered the graph) would update 8x or 2x less.
+
+Single process, gloo, world size 1, tiny random Llama, fp32; AdamW is swapped for plain SGD
+(lr 1) so that the update is the gradient itself (Adam's first step is ~lr x sign(gradient),
+blind to any scale), and clipping is off. ZeRO stages 0-3: ~8 s on 2 cores.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from common.config import load_config
+from tests.test_train_recipe import sample, sample_units, tiny_llama
+from train.config import TrainConfig
+
+# (tokens, prompt tokens): loss positions 60, 38, 27, 15 | 2, 1, 2, 3 -> micro batches of 4 hold 140 and 8
+SAMPLES = ((64, 4), (40, 2), (30, 3), (20, 5), (10, 8), (6, 5), (12, 10), (9, 6))
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    """What Ray Train gives a worker: an env:// process group (here of one gloo process)."""
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+           "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    folder = str(tmp_path_factory.mktemp("m") / "tiny-llama")
+    tiny_llama("sdpa").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def units():
+    out = sample_units([sample(n, prompt) for n, prompt in SAMPLES])
+    assert list(out.targets) == [n - p for n, p in SAMPLES]
+    return out
+
+
+class SGDNamedAdamW:
+    """Stands in for torch.optim.AdamW in train.engine: plain SGD at the configured lr."""
+
+    def __new__(cls, params, lr, **_):
+        import torch
+
+        return torch.optim.SGD(params, lr=lr)
+
+
+def expected_weights(model_dir: str, units, lr: float) -> tuple[dict, dict]:
+    """(weights after one SGD step on the mean loss over every loss position of the 8 samples in
+    one plain batch, weights before)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from train.batches import collate
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    everything, _ = collate(units, np.arange(len(units)), "padded", 0)
+    model(**{k: torch.as_tensor(v) for k, v in everything.items()}, use_cache=False).loss.backward()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    return {name: (p - lr * p.grad).detach() for name, p in model.named_parameters()}, before
+
+
+def one_optimizer_step(model_dir: str, units, stage: int, micro: int, monkeypatch) -> dict:
+    """The loop's optimizer step 0 on an engine built by train.engine; the weights after it."""
+    import torch
+
+    from train.batches import collate_mode
+    from train.engine import build_engine, full_state_dict
+    from train.loop import Plan, global_step_targets, train_step
+    from train.metrics import Window
+
+    monkeypatch.setattr(torch.optim, "AdamW", SGDNamedAdamW)
+    cfg = load_config(TrainConfig, "configs/train_tiny.yaml", [
+        f"model.name={model_dir}", f"deepspeed.stage={stage}", "scaling.num_workers=1", "optim.global_batch_size=8",
+        f"optim.micro_batch_size={micro}", "optim.lr=1.0", "optim.warmup_steps=0", "optim.max_grad_norm=0"])
+    assert cfg.grad_accum_steps == 8 // micro
+    plan = Plan(steps_per_epoch=1, total_steps=1, world_size=1)
+    engine = build_engine(cfg, model_dir, plan.total_steps)
+    assert type(engine.basic_optimizer if hasattr(engine, "basic_optimizer") else engine.optimizer).__name__ == "SGD"
+    assert engine.gradient_accumulation_steps() == 8 // micro
+    order = np.arange(len(units))
+    targets = global_step_targets(engine, units, order, cfg, plan)
+    assert targets == [int(units.targets.sum())]
+    mode = collate_mode(cfg.data.packing, cfg.optim.batch_unit, cfg.model.attn_implementation)
+    window = Window()
+    train_step(engine, units, order, 0, targets[0], mode, 0, cfg, plan.world_size, window)
+    assert engine.global_steps == 1  # exactly one optimizer step
+    state = full_state_dict(engine, cfg)
+    weights = {k: v.detach().float().clone() for k, v in state.items()}
+    engine.destroy()
+    return weights
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_accumulation_1x8_and_4x2_give_the_same_deepspeed_update(stage, process_group, model_dir, units, monkeypatch):
+    import torch
+
+    expected, before = expected_weights(model_dir, units, lr=1.0)
+    after = {micro: one_optimizer_step(model_dir, units, stage, micro, monkeypatch) for micro in (1, 4)}
+    moved = 0.0
+    for name, want in expected.items():
+        for micro, weights in after.items():
+            torch.testing.assert_close(weights[name] - before[name], want - before[name], atol=2e-6, rtol=1e-4,
+                                       msg=lambda m: f"stage {stage}, micro {micro}, {name}: {m}")
+        moved = max(moved, float((want - before[name]).abs().max()))
+    assert moved > 1e-2  # the step moved the weights far more than the tolerance
