@@ -87,6 +87,15 @@ class EvolveConfig(StrictModel):
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
+    def _user_text_stays_text(self):
+        """Evolve prompts hold seed text: `raw` would tokenise a seed's "<|im_start|>" as a real turn."""
+        for key, gen in (("generation", self.generation), ("judge", self.judge)):
+            if gen is not None and gen.prompt_format == "raw":
+                raise ValueError(f"{key}.prompt_format: raw is not allowed for evolve (its prompts hold seed text, "
+                                 "whose special-token strings must stay text); use chat or plain")
+        return self
+
+    @model_validator(mode="after")
     def _prompts_fit(self):
         """At least one token per word: a template that cannot fit by its words alone is refused here;
         the driver repeats the check with the model's tokenizer (evol.pipeline.preflight)."""

@@ -20,14 +20,14 @@ import yaml
 
 from common import storage
 from common.config import UserError
-from common.models import SMALL_MODEL_ALIAS, pin_local_model, resolve_model
+from common.models import SMALL_MODEL_ALIAS, pin_local_model
 from common.ray_setup import init_ray
 from common.s3 import preflight_s3
 from evol.accounting import accounting, accounting_error, chain_problems
 from evol.card import render_card
 from evol.config import TRUNCATING_BACKENDS, EvolveConfig, prompt_budget_problem
-from evol.reading import READ_COUNTS, read_counts, read_seed_rows, resolve_seed_path, unread_files
-from evol.records import ERROR, KEPT, SEED_SCHEMA, TRAINING_SCHEMA, empty_record, in_training_set, records_table
+from evol.reading import READ_COUNTS, read_counts, read_seed_buckets, resolve_seed_path, seed_rows, unread_files
+from evol.records import ERROR, KEPT, TRAINING_SCHEMA, empty_record, in_training_set, records_table
 from evol.resume import bucket_file, buckets_in, config_changes
 from evol.rounds import Roles, quarantine_record, run_chain
 from evol.seeds import SUPPORTED_SUFFIXES
@@ -112,28 +112,47 @@ def check_room(ray, cfg: EvolveConfig) -> None:
                         f"{need_gpus:g} GPUs; this Ray has {total.get('GPU', 0):g}")
 
 
-def template_tokens(gen: GenerationConfig) -> list[int] | None:
-    """Token counts of templates.template_overheads() as this backend sends them (chat template
-    included), when it cuts prompts itself and its tokenizer is on this machine; else None."""
+def driver_tokenizer(gen: GenerationConfig):
+    """The tokenizer of a backend that cuts prompts itself, read on the driver without the weights
+    (an s3 folder's tokenizer files only; a hub id's from the hub), or None where it cannot be
+    read here (a hub the driver cannot reach): the actors then check with their own."""
     if gen.backend not in TRUNCATING_BACKENDS:
         return None
-    if gen.model != SMALL_MODEL_ALIAS and not os.path.isdir(os.path.expanduser(gen.model)):
-        return None  # a hub id or s3 folder: not fetched here; the config's word bound stands
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(pin_local_model(gen.model)))
+    from train.tokenizer import tokenizer_path
+
+    local = gen.model == SMALL_MODEL_ALIAS or os.path.isdir(os.path.expanduser(gen.model))
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer_path(pin_local_model(gen.model)))
+    except OSError:
+        if local:
+            raise
+        return None
+
+
+def template_tokens(gen: GenerationConfig, tokenizer) -> list[int] | None:
+    """Token counts of templates.template_overheads() as this backend sends them (chat template
+    included), or None without a tokenizer."""
+    if tokenizer is None or gen.backend not in TRUNCATING_BACKENDS:
+        return None
     return [len(prompt_token_ids(text, gen.prompt_format, tokenizer)) for text in template_overheads()]
 
 
-def check_prompt_budget(cfg: EvolveConfig) -> None:
+def check_prompt_budget(cfg: EvolveConfig, writer=None, judge=None) -> None:
     """The config's check that the longest instruction plus the longest template fits
-    max_prompt_tokens, again with the writer's (and judge's) tokenizer instead of words."""
-    writer = template_tokens(cfg.generation)
-    judge = writer if cfg.judge is None else template_tokens(cfg.judge)
-    if writer is None and judge is None:
+    max_prompt_tokens, again with the writer's (and judge's) tokenizer instead of words: the
+    driver's (`driver_tokenizer`) before any work, an actor's own engines' as it starts."""
+    if writer is None:
+        writer = driver_tokenizer(cfg.generation)
+    if judge is None:
+        judge = writer if cfg.judge is None else driver_tokenizer(cfg.judge)
+    writer_counts = template_tokens(cfg.generation, writer)
+    judge_counts = template_tokens(cfg.judge or cfg.generation, judge)
+    if writer_counts is None and judge_counts is None:
         return
     words = [len(text.split()) for text in template_overheads()]
-    problem = prompt_budget_problem(cfg, (writer or words)[:-1] + [(judge or words)[-1]], "tokens")
+    problem = prompt_budget_problem(cfg, (writer_counts or words)[:-1] + [(judge_counts or words)[-1]], "tokens")
     if problem:
         raise UserError(f"config error: {problem}")
 
@@ -159,7 +178,7 @@ def write_bucket(out: str, bucket: int, records: list[dict], train_on_truncated:
 
 
 class EvolveActor:
-    """Ray Data async callable class. Needs SEED_SCHEMA columns + `bucket`; writes each bucket's
+    """Ray Data async callable class over BUCKET_SCHEMA rows (whole buckets); writes each bucket's
     records and yields one row of counts per bucket (bucket, seeds, records, kept, errors, actor).
 
     Every seed's chain is its own coroutine; up to `rows_per_call x calls_per_actor` chains are in
@@ -172,6 +191,8 @@ class EvolveActor:
         self.cfg = cfg
         writer = build_generator(cfg.generation, api_keys["generation"])
         judge = build_generator(cfg.judge, api_keys["judge"]) if cfg.judge is not None else writer
+        # The driver may not have read a hub model's tokenizer: never cut a template's rules away.
+        check_prompt_budget(cfg, getattr(writer, "tokenizer", None), getattr(judge, "tokenizer", None))
         self.roles = Roles(writer=writer, judge=judge)
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
         self.started, self.seeds_done = time.perf_counter(), 0
@@ -192,32 +213,28 @@ class EvolveActor:
                 "errors": sum(r["status"] == ERROR for r in records)}
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        missing = [name for name in [*SEED_SCHEMA.names, "bucket"] if name not in batch.column_names]
-        if missing:
-            raise ValueError(f"EvolveActor needs seed columns {missing}")
         if self.slots is None:
             gen = self.cfg.generation
             self.slots = asyncio.Semaphore(gen.rows_per_call * gen.calls_per_actor)
-        by_bucket: dict[int, list[dict]] = {}
-        for row in batch.to_pylist():
-            by_bucket.setdefault(row.pop("bucket"), []).append(row)
-        done = await asyncio.gather(*(self._bucket(b, rows) for b, rows in sorted(by_bucket.items())))
-        print(f"[evolve] {batch.num_rows} seeds in {len(done)} bucket(s) written ({self.seeds_done} seeds by "
+        done = await asyncio.gather(*(self._bucket(b, rows) for b, rows in seed_rows(batch)))
+        print(f"[evolve] {sum(d['seeds'] for d in done)} seeds in {len(done)} bucket(s) written ({self.seeds_done} seeds by "
               f"{self.actor}): {sum(d['kept'] for d in done)} candidates kept, "
               f"{time.perf_counter() - self.started:.0f} s", flush=True)
         return pa.Table.from_pylist(done)
 
 
-def failed_bucket_records(group: pa.Table, out: str) -> pa.Table:
-    """A bucket whose worker died on every retry: every row of it is recorded (bad seeds
+def failed_bucket_records(batch: pa.Table, out: str) -> pa.Table:
+    """Buckets whose worker died on every retry: every row of them is recorded (bad seeds
     quarantined as usual, the others as errors), so that no row is lost and reruns end."""
-    rows = group.to_pylist()
-    records = [quarantine_record(row) if row["error"] is not None else empty_record(
-        id=row["seed_id"], root_id=row["seed_id"], round=0, op="seed", instruction=row["instruction"],
-        input=row["input"], source=row["source"], line=row["line"], status=ERROR, reason=WORKER_FAILED,
-        detail="the worker evolving this bucket died repeatedly") for row in rows]
-    write_bucket(out, rows[0]["bucket"], records, train_on_truncated=False)
-    return pa.table({"bucket": [rows[0]["bucket"]], "seeds": [len(rows)]})
+    written = []
+    for bucket, rows in seed_rows(batch):
+        records = [quarantine_record(row) if row["error"] is not None else empty_record(
+            id=row["seed_id"], root_id=row["seed_id"], round=0, op="seed", instruction=row["instruction"],
+            input=row["input"], source=row["source"], line=row["line"], status=ERROR, reason=WORKER_FAILED,
+            detail="the worker evolving this bucket died repeatedly") for row in rows]
+        write_bucket(out, bucket, records, train_on_truncated=False)
+        written.append({"bucket": bucket, "seeds": len(rows)})
+    return pa.Table.from_pylist(written)
 
 
 def training_rows(records: list[dict], train_on_truncated: bool) -> pa.Table:
@@ -301,10 +318,10 @@ def start_run(cfg: EvolveConfig) -> frozenset[int]:
 def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> dict[str, int]:
     """Stream the seeds of unfinished buckets through the actor pool; rows per actor."""
     gen, out = cfg.generation, cfg.output.path
-    seeds = read_seed_rows(cfg.seeds.path, cfg.seeds, cfg.output.buckets, done, storage.join(out, READ_COUNTS))
+    buckets = read_seed_buckets(cfg.seeds.path, cfg.seeds, cfg.output.buckets, done, storage.join(out, READ_COUNTS))
     keys = {"generation": driver_api_key(gen), "judge": driver_api_key(cfg.judge) if cfg.judge else None}
-    stats = seeds.map_batches(
-        EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": keys}, batch_size=None,
+    stats = buckets.map_batches(
+        EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": keys}, batch_size=1,
         batch_format="pyarrow", num_cpus=gen.num_cpus, num_gpus=gen.num_gpus,
         # No calls queued at a busy actor (Ray Data's default queues 4x): a block waits for the
         # first actor with a free slot, so a few large blocks spread over the whole pool.
@@ -325,9 +342,9 @@ def record_failed_buckets(cfg: EvolveConfig, records_dir: str) -> int:
     if not failed:
         return 0
     every = frozenset(range(cfg.output.buckets))
-    seeds = read_seed_rows(cfg.seeds.path, cfg.seeds, cfg.output.buckets, every - failed)
-    seeds.groupby("bucket").map_groups(failed_bucket_records, fn_kwargs={"out": cfg.output.path},
-                                       batch_format="pyarrow").materialize()
+    buckets = read_seed_buckets(cfg.seeds.path, cfg.seeds, cfg.output.buckets, every - failed)
+    buckets.map_batches(failed_bucket_records, fn_kwargs={"out": cfg.output.path}, batch_size=1,
+                        batch_format="pyarrow").materialize()
     print(f"[evolve] {len(failed)} bucket(s) failed {MAX_CALL_RETRIES + 1} times: their seeds are "
           f"recorded as {WORKER_FAILED} errors", flush=True)
     return len(failed)

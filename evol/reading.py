@@ -14,9 +14,10 @@ from common import storage
 from common.rows import resolve_bundled
 from evol.config import SeedsConfig
 from evol.operations import stable_hash
+from evol.records import SEED_SCHEMA
 from evol.resume import bucket_of
-from evol.seeds import (SUPPORTED_SUFFIXES, SeedFields, jsonl_pieces, mark_duplicates, parse_jsonl, parse_seed_file,
-                        seed_table, source_name)
+from evol.seeds import (SUPPORTED_SUFFIXES, SeedFields, jsonl_pieces, mark_duplicates, parquet_pieces, parse_jsonl,
+                        parse_seed_file, seed_table, source_name)
 
 READ_COUNTS = "_read"
 
@@ -37,9 +38,14 @@ def is_jsonl(path: str) -> bool:
 
 
 def file_rows(path: str, source: str, fields: SeedFields, piece_bytes: int) -> Iterator[list[dict]]:
-    """The seed rows of one file, a piece at a time: jsonl in pieces of whole lines (exact line
-    numbers, never the whole file in memory), json and parquet whole."""
+    """The seed rows of one file, a piece at a time, never the whole file in memory: jsonl in
+    pieces of whole lines (exact line numbers), parquet a record batch at a time; a .json array
+    is parsed whole (JSON has no record boundaries to cut at: use jsonl for big inputs)."""
     filesys, inner = storage.filesystem(path)
+    if path.lower().endswith(".parquet"):
+        with filesys.open_input_file(inner) as file:
+            yield from parquet_pieces(file, source, fields)
+        return
     with filesys.open_input_stream(inner) as stream:
         if not is_jsonl(path):
             yield parse_seed_file(stream.read(), source, fields)
@@ -103,17 +109,30 @@ def unread_files(path: str, counted: set[str]) -> list[str]:
     return sorted(set(source_name(f, path) for f in seed_files(path)) - counted)
 
 
+# One row per bucket: a call of the evolve actor gets whole buckets whatever its batch size (Ray
+# Data requires a batch size in rows for GPU actors, and a bucket is written by one call only).
+BUCKET_SCHEMA = pa.schema([("bucket", pa.int64()), ("seeds", pa.list_(pa.struct(list(SEED_SCHEMA))))])
+
+
 def dedupe_bucket(group: pa.Table) -> pa.Table:
-    """One bucket's rows: duplicates share an id and so a bucket, so marking here is exact."""
+    """One bucket's rows as one BUCKET_SCHEMA row: duplicates share an id and so a bucket, so
+    marking here is exact."""
     rows = group.to_pylist()
-    table = seed_table(mark_duplicates(rows))
-    return table.append_column("bucket", pa.array([rows[0]["bucket"]] * len(rows), pa.int64()))
+    bucket = rows[0]["bucket"]
+    seeds = seed_table(mark_duplicates(rows)).to_pylist()
+    return pa.Table.from_pylist([{"bucket": bucket, "seeds": seeds}], schema=BUCKET_SCHEMA)
 
 
-def read_seed_rows(path: str, cfg: SeedsConfig, buckets: int = 256, done: frozenset[int] = frozenset(),
-                   counts_dir: str | None = None):
-    """Dataset of SEED_SCHEMA rows + `bucket`, one per input row, bad rows marked (never dropped),
-    grouped so that every bucket's rows are in one block.
+def seed_rows(batch: pa.Table) -> Iterator[tuple[int, list[dict]]]:
+    """(bucket, its SEED_SCHEMA rows) of each BUCKET_SCHEMA row."""
+    for row in batch.to_pylist():
+        yield row["bucket"], row["seeds"]
+
+
+def read_seed_buckets(path: str, cfg: SeedsConfig, buckets: int = 256, done: frozenset[int] = frozenset(),
+                      counts_dir: str | None = None):
+    """Dataset of BUCKET_SCHEMA rows: every input row in its bucket's row, bad rows marked (never
+    dropped); buckets in `done` are left out.
 
     Without a limit every file is read by a task of its own. With one, a single task reads the
     files in sorted order and stops after `limit` rows: the same rows every run."""

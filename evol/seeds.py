@@ -211,15 +211,30 @@ def _column_values(column: pa.Array) -> list:
         return values
 
 
+PARQUET_PIECE_ROWS = 65536
+
+
+def parquet_pieces(file, source: str, fields: SeedFields, rows_per_piece: int = PARQUET_PIECE_ROWS
+                   ) -> Iterator[list[dict]]:
+    """The rows of a parquet file (a random-access file object, never read whole), one record
+    batch at a time; `line` is the row's index in the file. A file that turns out corrupt ends
+    with one unreadable_file row at the index where reading stopped."""
+    line = 0
+    try:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=rows_per_piece):
+            columns = [_column_values(column) for column in batch.columns]
+            rows = []
+            for values in zip(*columns):
+                item = dict(zip(batch.schema.names, values))
+                rows.append(validate_record(item, fields, source, line, _raw_json(item)))
+                line += 1
+            yield rows
+    except Exception as exc:
+        yield [_bad(source, line, UNREADABLE_FILE, f"{type(exc).__name__}: {exc}"[:RAW_LIMIT], None)]
+
+
 def parse_parquet(data: bytes, source: str, fields: SeedFields) -> list[dict]:
-    """Record batch by record batch; `line` is the row's index in the file."""
-    rows = []
-    for batch in pq.ParquetFile(io.BytesIO(data)).iter_batches():
-        columns = [_column_values(column) for column in batch.columns]
-        for values in zip(*columns):
-            item = dict(zip(batch.schema.names, values))
-            rows.append(validate_record(item, fields, source, len(rows), _raw_json(item)))
-    return rows
+    return [row for piece in parquet_pieces(io.BytesIO(data), source, fields) for row in piece]
 
 
 def parse_seed_file(data: bytes, source: str, fields: SeedFields) -> list[dict]:

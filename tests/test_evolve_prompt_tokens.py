@@ -5,7 +5,9 @@ from collections import Counter
 import pytest
 from transformers import AutoTokenizer
 
+from common.config import ConfigError, load_config
 from common.models import SMALL_MODEL_ALIAS, resolve_model
+from evol.config import EvolveConfig
 from generation.config import GenerationConfig
 from generation.hf import HFGenerator
 from generation.prompts import PLAIN_TEMPLATE, prompt_token_ids, text_token_ids
@@ -105,3 +107,10 @@ def test_the_hf_backend_generates_from_the_split_ids(tiny_llama):
     assert hostile.prompt_tokens == len(generator.prompt_ids(HOSTILE))
     assert short.prompt_tokens == len(generator.prompt_ids("Name a river.")) < hostile.prompt_tokens
     assert hostile.completion_tokens == short.completion_tokens == 3
+
+
+@pytest.mark.parametrize("role", ["generation", "judge"])
+def test_evolve_refuses_raw_prompts_whose_seed_text_could_become_special_tokens(role):
+    with pytest.raises(ConfigError, match=rf"{role}.prompt_format: raw is not allowed for evolve"):
+        load_config(EvolveConfig, "configs/tiny.yaml", [f"{role}.prompt_format=raw"] +
+                    (["judge.backend=echo"] if role == "judge" else []))

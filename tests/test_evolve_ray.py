@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -10,7 +11,8 @@ from common.config import UserError, load_config
 from evol import elimination as rules
 from evol.config import EvolveConfig
 from evol.pipeline import read_records, run_evolve
-from evol.reading import read_seed_rows
+from evol.reading import read_seed_buckets
+from evol.resume import bucket_of
 from tests.evolve_checks import assert_counts_and_lineage
 
 
@@ -150,11 +152,20 @@ def test_bad_rows_are_quarantined_with_reasons(tmp_path, tiny_llama, local_ray):
     assert sorted(used["id"]) == ["a.jsonl:11", "g1", "g2", "g3", "j1", "p1"]
 
 
+def seed_frame(buckets) -> pd.DataFrame:
+    """The seed rows of a bucket dataset, each bucket's rows checked to be in their own bucket."""
+    rows = []
+    for bucket in buckets.iter_rows():
+        assert {bucket_of(seed["seed_id"], 256) for seed in bucket["seeds"]} == {bucket["bucket"]}
+        rows += bucket["seeds"]
+    return pd.DataFrame(rows)
+
+
 def test_a_split_file_finds_every_duplicate_and_the_limit_picks_the_same_rows(tmp_path, local_ray):
     objs = [{"id": f"s{i % 25}", "instruction": f"Task {i}."} for i in range(50)]  # ids 0-24 twice
     (tmp_path / "one.jsonl").write_text("".join(json.dumps(o) + "\n" for o in objs))
     cfg = load_config(EvolveConfig, "configs/tiny.yaml", ["seeds.limit=null", "seeds.piece_bytes=100"]).seeds
-    rows = read_seed_rows(str(tmp_path / "one.jsonl"), cfg).to_pandas()
+    rows = seed_frame(read_seed_buckets(str(tmp_path / "one.jsonl"), cfg))
     assert len(rows) == 50 and rows["line"].sort_values().tolist() == list(range(1, 51))
     duplicates = rows[rows["error"] == "duplicate_id"]
     assert sorted(duplicates["line"]) == list(range(26, 51))
@@ -163,7 +174,7 @@ def test_a_split_file_finds_every_duplicate_and_the_limit_picks_the_same_rows(tm
         (tmp_path / "folder" / name).write_text("".join(json.dumps({"instruction": f"{name} {i}"}) + "\n"
                                                        for i in range(30)))
     limited = cfg.model_copy(update={"limit": 40})
-    picks = [sorted(read_seed_rows(str(tmp_path / "folder"), limited).to_pandas()["seed_id"]) for _ in range(2)]
+    picks = [sorted(seed_frame(read_seed_buckets(str(tmp_path / "folder"), limited))["seed_id"]) for _ in range(2)]
     assert picks[0] == picks[1] == sorted([f"a.jsonl:{i}" for i in range(1, 31)] +
                                           [f"b.jsonl:{i}" for i in range(1, 11)])
 

@@ -9,6 +9,7 @@ from evol.config import EvolveConfig
 from evol.pipeline import check_prompt_budget, preflight
 from evol.reading import read_seed_files, seed_files
 from evol.seeds import DUPLICATE_ID, SeedFields, parse_jsonl
+from tests.s3_fixtures import moto_s3  # noqa: F401
 
 FIELDS = SeedFields("instruction", "input", "output", "id")
 
@@ -78,3 +79,55 @@ def test_the_driver_checks_the_prompt_budget_with_the_models_tokenizer(tmp_path)
     check_prompt_budget(load_config(EvolveConfig, "configs/tiny.yaml", ["seeds.max_instruction_tokens=40"]))
     echo = load_config(EvolveConfig, "configs/tiny.yaml", [*overrides, "generation.backend=echo"])
     check_prompt_budget(echo)  # echo cuts nothing: no limit to check
+
+
+BUDGET = ["seeds.max_instruction_tokens=100", "generation.max_prompt_tokens=250"]
+TOO_SMALL = ("config error: generation.max_prompt_tokens: 250 cannot hold an evolve prompt: 200 tokens of template + "
+             "100 tokens of instructions (seeds.max_instruction_tokens, evolve.evolve_sampling.max_tokens) + 8 = 308")
+
+
+def test_an_s3_models_prompt_budget_is_checked_on_the_driver_with_its_tokenizer_files_only(tmp_path, moto_s3):
+    from transformers import AutoTokenizer
+
+    from common.models import SMALL_MODEL_ALIAS, resolve_model
+
+    AutoTokenizer.from_pretrained(resolve_model(SMALL_MODEL_ALIAS)).save_pretrained(tmp_path / "tok")
+    for f in (tmp_path / "tok").iterdir():  # the tokenizer, no weights: the driver must not need them
+        moto_s3.client().upload_file(str(f), moto_s3.bucket, f"budget-model/{f.name}")
+    cfg = load_config(EvolveConfig, "configs/tiny.yaml",
+                      [*BUDGET, f"generation.model={moto_s3.url('budget-model')}", f"output.path={tmp_path / 'out'}"])
+    with pytest.raises(UserError) as info:  # the word bound alone (116 words) let this through
+        check_prompt_budget(cfg)
+    assert str(info.value) == TOO_SMALL
+
+
+def test_a_hub_model_the_driver_cannot_reach_is_checked_by_the_actor_with_its_engines_tokenizer(monkeypatch):
+    from transformers import AutoTokenizer
+
+    from common.models import SMALL_MODEL_ALIAS, resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a driver without the hub
+    cfg = load_config(EvolveConfig, "configs/tiny.yaml", [*BUDGET, "generation.model=nobody/not-cached-model"])
+    check_prompt_budget(cfg)  # nothing to read on the driver: the config's word bound stands
+    engine_tokenizer = AutoTokenizer.from_pretrained(resolve_model(SMALL_MODEL_ALIAS))
+    with pytest.raises(UserError) as info:  # what EvolveActor runs as it starts, with its engine's tokenizer
+        check_prompt_budget(cfg, engine_tokenizer, engine_tokenizer)
+    assert str(info.value) == TOO_SMALL
+
+
+def test_a_large_parquet_file_is_read_a_record_batch_at_a_time_with_exact_row_numbers(tmp_path):
+    import pyarrow.parquet as pq
+
+    from evol.seeds import PARQUET_PIECE_ROWS
+
+    n = PARQUET_PIECE_ROWS + 5
+    table = pa.table({"instruction": [f"Task {i}." for i in range(n)], "id": [f"p{i}" for i in range(n)]})
+    pq.write_table(table, tmp_path / "big.parquet", row_group_size=PARQUET_PIECE_ROWS // 2)
+    pieces = _read(tmp_path)
+    assert len(pieces) >= 2 and max(len(piece) for piece in pieces) <= PARQUET_PIECE_ROWS  # never one whole table
+    rows = [row for piece in pieces for row in piece]
+    assert [row["line"] for row in rows] == list(range(n)) and rows[-1]["seed_id"] == f"p{n - 1}"
+    assert all(row["error"] is None for row in rows)
+    (tmp_path / "big.parquet").write_bytes((tmp_path / "big.parquet").read_bytes()[: 1000])  # cut: corrupt
+    (bad,) = [row for piece in _read(tmp_path) for row in piece]
+    assert bad["error"] == "unreadable_file" and bad["line"] == 0
