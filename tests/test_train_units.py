@@ -136,6 +136,38 @@ def test_wizardlm_response_boundary_has_no_stray_token_with_a_llama_sentencepiec
     assert tok.decode(response, skip_special_tokens=True) == "The answer is 5."
 
 
+@pytest.fixture(scope="module")
+def small_model_tokenizer():
+    from transformers import AutoTokenizer
+
+    from common.models import SMALL_MODEL_ALIAS, resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(SMALL_MODEL_ALIAS))
+
+
+@pytest.mark.parametrize("tokenizer, template, starts", [
+    ("small_model_tokenizer", "chat_template", "<|im_start|>system\n"),  # ChatML markers, not "system\n"
+    ("small_model_tokenizer", "wizardlm", "Say hi"),
+    ("llama_sp_tokenizer", "wizardlm", "<s>Say hi"),  # the BOS it was trained with, no " " after it
+    ("llama_sp_tokenizer", "vicuna_v1.1", "<s>A chat"),
+])
+def test_heldout_sample_is_generated_from_the_training_prompt_as_it_is(tokenizer, template, starts, request):
+    """The sample prompt, tokenised as the generator's raw format does, is the trained prompt's ids."""
+    from generation.prompts import prompt_token_ids
+    from train.masking import hf_encoder
+    from train.run import sample_prompt
+
+    tok = request.getfixturevalue(tokenizer)
+    messages = [{"role": "user", "content": "Say hi  to <b>me</b>\n please."}, {"role": "assistant", "content": "hi"},
+                {"role": "user", "content": "Again?"}, {"role": "assistant", "content": "Yes: hi."}]
+    example = tokenize_row(row(messages=messages), template, hf_encoder(tok), 300, "truncate")
+    prompt_len = next(i for i, label in enumerate(example.labels) if label != IGNORE and i > 0)
+    prompt, reference, exact = sample_prompt(tok, example.input_ids, example.labels)
+    assert prompt.startswith(starts) and exact
+    assert prompt_token_ids(prompt, "raw", tok) == example.input_ids[:prompt_len]
+    assert reference.strip().startswith("hi")
+
+
 # --- packing ----------------------------------------------------------------------------------
 
 def test_first_fit_decreasing_uses_every_sample_once_within_capacity():

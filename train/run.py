@@ -174,16 +174,48 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def text_of_ids(tokenizer, ids: list[int]) -> str:
+    """Text that tokenises back (add_special_tokens=False, as the generator's raw format does) to
+    exactly `ids`: special tokens (BOS, <|im_start|>, ...) as their own text, the runs of text
+    between them decoded one by one (a SentencePiece decode puts a space after "<s>" that would
+    re-tokenise into an extra token)."""
+    special = set(tokenizer.all_special_ids) | {
+        i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special}
+    parts, run = [], []
+    for token in ids:
+        if token in special:
+            if run:
+                parts.append(tokenizer.decode(run))
+                run = []
+            parts.append(tokenizer.convert_ids_to_tokens(token))
+        else:
+            run.append(token)
+    if run:
+        parts.append(tokenizer.decode(run))
+    return "".join(parts)
+
+
+def sample_prompt(tokenizer, ids: list[int], labels: list[int]) -> tuple[str, str, bool]:
+    """(prompt, reference answer, whether the prompt re-tokenises to the trained ids) of one held-out
+    example. The prompt is the training prompt as it is, special tokens included: the chat
+    template's markers and the BOS are part of what the model was trained to continue."""
+    prompt_len = next(i for i, label in enumerate(labels) if label != -100 and i > 0)
+    prompt = text_of_ids(tokenizer, ids[:prompt_len])
+    exact = tokenizer(prompt, add_special_tokens=False)["input_ids"] == list(ids[:prompt_len])
+    reference = tokenizer.decode(ids[prompt_len:], skip_special_tokens=True)
+    return prompt, reference, exact
+
+
 def generate_sample(cfg: TrainConfig, tokenizer, example: tuple) -> dict:
     """Greedy answer of the exported model to one held-out prompt, through the shared generation
-    layer, in a Ray task on a worker-like node. The prompt is already in the training template."""
+    layer (raw format: the prompt is already in the training template), in a Ray task on a
+    worker-like node."""
     import ray
 
-    ids, labels = example
-    prompt_len = next(i for i, label in enumerate(labels) if label != -100 and i > 0)
-    # Without special tokens: the generator's tokenizer adds its own BOS.
-    prompt = tokenizer.decode(ids[:prompt_len], skip_special_tokens=True)
-    reference = tokenizer.decode(ids[prompt_len:], skip_special_tokens=True)
+    prompt, reference, exact = sample_prompt(tokenizer, *example)
+    if not exact:
+        print("[train] warning: the held-out sample's prompt does not re-tokenise to its training ids; "
+              "the sample is generated from the re-tokenised text", flush=True)
     task = ray.remote(num_cpus=1, num_gpus=1 if cfg.scaling.use_gpu else 0)(_generate)
     generated = ray.get(task.remote(cfg.output.path, prompt, cfg.sample.max_new_tokens))
     return {"prompt": prompt, "reference": reference, "generated": generated}
