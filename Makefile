@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run pipeline evolve train evaluate test
+.PHONY: setup run pipeline evolve train evaluate test gpu-check
 
 setup: $(VENV)/.installed
 
@@ -34,3 +34,7 @@ evaluate: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# On a GPU node (not part of make test): installs the CUDA stack, then one line per check (< 8 min).
+gpu-check:
+	python3 benchmarks/bench_train_gpu_check.py

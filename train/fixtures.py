@@ -14,8 +14,10 @@ WORDS = ("data model train ray cluster token sequence answer question explain wr
          "simple complex describe analyze summary history science music water energy market").split()
 
 
-def make_tiny_model(folder: str | Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> str:
-    """A random LlamaConfig model (2 layers, 64 dims) + the small model's tokenizer, saved to `folder`."""
+def make_tiny_model(folder: str | Path, layers: int = 2, hidden: int = 64, seed: int = 0,
+                    tokenizer_path: str | None = None) -> str:
+    """A random LlamaConfig model (2 layers, 64 dims) + the small model's tokenizer (or the one at
+    `tokenizer_path`: a machine without the model package), saved to `folder`."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -24,7 +26,7 @@ def make_tiny_model(folder: str | Path, layers: int = 2, hidden: int = 64, seed:
     folder = Path(folder)
     if (folder / "config.json").exists():
         return str(folder)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(SMALL_MODEL_ALIAS))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or resolve_model(SMALL_MODEL_ALIAS))
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
