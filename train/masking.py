@@ -6,9 +6,10 @@ warning) or drops the row (policy "drop"); a row left without a trainable token 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
+from generation.prompts import special_token_texts
 from train.formatting import EOS, Segment, UnusableRow, chat_template_segments, format_segments, row_messages
 
 IGNORE = -100  # label value that torch's cross-entropy (and HF models) skip
@@ -16,11 +17,14 @@ IGNORE = -100  # label value that torch's cross-entropy (and HF models) skip
 
 @dataclass(frozen=True)
 class Encoder:
-    encode: Callable[[str], list[int]]
+    encode: Callable[[str], list[int]]  # text with the template's special markers (chat_template)
     bos_id: int | None  # prepended when the tokenizer adds BOS by itself (LLaMA), else None
     eos_id: int
     pad_id: int
     render_chat: Callable | None = None  # apply_chat_template(messages, add_generation_prompt)
+    # Plain text: special-token strings ("<|im_end|>", "</s>") stay text; None: `encode`.
+    encode_plain: Callable[[str], list[int]] | None = None
+    special_texts: frozenset[str] = frozenset()  # every text the tokenizer makes a special token
 
 
 def pad_id_of(tokenizer) -> int:
@@ -40,7 +44,10 @@ def hf_encoder(tokenizer) -> Encoder:
 
     return Encoder(encode=lambda text: tokenizer(text, add_special_tokens=False).input_ids,
                    bos_id=tokenizer.bos_token_id if adds_bos else None, eos_id=tokenizer.eos_token_id,
-                   pad_id=pad, render_chat=render if tokenizer.chat_template else None)
+                   pad_id=pad, render_chat=render if tokenizer.chat_template else None,
+                   encode_plain=lambda text: tokenizer(text, add_special_tokens=False,
+                                                       split_special_tokens=True).input_ids,
+                   special_texts=frozenset(special_token_texts(tokenizer)))
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,12 @@ def continuation_ids(enc: Encoder, context: str, context_ids: list[int] | None,
 
 def tokenize_segments(segments: list[Segment], enc: Encoder, max_length: int,
                       policy: str = "truncate") -> Example:
+    """`segments` of a plain template (wizardlm, vicuna): their text has no special markers, so a
+    sample's "<|im_start|>" or "</s>" is tokenised as text, never as a turn or an end."""
+    return _tokenize(segments, replace(enc, encode=enc.encode_plain or enc.encode), max_length, policy)
+
+
+def _tokenize(segments: list[Segment], enc: Encoder, max_length: int, policy: str) -> Example:
     ids: list[int] = []
     labels: list[int] = []
     context, context_ids = "", None  # text since the start or the last EOS, tokenised jointly
@@ -106,10 +119,13 @@ def tokenize_row(row: dict, template: str, enc: Encoder, max_length: int, policy
     if template == "chat_template":
         if enc.render_chat is None:
             raise ValueError("the tokenizer has no chat template; use data.template=wizardlm or vicuna_v1.1")
-        segments = chat_template_segments(row_messages(row), enc.render_chat)
-    else:
-        segments = format_segments(row, template)
-    return tokenize_segments(segments, enc, max_length, policy)
+        messages = row_messages(row)
+        if any(special in m["content"] for m in messages for special in enc.special_texts):
+            # The rendered conversation would hold them beside the template's own markers, and
+            # nothing tells them apart there: such a sample could forge turns. Counted, not trained.
+            raise UnusableRow("special_token_text")
+        return _tokenize(chat_template_segments(messages, enc.render_chat), enc, max_length, policy)
+    return tokenize_segments(format_segments(row, template), enc, max_length, policy)
 
 
 def tokenize_rows(rows: list[dict], template: str, enc: Encoder, max_length: int, policy: str) -> dict:
