@@ -195,7 +195,10 @@ def _seconds(value: float | None) -> str:
 
 
 def how_to_load(summary: dict) -> list[str]:
+    """Paths relative to the folder the card is in (a published copy must not show this machine's
+    paths); an s3:// output by its URL."""
     out = summary.get("output", ".").rstrip("/")
+    out = out if out.startswith("s3://") else "."
     empty = ["", "**The training set is empty**: no row passed the rules."] if not summary["training_rows"] else []
     return [
         "", "## Load it", *empty, "",

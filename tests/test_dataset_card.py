@@ -89,10 +89,12 @@ def test_cost_and_how_to_load():
     assert "Accelerator-seconds of engine time: **12.0**, 3.000 per kept evolved instruction; money: 0.0120 at 3.6" in body
     assert "30.0 accelerator-seconds" in body
     assert "| round | accelerator-seconds | kept | per kept |" in body and _table_row(body, "0").startswith("| 0 | 0.00 |")
-    assert 'load_dataset("parquet", data_files="/data/run/training/parquet/*.parquet", split="train")' in body
-    assert 'pd.read_parquet("/data/run/training/parquet")' in body and "s3fs" not in body
+    # a local output is shown relative to the card's folder: a published copy shows no local path
+    assert 'load_dataset("parquet", data_files="./training/parquet/*.parquet", split="train")' in body
+    assert 'pd.read_parquet("./training/parquet")' in body and "s3fs" not in body and "/data/run" not in body
     _, body = _card(summary=SUMMARY | {"output": "s3://bucket/run", "training_rows": 0})
     assert "`datasets` reads s3:// paths with `s3fs` installed" in body and "**The training set is empty**" in body
+    assert 'pd.read_parquet("s3://bucket/run/training/parquet")' in body
     _, body = _card(summary={key: value for key, value in SUMMARY.items() if key != "cost"})
     assert "## Cost" not in body  # summaries of runs from before cost accounting
 
