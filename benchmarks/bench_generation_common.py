@@ -2,7 +2,6 @@
 those chains sent, rebuilt from their records so a bare engine can be given the same work."""
 from __future__ import annotations
 
-import asyncio
 import time
 from importlib import resources
 
@@ -35,10 +34,6 @@ async def job_chains(generator, rows: list[dict], cfg: EvolveSettings) -> tuple[
     start = time.perf_counter()
     records = await evolve_rows(rows, Roles(generator, generator), cfg, max_instruction_tokens=4096)
     return records, time.perf_counter() - start
-
-
-def run_job_chains(generator, rows: list[dict], cfg: EvolveSettings) -> tuple[list[dict], float]:
-    return asyncio.run(job_chains(generator, rows, cfg))
 
 
 def prompts_of(records: list[dict], cfg: EvolveSettings) -> list[tuple[str, SamplingConfig]]:

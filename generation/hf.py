@@ -112,9 +112,11 @@ class HFGenerator:
         enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         greedy = sampling.temperature == 0
+        limits = [s.max_tokens for s in samplings]
+        stop = [OwnLimits(enc["input_ids"].shape[1], limits)] if len(set(limits)) > 1 else None
         with torch.inference_mode():
             out = self.model.generate(
-                **enc, do_sample=not greedy, max_new_tokens=max(s.max_tokens for s in samplings),
+                **enc, do_sample=not greedy, max_new_tokens=max(limits), stopping_criteria=stop,
                 temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
                 top_k=None, pad_token_id=self.tokenizer.pad_token_id)
         new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
@@ -133,6 +135,19 @@ class HFGenerator:
         if self._batcher is not None:
             self._batcher.cancel()
         self._worker.shutdown(wait=False)
+
+
+class OwnLimits:
+    """A transformers stopping criterion: a row is done at its own max_tokens, so a mixed batch
+    ends when every row has reached its EOS or its limit, not the batch's largest limit."""
+
+    def __init__(self, prompt_length: int, limits: list[int]):
+        import torch
+
+        self.prompt_length, self.limits = prompt_length, torch.tensor(limits)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return (input_ids.shape[1] - self.prompt_length) >= self.limits.to(input_ids.device)
 
 
 def _kind(sampling: SamplingParams) -> tuple:

@@ -39,3 +39,14 @@ def test_a_whole_batch_of_one_kind_runs_alone(tiny_llama):
     _, calls = generate_logging_batches(tiny_llama, 2, [RESPOND, EVOLVE, JUDGE, EVOLVE])
     # the two evolve requests fill a batch: they run without the respond request's longer limit
     assert calls == [[5, 5], [9], [3]]
+
+
+def test_a_row_of_a_mixed_batch_is_done_at_its_own_limit():
+    import torch
+
+    from generation.hf import OwnLimits
+
+    stop = OwnLimits(prompt_length=4, limits=[5, 9])
+    assert stop(torch.zeros(2, 4 + 4, dtype=torch.long), None).tolist() == [False, False]
+    assert stop(torch.zeros(2, 4 + 5, dtype=torch.long), None).tolist() == [True, False]
+    assert stop(torch.zeros(2, 4 + 9, dtype=torch.long), None).tolist() == [True, True]
