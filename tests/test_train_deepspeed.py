@@ -116,6 +116,18 @@ def one_optimizer_step(model_dir: str, units, stage: int, micro: int, monkeypatc
     return weights
 
 
+@pytest.fixture(autouse=True)
+def no_zero3_left_behind():
+    """build_engine keeps transformers' ZeRO-3 config alive (a worker loads its model partitioned):
+    in this test process it must not reach later tests, whose from_pretrained would then call
+    deepspeed.zero.Init (and look for MPI)."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    yield
+    unset_hf_deepspeed_config()
+    assert not is_deepspeed_zero3_enabled()
+
+
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_accumulation_1x8_and_4x2_give_the_same_deepspeed_update(stage, process_group, model_dir, units, monkeypatch):
     import torch
