@@ -23,6 +23,7 @@ from common.config import UserError
 from common.models import SMALL_MODEL_ALIAS, pin_local_model
 from common.ray_setup import init_ray
 from common.s3 import preflight_s3
+from common.tokenizer import tokenizer_path
 from evol.accounting import accounting, accounting_error, chain_problems
 from evol.card import render_card
 from evol.config import TRUNCATING_BACKENDS, EvolveConfig, prompt_budget_problem
@@ -119,8 +120,6 @@ def driver_tokenizer(gen: GenerationConfig):
     if gen.backend not in TRUNCATING_BACKENDS:
         return None
     from transformers import AutoTokenizer
-
-    from train.tokenizer import tokenizer_path
 
     local = gen.model == SMALL_MODEL_ALIAS or os.path.isdir(os.path.expanduser(gen.model))
     try:

@@ -48,7 +48,7 @@ def s3_model(tiny_model, moto_s3, cache) -> str:
 
 
 def test_tokenizer_of_an_s3_model_is_read_without_its_weights(s3_model, moto_s3, cache):
-    from train.tokenizer import load_tokenizer, tokenizer_path
+    from common.tokenizer import load_tokenizer, tokenizer_path
 
     tokenizer = load_tokenizer(s3_model)
     assert tokenizer("hello world").input_ids
@@ -64,7 +64,7 @@ def test_tokenizer_of_an_s3_model_is_read_without_its_weights(s3_model, moto_s3,
                                              ("weights-only", "has no tokenizer_config.json")])
 def test_missing_s3_tokenizer_is_one_line_error(moto_s3, cache, tiny_model, folder, message):
     from common.config import UserError
-    from train.tokenizer import tokenizer_path
+    from common.tokenizer import tokenizer_path
 
     if folder == "weights-only":
         moto_s3.client().upload_file(str(tiny_model / "config.json"), moto_s3.bucket, "models/weights-only/config.json")

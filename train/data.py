@@ -25,10 +25,10 @@ import numpy as np
 
 from common import storage
 from common.config import UserError
+from common.tokenizer import load_tokenizer
 from train.config import TrainConfig
 from train.masking import hf_encoder, tokenize_rows
 from train.packing import pack_group, stable_hash, unit_interval
-from train.tokenizer import load_tokenizer
 
 INPUT_COLUMNS = ("id", "root_id", "messages", "instruction", "input", "response")
 

@@ -9,11 +9,12 @@ from common import storage
 from common.config import UserError
 from common.models import check_model, pin_local_model
 from common.ray_setup import init_ray
+from common.tokenizer import load_tokenizer
+from generation.prompts import special_token_texts
 from train.config import TrainConfig
 from train.data import Prepared, check_input, prepare, rank_datasets
 from train.loop import METRICS_FILE, PLAN_FILE, PLAN_KEYS, plan_mismatch, resume_error, train_loop
 from train.masking import pad_id_of
-from train.tokenizer import load_tokenizer
 
 
 PAPER_GLOBAL_BATCH = 64  # samples per optimizer step in WizardLM's recipe
@@ -179,8 +180,7 @@ def text_of_ids(tokenizer, ids: list[int]) -> str:
     exactly `ids`: special tokens (BOS, <|im_start|>, ...) as their own text, the runs of text
     between them decoded one by one (a SentencePiece decode puts a space after "<s>" that would
     re-tokenise into an extra token)."""
-    special = set(tokenizer.all_special_ids) | {
-        i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special}
+    special = set(tokenizer.convert_tokens_to_ids(sorted(special_token_texts(tokenizer))))
     parts, run = [], []
     for token in ids:
         if token in special:

@@ -1,8 +1,8 @@
-"""The tokenizer of `model.name`, without the weights.
+"""The tokenizer of a model, without the weights.
 
-The driver and the tokenize actors need only the tokenizer: for an s3:// model they copy its
-tokenizer files (a few MB) into a local cache, not the 13 GB model folder that only training
-workers download.
+Drivers (train's data preflight, evolve's prompt budget) and train's tokenize actors need only the
+tokenizer: for an s3:// model they copy its tokenizer files (a few MB) into a local cache, not the
+13 GB model folder that only the workers running the model download.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _download_tokenizer(uri: str, target: Path) -> None:
         infos = filesys.get_file_info(fs.FileSelector(inner, recursive=False))
         wanted = [i.path for i in infos if i.type == fs.FileType.File and is_tokenizer_file(posixpath.basename(i.path))]
         if not any(posixpath.basename(p) == "tokenizer_config.json" for p in wanted):
-            raise UserError(f"model.name: {uri} has no tokenizer_config.json")
+            raise UserError(f"the model {uri} has no tokenizer_config.json")
         for path in wanted:
             fs.copy_files(path, str(tmp / posixpath.basename(path)), source_filesystem=filesys,
                           destination_filesystem=fs.LocalFileSystem())
