@@ -113,7 +113,7 @@ class HFGenerator:
         enc = {k: v.to(self.device) for k, v in enc.items()}
         greedy = sampling.temperature == 0
         limits = [s.max_tokens for s in samplings]
-        stop = [OwnLimits(enc["input_ids"].shape[1], limits)] if len(set(limits)) > 1 else None
+        stop = [OwnLimits(enc["input_ids"].shape[1], limits, self.device)] if len(set(limits)) > 1 else None
         with torch.inference_mode():
             out = self.model.generate(
                 **enc, do_sample=not greedy, max_new_tokens=max(limits), stopping_criteria=stop,
@@ -141,13 +141,13 @@ class OwnLimits:
     """A transformers stopping criterion: a row is done at its own max_tokens, so a mixed batch
     ends when every row has reached its EOS or its limit, not the batch's largest limit."""
 
-    def __init__(self, prompt_length: int, limits: list[int]):
+    def __init__(self, prompt_length: int, limits: list[int], device: str = "cpu"):
         import torch
 
-        self.prompt_length, self.limits = prompt_length, torch.tensor(limits)
+        self.prompt_length, self.limits = prompt_length, torch.tensor(limits, device=device)  # no copy per step
 
     def __call__(self, input_ids, scores, **kwargs):
-        return (input_ids.shape[1] - self.prompt_length) >= self.limits.to(input_ids.device)
+        return (input_ids.shape[1] - self.prompt_length) >= self.limits
 
 
 def _kind(sampling: SamplingParams) -> tuple:
