@@ -21,7 +21,7 @@ CHILD = r"""
 import json, resource, sys, time
 from common.config import load_config
 from evol.config import EvolveConfig
-from evol.pipeline import run_evolve
+from evol.run import run_evolve
 cfg = load_config(EvolveConfig, "configs/local.yaml", sys.argv[1:])
 start = time.time()
 summary = run_evolve(cfg)

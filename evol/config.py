@@ -98,7 +98,7 @@ class EvolveConfig(StrictModel):
     @model_validator(mode="after")
     def _prompts_fit(self):
         """At least one token per word: a template that cannot fit by its words alone is refused here;
-        the driver repeats the check with the model's tokenizer (evol.pipeline.preflight)."""
+        the driver repeats the check with the model's tokenizer (evol.preflight)."""
         problem = prompt_budget_problem(self, [len(t.split()) for t in template_overheads()],
                                         "words (at least as many tokens)")
         if problem:

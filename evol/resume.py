@@ -54,3 +54,8 @@ def config_changes(before: dict, after: dict) -> list[str]:
     old, new = flatten(before), flatten(after)
     changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
     return [key for key in changed if not key.startswith(EXECUTION_KEYS)]
+
+
+def config_dict(cfg) -> dict:
+    """The config as saved in the run folder and compared on a rerun."""
+    return cfg.model_dump(mode="json")

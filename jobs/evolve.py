@@ -9,7 +9,7 @@ from evol.config import EvolveConfig
 
 
 def main(argv=None) -> int:
-    from evol.pipeline import run_evolve
+    from evol.run import run_evolve
 
     return run_job(EvolveConfig, run_evolve, "Evolve seed instructions with Evol-Instruct on Ray.", argv)
 

@@ -6,11 +6,11 @@ evolve -> train -> evaluate as one Ray job; the same command runs under
 import sys
 
 from common.config import run_job
-from common.pipeline import PipelineConfig
+from pipeline.config import PipelineConfig
 
 
 def main(argv=None) -> int:
-    from common.pipeline import run_pipeline
+    from pipeline.run import run_pipeline
 
     return run_job(PipelineConfig, run_pipeline, "Evolve, fine-tune and evaluate as one Ray job.", argv)
 

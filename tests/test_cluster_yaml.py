@@ -27,7 +27,7 @@ def test_every_gpu_reservation_of_the_cloud_pipeline_fits_a_worker_type():
     """vLLM actors reserve num_gpus = tensor-parallel size; the train job 1 GPU + cpus_per_worker per
     worker: each must fit one node of cluster.yaml, and the train job's workers the largest pool."""
     from common.config import load_config
-    from common.pipeline import PipelineConfig
+    from pipeline.config import PipelineConfig
 
     cfg = load_config(PipelineConfig, "configs/pipeline_cloud_7b.yaml")
     nodes = _node_types()

@@ -8,7 +8,7 @@ import yaml
 from common.config import load_config
 from evol.card import TRAINING_GLOB, render_card, size_category
 from evol.config import EvolveConfig
-from evol.pipeline import run_evolve
+from evol.run import run_evolve
 
 ROUNDS = [
     {"round": 1, "candidates": 4, "kept": 3, "eliminated": 1, "errors": 0, "pass_rate": 0.75,

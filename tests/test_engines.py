@@ -10,7 +10,8 @@ import pytest
 from common.config import load_config
 from common.models import SMALL_MODEL_ALIAS, ensure_small_model
 from evol.config import EvolveConfig
-from evol.pipeline import read_records, run_evolve
+from evol.output import read_records
+from evol.run import run_evolve
 from tests.evolve_checks import assert_counts_and_lineage
 from tests.openai_fakes import FlakyOpenAIServer
 from tests.servers import vllm_openai_server

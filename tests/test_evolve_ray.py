@@ -10,7 +10,8 @@ import pytest
 from common.config import UserError, load_config
 from evol import elimination as rules
 from evol.config import EvolveConfig
-from evol.pipeline import read_records, run_evolve
+from evol.output import read_records
+from evol.run import run_evolve
 from evol.reading import read_seed_buckets
 from evol.resume import bucket_of
 from tests.evolve_checks import assert_counts_and_lineage

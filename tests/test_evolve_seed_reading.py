@@ -6,7 +6,7 @@ import pytest
 
 from common.config import UserError, load_config
 from evol.config import EvolveConfig
-from evol.pipeline import check_prompt_budget, preflight
+from evol.preflight import check_prompt_budget, preflight
 from evol.reading import read_seed_files, seed_files
 from evol.seeds import DUPLICATE_ID, SeedFields, parse_jsonl
 from tests.s3_fixtures import moto_s3  # noqa: F401

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from common.config import ConfigError, load_config
-from common.pipeline import (PipelineConfig, artifacts, format_artifacts, fingerprints, is_complete,
-                             marker_path)
 from common import storage
+from pipeline.config import PipelineConfig
+from pipeline.run import artifacts, fingerprints, format_artifacts, is_complete, marker_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,8 @@ import pandas as pd
 from common.config import load_config
 from common.models import SMALL_MODEL_ALIAS, ensure_small_model
 from evol.config import EvolveConfig
-from evol.pipeline import read_records, run_evolve
+from evol.output import read_records
+from evol.run import run_evolve
 from generation import GenerationConfig, SamplingParams, build_generator, generate_all
 
 

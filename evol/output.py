@@ -1,0 +1,57 @@
+"""The evolve job's output folder: each bucket's files (records, training parquet and chat jsonl), and
+reading the records back.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common import storage
+from evol.records import TRAINING_SCHEMA, in_training_set, records_table
+from evol.resume import bucket_file, buckets_in
+from evol.templates import user_turn
+
+JOB = "evolve"
+
+def write_parquet(path: str, table: pa.Table) -> None:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    storage.write_bytes_atomic(path, sink.getvalue())
+
+def write_bucket(out: str, bucket: int, records: list[dict], train_on_truncated: bool) -> None:
+    """The bucket's training rows (parquet + chat jsonl), then its records: a record file is the
+    bucket's completion mark, so it is written last."""
+    training = training_rows(records, train_on_truncated)
+    if training.num_rows:
+        name = bucket_file(bucket)
+        write_parquet(storage.join(out, "training", "parquet", name), training)
+        lines = (json.dumps({"id": row["id"], "messages": row["messages"]}, ensure_ascii=False) + "\n"
+                 for row in training.select(["id", "messages"]).to_pylist())
+        storage.write_bytes_atomic(storage.join(out, "training", "jsonl", name.replace(".parquet", ".jsonl")),
+                                   "".join(lines).encode())
+    write_parquet(storage.join(out, "records", bucket_file(bucket)), records_table(records))
+
+def training_rows(records: list[dict], train_on_truncated: bool) -> pa.Table:
+    """TRAINING_SCHEMA rows of the records `in_training_set`."""
+    rows = []
+    for row in records:
+        if not in_training_set(row, train_on_truncated):
+            continue
+        messages = [{"role": "user", "content": user_turn(row["instruction"], row["input"])},
+                    {"role": "assistant", "content": row["response"]}]
+        rows.append({name: row.get(name) for name in TRAINING_SCHEMA.names if name != "messages"}
+                    | {"messages": messages, "round": int(row["round"])})
+    return pa.Table.from_pylist(rows, schema=TRAINING_SCHEMA)
+
+def read_records(records_dir: str, columns: list[str] | None = None):
+    """The records as a Ray dataset (complete bucket files only)."""
+    import ray
+
+    files = record_files(records_dir)
+    return ray.data.read_parquet(files, columns=columns) if files else ray.data.from_items([])
+
+def record_files(records_dir: str) -> list[str]:
+    return [f for f in storage.list_files(records_dir) if buckets_in([f])]

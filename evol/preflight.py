@@ -1,0 +1,126 @@
+"""The evolve job's checks before Ray and before any model: seeds, models, prompt budget, output folder.
+
+Each one fails in a second with a UserError that names the config key, not after a model load.
+"""
+from __future__ import annotations
+
+import os
+
+import yaml
+
+from common import storage
+from common.config import UserError
+from common.models import SMALL_MODEL_ALIAS, pin_local_model
+from common.s3 import preflight_s3
+from common.tokenizer import tokenizer_path
+from evol.config import TRUNCATING_BACKENDS, EvolveConfig, prompt_budget_problem
+from evol.output import JOB
+from evol.reading import resolve_seed_path
+from evol.resume import config_changes, config_dict
+from evol.seeds import SUPPORTED_SUFFIXES
+from evol.templates import template_overheads
+from generation import GenerationConfig, check_model_available
+from generation.prompts import prompt_token_ids
+
+
+def check_seeds(cfg: EvolveConfig) -> str:
+    seeds = resolve_seed_path(cfg.seeds.path)
+    preflight_s3(seeds, "seeds.path", write=False)
+    if not storage.exists(seeds):
+        raise UserError(f"seeds.path: {cfg.seeds.path} does not exist")
+    if storage.is_dir(seeds):
+        files = storage.list_files(seeds)
+        ignored = [f for f in files if not f.lower().endswith(SUPPORTED_SUFFIXES)]
+        if len(ignored) == len(files):
+            raise UserError(f"seeds.path: {cfg.seeds.path} holds no {'/'.join(SUPPORTED_SUFFIXES)} files")
+        if ignored:
+            print(f"warning: seeds.path: ignoring {len(ignored)} file(s) that are not "
+                  f"{'/'.join(SUPPORTED_SUFFIXES)}: {', '.join(os.path.basename(f) for f in ignored[:5])}")
+    elif not seeds.lower().endswith(SUPPORTED_SUFFIXES):
+        raise UserError(f"seeds.path: {cfg.seeds.path} is not one of {', '.join(SUPPORTED_SUFFIXES)}")
+    return seeds
+
+def check_output(cfg: EvolveConfig) -> None:
+    """A new folder, the same run again (resume), or overwrite of a folder this job made."""
+    out = cfg.output.path
+    preflight_s3(out, "output.path", write=True)
+    if storage.is_nonempty_dir(out):
+        if cfg.output.overwrite:
+            storage.delete_owned_dir(out, JOB)
+        elif storage.owner(out) != JOB or not storage.exists(storage.join(out, "config.yaml")):
+            raise UserError(f"output.path: {out} already holds results that are not an evolve run; "
+                            "choose another path")
+        else:
+            saved = yaml.safe_load(storage.read_text(storage.join(out, "config.yaml")))
+            changes = config_changes(saved, config_dict(cfg))
+            if changes:
+                raise UserError(f"output.path: {out} holds a run with another config (changed: {', '.join(changes)}); "
+                                "rerun with its config to resume it, or set output.overwrite=true to start over")
+    storage.check_writable(out)
+
+def preflight(cfg: EvolveConfig) -> str:
+    """Every check that needs no Ray and no model: fail in a second, not after a model load."""
+    seeds = check_seeds(cfg)
+    check_model_available(cfg.generation, "generation")
+    if cfg.judge is not None:
+        check_model_available(cfg.judge, "judge")
+    check_prompt_budget(cfg)
+    if storage.absolute(seeds).startswith(storage.absolute(cfg.output.path).rstrip("/") + "/"):
+        raise UserError(f"output.path: {cfg.output.path} contains the seeds; choose another output folder")
+    check_output(cfg)
+    return seeds
+
+def check_room(ray, cfg: EvolveConfig) -> None:
+    """On a fixed-size Ray (no autoscaler), a pool that holds every CPU starves the light read and
+    shuffle tasks and the job hangs without a word: refuse it with the numbers instead."""
+    if os.environ.get("RAY_ADDRESS") or cfg.ray.address:
+        return  # a cluster may add nodes
+    gen, total = cfg.generation, ray.cluster_resources()
+    need_cpus, need_gpus = gen.concurrency[1] * gen.num_cpus, gen.concurrency[1] * gen.num_gpus
+    if need_cpus > total.get("CPU", 0) - 0.5:
+        raise UserError(f"generation.concurrency: {gen.concurrency[1]} actors x num_cpus {gen.num_cpus:g} = "
+                        f"{need_cpus:g} CPUs leave no room for reading seeds on this {total.get('CPU', 0):g}-CPU Ray; "
+                        "lower generation.num_cpus (e.g. 0.5) or the pool size")
+    if need_gpus > total.get("GPU", 0):
+        raise UserError(f"generation.concurrency: {gen.concurrency[1]} actors x num_gpus {gen.num_gpus:g} need "
+                        f"{need_gpus:g} GPUs; this Ray has {total.get('GPU', 0):g}")
+
+def driver_tokenizer(gen: GenerationConfig):
+    """The tokenizer of a backend that cuts prompts itself, read on the driver without the weights
+    (an s3 folder's tokenizer files only; a hub id's from the hub), or None where it cannot be
+    read here (a hub the driver cannot reach): the actors then check with their own."""
+    if gen.backend not in TRUNCATING_BACKENDS:
+        return None
+    from transformers import AutoTokenizer
+
+    local = gen.model == SMALL_MODEL_ALIAS or os.path.isdir(os.path.expanduser(gen.model))
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer_path(pin_local_model(gen.model)))
+    except OSError:
+        if local:
+            raise
+        return None
+
+def template_tokens(gen: GenerationConfig, tokenizer) -> list[int] | None:
+    """Token counts of templates.template_overheads() as this backend sends them (chat template
+    included), or None without a tokenizer."""
+    if tokenizer is None or gen.backend not in TRUNCATING_BACKENDS:
+        return None
+    return [len(prompt_token_ids(text, gen.prompt_format, tokenizer)) for text in template_overheads()]
+
+def check_prompt_budget(cfg: EvolveConfig, writer=None, judge=None) -> None:
+    """The config's check that the longest instruction plus the longest template fits
+    max_prompt_tokens, again with the writer's (and judge's) tokenizer instead of words: the
+    driver's (`driver_tokenizer`) before any work, an actor's own engines' as it starts."""
+    if writer is None:
+        writer = driver_tokenizer(cfg.generation)
+    if judge is None:
+        judge = writer if cfg.judge is None else driver_tokenizer(cfg.judge)
+    writer_counts = template_tokens(cfg.generation, writer)
+    judge_counts = template_tokens(cfg.judge or cfg.generation, judge)
+    if writer_counts is None and judge_counts is None:
+        return
+    words = [len(text.split()) for text in template_overheads()]
+    problem = prompt_budget_problem(cfg, (writer_counts or words)[:-1] + [(judge_counts or words)[-1]], "tokens")
+    if problem:
+        raise UserError(f"config error: {problem}")
