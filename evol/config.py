@@ -1,6 +1,8 @@
 """EvolveConfig: everything the evolve job reads, validated before Ray or a model starts."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from common.config import StrictModel
@@ -37,6 +39,10 @@ class EvolveSettings(StrictModel):
     evolve_sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=256)
     respond_sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=512)
     judge_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=MIN_JUDGE_TOKENS)
+    equality_check: Literal["constrained", "text"] = Field(
+        "constrained", description="constrained: the judge picks Equal or Not Equal (log-probabilities of both "
+                                   "answers; an OpenAI-compatible judge: a JSON schema or logprobs where offered, "
+                                   "else its text); text: parse the judge's free text")
     train_on_truncated_responses: bool = Field(
         False, description="put responses cut by respond_sampling.max_tokens in the training set "
                            "(they are flagged `response_truncated` and counted either way)")

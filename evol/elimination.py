@@ -25,6 +25,7 @@ RULES = (EMPTY_EVOLUTION, TRUNCATED_EVOLUTION, TEMPLATE_LEAK, ANSWER_APPENDED, N
          COULD_NOT_ANSWER, TRIVIAL_RESPONSE)
 
 EQUAL, NOT_EQUAL, UNPARSED, SKIPPED = "equal", "not_equal", "unparsed", "skipped"
+EQUALITY_OPTIONS = ("Equal", "Not Equal")  # the answers the equality prompt allows, in this order
 
 SORRY_MAX_WORDS = 80
 # Room for "**Answer: Not Equal.**" even from a tokenizer that spends a token per character
@@ -330,6 +331,14 @@ def parse_equality_generation(text: str, finished: bool) -> str:
     if finished:
         return parse_equality(text)
     return _bare_verdict(_clean_answer(text), complete=False) or UNPARSED
+
+
+def equality_verdict(option: str | None, text: str, finished: bool) -> str:
+    """EQUAL / NOT_EQUAL from a constrained answer (one of EQUALITY_OPTIONS), else the strict parse
+    of the judge's free text."""
+    if option is not None:
+        return EQUAL if option == EQUALITY_OPTIONS[0] else NOT_EQUAL
+    return parse_equality_generation(text, finished)
 
 
 # --- the rules in order ----------------------------------------------------------------------
