@@ -26,7 +26,7 @@ WIZARDLM_TESTSET = "bundled:wizardlm_testset.jsonl"  # eval/data, the evaluate j
 
 
 @dataclass(frozen=True)
-class TestSet:
+class EvalSet:
     name: str  # file name without its suffix: what `contaminated_by` names ("wizardlm_testset:12")
     path: str  # as configured
     sha256: str  # of the file's bytes: the evaluate job recognises its test set by it
@@ -68,8 +68,8 @@ def item_text(row, fields: list[str]) -> str:
     return "\n\n".join(parts)
 
 
-def read_testset(path: str, text_fields: list[str], id_fields: list[str], key: str) -> list[TestSet]:
-    """One TestSet per file of `path` (a file or a folder of jsonl / json / parquet, local or s3://)."""
+def read_testset(path: str, text_fields: list[str], id_fields: list[str], key: str) -> list[EvalSet]:
+    """One EvalSet per file of `path` (a file or a folder of jsonl / json / parquet, local or s3://)."""
     resolved = resolve_bundled(path, "eval")
     if not storage.exists(resolved):
         raise UserError(f"{key}: {path} does not exist")
@@ -86,7 +86,7 @@ def read_testset(path: str, text_fields: list[str], id_fields: list[str], key: s
             raise UserError(f"{key}: cannot read {file}: {str(exc).splitlines()[0]}") from None
         name = os.path.splitext(os.path.basename(file))[0]
         items = [(_item_id(row, id_fields, line), item_text(row, text_fields)) for line, row in enumerate(rows, 1)]
-        sets.append(TestSet(name, path, hashlib.sha256(data).hexdigest(), [(i, t) for i, t in items if t]))
+        sets.append(EvalSet(name, path, hashlib.sha256(data).hexdigest(), [(i, t) for i, t in items if t]))
     return sets
 
 
@@ -95,7 +95,7 @@ def _item_id(row, id_fields: list[str], line: int) -> str:
     return str(found) if found is not None else str(line)
 
 
-def build_index(sets: list[TestSet], n: int) -> NgramIndex:
+def build_index(sets: list[EvalSet], n: int) -> NgramIndex:
     """Every item's n-grams (an item shorter than n words: its whole word sequence)."""
     labels = [f"{s.name}:{item_id}" for s in sets for item_id, _ in s.items]
     texts = [text for s in sets for _, text in s.items]

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from common import storage
 from evol.config import EvolveConfig
-from evol.contamination import WIZARDLM_TESTSET, NgramIndex, TestSet, build_index, contaminated_by, read_testset
+from evol.contamination import WIZARDLM_TESTSET, NgramIndex, EvalSet, build_index, contaminated_by, read_testset
 from evol.dedupe import band_keys, components, lsh_params, signatures, similarity, sketches
 from evol.output import record_files, write_bucket
 from evol.records import CONTAMINATED, DUPLICATE, KEPT, SURVIVED, in_training_set
@@ -45,7 +45,7 @@ _PAIR_TYPES = {"a": pa.string(), "b": pa.string(), "a_round": pa.int64(), "b_rou
 LARGEST_CLUSTERS = 5
 
 
-def testsets(cfg: EvolveConfig) -> list[TestSet]:
+def testsets(cfg: EvolveConfig) -> list[EvalSet]:
     """The evaluation sets to check against, read on the driver before any work (a wrong path fails
     in a second)."""
     dc = cfg.decontamination
@@ -204,7 +204,7 @@ def _drop_training_files(out: str, bucket: int) -> None:
 
 # --- the stage ------------------------------------------------------------------------------------
 
-def curate(ray, cfg: EvolveConfig, records_dir: str, sets: list[TestSet]) -> dict:
+def curate(ray, cfg: EvolveConfig, records_dir: str, sets: list[EvalSet]) -> dict:
     """Contamination and near-duplicates over every record file, each bucket's files rewritten to
     say them; returns what the summary reports (counts, the largest clusters, the sets checked)."""
     started, files = time.time(), record_files(records_dir)
@@ -273,7 +273,7 @@ def rewrite(ray, cfg: EvolveConfig, files: list[str], decisions: list) -> int:
     return sum(row["rewritten"] for row in done.iter_rows())
 
 
-def contamination_stats(cfg: EvolveConfig, sets: list[TestSet], contaminated=None) -> dict:
+def contamination_stats(cfg: EvolveConfig, sets: list[EvalSet], contaminated=None) -> dict:
     """Rows marked per test set and the distinct test items they copy, counted as the rows stream by
     (driver memory: the test items hit, never the rows)."""
     rows, items = {s.name: 0 for s in sets}, {s.name: set() for s in sets}

@@ -71,7 +71,7 @@ def run_evolve(cfg: EvolveConfig) -> dict:
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
     finish = curate(ray, cfg, records_dir, sets)  # contamination and near-duplicates over the whole output
     summary = summarize(cfg, records_dir, time.time() - started, per_actor)
-    summary.update(dedupe=finish["dedupe"], decontamination=finish["decontamination"])
+    summary.update(dedupe=finish.pop("dedupe"), decontamination=finish.pop("decontamination"), finish_stage=finish)
     summary["seeds_per_actor"] = per_actor
     summary["output"] = cfg.output.path
     storage.write_json(storage.join(cfg.output.path, "summary.json"), summary)
