@@ -93,6 +93,9 @@ class DedupeConfig(StrictModel):
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (LSH bands and rows follow "
                                                           "from the threshold)")
     seed: int = Field(0, description="seeds the MinHash permutations")
+    in_process_records: int = Field(20_000, ge=0, description="an output of at most this many records is checked "
+                                                              "in the driver (same result, no Ray Data shuffles); "
+                                                              "0: always on Ray")
 
 
 class DecontaminationConfig(StrictModel):

@@ -206,31 +206,74 @@ def _drop_training_files(out: str, bucket: int) -> None:
 
 def curate(ray, cfg: EvolveConfig, records_dir: str, sets: list[EvalSet]) -> dict:
     """Contamination and near-duplicates over every record file, each bucket's files rewritten to
-    say them; returns what the summary reports (counts, the largest clusters, the sets checked)."""
+    say them; returns what the summary reports (counts, the largest clusters, the sets checked).
+    An output of at most `dedupe.in_process_records` records is done in this process with the same
+    functions (a Ray Data shuffle costs seconds even for ten rows); a larger one on Ray."""
     started, files = time.time(), record_files(records_dir)
     if not sets and not cfg.dedupe.enabled:
-        return {"checked_rows": 0, "rewritten_buckets": 0, "decontamination": contamination_stats(cfg, []),
+        return {"checked_rows": 0, "rewritten_buckets": 0, "decontamination": contamination_stats(cfg, [], []),
                 "dedupe": {"enabled": False}, "seconds": 0.0}
-    context = ray.data.DataContext.get_current()
-    errored, context.max_errored_blocks = context.max_errored_blocks, 0  # the evolve stage tolerates some
-    try:
-        index = build_index(sets, cfg.decontamination.ngram) if sets else None
-        prepared = (ray.data.read_parquet(files, columns=READ_COLUMNS, include_paths=True)
-                    .map_batches(prepare, fn_kwargs={"index": index, "cfg": cfg}, batch_format="pyarrow")
-                    .materialize())
-        contaminated = prepared.map_batches(contaminated_decisions, batch_format="pyarrow").materialize()
-        duplicates = find_duplicates(prepared, cfg, _parts(prepared.count(), cfg)) if cfg.dedupe.enabled else None
-        decisions = [d for d in (contaminated, duplicates) if d is not None and d.count()]
-        rewritten = rewrite(ray, cfg, files, decisions)
-    finally:
-        context.max_errored_blocks = errored
-    result = {"checked_rows": prepared.count(), "rewritten_buckets": rewritten,
+    index = build_index(sets, cfg.decontamination.ngram) if sets else None
+    small = sum(_parquet(f, pq.read_metadata).num_rows for f in files) <= cfg.dedupe.in_process_records
+    checked, contaminated, duplicates, rewritten = (_in_process if small else _on_ray)(ray, cfg, files, index)
+    result = {"checked_rows": checked, "rewritten_buckets": rewritten, "in_process": small,
               "decontamination": contamination_stats(cfg, sets, contaminated),
               "dedupe": dedupe_stats(cfg, duplicates, files), "seconds": round(time.time() - started, 2)}
     print(f"[evolve] finish stage: {result['checked_rows']} training rows checked, "
           f"{result['decontamination']['contaminated']} contaminated, {result['dedupe'].get('removed', 0)} "
           f"near-duplicates, {rewritten} bucket(s) rewritten in {result['seconds']:.0f} s", flush=True)
     return result
+
+
+def _parquet(path: str, read=pq.read_table, **kwargs):
+    """A parquet file (or its metadata), local or s3://."""
+    filesys, inner = storage.filesystem(path)
+    return read(inner, filesystem=filesys, **kwargs)
+
+
+def _on_ray(ray, cfg: EvolveConfig, files: list[str], index: NgramIndex | None) -> tuple:
+    """(rows checked, contaminated rows, duplicate rows, buckets rewritten) with Ray Data stages."""
+    context = ray.data.DataContext.get_current()
+    errored, context.max_errored_blocks = context.max_errored_blocks, 0  # the evolve stage tolerates some
+    try:
+        prepared = (ray.data.read_parquet(files, columns=READ_COLUMNS, include_paths=True)
+                    .map_batches(prepare, fn_kwargs={"index": index, "cfg": cfg}, batch_format="pyarrow")
+                    .materialize())
+        contaminated = prepared.map_batches(contaminated_decisions, batch_format="pyarrow").materialize()
+        duplicates = find_duplicates(prepared, cfg, _parts(prepared.count(), cfg)) if cfg.dedupe.enabled else None
+        rewritten = rewrite(ray, cfg, files, [d for d in (contaminated, duplicates) if d is not None and d.count()])
+    finally:
+        context.max_errored_blocks = errored
+    largest = (duplicates.map_batches(largest_clusters, batch_size=None, batch_format="pyarrow").take_all()
+               if duplicates is not None else None)
+    return prepared.count(), contaminated.iter_batches(batch_format="pyarrow", batch_size=65536), (
+        None if duplicates is None else (duplicates.count(), largest)), rewritten
+
+
+def _in_process(ray, cfg: EvolveConfig, files: list[str], index: NgramIndex | None) -> tuple:
+    """The same, the same functions, on pyarrow tables in this process (a small output)."""
+    tables = [_parquet(f, columns=READ_COLUMNS) for f in files]
+    prepared = pa.concat_tables([prepare(t.append_column("path", pa.array([f] * t.num_rows)), index, cfg)
+                                 for t, f in zip(tables, files)])
+    contaminated = contaminated_decisions(prepared)
+    duplicates = None
+    if cfg.dedupe.enabled:
+        proposed = propose_pairs(band_rows(prepared, 1))
+        for end in ("a", "b"):
+            proposed = attach_sketch(pa.concat_tables([with_sketch(proposed, end, 1), with_sketch(prepared, end, 1)]),
+                                     end)
+        duplicates = resolve_clusters(similar_pairs(proposed, cfg.dedupe.threshold))
+    decided = pa.concat_tables([contaminated] + ([duplicates] if duplicates is not None else []))
+    rewritten = 0
+    for f in files:
+        bucket = int(BUCKET_FILE.search(f).group(1))
+        mine = decided.filter(pc.equal(decided["bucket"], bucket))
+        name = pa.table({"bucket": [bucket], "id": [None], "status": [None], "duplicate_of": [None],
+                         "contaminated_by": [None]}, schema=DECISION_SCHEMA)
+        rewritten += rewrite_bucket(pa.concat_tables([name, mine]), cfg.output.path,
+                                    cfg.evolve.train_on_truncated_responses)["rewritten"][0].as_py()
+    return prepared.num_rows, [contaminated], (
+        None if duplicates is None else (duplicates.num_rows, largest_clusters(duplicates).to_pylist())), rewritten
 
 
 def _partitions(files: list[str]) -> int:
@@ -273,11 +316,10 @@ def rewrite(ray, cfg: EvolveConfig, files: list[str], decisions: list) -> int:
     return sum(row["rewritten"] for row in done.iter_rows())
 
 
-def contamination_stats(cfg: EvolveConfig, sets: list[EvalSet], contaminated=None) -> dict:
-    """Rows marked per test set and the distinct test items they copy, counted as the rows stream by
-    (driver memory: the test items hit, never the rows)."""
+def contamination_stats(cfg: EvolveConfig, sets: list[EvalSet], batches) -> dict:
+    """Rows marked per test set and the distinct test items they copy, counted as the contaminated
+    rows stream by (driver memory: the test items hit, never the rows)."""
     rows, items = {s.name: 0 for s in sets}, {s.name: set() for s in sets}
-    batches = contaminated.iter_batches(batch_format="pyarrow", batch_size=65536) if contaminated else []
     for batch in batches:
         for label in batch["contaminated_by"].to_pylist():
             name = label.split(":", 1)[0]
@@ -298,15 +340,16 @@ def largest_clusters(batch: pa.Table) -> pa.Table:
                      "clusters": pa.array([sizes.num_rows] * top.num_rows, pa.int64())})
 
 
-def dedupe_stats(cfg: EvolveConfig, duplicates, files: list[str]) -> dict:
+def dedupe_stats(cfg: EvolveConfig, duplicates: tuple[int, list[dict]] | None, files: list[str]) -> dict:
+    """`duplicates`: (rows marked, `largest_clusters` rows), or None when dedupe is off."""
     d = cfg.dedupe
     if duplicates is None:
         return {"enabled": False}
+    removed, largest = duplicates
     bands, rows = lsh_params(d.threshold, d.num_perm)
-    largest = duplicates.map_batches(largest_clusters, batch_size=None, batch_format="pyarrow").take_all()
     texts = _instructions(files, [row["kept"] for row in largest])
     return {"enabled": True, "threshold": d.threshold, "shingle_words": d.shingle_words, "num_perm": d.num_perm,
-            "bands": bands, "rows_per_band": rows, "removed": duplicates.count(),
+            "bands": bands, "rows_per_band": rows, "removed": removed,
             "clusters": largest[0]["clusters"] if largest else 0,
             "largest": [{"kept": row["kept"], "size": row["size"], **texts.get(row["kept"], {})} for row in largest]}
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from common.config import load_config
 from evol.config import EvolveConfig
 from evol.contamination import EvalSet, build_index, contaminated_by
+from evol.curation import curate, testsets
 from evol.dedupe import components, lsh_params, signatures, similarity, sketches
 from evol.operations import choose_operation
 from evol.output import read_records
@@ -118,7 +119,7 @@ def _training_ids(out) -> tuple[list[str], list[str]]:
 def test_the_finish_stage_marks_planted_rows_and_the_training_files_agree(tmp_path, local_ray):
     out = tmp_path / "out"
     overrides = [f"output.path={out}", "generation.backend=echo", "generation.num_cpus=0.5", "output.buckets=4",
-                 "seeds.limit=null"]
+                 "seeds.limit=null", "dedupe.in_process_records=0"]  # the Ray Data path, as on a big output
     seeds, rewrite = _seeds(tmp_path, overrides)
     cfg = load_config(EvolveConfig, "configs/tiny.yaml", [*overrides, f"seeds.path={seeds}"])
     summary = run_evolve(cfg)
@@ -153,6 +154,11 @@ def test_the_finish_stage_marks_planted_rows_and_the_training_files_agree(tmp_pa
     again = run_evolve(cfg)
     assert again["finish_stage"]["rewritten_buckets"] == 1 and _records(out).equals(records)
     assert _training_ids(out) == (expected, expected)
+    # a small output is checked in the driver with the same functions: the same decisions, nothing to rewrite
+    small = curate(local_ray, cfg.model_copy(update={"dedupe": cfg.dedupe.model_copy(
+        update={"in_process_records": 20_000})}), str(out / "records"), testsets(cfg))
+    assert small["in_process"] and small["rewritten_buckets"] == 0
+    assert (small["dedupe"], small["decontamination"]) == (summary["dedupe"], summary["decontamination"])
 
 
 def test_the_evaluate_job_warns_when_its_test_set_was_not_checked(tmp_path):
