@@ -45,7 +45,7 @@ _PAIR_TYPES = {"a": pa.string(), "b": pa.string(), "a_round": pa.int64(), "b_rou
 LARGEST_CLUSTERS = 5
 
 
-def testsets(cfg: EvolveConfig) -> list[EvalSet]:
+def evaluation_sets(cfg: EvolveConfig) -> list[EvalSet]:
     """The evaluation sets to check against, read on the driver before any work (a wrong path fails
     in a second)."""
     dc = cfg.decontamination

@@ -18,7 +18,7 @@ from common.ray_setup import init_ray
 from evol.accounting import accounting_error
 from evol.card import render_card
 from evol.config import EvolveConfig
-from evol.curation import curate, testsets
+from evol.curation import curate, evaluation_sets
 from evol.dataflow import evolve_buckets, record_failed_buckets
 from evol.finish import summarize
 from evol.output import JOB, record_files
@@ -57,7 +57,7 @@ def start_run(cfg: EvolveConfig) -> frozenset[int]:
 
 def run_evolve(cfg: EvolveConfig) -> dict:
     preflight(cfg)
-    sets = testsets(cfg)  # the evaluation sets the training rows are checked against, read before any work
+    sets = evaluation_sets(cfg)  # the evaluation sets the training rows are checked against, read before any work
     given, cfg = cfg, with_absolute_paths(cfg)
     ray = init_ray(cfg.ray)
     check_room(ray, cfg)

@@ -18,6 +18,7 @@ from generation.types import Choice, Generation, GenerationError, SamplingParams
 
 NO_KEY = "EMPTY"  # what a self-hosted server without --api-key accepts
 CHARS_PER_TOKEN = 4  # the estimate used when no tokenizer is configured
+JSON_TOKENS = 48  # room for {"answer": "..."} with the whitespace a grammar allows
 
 
 def api_key(cfg: GenerationConfig) -> Secret:
@@ -149,10 +150,11 @@ class OpenAIGenerator:
             wanted = [feature for feature in (JSON_SCHEMA, LOGPROBS) if supports.get(feature) is not False]
             extra = ({"response_format": response_format(options)} if JSON_SCHEMA in wanted else {}) | (
                 {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if LOGPROBS in wanted else {})
+            tokens = max(sampling.max_tokens, JSON_TOKENS) if JSON_SCHEMA in wanted else sampling.max_tokens
             try:
                 response = await self.client.chat.completions.create(
                     model=self.cfg.model, messages=[{"role": "user", "content": prompt}],
-                    temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens, **extra)
+                    temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=tokens, **extra)
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                 if not wanted:
                     raise

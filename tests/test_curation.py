@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from common.config import load_config
 from evol.config import EvolveConfig
 from evol.contamination import EvalSet, build_index, contaminated_by
-from evol.curation import curate, testsets
+from evol.curation import curate, evaluation_sets
 from evol.dedupe import components, lsh_params, signatures, similarity, sketches
 from evol.operations import choose_operation
 from evol.output import read_records
@@ -156,7 +156,7 @@ def test_the_finish_stage_marks_planted_rows_and_the_training_files_agree(tmp_pa
     assert _training_ids(out) == (expected, expected)
     # a small output is checked in the driver with the same functions: the same decisions, nothing to rewrite
     small = curate(local_ray, cfg.model_copy(update={"dedupe": cfg.dedupe.model_copy(
-        update={"in_process_records": 20_000})}), str(out / "records"), testsets(cfg))
+        update={"in_process_records": 20_000})}), str(out / "records"), evaluation_sets(cfg))
     assert small["in_process"] and small["rewritten_buckets"] == 0
     assert (small["dedupe"], small["decontamination"]) == (summary["dedupe"], summary["decontamination"])
 
