@@ -9,6 +9,7 @@ summary.json when it counted one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pyarrow as pa
@@ -19,6 +20,8 @@ from common import storage
 from common.config import UserError
 
 KEPT, ELIMINATED = "kept", "eliminated"
+# Kept by evolution; the evolve job's finish stage may then mark a kept record duplicate or contaminated.
+SURVIVED = pa.array([KEPT, "duplicate", "contaminated"])
 COLUMNS = ["id", "round", "op", "status", "reason", "instruction_tokens", "response_tokens"]
 
 
@@ -55,7 +58,7 @@ def _counts(table: pa.Table, keys: list[str]) -> list[dict]:
 
 
 def lengths_by_round(table: pa.Table) -> list[dict]:
-    kept = table.filter(pc.equal(table["status"], KEPT))
+    kept = table.filter(pc.is_in(table["status"], SURVIVED))
     if kept.num_rows == 0:
         return []
     rows = kept.group_by("round").aggregate([("instruction_tokens", "mean"), ("response_tokens", "mean"),
@@ -65,8 +68,10 @@ def lengths_by_round(table: pa.Table) -> list[dict]:
 
 
 def pass_rate_by_operation(table: pa.Table) -> dict[str, dict]:
-    candidates = table.filter(pc.and_(pc.greater(table["round"], 0),
-                                      pc.is_in(table["status"], pa.array([KEPT, ELIMINATED]))))
+    candidates = table.filter(pc.greater(table["round"], 0))
+    candidates = candidates.set_column(candidates.schema.get_field_index("status"), "status", pc.if_else(
+        pc.is_in(candidates["status"], SURVIVED), KEPT, candidates["status"]))
+    candidates = candidates.filter(pc.is_in(candidates["status"], pa.array([KEPT, ELIMINATED])))
     out: dict[str, dict] = {}
     for row in _counts(candidates, ["op", "status"]):
         entry = out.setdefault(row["op"], {KEPT: 0, ELIMINATED: 0})
@@ -106,3 +111,27 @@ def read_evolve_cost(evolve_output: str) -> dict | None:
     except (ValueError, AttributeError):
         return None
     return cost if isinstance(cost, dict) else None
+
+
+def decontamination_warning(evolve_output: str | None, testset_files: list[str]) -> str | None:
+    """Why the evolve job's training rows may hold this test set's items, or None: its summary lists
+    the evaluation sets it checked them against (by content hash) and this one is not among them."""
+    if not evolve_output:
+        return None
+    path = storage.join(evolve_output, "summary.json")
+    try:
+        checked = json.loads(storage.read_text(path)).get("decontamination") or {}
+    except (OSError, ValueError, AttributeError):
+        checked = {}
+    hashes = {s.get("sha256") for s in checked.get("sets", [])} if checked.get("enabled") else set()
+    missing = [f for f in testset_files if _sha256(f) not in hashes]
+    if not missing:
+        return None
+    return (f"the training data ({evolve_output}) was not checked for contamination against this test set "
+            f"({', '.join(missing[:3])}): evolve's decontamination.paths should include it")
+
+
+def _sha256(path: str) -> str:
+    filesys, inner = storage.filesystem(path)
+    with filesys.open_input_stream(inner) as stream:
+        return hashlib.sha256(stream.read()).hexdigest()

@@ -24,11 +24,12 @@ from eval.aggregate import aggregate
 from eval.calls import Prefilled, answer, judge, rate, run_all
 from eval.config import EvaluateConfig
 from eval.difficulty import DIFFICULTY_PREFILL, difficulty_by_round, pick_per_round
-from eval.evolution import evolution_stats, read_evolution_records, read_evolve_cost, read_instructions
+from eval.evolution import (decontamination_warning, evolution_stats, read_evolution_records, read_evolve_cost,
+                            read_instructions)
 from eval.judge import VERDICT_PREFILL
 from eval.report import FIGURE_BANDS, FIGURE_CATEGORIES, FIGURE_EVOLUTION, caveats, write_report
 from eval.rows import ANSWER_SCHEMA, JUDGMENT_SCHEMA, RATING_SCHEMA, item_rows, judge_rows
-from eval.testset import quarantine_counts, read_testset, resolve_testset_path, select_items
+from eval.testset import quarantine_counts, read_testset, resolve_testset_path, select_items, testset_files
 from generation import (GenerationConfig, SamplingConfig, SamplingParams, build_generator, check_model_available,
                         driver_api_key)
 from generation.types import Secret
@@ -129,6 +130,10 @@ def preflight(cfg: EvaluateConfig) -> tuple[list[dict], dict]:
         check_model_available(getattr(cfg, role), role)
     prepare_output(cfg, [path, cfg.evolution.output] + [getattr(cfg, role).model for role in ROLES])
     info = {"path": cfg.testset.path, "rows": len(rows), "used": len(items), "quarantined": quarantined}
+    warning = decontamination_warning(cfg.evolution.output, testset_files(path))
+    if warning:
+        print(f"warning: {warning}", flush=True)
+        info["decontamination_warning"] = warning
     return items, info
 
 

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from evol.records import ERROR, KEPT
+from evol.records import ERROR, SURVIVED
 
 
 def chain_problems(rows: list[dict], rounds: int) -> list[str]:
     """Problems among one bucket's records (all records of a seed share its bucket).
 
     A kept seed's chain must have a candidate for each round 1..k in order, and end at round
-    `rounds` or with an error record; every seed has exactly one round-0 record."""
+    `rounds` or with an error record; every seed has exactly one round-0 record. A seed the finish
+    stage marked duplicate or contaminated was used all the same (records.SURVIVED)."""
     by_root: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_root[row["root_id"]].append(row)
@@ -24,9 +25,9 @@ def chain_problems(rows: list[dict], rounds: int) -> list[str]:
         chain = records[1:]
         if [r["round"] for r in chain] != list(range(1, len(chain) + 1)):
             problems.append(f"{root}: rounds {[r['round'] for r in chain]}")
-        elif starts[0]["status"] == KEPT and len(chain) != rounds and (not chain or chain[-1]["status"] != ERROR):
+        elif starts[0]["status"] in SURVIVED and len(chain) != rounds and (not chain or chain[-1]["status"] != ERROR):
             problems.append(f"{root}: chain stopped after round {len(chain)} of {rounds} without an error")
-        elif starts[0]["status"] != KEPT and chain:
+        elif starts[0]["status"] not in SURVIVED and chain:
             problems.append(f"{root}: a {starts[0]['status']} seed has candidates")
     return problems
 

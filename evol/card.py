@@ -121,7 +121,8 @@ def about(summary: dict, cfg: EvolveConfig) -> list[str]:
         f"- Candidates: {summary['candidates']} = {summary['kept']} kept + {summary['eliminated']} eliminated "
         f"+ {summary['errors']} errors.",
         f"- Training rows: **{summary['training_rows']}** (seeds used and kept evolutions whose answer passed the "
-        f"answer rules; {summary['responses_truncated']['truncated']} answers cut by their token limit were "
+        f"answer rules, less near-duplicates and contaminated rows; "
+        f"{summary['responses_truncated']['truncated']} answers cut by their token limit were "
         + ("kept" if summary["responses_truncated"]["in_training_set"] else "left out") + ").",
     ]
 
@@ -165,6 +166,59 @@ def _by_rule(rounds: list[dict]) -> list[str]:
 
 def _round_names(rounds: list[dict]) -> list[str]:
     return [f"round {r['round']}" for r in rounds]
+
+
+def quality(summary: dict) -> list[str]:
+    """What decides whether the data is worth training on: how rule 1's verdicts were reached, and
+    what the finish stage left out of the training set (near-duplicates, copies of test items)."""
+    lines = ["", "## Data quality", ""]
+    methods: dict[str, dict[str, int]] = {}
+    for r in summary["rounds"]:
+        for method, verdicts in r.get("equality_by_method", {}).items():
+            for verdict, n in verdicts.items():
+                methods.setdefault(method, {}).setdefault(verdict, 0)
+                methods[method][verdict] += n
+    if methods:
+        lines += ["Equality check (rule 1) verdicts per way of obtaining them (`logprobs`: both answers scored by "
+                  "the judge's log-probabilities; `json_schema`: a constrained JSON answer; `text`: the strict "
+                  "parse of free text; `canned`: the echo backend):", "",
+                  *_table(["method", "equal", "not equal", "unparsed", "decided"],
+                          [[m, v.get("equal", 0), v.get("not_equal", 0), v.get("unparsed", 0),
+                            _percent((v.get("equal", 0) + v.get("not_equal", 0)) / sum(v.values()))]
+                           for m, v in sorted(methods.items())]), ""]
+    return lines + _duplicates(summary) + _contamination(summary)
+
+
+def _duplicates(summary: dict) -> list[str]:
+    d, removed = summary.get("dedupe"), summary.get("removed_from_training")
+    if not d or not d.get("enabled") or removed is None:
+        return ["Near-duplicates were not removed (`dedupe.enabled`).", ""]
+    lines = [f"- Near-duplicates removed: **{d['removed']}** in {d['clusters']} clusters (MinHash-LSH over every "
+             f"training row of every seed and round: Jaccard of {d['shingle_words']}-word shingles >= "
+             f"{d['threshold']}, {d['num_perm']} permutations in {d['bands']} bands of {d['rows_per_band']}; each "
+             "cluster keeps its earliest row: lowest round, then lowest id). Per round: "
+             + ", ".join(f"round {r['round']}: {r['duplicate']}" for r in removed["by_round"]) + "."]
+    if d["largest"]:
+        lines += ["", "Largest clusters (the row kept, and how many rows the cluster had):", "",
+                  *_table(["kept", "round", "rows", "instruction"],
+                          [[f"`{c['kept']}`", c.get("round"), c["size"], _one_line(c.get("instruction", ""))]
+                           for c in d["largest"]])]
+    return lines + [""]
+
+
+def _contamination(summary: dict) -> list[str]:
+    c = summary.get("decontamination")
+    if not c or not c.get("enabled") or not c["sets"]:
+        return ["No evaluation set was checked for contamination (`decontamination`)."]
+    return [f"- Contaminated rows (an instruction or response sharing a {c['ngram']}-word sequence with an "
+            f"evaluation item) left out: **{c['contaminated']}**.", "",
+            *_table(["evaluation set", "items", "rows marked", "items copied", "sha256"],
+                    [[s["name"], s["items"], c["contaminated_by_set"].get(s["name"], 0),
+                      c["items_hit_by_set"].get(s["name"], 0), f"`{s['sha256'][:12]}`"] for s in c["sets"]])]
+
+
+def _one_line(text: str) -> str:
+    return " ".join((text or "").split()).replace("|", "\\|")[:100]
 
 
 def cost(summary: dict) -> list[str]:
@@ -225,5 +279,5 @@ def how_to_load(summary: dict) -> list[str]:
 def render_card(summary: dict, cfg: EvolveConfig) -> str:
     """README.md of an evolve output: `summary` as in summary.json, `cfg` as the user gave it
     (seed and model names as written, e.g. bundled:NAME)."""
-    sections = [about(summary, cfg), per_round(summary), cost(summary), how_to_load(summary)]
+    sections = [about(summary, cfg), per_round(summary), quality(summary), cost(summary), how_to_load(summary)]
     return front_matter(summary, cfg) + "\n" + "\n".join(line for section in sections for line in section) + "\n"

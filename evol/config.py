@@ -1,6 +1,8 @@
 """EvolveConfig: everything the evolve job reads, validated before Ray or a model starts."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from common.config import StrictModel
@@ -37,6 +39,10 @@ class EvolveSettings(StrictModel):
     evolve_sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=256)
     respond_sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=512)
     judge_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=MIN_JUDGE_TOKENS)
+    equality_check: Literal["constrained", "text"] = Field(
+        "constrained", description="constrained: the judge picks Equal or Not Equal (log-probabilities of both "
+                                   "answers; an OpenAI-compatible judge: a JSON schema or logprobs where offered, "
+                                   "else its text); text: parse the judge's free text")
     train_on_truncated_responses: bool = Field(
         False, description="put responses cut by respond_sampling.max_tokens in the training set "
                            "(they are flagged `response_truncated` and counted either way)")
@@ -76,6 +82,40 @@ class CostConfig(StrictModel):
                                   "currency; None: no money figure")
 
 
+class DedupeConfig(StrictModel):
+    """Near-duplicate instructions over the whole output, after the last bucket (evol/dedupe.py)."""
+
+    enabled: bool = Field(True, description="mark near-copies status=duplicate (duplicate_of: the kept one) and "
+                                            "leave them out of the training set")
+    threshold: float = Field(0.7, gt=0.0, le=1.0, description="Jaccard similarity of word shingles at which two "
+                                                              "instructions are near-duplicates")
+    shingle_words: int = Field(3, ge=1, le=16, description="words per shingle (Unicode words; an ideograph is a word)")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (LSH bands and rows follow "
+                                                          "from the threshold)")
+    seed: int = Field(0, description="seeds the MinHash permutations")
+    in_process_records: int = Field(20_000, ge=0, description="an output of at most this many records is checked "
+                                                              "in the driver (same result, no Ray Data shuffles); "
+                                                              "0: always on Ray")
+
+
+class DecontaminationConfig(StrictModel):
+    """Training rows that copy an evaluation item, by word n-gram overlap (evol/contamination.py)."""
+
+    enabled: bool = Field(True, description="mark rows status=contaminated (contaminated_by: set:item id) and "
+                                            "leave them out of the training set")
+    wizardlm_testset: bool = Field(True, description="check against the bundled WizardLM test set (the evaluate "
+                                                     "job's default)")
+    paths: list[str] = Field(default_factory=list, description="more evaluation sets: jsonl/json/parquet files or "
+                                                               "folders, local or s3://")
+    text_fields: list[str] = Field(
+        ["Instruction", "instruction", "prompt", "question", "input", "turns", "output", "answer", "reference",
+         "canonical_solution"], description="fields of an item whose text is checked (strings or lists of strings)")
+    id_fields: list[str] = Field(["idx", "id", "task_id", "question_id"], description="the first present names "
+                                                                                     "the item; else its line")
+    ngram: int = Field(13, ge=3, le=64, description="words per n-gram; an item with fewer words counts when all "
+                                                    "of them appear in order")
+
+
 class EvolveConfig(StrictModel):
     seeds: SeedsConfig = SeedsConfig()
     evolve: EvolveSettings = EvolveSettings()
@@ -84,6 +124,8 @@ class EvolveConfig(StrictModel):
         None, description="the equality check's own model/backend (the paper used ChatGPT); None: `generation`")
     output: OutputConfig = OutputConfig()
     cost: CostConfig = CostConfig()
+    dedupe: DedupeConfig = DedupeConfig()
+    decontamination: DecontaminationConfig = DecontaminationConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")

@@ -17,13 +17,15 @@ from evol.templates import LEAK_LABELS, LEAK_MARKERS
 EMPTY_EVOLUTION = "empty_evolution"
 TRUNCATED_EVOLUTION = "truncated_evolution"     # the rewrite hit its token limit: cut mid-text
 TEMPLATE_LEAK = "template_leak"                 # rule 4
+ANSWER_APPENDED = "answer_appended"             # the rewrite goes on to answer itself
 NO_INFORMATION_GAIN = "no_information_gain"     # rule 1
 COULD_NOT_ANSWER = "could_not_answer"           # rule 2
 TRIVIAL_RESPONSE = "trivial_response"           # rule 3
-RULES = (EMPTY_EVOLUTION, TRUNCATED_EVOLUTION, TEMPLATE_LEAK, NO_INFORMATION_GAIN, COULD_NOT_ANSWER,
-         TRIVIAL_RESPONSE)
+RULES = (EMPTY_EVOLUTION, TRUNCATED_EVOLUTION, TEMPLATE_LEAK, ANSWER_APPENDED, NO_INFORMATION_GAIN,
+         COULD_NOT_ANSWER, TRIVIAL_RESPONSE)
 
 EQUAL, NOT_EQUAL, UNPARSED, SKIPPED = "equal", "not_equal", "unparsed", "skipped"
+EQUALITY_OPTIONS = ("Equal", "Not Equal")  # the answers the equality prompt allows, in this order
 
 SORRY_MAX_WORDS = 80
 # Room for "**Answer: Not Equal.**" even from a tokenizer that spends a token per character
@@ -44,16 +46,36 @@ where where's which while who who's whom why why's with won't would wouldn't you
 you've your yours yourself yourselves yes ok okay
 """.split())
 
-_QUOTES = "\"'`“”‘’"
 _APOSTROPHES = str.maketrans({"’": "'", "ʼ": "'"})
 # Scripts written without spaces: each character is a word, so spacing cannot hide a copy.
 _IDEOGRAPHS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 
 
+_PAIRS = {'"': '"', "'": "'", "`": "`", "“": "”", "‘": "’", "«": "»", "„": "“"}
+# A reply's opening that introduces the rewrite instead of being it: "Sure! Here is the rewritten
+# prompt:", "Certainly, here's a harder version:". A courtesy word, or "here is" naming the rewrite,
+# ending in a colon; "Here is a table: ..." (a seed's own wording) is not one.
+_PREAMBLE = re.compile(
+    r"\A\W*(?:(?:sure|certainly|of course|okay|ok|absolutely|alright|great)\b[^:\n]{0,120}?"
+    r"|here(?:'s|’s| is| are)\b[^:\n]{0,100}?\b(?:prompt|instruction|version|rewrite|rewritten|revision|revised|"
+    r"attempt)\b[^:\n]{0,40}?)(?::[*_]*\s*|[!.]?[*_]*\s*\n\s*)", re.I)
+_COURTESY_LINE = re.compile(r"\A\W*(?:sure|certainly|of course|okay|ok|absolutely|alright)\b[^\n]{0,40}\Z", re.I)
+
+
+def strip_preamble(text: str) -> str:
+    """The rewrite without a courtesy line or an introduction ("Sure! Here is the rewritten prompt:")."""
+    match = _PREAMBLE.match(text)
+    if match and text[match.end():].strip():
+        return text[match.end():].strip()
+    first, _, rest = text.partition("\n")
+    return rest.strip() if _COURTESY_LINE.match(first) and rest.strip() else text
+
+
 def clean_evolved_instruction(text: str) -> str:
-    """Whitespace and wrapping quotes are formatting, not content; anything else is kept as is."""
-    text = text.strip()
-    while len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+    """Whitespace, an introduction before the rewrite and one pair of quotes around the whole text
+    are formatting, not content; anything else is kept as is (`"Write a poem" about "love"`)."""
+    text = strip_preamble(text.strip())
+    while len(text) >= 2 and _PAIRS.get(text[0]) == text[-1] and not set(text[0] + text[-1]) & set(text[1:-1]):
         text = text[1:-1].strip()
     return text
 
@@ -150,6 +172,17 @@ def has_template_leak(candidate: str, parent: str) -> bool:
     return False
 
 
+# A line after the instruction that starts its answer: "Answer:", "### Response:", "Sure! Here is ...".
+_ANSWER_LINE = re.compile(r"\n\W*(?:(?:sample|example|my|the|final|model|suggested)\s+)?(?:answer|response|solution|"
+                          r"reply)[*_]*\s*:|\n\W*(?:sure|certainly|of course)\b[^\n]{0,80}?(?:\bhere\b|:)", re.I)
+
+
+def has_appended_answer(candidate: str, parent: str) -> bool:
+    """The rewrite is followed by its own answer (a later line opens one). A parent that already
+    holds such a line (a seed that shows an answer format) makes it the user's text."""
+    return bool(_ANSWER_LINE.search(candidate)) and not _ANSWER_LINE.search(parent)
+
+
 # --- rule 1: the judge's equality verdict ----------------------------------------------------
 
 _VERDICT_WORDS = {"equal": True, "unequal": False, "same": True, "identical": True, "equivalent": True,
@@ -161,10 +194,19 @@ _COPULAS = frozenset({"is", "are", "be", "was", "were", "am", "seem", "seems", "
                       "remain", "remains", "being", "isn't", "aren't", "wasn't", "weren't"})
 _ADVERBS = frozenset({"the", "exactly", "really", "quite", "entirely", "completely", "totally", "fully",
                       "essentially", "basically", "clearly", "definitely", "absolutely", "strictly", "truly"})
-_NEGATORS = frozenset({"not", "never", "non", "hardly", "neither", "nor", "cannot", "no", "nowhere"})
+_NEGATORS = frozenset({"not", "never", "non", "hardly", "neither", "nor", "cannot", "no", "nowhere", "nobody",
+                       "none", "nothing", "noone", "barely", "scarcely"})
 # Words that make an "equal" further back in its sentence doubtful ("they are not, in my view,
-# equal", "far from equal"): such a statement is no evidence of equality.
-_DOUBTS = frozenset({"far", "unlikely", "false", "wrong", "incorrect", "less", "more"})
+# equal", "far from equal", "almost equal"): such a statement is no evidence of equality.
+_DOUBTS = frozenset({"far", "unlikely", "false", "wrong", "incorrect", "less", "more", "doubt", "doubtful",
+                     "almost", "nearly", "roughly", "largely", "approximately", "mostly", "partly", "partially",
+                     "somewhat", "broadly", "virtually", "practically", "kind", "sort", "fairly", "pretty"})
+# After an "equal", words that narrow it to less than the question asks ("equal only in topic").
+_LIMITERS = frozenset({"only", "just", "merely", "solely", "partly", "partially", "somewhat", "superficially",
+                       "roughly", "mostly", "largely", "approximately", "topic", "topics", "subject", "theme",
+                       "wording", "spirit", "style", "tone", "form", "format", "length", "domain", "surface"})
+# A first answer taken back ("Equal. Wait, no: Not Equal."): no verdict.
+_CORRECTIONS = frozenset({"wait", "actually", "correction", "oops", "scratch", "mistake", "rather", "instead"})
 _YES, _NO = frozenset({"yes", "true", "correct"}), frozenset({"no", "false", "wrong", "incorrect"})
 _CONTRASTS = frozenset({"but", "however", "although", "though", "whereas", "while", "except", "yet"})
 _HEDGES = frozenset({"whether", "if", "might", "may", "maybe", "perhaps", "possibly", "probably", "unclear",
@@ -225,17 +267,38 @@ def _polarities(tokens: list[str]) -> set[bool | None]:
             negated = negated != (answer in _NO) if answer in _YES | _NO else negated
         equal = _VERDICT_WORDS[token] != negated
         earlier = tokens[:i - len(clause)]
-        doubtful = any(_is_negator(t) or t in _DOUBTS for t in earlier) or _DOUBTS.intersection(clause)
+        doubtful = (any(_is_negator(t) or t in _DOUBTS for t in earlier) or _DOUBTS.intersection(clause)
+                    or any(_is_negator(t) for t in clause)  # "not different" is not "equal"
+                    or _LIMITERS.intersection(_clause_after(tokens, i)))
         found.add(None if equal and doubtful else equal)
     return found
 
 
+def _clause_after(tokens: list[str], i: int) -> list[str]:
+    """The words after token i up to the next punctuation ("equal only in topic")."""
+    after = []
+    for token in tokens[i + 1:]:
+        if not token[0].isalnum():
+            break
+        after.append(token)
+    return after
+
+
+def _kind(match: re.Match) -> str:
+    return NOT_EQUAL if match[1] in ("not equal", "unequal", "not the same", "different") else EQUAL
+
+
 def _bare_verdict(text: str, complete: bool) -> str | None:
-    """The answer the prompt asks for, first and on its own ("Not Equal." / "Answer: Equal")."""
+    """The answer the prompt asks for, first and on its own ("Not Equal." / "Answer: Equal"), unless
+    what follows takes it back ("Equal. Wait, no: Not Equal.") or opens with the other answer."""
     match = _BARE.match(text)
     if match is None or (not complete and not match["end"]):
         return None
-    return NOT_EQUAL if match[1] in ("not equal", "unequal", "not the same", "different") else EQUAL
+    rest = text[match.end():]
+    later = [_BARE.match(sentence.strip()) for sentence in _SENTENCE.findall(rest)]
+    if _CORRECTIONS.intersection(_TOKEN.findall(rest)) or any(m and _kind(m) != _kind(match) for m in later):
+        return UNPARSED
+    return _kind(match)
 
 
 def parse_equality(answer: str) -> str:
@@ -270,6 +333,14 @@ def parse_equality_generation(text: str, finished: bool) -> str:
     return _bare_verdict(_clean_answer(text), complete=False) or UNPARSED
 
 
+def equality_verdict(option: str | None, text: str, finished: bool) -> str:
+    """EQUAL / NOT_EQUAL from a constrained answer (one of EQUALITY_OPTIONS), else the strict parse
+    of the judge's free text."""
+    if option is not None:
+        return EQUAL if option == EQUALITY_OPTIONS[0] else NOT_EQUAL
+    return parse_equality_generation(text, finished)
+
+
 # --- the rules in order ----------------------------------------------------------------------
 
 def reason_before_response(parent: str, candidate: str, truncated: bool = False) -> str | None:
@@ -280,6 +351,8 @@ def reason_before_response(parent: str, candidate: str, truncated: bool = False)
         return TRUNCATED_EVOLUTION  # half an instruction must not be answered nor evolved again
     if has_template_leak(candidate, parent):
         return TEMPLATE_LEAK
+    if has_appended_answer(candidate, parent):
+        return ANSWER_APPENDED
     if copy_key(candidate) == copy_key(parent):
         return NO_INFORMATION_GAIN  # a verbatim copy needs no judge
     return None

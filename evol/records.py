@@ -6,6 +6,10 @@ import pyarrow as pa
 from evol.operations import stable_hash
 
 KEPT, ELIMINATED, QUARANTINED, ERROR = "kept", "eliminated", "quarantined", "error"
+# Kept by evolution, then left out of the training set by the finish stage (evol/curation.py): a near
+# copy of an earlier record (`duplicate_of`) or a copy of an evaluation item (`contaminated_by`).
+DUPLICATE, CONTAMINATED = "duplicate", "contaminated"
+SURVIVED = (KEPT, DUPLICATE, CONTAMINATED)  # kept by the paper's rules: lineage and pass rates count these
 SEED_OP = "seed"
 
 # A seed as read from the user's file, before any model sees it. `error` marks a bad row.
@@ -26,6 +30,8 @@ RECORD_SCHEMA = pa.schema([
     ("status", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
     ("equality", pa.string()), ("equality_answer", pa.string()), ("response_truncated", pa.bool_()),
     ("response_reason", pa.string()),
+    ("equality_method", pa.string()), ("equality_margin", pa.float64()),
+    ("duplicate_of", pa.string()), ("contaminated_by", pa.string()),
     ("instruction_tokens", pa.int64()), ("response_tokens", pa.int64()),
     ("prompt_tokens", pa.int64()), ("generated_tokens", pa.int64()), ("requests", pa.int64()),
     ("gen_seconds", pa.float64()), ("model", pa.string()), ("source", pa.string()), ("line", pa.int64()),

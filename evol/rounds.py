@@ -18,7 +18,8 @@ from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED, SEED_OP, candidat
 from evol.seeds import TOO_MANY_TOKENS
 from evol.templates import equality_prompt, evolve_prompt, user_turn
 from generation.config import SamplingConfig
-from generation.types import Generation, GenerationError, Generator, SamplingParams
+from generation.choice import TEXT
+from generation.types import Choice, Generation, GenerationError, Generator, SamplingParams
 
 INTERNAL_ERROR = "internal_error"
 
@@ -62,6 +63,29 @@ class Step:
         self.cost.generated_tokens += gen.completion_tokens
         self.cost.seconds += gen.engine_seconds
         return gen
+
+
+    async def choose(self, generator: Generator, prompt: str, options: tuple[str, ...],
+                     sampling: SamplingConfig) -> Choice:
+        self.cost.requests += 1
+        choice = await generator.choose(prompt, list(options), SamplingParams.from_config(sampling))
+        self.cost.prompt_tokens += choice.prompt_tokens
+        self.cost.generated_tokens += choice.completion_tokens
+        self.cost.seconds += choice.engine_seconds
+        return choice
+
+
+async def check_equality(step: Step, judge: Generator, parent: str, candidate: str, settings: EvolveSettings) -> dict:
+    """Rule 1's record columns: a constrained answer where the judge offers one (generation/choice.py),
+    else (or with evolve.equality_check=text) the strict parse of its free text."""
+    prompt = equality_prompt(parent, candidate)
+    if settings.equality_check == "constrained" and hasattr(judge, "choose"):
+        choice = await step.choose(judge, prompt, rules.EQUALITY_OPTIONS, settings.judge_sampling)
+    else:
+        gen = await step.ask(judge, prompt, settings.judge_sampling)
+        choice = Choice(None, TEXT, None, gen.text, gen.prompt_tokens, gen.completion_tokens, gen.finished)
+    return dict(equality=rules.equality_verdict(choice.option, choice.text, choice.finished),
+                equality_method=choice.method, equality_margin=choice.margin, equality_answer=choice.text)
 
 
 def error_columns(exc: Exception) -> dict:
@@ -126,8 +150,7 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles,
             found.update(response=gen.text, response_tokens=gen.completion_tokens, response_truncated=not gen.finished)
             reason = rules.reason_after_response(gen.text)
         if reason is None:
-            gen = await step.ask(roles.judge, equality_prompt(item.text, text), settings.judge_sampling)
-            found.update(equality=rules.parse_equality_generation(gen.text, gen.finished), equality_answer=gen.text)
+            found.update(await check_equality(step, roles.judge, item.text, text, settings))
             reason = rules.reason_after_equality(found["equality"])
         outcome = dict(status=KEPT if reason is None else ELIMINATED, reason=reason)
     except Exception as exc:

@@ -18,6 +18,7 @@ from common.ray_setup import init_ray
 from evol.accounting import accounting_error
 from evol.card import render_card
 from evol.config import EvolveConfig
+from evol.curation import curate, evaluation_sets
 from evol.dataflow import evolve_buckets, record_failed_buckets
 from evol.finish import summarize
 from evol.output import JOB, record_files
@@ -56,6 +57,7 @@ def start_run(cfg: EvolveConfig) -> frozenset[int]:
 
 def run_evolve(cfg: EvolveConfig) -> dict:
     preflight(cfg)
+    sets = evaluation_sets(cfg)  # the evaluation sets the training rows are checked against, read before any work
     given, cfg = cfg, with_absolute_paths(cfg)
     ray = init_ray(cfg.ray)
     check_room(ray, cfg)
@@ -67,7 +69,9 @@ def run_evolve(cfg: EvolveConfig) -> dict:
     record_failed_buckets(cfg, records_dir)
     if not record_files(records_dir):
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
+    finish = curate(ray, cfg, records_dir, sets)  # contamination and near-duplicates over the whole output
     summary = summarize(cfg, records_dir, time.time() - started, per_actor)
+    summary.update(dedupe=finish.pop("dedupe"), decontamination=finish.pop("decontamination"), finish_stage=finish)
     summary["seeds_per_actor"] = per_actor
     summary["output"] = cfg.output.path
     storage.write_json(storage.join(cfg.output.path, "summary.json"), summary)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from evol.elimination import SKIPPED, UNPARSED
-from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED, flag_is_set, in_training_set
+from evol.elimination import EQUAL, NOT_EQUAL, SKIPPED, UNPARSED
+from evol.records import (CONTAMINATED, DUPLICATE, ELIMINATED, ERROR, QUARANTINED, SURVIVED, flag_is_set,
+                          in_training_set)
 from generation.config import GenerationConfig
 
-SUMMARY_COLUMNS = ["round", "op", "status", "reason", "equality", "instruction_tokens", "response_tokens",
-                   "generated_tokens", "prompt_tokens", "requests", "gen_seconds", "response_reason",
+SUMMARY_COLUMNS = ["round", "op", "status", "reason", "equality", "equality_method", "instruction_tokens",
+                   "response_tokens", "generated_tokens", "prompt_tokens", "requests", "gen_seconds", "response_reason",
                    "response_truncated"]
 
 
@@ -35,14 +36,16 @@ class SummaryBuilder:
                 self.counts[(r, "reason", status, row["reason"])] += 1
             if r > 0:
                 self.counts[(r, "equality", row["equality"])] += 1
+                if row["equality"] not in (SKIPPED, None):
+                    self.counts[(r, "equality_method", row.get("equality_method") or "text", row["equality"])] += 1
             if isinstance(row["response_reason"], str):
                 self.counts[(r, "response_reason", row["response_reason"])] += 1
-            if status == KEPT and flag_is_set(row["response_truncated"]):
+            if status in SURVIVED and flag_is_set(row["response_truncated"]):
                 self.counts[(r, "truncated_kept")] += 1
             self.counts[(r, "training")] += in_training_set(row, self.train_on_truncated)
             for col in ("generated_tokens", "prompt_tokens", "requests", "gen_seconds"):
                 self.sums[(r, col)] += _number(row[col])
-            if status == KEPT:
+            if status in SURVIVED:
                 self.sums[(r, "kept_instruction_tokens")] += _number(row["instruction_tokens"])
                 self.sums[(r, "kept_response_tokens")] += _number(row["response_tokens"])
 
@@ -52,8 +55,22 @@ class SummaryBuilder:
         columns = [batch[name].tolist() if hasattr(batch[name], "tolist") else list(batch[name]) for name in names]
         self.add_rows([dict(zip(names, values)) for values in zip(*columns)])
 
+    def _survived(self, *key) -> int:
+        """Kept by the paper's rules, the records the finish stage left out of training included."""
+        return sum(self.counts[(*key, status)] for status in SURVIVED)
+
+    def _equality(self, r: int) -> dict:
+        """Verdicts per way of obtaining them, and the share of checks that gave one."""
+        by_method: dict = {}
+        for key, n in sorted(self.counts.items()):
+            if key[:2] == (r, "equality_method"):
+                by_method.setdefault(key[2], {})[key[3]] = n
+        checked = sum(n for verdicts in by_method.values() for n in verdicts.values())
+        decided = sum(v.get(EQUAL, 0) + v.get(NOT_EQUAL, 0) for v in by_method.values())
+        return {"equality_by_method": by_method, "equality_decided_share": _share(decided, checked)}
+
     def _round(self, r: int) -> dict:
-        kept, eliminated = self.counts[(r, "status", KEPT)], self.counts[(r, "status", ELIMINATED)]
+        kept, eliminated = self._survived(r, "status"), self.counts[(r, "status", ELIMINATED)]
         errors = self.counts[(r, "status", ERROR)]
         candidates = kept + eliminated + errors
         ops = sorted({key[2] for key in self.counts if key[:2] == (r, "op")})
@@ -63,8 +80,9 @@ class SummaryBuilder:
         return {
             "round": r, "candidates": candidates, "kept": kept, "eliminated": eliminated, "errors": errors,
             "pass_rate": round(kept / candidates, 4) if candidates else None,
-            "by_operation": {op: _rate(self.counts[(r, "op", op, KEPT)],
-                                       sum(self.counts[(r, "op", op, status)] for status in (KEPT, ELIMINATED, ERROR)))
+            "by_operation": {op: _rate(self._survived(r, "op", op),
+                                       self._survived(r, "op", op) + self.counts[(r, "op", op, ELIMINATED)]
+                                       + self.counts[(r, "op", op, ERROR)])
                              for op in ops},
             "eliminated_by_rule": dict(sorted(reasons.items())),
             "errors_by_reason": dict(sorted(error_reasons.items())),
@@ -72,6 +90,9 @@ class SummaryBuilder:
             "equality_verdicts": verdicts,
             "equality_unparsed_share": _share(verdicts.get(UNPARSED, 0),
                                               sum(n for v, n in verdicts.items() if v != SKIPPED)),
+            **self._equality(r),
+            "duplicates": self.counts[(r, "status", DUPLICATE)],
+            "contaminated": self.counts[(r, "status", CONTAMINATED)],
             "kept_responses_truncated": self.counts[(r, "truncated_kept")],
             "mean_kept_instruction_tokens": _mean(self.sums[(r, "kept_instruction_tokens")], kept),
             "mean_kept_response_tokens": _mean(self.sums[(r, "kept_response_tokens")], kept),
@@ -83,7 +104,7 @@ class SummaryBuilder:
 
     def build(self, wall_seconds: float) -> dict:
         rounds = sorted({key[0] for key in self.counts})
-        used = self.counts[(0, "status", KEPT)]
+        used = self._survived(0, "status")
         quarantined = self.counts[(0, "status", QUARANTINED)]
         seed_errors = self.counts[(0, "status", ERROR)]
         per_round = [self._round(r) for r in rounds if r > 0]
@@ -105,6 +126,10 @@ class SummaryBuilder:
             "kept": kept, "eliminated": sum(x["eliminated"] for x in per_round),
             "errors": sum(x["errors"] for x in per_round),
             "training_rows": sum(self.counts[(r, "training")] for r in rounds),
+            "removed_from_training": {
+                **{status: sum(self.counts[(r, "status", status)] for r in rounds) for status in (DUPLICATE, CONTAMINATED)},
+                "by_round": [{"round": r, DUPLICATE: self.counts[(r, "status", DUPLICATE)],
+                              CONTAMINATED: self.counts[(r, "status", CONTAMINATED)]} for r in rounds]},
             "responses_truncated": {"kept_rows": used + kept, "truncated": truncated,
                                     "share": _share(truncated, used + kept),
                                     "in_training_set": self.train_on_truncated},
@@ -119,7 +144,7 @@ class SummaryBuilder:
         """`cost_summary` of the rows added so far (see there for the arguments)."""
         rounds = sorted({key[0] for key in self.counts})
         return cost_summary({r: self.sums[(r, "gen_seconds")] for r in rounds},
-                            {r: self.counts[(r, "status", KEPT)] for r in rounds}, per_engine, reserved, price)
+                            {r: self._survived(r, "status") for r in rounds}, per_engine, reserved, price)
 
 
 # Cost. A record's `gen_seconds` is its requests' share of their engine's busy time (generation/
@@ -204,6 +229,7 @@ def format_summary(summary: dict) -> str:
             ops[op][1] += stats["candidates"]
     lines.append("pass rate by operation: " + ", ".join(
         f"{op} {kept}/{total}" for op, (kept, total) in sorted(ops.items())))
+    lines.extend(_quality_lines(summary))
     lines.append(f"{summary['requests']} requests, {summary['generated_tokens']} tokens generated in "
                  f"{summary['wall_seconds']} s ({summary['requests_per_second']} req/s, "
                  f"{summary['generated_tokens_per_second']} tok/s)")
@@ -218,6 +244,28 @@ def format_summary(summary: dict) -> str:
         lines.append("seeds evolved per actor (this run): " + ", ".join(
             f"{actor} {n}" for actor, n in sorted(summary["seeds_per_actor"].items())))
     return "\n".join(lines)
+
+
+def _quality_lines(summary: dict) -> list[str]:
+    """Equality verdicts per method, and what the finish stage removed from the training set."""
+    methods: dict = defaultdict(lambda: defaultdict(int))
+    for r in summary["rounds"]:
+        for method, verdicts in r.get("equality_by_method", {}).items():
+            for verdict, n in verdicts.items():
+                methods[method][verdict] += n
+    checked = sum(n for verdicts in methods.values() for n in verdicts.values())
+    decided = sum(v[EQUAL] + v[NOT_EQUAL] for v in methods.values())
+    lines = [f"equality verdicts: {decided}/{checked} decided ({_percent(_share(decided, checked))}); " + "; ".join(
+        f"{method}: " + ", ".join(f"{v} {n}" for v, n in sorted(verdicts.items()))
+        for method, verdicts in sorted(methods.items()))] if checked else []
+    removed = summary.get("removed_from_training")
+    if removed is not None:
+        per_round = ", ".join(f"round {r['round']} {r[DUPLICATE]}" for r in removed["by_round"] if r[DUPLICATE])
+        lines.append(f"removed from the training set: {removed[DUPLICATE]} near-duplicates"
+                     + (f" ({per_round})" if per_round else "") + f", {removed[CONTAMINATED]} contaminated"
+                     + "".join(f"; {name} {n}" for name, n in summary.get("decontamination", {})
+                               .get("contaminated_by_set", {}).items()))
+    return lines
 
 
 def format_cost(cost: dict) -> str:

@@ -6,7 +6,8 @@ import hashlib
 import os
 
 from generation.config import GenerationConfig
-from generation.types import Generation, SamplingParams
+from generation.choice import CANNED
+from generation.types import Choice, Generation, SamplingParams
 
 
 class EchoGenerator:
@@ -26,6 +27,12 @@ class EchoGenerator:
         words = f"Canned answer {tag} with some detail about the topic at hand".split()[:sampling.max_tokens]
         return Generation(" ".join(words), prompt_tokens=len(prompt.split()), completion_tokens=len(words),
                           finished=True)
+
+    async def choose(self, prompt: str, options: list[str], sampling: SamplingParams) -> Choice:
+        """The last option, after the same latency and fault injection as `generate` (a dry run:
+        for the equality check, Not Equal, which keeps every candidate)."""
+        gen = await self.generate(prompt, sampling)
+        return Choice(options[-1], CANNED, None, options[-1], gen.prompt_tokens, completion_tokens=0)
 
     async def close(self) -> None:
         pass

@@ -14,7 +14,8 @@ from common.models import resolve_model
 from generation.config import GenerationConfig
 from generation.devices import resolve_dtype, use_cuda
 from generation.prompts import prompt_token_ids, text_token_ids
-from generation.types import Generation, SamplingParams
+from generation.choice import LOGPROBS, option_token_ids, pick
+from generation.types import Choice, Generation, SamplingParams
 
 
 class HFGenerator:
@@ -134,7 +135,67 @@ class HFGenerator:
     async def close(self) -> None:
         if self._batcher is not None:
             self._batcher.cancel()
+        if getattr(self, "_scorer", None) is not None:
+            self._scorer.cancel()
         self._worker.shutdown(wait=False)
+
+    # --- constrained answers (generation/choice.py): every option scored, no decoding -------------
+
+    async def choose(self, prompt: str, options: list[str], sampling: SamplingParams) -> Choice:
+        """The likeliest option after the prompt: log P(option | prompt) from one forward pass over
+        prompt + option for every option, batched with the other choices in flight and run on the
+        generate thread (the model is never used by two threads at once)."""
+        loop = asyncio.get_running_loop()
+        if getattr(self, "_scorer", None) is None:
+            self._scoring, self._scoring_wakeup = deque(), asyncio.Event()
+            self._scorer = loop.create_task(self._run_scoring())
+        ids = self.prompt_ids(prompt)
+        rows = [ids + option for option in option_token_ids(self.tokenizer, options, self.cfg.prompt_format)]
+        future = loop.create_future()
+        self._scoring.append((rows, [len(row) - len(ids) for row in rows], future))
+        self._scoring_wakeup.set()
+        scores = await future
+        option, margin = pick(options, scores)
+        return Choice(option, LOGPROBS, margin, option, prompt_tokens=sum(map(len, rows)), completion_tokens=0)
+
+    async def _run_scoring(self) -> None:
+        """Like `_run_batches`: up to batch_size choices per forward pass, run on the generate thread."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._scoring_wakeup.wait()
+            if len(self._scoring) < self.cfg.batch_size and self.cfg.batch_wait_ms:
+                await asyncio.sleep(self.cfg.batch_wait_ms / 1000)
+            if not self._scoring:
+                self._scoring_wakeup.clear()
+                continue
+            batch = [self._scoring.popleft() for _ in range(min(self.cfg.batch_size, len(self._scoring)))]
+            rows = [row for request in batch for row in request[0]]
+            lengths = [n for request in batch for n in request[1]]
+            try:
+                scores = await loop.run_in_executor(self._worker, self._score_rows, rows, lengths)
+            except Exception as exc:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for rows_of, _, future in batch:
+                if not future.done():
+                    future.set_result(scores[:len(rows_of)])
+                scores = scores[len(rows_of):]
+
+    def _score_rows(self, rows: list[list[int]], lengths: list[int]) -> list[float]:
+        """Sum of the log-probabilities of each row's last `lengths[i]` tokens given the tokens
+        before them: one left-padded forward pass, logits kept only where the options are."""
+        torch = self.torch
+        enc = self.tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first token
+        longest = max(lengths)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                logits_to_keep=longest + 1).logits[:, :-1].float()
+            picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -longest:].unsqueeze(-1)).squeeze(-1)
+        return [picked[row, longest - n:].sum().item() for row, n in enumerate(lengths)]
 
 
 class OwnLimits:

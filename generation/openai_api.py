@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 
+from generation.choice import (JSON_SCHEMA, LOGPROBS, TEXT, TOP_LOGPROBS, first_token_choice, json_answer,
+                               response_format)
 from generation.config import GenerationConfig
 from generation.prompts import render_prompt, text_token_ids
-from generation.types import Generation, GenerationError, SamplingParams, Secret
+from generation.types import Choice, Generation, GenerationError, SamplingParams, Secret
 
 NO_KEY = "EMPTY"  # what a self-hosted server without --api-key accepts
 CHARS_PER_TOKEN = 4  # the estimate used when no tokenizer is configured
+JSON_TOKENS = 48  # room for {"answer": "..."} with the whitespace a grammar allows
 
 
 def api_key(cfg: GenerationConfig) -> Secret:
@@ -105,6 +108,76 @@ class OpenAIGenerator:
 
     async def close(self) -> None:
         await self.client.close()
+
+    # --- constrained answers (generation/choice.py) -----------------------------------------------
+
+    async def choose(self, prompt: str, options: list[str], sampling: SamplingParams) -> Choice:
+        """One of `options`: a JSON-schema answer where the server supports it, decided by the first
+        token's logprobs where it offers them, else its free text (method TEXT, parsed by the caller)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.cfg.openai.max_in_flight)
+        async with self._slots:
+            try:
+                text, finish, usage, tokens = await self._choice_request(prompt, options, sampling)
+            except GenerationError:
+                raise
+            except Exception as exc:
+                detail = self._scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                raise GenerationError(error_reason(exc), detail[:300]) from None
+        counts = dict(prompt_tokens=getattr(usage, "prompt_tokens", None) or self.count_tokens([prompt])[0],
+                      completion_tokens=getattr(usage, "completion_tokens", None) or self.count_tokens([text])[0])
+        answer = json_answer(text, options)
+        if answer is not None:
+            lead = first_token_choice(tokens, answer[1], options) if tokens else None
+            margin = lead[1] if lead is not None and lead[0] == answer[0] else None
+            return Choice(answer[0], JSON_SCHEMA, margin, answer[0], **counts)
+        lead = first_token_choice(tokens, len(text) - len(text.lstrip()), options) if tokens else None
+        if lead is not None:
+            return Choice(lead[0], LOGPROBS, lead[1], text.strip(), **counts)
+        return Choice(None, TEXT, None, text.strip(), finished=finish != "length", **counts)
+
+    async def _choice_request(self, prompt: str, options: list[str], sampling: SamplingParams):
+        """(text, finish_reason, usage, tokens) asking for what this server is not known to refuse.
+        A refused feature (HTTP 400/422) or one the server ignored is remembered and not asked again.
+        The completions endpoint (plain/raw prompts) is asked for text only."""
+        import openai
+
+        if self.cfg.prompt_format != "chat":
+            text, finish, usage = await self._request(prompt, sampling)
+            return text, finish, usage, None
+        supports = self.__dict__.setdefault("_supports", {})
+        while True:
+            wanted = [feature for feature in (JSON_SCHEMA, LOGPROBS) if supports.get(feature) is not False]
+            extra = ({"response_format": response_format(options)} if JSON_SCHEMA in wanted else {}) | (
+                {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if LOGPROBS in wanted else {})
+            tokens = max(sampling.max_tokens, JSON_TOKENS) if JSON_SCHEMA in wanted else sampling.max_tokens
+            try:
+                response = await self.client.chat.completions.create(
+                    model=self.cfg.model, messages=[{"role": "user", "content": prompt}],
+                    temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=tokens, **extra)
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                if not wanted:
+                    raise
+                supports[LOGPROBS if LOGPROBS in wanted and "logprob" in str(exc).lower() else wanted[0]] = False
+                continue
+            choice = _first_choice(response)
+            text = choice.message.content if choice.message is not None else None
+            if not isinstance(text, str):
+                raise GenerationError("bad_response", "the completion has no text")
+            tokens = _tokens(choice)
+            if LOGPROBS in wanted and tokens is None:
+                supports[LOGPROBS] = False  # asked for, not given
+            if JSON_SCHEMA in wanted and not text.lstrip().startswith("{"):
+                supports[JSON_SCHEMA] = False  # the server ignored the schema
+            return text, choice.finish_reason, getattr(response, "usage", None), tokens
+
+
+def _tokens(choice) -> list | None:
+    """The generated tokens with their logprobs and alternatives (generation.choice.Token), if given."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    return [(t.token, t.logprob, [(a.token, a.logprob) for a in (t.top_logprobs or [])]) for t in content]
 
 
 def _first_choice(response):

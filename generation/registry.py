@@ -7,7 +7,7 @@ from typing import Callable
 
 from common.models import check_model
 from generation.config import GenerationConfig
-from generation.types import BusyClock, Generation, Generator, SamplingParams, Secret
+from generation.types import BusyClock, Choice, Generation, Generator, SamplingParams, Secret
 
 
 def _build_hf(cfg: GenerationConfig, key: Secret | None) -> Generator:
@@ -53,6 +53,15 @@ class Metered:
         finally:
             seconds = self.clock.stop(mark)
         return replace(gen, engine_seconds=seconds)
+
+    async def choose(self, prompt: str, options: list[str], sampling: SamplingParams) -> Choice:
+        """The backend's constrained answer (generation/choice.py), charged like a generation."""
+        mark = self.clock.start()
+        try:
+            choice = await self.inner.choose(prompt, options, sampling)
+        finally:
+            seconds = self.clock.stop(mark)
+        return replace(choice, engine_seconds=seconds)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return self.inner.count_tokens(texts)

@@ -103,3 +103,21 @@ class BusyClock:
         seconds = self._advance() - mark
         self.in_flight -= 1
         return seconds
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a fixed set of answers, picked by the engine (a constrained answer), or, from an engine
+    that could not constrain it, the free text it wrote (`option` None: the caller parses `text`).
+
+    Backends that offer it have `async def choose(prompt, options, sampling) -> Choice` beside
+    `generate` (generation/choice.py says how each one picks).
+    """
+    option: str | None
+    method: str  # generation.choice: LOGPROBS, JSON_SCHEMA, TEXT or CANNED
+    margin: float | None  # log P(option) - log P(best other option); None where the engine gives none
+    text: str  # the option, or the free text of a TEXT answer
+    prompt_tokens: int
+    completion_tokens: int
+    finished: bool = True  # False: a TEXT answer cut by max_tokens
+    engine_seconds: float = 0.0

