@@ -1,21 +1,31 @@
 """The evolve job's finish stage: benchmark contamination, then near-duplicates, over every record
-written (all seeds, all rounds), as Ray Data stages; then each bucket's files rewritten to agree.
+written (all seeds, all rounds); then each bucket's files rewritten to agree.
 
 It runs after the last bucket is written and reads only the records. The rows it checks are the
 training set's (`records.in_training_set`). Contamination comes first: a contaminated row is out,
 and the near-duplicates of the rest keep one clean row per cluster.
 
-    records -> prepare (restore, contamination, MinHash)     -> contaminated rows
-            -> one row per (record, LSH band) -> group by band key -> proposed pairs
-            -> joined with both rows' sketches -> pairs at or above the threshold
+    records -> Ray Data map_batches `prepare`: training rows with the test item each copies, the
+               LSH band keys and the sketch (the MinHash work, in parallel: most of the time)
+            -> one task per part of the key space (key mod parts): candidate pairs, each checked
+               against the threshold with the sketches of both rows -> confirmed pairs
             -> one task: clusters (numpy) -> duplicate rows (duplicate_of: the cluster's earliest)
-    every bucket + its decisions -> records, training parquet and jsonl rewritten where they change
+    every bucket + the decisions -> one task each: records, training parquet and jsonl rewritten
+               where they change
+
+No shuffle: the prepared blocks stay in the object store and every part task reads all of them in
+shared memory (zero-copy), keeps the band keys of its part and looks up the sketches and ids of the
+few rows whose keys meet. A Ray Data group-by moved every band key through a shuffle and cost more
+than the MinHash itself. Rows are numbered by their place in the blocks; no decision depends on
+that numbering (a key's pairs are with its earliest row by round and id), so any split of the
+records into blocks, and the in-process path, decide the same.
 
 Idempotent: the statuses it set before are undone first (to it a duplicate or contaminated record
 is a kept one), so a rerun recomputes the same decisions and rewrites no bucket that already says
 them. A bucket is rewritten as it was first written, training files first and its record file
 last, so a kill leaves a bucket old or (for the training files) new, and the rerun finishes it.
-Driver memory does not grow with the records: only counts and the largest clusters come back.
+Driver memory does not grow with the records: it holds object refs, counts, the largest clusters
+and the contaminated rows' labels as they stream by.
 """
 from __future__ import annotations
 
@@ -28,8 +38,22 @@ import pyarrow.parquet as pq
 
 from common import storage
 from evol.config import EvolveConfig
-from evol.contamination import WIZARDLM_TESTSET, NgramIndex, EvalSet, build_index, contaminated_by, read_testset
-from evol.dedupe import band_keys, components, lsh_params, signatures, similarity, sketches
+from evol.contamination import (
+    WIZARDLM_TESTSET,
+    EvalSet,
+    NgramIndex,
+    build_index,
+    contaminated_by,
+    read_testset,
+)
+from evol.dedupe import (
+    band_keys,
+    components,
+    lsh_params,
+    signatures,
+    similarity,
+    sketches,
+)
 from evol.output import record_files, write_bucket
 from evol.records import CONTAMINATED, DUPLICATE, KEPT, SURVIVED, in_training_set
 from evol.resume import BUCKET_FILE, bucket_file
@@ -37,12 +61,11 @@ from evol.templates import user_turn
 
 READ_COLUMNS = ["id", "round", "instruction", "input", "response", "status", "response_reason",
                 "response_truncated"]
+MARKS = ["status", "duplicate_of", "contaminated_by"]  # what this stage sets on a record
 DECISION_SCHEMA = pa.schema([("bucket", pa.int64()), ("id", pa.string()), ("status", pa.string()),
                              ("duplicate_of", pa.string()), ("contaminated_by", pa.string())])
-PAIR_COLUMNS = ["a", "a_round", "a_bucket", "b", "b_round", "b_bucket"]
-_PAIR_TYPES = {"a": pa.string(), "b": pa.string(), "a_round": pa.int64(), "b_round": pa.int64(),
-               "a_bucket": pa.int64(), "b_bucket": pa.int64(), "sketch_a": pa.binary()}
 LARGEST_CLUSTERS = 5
+KEYS_PER_PART = 4_000_000  # band keys one part task sorts: ~100 MB with its temporaries
 
 
 def evaluation_sets(cfg: EvolveConfig) -> list[EvalSet]:
@@ -56,29 +79,75 @@ def evaluation_sets(cfg: EvolveConfig) -> list[EvalSet]:
             for s in read_testset(p, dc.text_fields, dc.id_fields, f"decontamination.paths[{i - dc.wizardlm_testset}]")]
 
 
-def restored(row: dict) -> dict:
-    """The record as evolution left it: this stage's own marks undone."""
-    if row["status"] in SURVIVED:
-        return dict(row, status=KEPT, duplicate_of=None, contaminated_by=None)
-    return row
+def restored(table: pa.Table) -> pa.Table:
+    """The records as evolution left them: this stage's own marks undone."""
+    survived = pc.fill_null(pc.is_in(table["status"], value_set=pa.array(SURVIVED)), False)
+    table = _set(table, "status", pc.if_else(survived, KEPT, table["status"]))
+    for name in ("duplicate_of", "contaminated_by"):
+        if name in table.column_names:
+            table = _set(table, name, pc.if_else(survived, pa.scalar(None, pa.string()), table[name]))
+    return table
+
+
+def _set(table: pa.Table, name: str, column) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, column)
 
 
 def prepare(batch: pa.Table, index: NgramIndex | None, cfg: EvolveConfig) -> pa.Table:
     """Ray Data UDF over READ_COLUMNS + `path`: the training-set rows, each with its bucket, the test
-    item it copies (or null) and, when clean, its LSH band keys and sketch."""
-    rows = [restored(r) for r in batch.to_pylist()]
-    rows = [r for r in rows if in_training_set(r, cfg.evolve.train_on_truncated_responses)]
-    texts = [user_turn(r["instruction"], r["input"]) for r in rows]
-    found = contaminated_by([[t, r["response"]] for t, r in zip(texts, rows)], index) if index else [None] * len(rows)
+    item it copies (or null) and, with dedupe on, its LSH band `keys` and `sketch` (`as_column`)."""
+    batch = restored(batch)
+    flags = batch.select(["status", "response_reason", "response_truncated"]).to_pylist()
+    train = [in_training_set(row, cfg.evolve.train_on_truncated_responses) for row in flags]
+    rows = batch.filter(pa.array(train, pa.bool_()))
+    texts = [user_turn(i, x) for i, x in zip(rows["instruction"].to_pylist(), rows["input"].to_pylist())]
+    found = (contaminated_by([[t, r] for t, r in zip(texts, rows["response"].to_pylist())], index) if index
+             else [None] * len(texts))
+    table = pa.table({"id": rows["id"], "round": pc.cast(rows["round"], pa.int64()), "bucket": _buckets(rows["path"]),
+                      "contaminated_by": pa.array(found, pa.string())})
     d = cfg.dedupe
-    sigs = signatures(texts, d.shingle_words, d.num_perm, d.seed) if rows else np.zeros((0, d.num_perm), np.uint32)
-    keys, sks = band_keys(sigs, *lsh_params(d.threshold, d.num_perm)), sketches(sigs)
-    return pa.table({
-        "id": [r["id"] for r in rows], "round": pa.array([r["round"] for r in rows], pa.int64()),
-        "bucket": pa.array([int(BUCKET_FILE.search(r["path"]).group(1)) for r in rows], pa.int64()),
-        "contaminated_by": pa.array(found, pa.string()),
-        "keys": pa.array([None if c else list(k) for c, k in zip(found, keys)], pa.list_(pa.int64())),
-        "sketch": pa.array([None if c else s for c, s in zip(found, sks)], pa.binary())})
+    if d.enabled:
+        sigs = signatures(texts, d.shingle_words, d.num_perm, d.seed)
+        table = (table.append_column("keys", as_column(band_keys(sigs, *lsh_params(d.threshold, d.num_perm))))
+                 .append_column("sketch", as_column(sketches(sigs))))
+    return table
+
+
+def prepare_files(batch: pa.Table, index: NgramIndex | None, cfg: EvolveConfig) -> pa.Table:
+    """Ray Data UDF over rows naming record files (`path`): `prepare` of their records."""
+    paths = batch["path"].to_pylist()
+    return pa.concat_tables([prepare(_with_path(_parquet(path, columns=READ_COLUMNS), path), index, cfg)
+                             for path in paths])
+
+
+def _with_path(table: pa.Table, path: str) -> pa.Table:
+    return table.append_column("path", pa.array([path] * table.num_rows, pa.string()))
+
+
+def _buckets(paths: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The bucket number of each row's record file."""
+    names = paths.unique()
+    numbers = pa.array([int(BUCKET_FILE.search(name).group(1)) for name in names.to_pylist()], pa.int64())
+    return pa.chunked_array([numbers.take(pc.index_in(paths, value_set=names))], pa.int64())
+
+
+def as_column(values: np.ndarray) -> pa.Array:
+    """A 2-D numpy array as a fixed-size binary column, one row's values per cell (no copy)."""
+    values = np.ascontiguousarray(values)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(values.shape[1] * values.itemsize), len(values),
+                                                [None, pa.py_buffer(values)])
+
+
+def as_matrix(column: pa.Array | pa.ChunkedArray, dtype) -> np.ndarray:
+    """`as_column` read back: [rows, width] of dtype (no copy for a column of one chunk)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    width = column.type.byte_width
+    shape = (len(column), width // np.dtype(dtype).itemsize)
+    if not len(column):
+        return np.zeros(shape, dtype)
+    data = np.frombuffer(column.buffers()[1], np.uint8)[column.offset * width:(column.offset + len(column)) * width]
+    return data.view(dtype).reshape(shape)
 
 
 def contaminated_decisions(batch: pa.Table) -> pa.Table:
@@ -88,109 +157,99 @@ def contaminated_decisions(batch: pa.Table) -> pa.Table:
                     schema=DECISION_SCHEMA)
 
 
-def band_rows(batch: pa.Table, parts: int) -> pa.Table:
-    """One row per (clean record, band): key, id, round, bucket, and `part` (key mod parts): a part
-    is handled by one call, so every row of a key meets in it."""
-    clean = batch.filter(pc.is_valid(batch["keys"]))
-    take = np.repeat(np.arange(clean.num_rows), pc.list_value_length(clean["keys"]).to_numpy())
-    keys = pc.list_flatten(clean["keys"])
-    return pa.table({"part": pa.array(keys.to_numpy() % parts, pa.int64()), "key": keys, "id": clean["id"].take(take),
-                     "round": clean["round"].take(take), "bucket": clean["bucket"].take(take)})
+# --- near-duplicates over the prepared blocks: rows are numbered in block order ---------------------
+
+def _column(blocks: list[pa.Table], name: str) -> pa.ChunkedArray:
+    """A column of all blocks: its k-th value is that of row k."""
+    return pa.chunked_array([chunk for block in blocks for chunk in block[name].chunks],
+                            blocks[0].schema.field(name).type)
 
 
-def propose_pairs(part: pa.Table) -> pa.Table:
-    """Ray Data map_groups UDF over one part of the band rows: within every key, each member paired
-    with the key's earliest (lowest round, then id): PAIR_COLUMNS, a the member, b the earliest."""
-    rows = part.sort_by([("key", "ascending"), ("round", "ascending"), ("id", "ascending")])
-    key = rows["key"].to_numpy()
-    starts = np.r_[True, key[1:] != key[:-1]] if len(key) else np.zeros(0, bool)
-    first = np.maximum.accumulate(np.where(starts, np.arange(len(key)), 0))
-    a, b = np.flatnonzero(~starts), first[~starts]
-    return pa.table({"a": rows["id"].take(a), "a_round": rows["round"].take(a), "a_bucket": rows["bucket"].take(a),
-                     "b": rows["id"].take(b), "b_round": rows["round"].take(b), "b_bucket": rows["bucket"].take(b)})
+def band_pairs(blocks: list[pa.Table], part: int, parts: int) -> np.ndarray:
+    """Candidate pairs, int64 [pairs, 2] of row numbers, from the band keys of one part (key mod
+    parts): in every key that two or more clean rows hold, each of them with the key's earliest
+    (lowest round, then lowest id). Each pair once."""
+    keys, rows, total = [], [], 0
+    for block in blocks:
+        k = as_matrix(block["keys"], np.int64)
+        clean = pc.is_null(block["contaminated_by"]).to_numpy(zero_copy_only=False)
+        row, band = np.nonzero((k.view(np.uint64) % np.uint64(parts) == part) & clean[:, None])
+        keys.append(k[row, band])
+        rows.append(row + total)
+        total += block.num_rows
+    key, row = np.concatenate(keys or [np.zeros(0, np.int64)]), np.concatenate(rows or [np.zeros(0, np.int64)])
+    order = np.argsort(key, kind="stable")
+    key, row = key[order], row[order]
+    same = key[1:] == key[:-1]
+    shared = np.r_[same, False] | np.r_[False, same]  # the few rows whose key another row holds too
+    if not shared.any():
+        return np.zeros((0, 2), np.int64)
+    members = pa.table({"key": key[shared], "round": _column(blocks, "round").take(row[shared]),
+                        "id": _column(blocks, "id").take(row[shared]), "row": row[shared]})
+    members = members.sort_by([("key", "ascending"), ("round", "ascending"), ("id", "ascending")])
+    key, row = members["key"].to_numpy(), members["row"].to_numpy()
+    starts = np.r_[True, key[1:] != key[:-1]]
+    earliest = row[np.maximum.accumulate(np.where(starts, np.arange(len(key)), 0))]
+    pairs = np.unique(row[~starts] * total + earliest[~starts])
+    return np.stack([pairs // total, pairs % total], axis=1)
 
 
-def with_sketch(batch: pa.Table, end: str, parts: int) -> pa.Table:
-    """Pair rows (end "a" or "b") and sketch rows (the clean records) in one schema, keyed by the
-    record id `k`, with `part` = the record's bucket mod parts: a record's sketch and the pairs
-    that name it meet in one call of `attach_sketch`."""
-    if "a" in batch.column_names:  # pairs
-        k, bucket, sketch = batch[end], batch[f"{end}_bucket"], pa.nulls(batch.num_rows, pa.binary())
-        pairs = batch.select(PAIR_COLUMNS + ([] if end == "a" else ["sketch_a"]))
-    else:  # the clean records
-        clean = batch.filter(pc.is_valid(batch["keys"]))
-        k, bucket, sketch = clean["id"], clean["bucket"], clean["sketch"]
-        pairs = pa.table({name: pa.nulls(clean.num_rows, _PAIR_TYPES[name]) for name in
-                          PAIR_COLUMNS + ([] if end == "a" else ["sketch_a"])})
-    part = pa.array(bucket.to_numpy(zero_copy_only=False) % parts, pa.int64())
-    return pairs.append_column("part", part).append_column("k", k).append_column("sketch", sketch)
+def similar_pairs(blocks: list[pa.Table], pairs: np.ndarray, threshold: float) -> np.ndarray:
+    """The candidate pairs whose sketches reach the threshold (a chance band collision does not)."""
+    if not len(pairs):
+        return pairs
+    sketch = _column(blocks, "sketch")
+    first, second = (as_matrix(sketch.take(pairs[:, end]), np.uint8) for end in (0, 1))
+    return pairs[similarity(first, second) >= threshold]
 
 
-def attach_sketch(part: pa.Table, end: str) -> pa.Table:
-    """Ray Data map_groups UDF: every pair row of the part with the sketch of its record `end`."""
-    kind = pc.cast(pc.is_valid(part["a"]), pa.int8())  # 0: a record's sketch row, first in its run; 1: a pair
-    rows = part.append_column("kind", kind).sort_by([("k", "ascending"), ("kind", "ascending")])
-    k = rows["k"].to_numpy(zero_copy_only=False)
-    starts = np.r_[True, k[1:] != k[:-1]] if len(k) else np.zeros(0, bool)
-    first = np.maximum.accumulate(np.where(starts, np.arange(len(k)), 0))
-    is_pair = rows["kind"].to_numpy() == 1
-    pairs = rows.filter(pa.array(is_pair))
-    sketch = rows["sketch"].take(first[is_pair])
-    return pairs.drop_columns(["part", "k", "sketch", "kind"]).append_column(f"sketch_{end}", sketch)
-
-
-def similar_pairs(batch: pa.Table, threshold: float) -> pa.Table:
-    """The proposed pairs whose sketches say they reach the threshold (a chance band collision does not)."""
-    keep = [similarity(x, y) >= threshold for x, y in zip(batch["sketch_a"].to_pylist(), batch["sketch_b"].to_pylist())]
-    return batch.select(PAIR_COLUMNS).filter(pa.array(keep, pa.bool_()))
-
-
-def resolve_clusters(batch: pa.Table) -> pa.Table:
-    """All confirmed pairs at once (one task): the connected components; every member but the
-    earliest (lowest round, then lowest id) becomes a duplicate of it."""
-    nodes = pa.table({"id": pa.concat_arrays([batch["a"].combine_chunks(), batch["b"].combine_chunks()]),
-                      "round": pa.concat_arrays([batch["a_round"].combine_chunks(), batch["b_round"].combine_chunks()]),
-                      "bucket": pa.concat_arrays([batch["a_bucket"].combine_chunks(),
-                                                  batch["b_bucket"].combine_chunks()])})
-    nodes = nodes.group_by(["round", "id", "bucket"]).aggregate([]).sort_by([("round", "ascending"),
-                                                                             ("id", "ascending")])
-    ids = nodes["id"]
-    edges = np.stack([pc.index_in(batch[end], value_set=ids).to_numpy(zero_copy_only=False) for end in "ab"], axis=1)
-    labels = components(nodes.num_rows, edges)
-    moved = np.flatnonzero(labels != np.arange(nodes.num_rows))
+def duplicate_decisions(blocks: list[pa.Table], pairs: np.ndarray) -> pa.Table:
+    """All confirmed pairs at once: the connected components; every member but the earliest (lowest
+    round, then lowest id) becomes a duplicate of it (DECISION_SCHEMA)."""
+    rows = np.unique(pairs)
+    if not len(rows):
+        return DECISION_SCHEMA.empty_table()
+    nodes = pa.table({"row": rows, **{name: _column(blocks, name).take(rows) for name in ("round", "id", "bucket")}})
+    nodes = nodes.sort_by([("round", "ascending"), ("id", "ascending")])  # node i: the i-th earliest
+    rank = np.empty(len(rows), np.int64)
+    rank[np.searchsorted(rows, nodes["row"].to_numpy())] = np.arange(len(rows))
+    labels = components(len(rows), rank[np.searchsorted(rows, pairs)])
+    moved = np.flatnonzero(labels != np.arange(len(rows)))
     return pa.table({"bucket": nodes["bucket"].take(moved), "id": nodes["id"].take(moved),
-                     "status": pa.array([DUPLICATE] * len(moved)),
-                     "duplicate_of": nodes["id"].take(labels[moved]), "contaminated_by": pa.nulls(len(moved), pa.string())},
-                    schema=DECISION_SCHEMA)
+                     "status": pa.array([DUPLICATE] * len(moved)), "duplicate_of": nodes["id"].take(labels[moved]),
+                     "contaminated_by": pa.nulls(len(moved), pa.string())}, schema=DECISION_SCHEMA)
 
 
-def rewrite_bucket(group: pa.Table, out: str, train_on_truncated: bool) -> pa.Table:
-    """Ray Data map_groups UDF over one bucket's decisions (DECISION_SCHEMA; a row with a null id
-    only names the bucket): its records restored, the decisions applied, and its files written
-    again only where a record changed."""
-    bucket = group["bucket"][0].as_py()
-    decided = {row["id"]: row for row in group.to_pylist() if row["id"] is not None}
-    path = storage.join(out, "records", bucket_file(bucket))
-    filesys, inner = storage.filesystem(path)
-    before = pq.read_table(inner, filesystem=filesys).to_pylist()
-    after = [_decide(restored(row), decided.get(row["id"])) for row in before]
-    changed = any(_marks(x) != _marks(y) for x, y in zip(before, after))
-    if changed:
-        if not any(in_training_set(row, train_on_truncated) for row in after):
-            _drop_training_files(out, bucket)  # write_bucket writes none for an empty training set
-        write_bucket(out, bucket, after, train_on_truncated)
-    return pa.table({"bucket": [bucket], "rewritten": [changed]})
+def part_pairs(part: int, parts: int, threshold: float, *blocks: pa.Table) -> np.ndarray:
+    """A part task: the confirmed pairs of one part of the key space."""
+    return similar_pairs(list(blocks), band_pairs(list(blocks), part, parts), threshold)
 
 
-def _decide(row: dict, decision: dict | None) -> dict:
-    if decision is None:
-        return row
-    return dict(row, status=decision["status"], duplicate_of=decision["duplicate_of"],
-                contaminated_by=decision["contaminated_by"])
+def clusters(block_count: int, *blocks_and_pairs) -> tuple[pa.Table, dict]:
+    """The cluster task: the duplicate decisions, and what the summary reports of them."""
+    blocks, pairs = list(blocks_and_pairs[:block_count]), blocks_and_pairs[block_count:]
+    duplicates = duplicate_decisions(blocks, np.concatenate([np.zeros((0, 2), np.int64), *pairs]))
+    return duplicates, {"removed": duplicates.num_rows, "largest": largest_clusters(duplicates).to_pylist()}
 
 
-def _marks(row: dict) -> tuple:
-    return row["status"], row.get("duplicate_of"), row.get("contaminated_by")
+# --- rewriting the buckets ------------------------------------------------------------------------
+
+def rewrite_bucket(out: str, bucket: int, decisions: pa.Table, train_on_truncated: bool) -> bool:
+    """One bucket's records restored and the decisions (DECISION_SCHEMA, any buckets) applied; its
+    files written again only if a record changed. Whether they were."""
+    before = _parquet(storage.join(out, "records", bucket_file(bucket)))
+    mine = decisions.filter(pc.equal(decisions["bucket"], bucket))
+    after = restored(before)
+    at = pc.index_in(after["id"], value_set=mine["id"].combine_chunks())
+    for name in MARKS:
+        after = _set(after, name, pc.if_else(pc.is_valid(at), mine[name].take(at), after[name]))
+    if after.select(MARKS).equals(before.select(MARKS)):
+        return False
+    rows = after.to_pylist()
+    if not any(in_training_set(row, train_on_truncated) for row in rows):
+        _drop_training_files(out, bucket)  # write_bucket writes none for an empty training set
+    write_bucket(out, bucket, rows, train_on_truncated)
+    return True
 
 
 def _drop_training_files(out: str, bucket: int) -> None:
@@ -202,13 +261,17 @@ def _drop_training_files(out: str, bucket: int) -> None:
             filesys.delete_file(inner)
 
 
+def _bucket(path: str) -> int:
+    return int(BUCKET_FILE.search(path).group(1))
+
+
 # --- the stage ------------------------------------------------------------------------------------
 
 def curate(ray, cfg: EvolveConfig, records_dir: str, sets: list[EvalSet]) -> dict:
     """Contamination and near-duplicates over every record file, each bucket's files rewritten to
     say them; returns what the summary reports (counts, the largest clusters, the sets checked).
     An output of at most `dedupe.in_process_records` records is done in this process with the same
-    functions (a Ray Data shuffle costs seconds even for ten rows); a larger one on Ray."""
+    functions (starting Ray tasks costs seconds); a larger one on Ray."""
     started, files = time.time(), record_files(records_dir)
     if not sets and not cfg.dedupe.enabled:
         return {"checked_rows": 0, "rewritten_buckets": 0, "decontamination": contamination_stats(cfg, [], []),
@@ -231,89 +294,53 @@ def _parquet(path: str, read=pq.read_table, **kwargs):
     return read(inner, filesystem=filesys, **kwargs)
 
 
+def _in_process(ray, cfg: EvolveConfig, files: list[str], index: NgramIndex | None) -> tuple:
+    """(rows checked, contaminated rows, the duplicates' stats, buckets rewritten) in this process,
+    one block per record file."""
+    blocks = [prepare_files(pa.table({"path": [f]}), index, cfg) for f in files]
+    contaminated, duplicates, stats = [contaminated_decisions(block) for block in blocks], [], None
+    if cfg.dedupe.enabled:
+        found, stats = clusters(len(blocks), *blocks, part_pairs(0, 1, cfg.dedupe.threshold, *blocks))
+        duplicates.append(found)
+    decided = _concat(*contaminated, *duplicates)
+    rewritten = sum(rewrite_bucket(cfg.output.path, _bucket(f), decided, cfg.evolve.train_on_truncated_responses)
+                    for f in files)
+    return sum(block.num_rows for block in blocks), contaminated, stats, rewritten
+
+
 def _on_ray(ray, cfg: EvolveConfig, files: list[str], index: NgramIndex | None) -> tuple:
-    """(rows checked, contaminated rows, duplicate rows, buckets rewritten) with Ray Data stages."""
+    """The same on Ray: `prepare_files` as a Ray Data map (a task and a block per file), then part,
+    cluster and rewrite tasks."""
     context = ray.data.DataContext.get_current()
     errored, context.max_errored_blocks = context.max_errored_blocks, 0  # the evolve stage tolerates some
     try:
-        prepared = (ray.data.read_parquet(files, columns=READ_COLUMNS, include_paths=True)
-                    .map_batches(prepare, fn_kwargs={"index": index, "cfg": cfg}, batch_format="pyarrow")
+        prepared = (ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+                    .map_batches(prepare_files, fn_kwargs={"index": index, "cfg": cfg}, batch_size=1,
+                                 batch_format="pyarrow")
                     .materialize())
-        contaminated = prepared.map_batches(contaminated_decisions, batch_format="pyarrow").materialize()
-        duplicates = find_duplicates(prepared, cfg, _parts(prepared.count(), cfg)) if cfg.dedupe.enabled else None
-        rewritten = rewrite(ray, cfg, files, [d for d in (contaminated, duplicates) if d is not None and d.count()])
     finally:
         context.max_errored_blocks = errored
-    largest = (duplicates.map_batches(largest_clusters, batch_size=None, batch_format="pyarrow").take_all()
-               if duplicates is not None else None)
-    return prepared.count(), contaminated.iter_batches(batch_format="pyarrow", batch_size=65536), (
-        None if duplicates is None else (duplicates.count(), largest)), rewritten
-
-
-def _in_process(ray, cfg: EvolveConfig, files: list[str], index: NgramIndex | None) -> tuple:
-    """The same, the same functions, on pyarrow tables in this process (a small output)."""
-    tables = [_parquet(f, columns=READ_COLUMNS) for f in files]
-    prepared = pa.concat_tables([prepare(t.append_column("path", pa.array([f] * t.num_rows)), index, cfg)
-                                 for t, f in zip(tables, files)])
-    contaminated = contaminated_decisions(prepared)
-    duplicates = None
+    blocks, task = prepared.to_arrow_refs(), ray.remote(contaminated_decisions)
+    contaminated, duplicates, stats = [task.remote(block) for block in blocks], [], None
     if cfg.dedupe.enabled:
-        proposed = propose_pairs(band_rows(prepared, 1))
-        for end in ("a", "b"):
-            proposed = attach_sketch(pa.concat_tables([with_sketch(proposed, end, 1), with_sketch(prepared, end, 1)]),
-                                     end)
-        duplicates = resolve_clusters(similar_pairs(proposed, cfg.dedupe.threshold))
-    decided = pa.concat_tables([contaminated] + ([duplicates] if duplicates is not None else []))
-    rewritten = 0
-    for f in files:
-        bucket = int(BUCKET_FILE.search(f).group(1))
-        mine = decided.filter(pc.equal(decided["bucket"], bucket))
-        name = pa.table({"bucket": [bucket], "id": [None], "status": [None], "duplicate_of": [None],
-                         "contaminated_by": [None]}, schema=DECISION_SCHEMA)
-        rewritten += rewrite_bucket(pa.concat_tables([name, mine]), cfg.output.path,
-                                    cfg.evolve.train_on_truncated_responses)["rewritten"][0].as_py()
-    return prepared.num_rows, [contaminated], (
-        None if duplicates is None else (duplicates.num_rows, largest_clusters(duplicates).to_pylist())), rewritten
+        parts, task = _parts(ray, prepared.count(), cfg), ray.remote(part_pairs)
+        pairs = [task.remote(part, parts, cfg.dedupe.threshold, *blocks) for part in range(parts)] if blocks else []
+        found, stats = ray.remote(clusters).options(num_returns=2).remote(len(blocks), *blocks, *pairs)
+        duplicates, stats = [found], ray.get(stats)
+    decided, task = ray.remote(_concat).remote(*contaminated, *duplicates), ray.remote(rewrite_bucket)
+    rewritten = sum(ray.get([task.remote(cfg.output.path, _bucket(f), decided, cfg.evolve.train_on_truncated_responses)
+                             for f in files]))
+    return prepared.count(), (ray.get(ref) for ref in contaminated), stats, rewritten
 
 
-def _partitions(files: list[str]) -> int:
-    """Blocks of the shuffle by bucket: about eight buckets each."""
-    return max(1, min(64, len(files) // 8))
+def _concat(*tables: pa.Table) -> pa.Table:
+    return pa.concat_tables([DECISION_SCHEMA.empty_table(), *tables])
 
 
-def _parts(rows: int, cfg: EvolveConfig) -> int:
-    """Parts of the band-key and pair shuffles: about 400K band rows (some 20 MB) per call."""
+def _parts(ray, rows: int, cfg: EvolveConfig) -> int:
+    """Part tasks: one per CPU at least, and at most about KEYS_PER_PART band keys each."""
     bands, _ = lsh_params(cfg.dedupe.threshold, cfg.dedupe.num_perm)
-    return max(1, min(256, rows * bands // 400_000))
-
-
-def find_duplicates(prepared, cfg: EvolveConfig, parts: int):
-    """DECISION_SCHEMA rows of every near-duplicate (a Ray dataset, materialised). Each shuffle is a
-    group-by on a coarse `part` column, so one call handles a whole part with numpy."""
-    proposed = (prepared.map_batches(band_rows, fn_kwargs={"parts": parts}, batch_format="pyarrow")
-                .groupby("part", num_partitions=parts).map_groups(propose_pairs, batch_format="pyarrow"))
-    for end in ("a", "b"):
-        both = proposed.union(prepared).map_batches(with_sketch, fn_kwargs={"end": end, "parts": parts},
-                                                     batch_size=None, batch_format="pyarrow")  # a block: one schema
-        proposed = both.groupby("part", num_partitions=parts).map_groups(attach_sketch, fn_kwargs={"end": end},
-                                                                          batch_format="pyarrow")
-    confirmed = proposed.map_batches(similar_pairs, fn_kwargs={"threshold": cfg.dedupe.threshold},
-                                     batch_format="pyarrow")
-    everything = confirmed.repartition(1)  # one task sees every confirmed pair
-    return everything.map_batches(resolve_clusters, batch_size=None, batch_format="pyarrow").materialize()
-
-
-def rewrite(ray, cfg: EvolveConfig, files: list[str], decisions: list) -> int:
-    """Every bucket with its decisions through `rewrite_bucket`; the number of buckets rewritten."""
-    buckets = sorted(int(BUCKET_FILE.search(f).group(1)) for f in files)
-    nulls = pa.nulls(len(buckets), pa.string())
-    names = ray.data.from_arrow(pa.table({"bucket": pa.array(buckets, pa.int64()), "id": nulls, "status": nulls,
-                                          "duplicate_of": nulls, "contaminated_by": nulls}, schema=DECISION_SCHEMA))
-    plan = names.union(*decisions) if decisions else names
-    done = plan.groupby("bucket", num_partitions=_partitions(files)).map_groups(
-        rewrite_bucket, fn_kwargs={"out": cfg.output.path, "train_on_truncated": cfg.evolve.train_on_truncated_responses},
-        batch_format="pyarrow")
-    return sum(row["rewritten"] for row in done.iter_rows())
+    return max(int(ray.cluster_resources().get("CPU", 1)), -(-rows * bands // KEYS_PER_PART))
 
 
 def contamination_stats(cfg: EvolveConfig, sets: list[EvalSet], batches) -> dict:
@@ -340,12 +367,12 @@ def largest_clusters(batch: pa.Table) -> pa.Table:
                      "clusters": pa.array([sizes.num_rows] * top.num_rows, pa.int64())})
 
 
-def dedupe_stats(cfg: EvolveConfig, duplicates: tuple[int, list[dict]] | None, files: list[str]) -> dict:
-    """`duplicates`: (rows marked, `largest_clusters` rows), or None when dedupe is off."""
+def dedupe_stats(cfg: EvolveConfig, duplicates: dict | None, files: list[str]) -> dict:
+    """`duplicates`: `clusters`' stats (rows marked, `largest_clusters` rows), or None when dedupe is off."""
     d = cfg.dedupe
     if duplicates is None:
         return {"enabled": False}
-    removed, largest = duplicates
+    removed, largest = duplicates["removed"], duplicates["largest"]
     bands, rows = lsh_params(d.threshold, d.num_perm)
     texts = _instructions(files, [row["kept"] for row in largest])
     return {"enabled": True, "threshold": d.threshold, "shingle_words": d.shingle_words, "num_perm": d.num_perm,

@@ -18,7 +18,7 @@ import numpy as np
 from evol.ngrams import gram_hashes, mix, text_words, word_hashes
 
 SKETCH_LEVELS = 256  # a sketch keeps one byte of each MinHash value (b-bit minwise hashing, b = 8)
-_CHUNK = 1 << 14  # shingles per matrix of (shingles x permutations): ~16 MB at 128 permutations
+_CHUNK = 1 << 12  # shingles per matrix of (shingles x permutations): 4 MB at 128, in cache
 
 
 @functools.cache
@@ -38,10 +38,10 @@ def signatures(texts: list[str], shingle_words: int, num_perm: int, seed: int = 
     lo = 0
     while lo < len(texts):  # whole texts per chunk, at least one
         hi = max(lo + 1, int(np.searchsorted(first, first[lo] + _CHUNK, side="right")) - 1)
-        block = shingles[first[lo]:first[hi], None]
-        with np.errstate(over="ignore"):
-            values = ((block * a + b) >> np.uint64(32)).astype(np.uint32)
-        out[lo:hi] = np.minimum.reduceat(values, first[lo:hi] - first[lo], axis=0)
+        values = np.multiply(shingles[first[lo]:first[hi], None], a)  # wraps mod 2^64, as meant
+        values += b
+        # the top 32 bits of the least value are the least of the top 32 bits: shift once per text
+        out[lo:hi] = np.minimum.reduceat(values, first[lo:hi] - first[lo], axis=0) >> np.uint64(32)
         lo = hi
     return out
 
@@ -74,18 +74,16 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys.view(np.int64)
 
 
-def sketches(sigs: np.ndarray) -> list[bytes]:
-    """One byte of each MinHash value: enough to check a proposed pair (`similarity`)."""
-    low = (sigs & 0xFF).astype(np.uint8)
-    return [row.tobytes() for row in low]
+def sketches(sigs: np.ndarray) -> np.ndarray:
+    """uint8 [texts, num_perm]: one byte of each MinHash value, enough to check a proposed pair."""
+    return (sigs & 0xFF).astype(np.uint8)
 
 
-def similarity(sketch_a: bytes, sketch_b: bytes) -> float:
-    """Estimated Jaccard similarity from two sketches: agreeing bytes, less the 1/256 that agree by
-    chance when the values differ."""
-    a, b = np.frombuffer(sketch_a, np.uint8), np.frombuffer(sketch_b, np.uint8)
-    agree = np.count_nonzero(a == b) / len(a)
-    return max(0.0, (agree - 1 / SKETCH_LEVELS) / (1 - 1 / SKETCH_LEVELS))
+def similarity(sketch_a: np.ndarray, sketch_b: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard similarity of sketches, row by row (the last axis): agreeing bytes, less
+    the 1/256 that agree by chance when the values differ."""
+    agree = np.count_nonzero(sketch_a == sketch_b, axis=-1) / sketch_a.shape[-1]
+    return np.maximum(0.0, (agree - 1 / SKETCH_LEVELS) / (1 - 1 / SKETCH_LEVELS))
 
 
 def components(count: int, edges: np.ndarray) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import string
 
 import numpy as np
 import pyarrow as pa
@@ -12,11 +14,20 @@ import pyarrow.parquet as pq
 from common.config import load_config
 from evol.config import EvolveConfig
 from evol.contamination import EvalSet, build_index, contaminated_by
-from evol.curation import curate, evaluation_sets
+from evol.curation import (
+    READ_COLUMNS,
+    clusters,
+    curate,
+    evaluation_sets,
+    part_pairs,
+    prepare,
+)
 from evol.dedupe import components, lsh_params, signatures, similarity, sketches
+from evol.elimination import words
+from evol.ngrams import text_words
 from evol.operations import choose_operation
 from evol.output import read_records
-from evol.records import CONTAMINATED, DUPLICATE, KEPT, in_training_set
+from evol.records import CONTAMINATED, DUPLICATE, ELIMINATED, KEPT, in_training_set
 from evol.run import run_evolve
 from evol.templates import evolve_prompt
 from tests.evolve_checks import assert_counts_and_lineage
@@ -58,6 +69,47 @@ def test_lsh_bands_find_pairs_above_the_threshold_and_rarely_below():
 def test_clusters_are_transitive_and_labelled_by_their_earliest_node():
     labels = components(6, np.array([[1, 0], [4, 3], [3, 2]]))
     assert labels.tolist() == [0, 0, 2, 2, 2, 5]
+
+
+def test_ascii_words_by_the_fast_path_are_the_unicode_words():
+    rng = random.Random(0)
+    alphabet = string.printable + "'''__\x00\x1c\x7f"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(20_000)]
+    texts += ["Don't stop: it's 'quoted' and o'clock''s", "snake_case_words", "  ", "?!", "x'", "'y"]
+    assert [text_words(t) for t in texts] == [words(t) or [t.strip()] for t in texts]
+
+
+def _block(rows: list[dict], bucket: int) -> pa.Table:
+    """Record rows as the finish stage reads them from one bucket file."""
+    full = [{"input": None, "response": "An answer.", "status": KEPT, "response_reason": None,
+             "response_truncated": False} | row for row in rows]
+    return pa.Table.from_pylist(full).select(READ_COLUMNS).append_column(
+        "path", pa.array([f"/out/records/bucket-{bucket:05d}.parquet"] * len(rows)))
+
+
+def _duplicates(tables: list[pa.Table], parts: int) -> list[tuple[str, str]]:
+    cfg = load_config(EvolveConfig, "configs/tiny.yaml", [])
+    blocks = [prepare(table, None, cfg) for table in tables]
+    pairs = [part_pairs(part, parts, cfg.dedupe.threshold, *blocks) for part in range(parts)]
+    decisions, stats = clusters(len(blocks), *blocks, *pairs)
+    assert stats["removed"] == decisions.num_rows
+    return sorted(zip(decisions["id"].to_pylist(), decisions["duplicate_of"].to_pylist()))
+
+
+def test_near_duplicates_are_the_same_however_the_rows_are_split_into_blocks_and_parts():
+    rng = random.Random(3)
+    vocab = [f"{rng.choice(string.ascii_lowercase)}{rng.randrange(10**6)}" for _ in range(2000)]
+    texts = [" ".join(rng.choice(vocab) for _ in range(20)) for _ in range(60)]
+    rows = [{"id": f"o{i:02d}", "round": i % 3, "instruction": text} for i, text in enumerate(texts)]
+    rows += [{"id": "c1", "round": 0, "instruction": texts[5].upper() + " one"},  # o05 is round 2: c1 stays
+             {"id": "c2", "round": 2, "instruction": texts[5] + " two"},  # a third member of that cluster
+             {"id": "c3", "round": 1, "instruction": texts[7] + " three"},  # o07 has round 1 too: "c3" < "o07"
+             {"id": "c4", "round": 0, "instruction": texts[9] + " four", "status": ELIMINATED},  # not training
+             {"id": "c5", "round": 0, "instruction": texts[11], "response_reason": "could_not_answer"}]  # rows
+    expected = [("c2", "c1"), ("o05", "c1"), ("o07", "c3")]
+    assert _duplicates([_block(rows, 0)], parts=1) == expected
+    shuffled = rng.sample(rows, len(rows))
+    assert _duplicates([_block(shuffled[i:i + 7], i) for i in range(0, len(rows), 7)], parts=3) == expected
 
 
 def _index(n: int = 13):
@@ -146,13 +198,14 @@ def test_the_finish_stage_marks_planted_rows_and_the_training_files_agree(tmp_pa
     card = (out / "README.md").read_text()
     assert "Near-duplicates removed: **3** in 3 clusters" in card and "| wizardlm_testset | 218 | 3 | 3 |" in card
 
-    # a rerun finishes a bucket left half rewritten (training files new, records old) and no other
+    # the stage run again (on Ray) finishes a bucket left half rewritten (training files new, records old)
+    # and no other
     bucket = next(f for f in (out / "records").iterdir() if "rivers-b" in pq.read_table(f).column("id").to_pylist())
     table = pq.read_table(bucket)
     undone = pa.array([KEPT if status == DUPLICATE else status for status in table.column("status").to_pylist()])
     pq.write_table(table.set_column(table.schema.get_field_index("status"), "status", undone), bucket)
-    again = run_evolve(cfg)
-    assert again["finish_stage"]["rewritten_buckets"] == 1 and _records(out).equals(records)
+    again = curate(local_ray, cfg, str(out / "records"), evaluation_sets(cfg))
+    assert not again["in_process"] and again["rewritten_buckets"] == 1 and _records(out).equals(records)
     assert _training_ids(out) == (expected, expected)
     # a small output is checked in the driver with the same functions: the same decisions, nothing to rewrite
     small = curate(local_ray, cfg.model_copy(update={"dedupe": cfg.dedupe.model_copy(
@@ -166,7 +219,8 @@ def test_the_evaluate_job_warns_when_its_test_set_was_not_checked(tmp_path):
     from eval.testset import resolve_testset_path
 
     bundled = resolve_testset_path("bundled:wizardlm_testset.jsonl")
-    digest = hashlib.sha256(open(bundled, "rb").read()).hexdigest()
+    with open(bundled, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
     out = tmp_path / "evolve"
     out.mkdir()
     (out / "summary.json").write_text(json.dumps({"decontamination": {"enabled": True, "sets": [{"sha256": digest}]}}))
