@@ -36,7 +36,7 @@ import json, sys
 import numpy as np
 from evol.output import write_bucket
 from evol.records import KEPT, empty_record
-out, count, buckets, share, min_words = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+out, count, buckets, share, min_words = sys.argv[1], *map(int, sys.argv[2:4]), float(sys.argv[4]), int(sys.argv[5])
 rng = np.random.default_rng(0)
 vocab = [f"w{x:x}" for x in rng.integers(0, 10**9, 20000)]
 lengths = rng.integers(8, 61, count)
@@ -63,7 +63,7 @@ print("RESULT " + json.dumps({"planted": planted}))
 
 SIDE = r"""
 import hashlib, json, resource, sys, time
-import pyarrow.compute as pc, pyarrow.parquet as pq
+import pyarrow.parquet as pq
 from common.config import load_config
 from evol.config import EvolveConfig
 from evol.curation import curate
@@ -78,8 +78,8 @@ if cpus:
 start = time.time()
 result = curate(ray, cfg, out + "/records", [])
 seconds = time.time() - start
-marked = sorted((row["id"], row["duplicate_of"]) for f in record_files(out + "/records")
-                for row in pq.read_table(f, columns=["id", "duplicate_of"], filters=[("status", "=", "duplicate")]).to_pylist())
+marked = sorted((row["id"], row["duplicate_of"]) for f in record_files(out + "/records") for row in
+                pq.read_table(f, columns=["id", "duplicate_of"], filters=[("status", "=", "duplicate")]).to_pylist())
 print("RESULT " + json.dumps({"seconds": seconds, "rows": result["checked_rows"], "in_process": result["in_process"],
       "duplicates": result["dedupe"]["removed"], "digest": hashlib.sha256(repr(marked).encode()).hexdigest()[:16],
       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -89,8 +89,8 @@ SIDES = {"baseline": ("one process (no Ray)", 0), "ray1": ("ray, 1 CPU", 1), "ra
 
 
 def child(code: str, *args) -> dict:
-    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT, check=False,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.exit(f"child failed:\n{proc.stderr[-3000:]}")

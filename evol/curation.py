@@ -93,9 +93,9 @@ def _set(table: pa.Table, name: str, column) -> pa.Table:
     return table.set_column(table.schema.get_field_index(name), name, column)
 
 
-def prepare(batch: pa.Table, index: NgramIndex | None, cfg: EvolveConfig) -> pa.Table:
-    """Ray Data UDF over READ_COLUMNS + `path`: the training-set rows, each with its bucket, the test
-    item it copies (or null) and, with dedupe on, its LSH band `keys` and `sketch` (`as_column`)."""
+def prepare(batch: pa.Table, bucket: int, index: NgramIndex | None, cfg: EvolveConfig) -> pa.Table:
+    """One bucket's records (READ_COLUMNS): its training-set rows, each with the test item it copies
+    (or null) and, with dedupe on, its LSH band `keys` and `sketch` (`as_column`)."""
     batch = restored(batch)
     flags = batch.select(["status", "response_reason", "response_truncated"]).to_pylist()
     train = [in_training_set(row, cfg.evolve.train_on_truncated_responses) for row in flags]
@@ -103,7 +103,8 @@ def prepare(batch: pa.Table, index: NgramIndex | None, cfg: EvolveConfig) -> pa.
     texts = [user_turn(i, x) for i, x in zip(rows["instruction"].to_pylist(), rows["input"].to_pylist())]
     found = (contaminated_by([[t, r] for t, r in zip(texts, rows["response"].to_pylist())], index) if index
              else [None] * len(texts))
-    table = pa.table({"id": rows["id"], "round": pc.cast(rows["round"], pa.int64()), "bucket": _buckets(rows["path"]),
+    table = pa.table({"id": rows["id"], "round": pc.cast(rows["round"], pa.int64()),
+                      "bucket": pa.array([bucket] * rows.num_rows, pa.int64()),
                       "contaminated_by": pa.array(found, pa.string())})
     d = cfg.dedupe
     if d.enabled:
@@ -115,20 +116,8 @@ def prepare(batch: pa.Table, index: NgramIndex | None, cfg: EvolveConfig) -> pa.
 
 def prepare_files(batch: pa.Table, index: NgramIndex | None, cfg: EvolveConfig) -> pa.Table:
     """Ray Data UDF over rows naming record files (`path`): `prepare` of their records."""
-    paths = batch["path"].to_pylist()
-    return pa.concat_tables([prepare(_with_path(_parquet(path, columns=READ_COLUMNS), path), index, cfg)
-                             for path in paths])
-
-
-def _with_path(table: pa.Table, path: str) -> pa.Table:
-    return table.append_column("path", pa.array([path] * table.num_rows, pa.string()))
-
-
-def _buckets(paths: pa.ChunkedArray) -> pa.ChunkedArray:
-    """The bucket number of each row's record file."""
-    names = paths.unique()
-    numbers = pa.array([int(BUCKET_FILE.search(name).group(1)) for name in names.to_pylist()], pa.int64())
-    return pa.chunked_array([numbers.take(pc.index_in(paths, value_set=names))], pa.int64())
+    return pa.concat_tables([prepare(_parquet(path, columns=READ_COLUMNS), _bucket(path), index, cfg)
+                             for path in batch["path"].to_pylist()])
 
 
 def as_column(values: np.ndarray) -> pa.Array:

@@ -18,7 +18,7 @@ import numpy as np
 from evol.ngrams import gram_hashes, mix, text_words, word_hashes
 
 SKETCH_LEVELS = 256  # a sketch keeps one byte of each MinHash value (b-bit minwise hashing, b = 8)
-_CHUNK = 1 << 12  # shingles per matrix of (shingles x permutations): 4 MB at 128, in cache
+_CHUNK_BYTES = 1 << 19  # a matrix of (shingles x permutations) that stays in a core's cache
 
 
 @functools.cache
@@ -35,10 +35,14 @@ def signatures(texts: list[str], shingle_words: int, num_perm: int, seed: int = 
     shingles, first = gram_hashes(hashes, starts, shingle_words)
     a, b = _permutations(num_perm, seed)
     out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    chunk = max(1, _CHUNK_BYTES // (8 * num_perm))
+    buffer = np.empty((chunk, num_perm), dtype=np.uint64)  # reused: a new array per chunk costs page faults
     lo = 0
     while lo < len(texts):  # whole texts per chunk, at least one
-        hi = max(lo + 1, int(np.searchsorted(first, first[lo] + _CHUNK, side="right")) - 1)
-        values = np.multiply(shingles[first[lo]:first[hi], None], a)  # wraps mod 2^64, as meant
+        hi = max(lo + 1, int(np.searchsorted(first, first[lo] + chunk, side="right")) - 1)
+        size = first[hi] - first[lo]
+        values = buffer[:size] if size <= chunk else np.empty((size, num_perm), dtype=np.uint64)
+        np.multiply(shingles[first[lo]:first[hi], None], a, out=values)  # wraps mod 2^64, as meant
         values += b
         # the top 32 bits of the least value are the least of the top 32 bits: shift once per text
         out[lo:hi] = np.minimum.reduceat(values, first[lo:hi] - first[lo], axis=0) >> np.uint64(32)

@@ -79,17 +79,16 @@ def test_ascii_words_by_the_fast_path_are_the_unicode_words():
     assert [text_words(t) for t in texts] == [words(t) or [t.strip()] for t in texts]
 
 
-def _block(rows: list[dict], bucket: int) -> pa.Table:
+def _block(rows: list[dict]) -> pa.Table:
     """Record rows as the finish stage reads them from one bucket file."""
     full = [{"input": None, "response": "An answer.", "status": KEPT, "response_reason": None,
              "response_truncated": False} | row for row in rows]
-    return pa.Table.from_pylist(full).select(READ_COLUMNS).append_column(
-        "path", pa.array([f"/out/records/bucket-{bucket:05d}.parquet"] * len(rows)))
+    return pa.Table.from_pylist(full).select(READ_COLUMNS)
 
 
 def _duplicates(tables: list[pa.Table], parts: int) -> list[tuple[str, str]]:
     cfg = load_config(EvolveConfig, "configs/tiny.yaml", [])
-    blocks = [prepare(table, None, cfg) for table in tables]
+    blocks = [prepare(table, bucket, None, cfg) for bucket, table in enumerate(tables)]
     pairs = [part_pairs(part, parts, cfg.dedupe.threshold, *blocks) for part in range(parts)]
     decisions, stats = clusters(len(blocks), *blocks, *pairs)
     assert stats["removed"] == decisions.num_rows
@@ -107,9 +106,9 @@ def test_near_duplicates_are_the_same_however_the_rows_are_split_into_blocks_and
              {"id": "c4", "round": 0, "instruction": texts[9] + " four", "status": ELIMINATED},  # not training
              {"id": "c5", "round": 0, "instruction": texts[11], "response_reason": "could_not_answer"}]  # rows
     expected = [("c2", "c1"), ("o05", "c1"), ("o07", "c3")]
-    assert _duplicates([_block(rows, 0)], parts=1) == expected
+    assert _duplicates([_block(rows)], parts=1) == expected
     shuffled = rng.sample(rows, len(rows))
-    assert _duplicates([_block(shuffled[i:i + 7], i) for i in range(0, len(rows), 7)], parts=3) == expected
+    assert _duplicates([_block(shuffled[i:i + 7]) for i in range(0, len(rows), 7)], parts=3) == expected
 
 
 def _index(n: int = 13):
