@@ -66,6 +66,7 @@ DECISION_SCHEMA = pa.schema([("bucket", pa.int64()), ("id", pa.string()), ("stat
                              ("duplicate_of", pa.string()), ("contaminated_by", pa.string())])
 LARGEST_CLUSTERS = 5
 KEYS_PER_PART = 4_000_000  # band keys one part task sorts: ~100 MB with its temporaries
+RECORDS_PER_TASK = 50_000  # records one prepare or rewrite task reads: ~100 MB at most
 
 
 def evaluation_sets(cfg: EvolveConfig) -> list[EvalSet]:
@@ -114,10 +115,10 @@ def prepare(batch: pa.Table, bucket: int, index: NgramIndex | None, cfg: EvolveC
     return table
 
 
-def prepare_files(batch: pa.Table, index: NgramIndex | None, cfg: EvolveConfig) -> pa.Table:
-    """Ray Data UDF over rows naming record files (`path`): `prepare` of their records."""
+def prepare_files(paths: list[str], index: NgramIndex | None, cfg: EvolveConfig) -> pa.Table:
+    """A prepare task: `prepare` of the records of some record files, as one block."""
     return pa.concat_tables([prepare(_parquet(path, columns=READ_COLUMNS), _bucket(path), index, cfg)
-                             for path in batch["path"].to_pylist()])
+                             for path in paths])
 
 
 def as_column(values: np.ndarray) -> pa.Array:
@@ -266,8 +267,9 @@ def curate(ray, cfg: EvolveConfig, records_dir: str, sets: list[EvalSet]) -> dic
         return {"checked_rows": 0, "rewritten_buckets": 0, "decontamination": contamination_stats(cfg, [], []),
                 "dedupe": {"enabled": False}, "seconds": 0.0}
     index = build_index(sets, cfg.decontamination.ngram) if sets else None
-    small = sum(_parquet(f, pq.read_metadata).num_rows for f in files) <= cfg.dedupe.in_process_records
-    checked, contaminated, duplicates, rewritten = (_in_process if small else _on_ray)(ray, cfg, files, index)
+    records = sum(_parquet(f, pq.read_metadata).num_rows for f in files)
+    small = records <= cfg.dedupe.in_process_records
+    checked, contaminated, duplicates, rewritten = _run(_Here() if small else _OnRay(ray), cfg, files, records, index)
     result = {"checked_rows": checked, "rewritten_buckets": rewritten, "in_process": small,
               "decontamination": contamination_stats(cfg, sets, contaminated),
               "dedupe": dedupe_stats(cfg, duplicates, files), "seconds": round(time.time() - started, 2)}
@@ -283,53 +285,80 @@ def _parquet(path: str, read=pq.read_table, **kwargs):
     return read(inner, filesystem=filesys, **kwargs)
 
 
-def _in_process(ray, cfg: EvolveConfig, files: list[str], index: NgramIndex | None) -> tuple:
-    """(rows checked, contaminated rows, the duplicates' stats, buckets rewritten) in this process,
-    one block per record file."""
-    blocks = [prepare_files(pa.table({"path": [f]}), index, cfg) for f in files]
-    contaminated, duplicates, stats = [contaminated_decisions(block) for block in blocks], [], None
+class _Here:
+    """Runs the stage's tasks in this process, one after the other (a small output)."""
+
+    cpus = 1
+
+    def call(self, fn, *args, returns: int = 1):
+        return fn(*args)
+
+    def get(self, value):
+        return value
+
+    def put(self, value):
+        return value
+
+
+class _OnRay:
+    """Runs them as Ray tasks: the blocks stay in the object store, the driver holds refs."""
+
+    def __init__(self, ray):
+        self.ray, self.cpus, self.remote = ray, max(1, int(ray.cluster_resources().get("CPU", 1))), {}
+
+    def call(self, fn, *args, returns: int = 1):
+        if fn not in self.remote:
+            self.remote[fn] = self.ray.remote(fn)
+        return self.remote[fn].options(num_returns=returns).remote(*args)
+
+    def get(self, value):
+        return self.ray.get(value)
+
+    def put(self, value):
+        return self.ray.put(value)
+
+
+def _run(tasks, cfg: EvolveConfig, files: list[str], records: int, index: NgramIndex | None) -> tuple:
+    """(rows checked, contaminated rows, the duplicates' stats, buckets rewritten): the stage's tasks,
+    the same functions whichever runs them."""
+    groups = _groups(files, records, tasks.cpus)
+    index, cfg_ref = tasks.put(index), tasks.put(cfg)
+    blocks = [tasks.call(prepare_files, group, index, cfg_ref) for group in groups]
+    duplicates, stats = [], None
     if cfg.dedupe.enabled:
-        found, stats = clusters(len(blocks), *blocks, part_pairs(0, 1, cfg.dedupe.threshold, *blocks))
-        duplicates.append(found)
-    decided = _concat(*contaminated, *duplicates)
-    rewritten = sum(rewrite_bucket(cfg.output.path, _bucket(f), decided, cfg.evolve.train_on_truncated_responses)
-                    for f in files)
-    return sum(block.num_rows for block in blocks), contaminated, stats, rewritten
+        parts = _parts(records, cfg, tasks.cpus)
+        pairs = [tasks.call(part_pairs, part, parts, cfg.dedupe.threshold, *blocks) for part in range(parts)]
+        found, stats = tasks.call(clusters, len(blocks), *blocks, *pairs, returns=2)
+        duplicates, stats = [found], tasks.get(stats)
+    decided, checked = tasks.call(decide, len(blocks), *blocks, *duplicates, returns=2)
+    rewritten = tasks.get([tasks.call(rewrite_buckets, cfg.output.path, [_bucket(f) for f in group], decided,
+                                      cfg.evolve.train_on_truncated_responses) for group in groups])
+    checked, contaminated = tasks.get(checked)
+    return checked, [contaminated], stats, sum(rewritten)
 
 
-def _on_ray(ray, cfg: EvolveConfig, files: list[str], index: NgramIndex | None) -> tuple:
-    """The same on Ray: `prepare_files` as a Ray Data map (a task and a block per file), then part,
-    cluster and rewrite tasks."""
-    context = ray.data.DataContext.get_current()
-    errored, context.max_errored_blocks = context.max_errored_blocks, 0  # the evolve stage tolerates some
-    try:
-        prepared = (ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
-                    .map_batches(prepare_files, fn_kwargs={"index": index, "cfg": cfg}, batch_size=1,
-                                 batch_format="pyarrow")
-                    .materialize())
-    finally:
-        context.max_errored_blocks = errored
-    blocks, task = prepared.to_arrow_refs(), ray.remote(contaminated_decisions)
-    contaminated, duplicates, stats = [task.remote(block) for block in blocks], [], None
-    if cfg.dedupe.enabled:
-        parts, task = _parts(ray, prepared.count(), cfg), ray.remote(part_pairs)
-        pairs = [task.remote(part, parts, cfg.dedupe.threshold, *blocks) for part in range(parts)] if blocks else []
-        found, stats = ray.remote(clusters).options(num_returns=2).remote(len(blocks), *blocks, *pairs)
-        duplicates, stats = [found], ray.get(stats)
-    decided, task = ray.remote(_concat).remote(*contaminated, *duplicates), ray.remote(rewrite_bucket)
-    rewritten = sum(ray.get([task.remote(cfg.output.path, _bucket(f), decided, cfg.evolve.train_on_truncated_responses)
-                             for f in files]))
-    return prepared.count(), (ray.get(ref) for ref in contaminated), stats, rewritten
+def _groups(files: list[str], records: int, cpus: int) -> list[list[str]]:
+    """Record files per prepare and rewrite task: four tasks per CPU at least, some 50K records each."""
+    count = min(len(files), max(4 * cpus, -(-records // RECORDS_PER_TASK)))
+    return [list(group) for group in np.array_split(np.array(files, dtype=object), count) if len(group)]
 
 
-def _concat(*tables: pa.Table) -> pa.Table:
-    return pa.concat_tables([DECISION_SCHEMA.empty_table(), *tables])
+def decide(block_count: int, *blocks_and_duplicates: pa.Table) -> tuple[pa.Table, tuple[int, pa.Table]]:
+    """Every decision (DECISION_SCHEMA), and (rows checked, the contaminated rows' decisions)."""
+    blocks, duplicates = blocks_and_duplicates[:block_count], blocks_and_duplicates[block_count:]
+    contaminated = pa.concat_tables([DECISION_SCHEMA.empty_table(), *map(contaminated_decisions, blocks)])
+    return pa.concat_tables([contaminated, *duplicates]), (sum(block.num_rows for block in blocks), contaminated)
 
 
-def _parts(ray, rows: int, cfg: EvolveConfig) -> int:
+def rewrite_buckets(out: str, buckets: list[int], decisions: pa.Table, train_on_truncated: bool) -> int:
+    """A rewrite task: `rewrite_bucket` of each; how many were rewritten."""
+    return sum(rewrite_bucket(out, bucket, decisions, train_on_truncated) for bucket in buckets)
+
+
+def _parts(records: int, cfg: EvolveConfig, cpus: int) -> int:
     """Part tasks: one per CPU at least, and at most about KEYS_PER_PART band keys each."""
     bands, _ = lsh_params(cfg.dedupe.threshold, cfg.dedupe.num_perm)
-    return max(int(ray.cluster_resources().get("CPU", 1)), -(-rows * bands // KEYS_PER_PART))
+    return max(cpus, -(-records * bands // KEYS_PER_PART))
 
 
 def contamination_stats(cfg: EvolveConfig, sets: list[EvalSet], batches) -> dict:
