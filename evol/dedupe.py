@@ -1,5 +1,5 @@
 """Near-duplicate instructions: MinHash signatures, LSH bands, verification and clusters, as pure
-functions over numpy arrays (the Ray Data stage that maps them over the output is evol/curation.py).
+functions over numpy arrays (the Ray tasks that apply them to the whole output are evol/curation.py).
 
 Two instructions are near-duplicates when the Jaccard similarity of their word shingles (evol/
 ngrams.py: Unicode words, any script) reaches `dedupe.threshold`. MinHash estimates it; LSH

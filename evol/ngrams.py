@@ -54,7 +54,7 @@ class _WordHashes(dict):
         return value
 
 
-WORD_CACHE = 1 << 20
+WORD_CACHE = 1 << 18  # some 50 MB
 _HASHES = _WordHashes()
 
 

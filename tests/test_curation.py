@@ -170,7 +170,7 @@ def _training_ids(out) -> tuple[list[str], list[str]]:
 def test_the_finish_stage_marks_planted_rows_and_the_training_files_agree(tmp_path, local_ray):
     out = tmp_path / "out"
     overrides = [f"output.path={out}", "generation.backend=echo", "generation.num_cpus=0.5", "output.buckets=4",
-                 "seeds.limit=null", "dedupe.in_process_records=0"]  # the Ray Data path, as on a big output
+                 "seeds.limit=null", "dedupe.in_process_records=0"]  # the Ray tasks, as on a big output
     seeds, rewrite = _seeds(tmp_path, overrides)
     cfg = load_config(EvolveConfig, "configs/tiny.yaml", [*overrides, f"seeds.path={seeds}"])
     summary = run_evolve(cfg)
