@@ -77,12 +77,12 @@ if cpus:
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
 start = time.time()
 result = curate(ray, cfg, out + "/records", [])
-seconds = time.time() - start
+seconds, rss_mb = time.time() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the check
 marked = sorted((row["id"], row["duplicate_of"]) for f in record_files(out + "/records") for row in
                 pq.read_table(f, columns=["id", "duplicate_of"], filters=[("status", "=", "duplicate")]).to_pylist())
 print("RESULT " + json.dumps({"seconds": seconds, "rows": result["checked_rows"], "in_process": result["in_process"],
       "duplicates": result["dedupe"]["removed"], "digest": hashlib.sha256(repr(marked).encode()).hexdigest()[:16],
-      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+      "rss_mb": rss_mb}))
 """
 
 SIDES = {"baseline": ("one process (no Ray)", 0), "ray1": ("ray, 1 CPU", 1), "ray2": ("ray, 2 CPUs", 2)}
