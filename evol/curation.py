@@ -274,7 +274,7 @@ def curate(ray, cfg: EvolveConfig, records_dir: str, sets: list[EvalSet]) -> dic
     checked, contaminated, duplicates, rewritten = _run(_Here() if small else _OnRay(ray), cfg, files, records, index)
     result = {"checked_rows": checked, "rewritten_buckets": rewritten, "in_process": small,
               "decontamination": contamination_stats(cfg, sets, contaminated),
-              "dedupe": dedupe_stats(cfg, duplicates, files), "seconds": round(time.time() - started, 2)}
+              "dedupe": dedupe_stats(cfg, duplicates), "seconds": round(time.time() - started, 2)}
     print(f"[evolve] finish stage: {result['checked_rows']} training rows checked, "
           f"{result['decontamination']['contaminated']} contaminated, {result['dedupe'].get('removed', 0)} "
           f"near-duplicates, {rewritten} bucket(s) rewritten in {result['seconds']:.0f} s", flush=True)
@@ -332,6 +332,8 @@ def _run(tasks, cfg: EvolveConfig, files: list[str], records: int, index: NgramI
         pairs = [tasks.call(part_pairs, part, parts, cfg.dedupe.threshold, *blocks) for part in range(parts)]
         found, stats = tasks.call(clusters, len(blocks), *blocks, *pairs, returns=2)
         duplicates, stats = [found], tasks.get(stats)
+        kept = [row["kept"] for row in stats["largest"]]  # found in a task: it reads the id of every record
+        stats["texts"] = tasks.get(tasks.call(_instructions, files, kept))
     decided, checked = tasks.call(decide, len(blocks), *blocks, *duplicates, returns=2)
     rewritten = tasks.get([tasks.call(rewrite_buckets, cfg.output.path, [_bucket(f) for f in group], decided,
                                       cfg.evolve.train_on_truncated_responses) for group in groups])
@@ -387,14 +389,14 @@ def largest_clusters(batch: pa.Table) -> pa.Table:
                      "clusters": pa.array([sizes.num_rows] * top.num_rows, pa.int64())})
 
 
-def dedupe_stats(cfg: EvolveConfig, duplicates: dict | None, files: list[str]) -> dict:
-    """`duplicates`: `clusters`' stats (rows marked, `largest_clusters` rows), or None when dedupe is off."""
+def dedupe_stats(cfg: EvolveConfig, duplicates: dict | None) -> dict:
+    """`duplicates`: `clusters`' stats (rows marked, `largest_clusters` rows) and the `texts` of the
+    clusters' kept rows, or None when dedupe is off."""
     d = cfg.dedupe
     if duplicates is None:
         return {"enabled": False}
-    removed, largest = duplicates["removed"], duplicates["largest"]
+    removed, largest, texts = duplicates["removed"], duplicates["largest"], duplicates["texts"]
     bands, rows = lsh_params(d.threshold, d.num_perm)
-    texts = _instructions(files, [row["kept"] for row in largest])
     return {"enabled": True, "threshold": d.threshold, "shingle_words": d.shingle_words, "num_perm": d.num_perm,
             "bands": bands, "rows_per_band": rows, "removed": removed,
             "clusters": largest[0]["clusters"] if largest else 0,
