@@ -343,7 +343,7 @@ def _run(tasks, cfg: EvolveConfig, files: list[str], records: int, index: NgramI
 
 def _groups(files: list[str], records: int, cpus: int) -> list[list[str]]:
     """Record files per prepare and rewrite task: four tasks per CPU at least, some 50K records each."""
-    count = min(len(files), max(4 * cpus, -(-records // RECORDS_PER_TASK)))
+    count = max(1, min(len(files), max(4 * cpus, -(-records // RECORDS_PER_TASK))))
     return [list(group) for group in np.array_split(np.array(files, dtype=object), count) if len(group)]
 
 
