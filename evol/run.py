@@ -13,7 +13,6 @@ import yaml
 
 from common import storage
 from common.config import UserError
-from common.models import pin_local_model
 from common.ray_setup import init_ray
 from evol.accounting import accounting_error
 from evol.card import render_card
@@ -22,46 +21,33 @@ from evol.dataflow import evolve_buckets, record_failed_buckets
 from evol.finish import summarize
 from evol.output import JOB, record_files
 from evol.preflight import check_room, preflight
-from evol.reading import resolve_seed_path
-from evol.resume import buckets_in, config_dict
+from evol.identity import with_absolute_paths
+from evol.resume import INPUTS, buckets_in
 from evol.summary import format_summary
-from generation import GenerationConfig
 
 
-def with_absolute_paths(cfg: EvolveConfig) -> EvolveConfig:
-    """Ray workers run in folders of their own: local paths must not be relative to the driver's."""
-    return cfg.model_copy(update={
-        "seeds": cfg.seeds.model_copy(update={"path": storage.absolute(resolve_seed_path(cfg.seeds.path))}),
-        "output": cfg.output.model_copy(update={"path": storage.absolute(cfg.output.path)}),
-        "generation": _pinned(cfg.generation),
-        "judge": _pinned(cfg.judge) if cfg.judge is not None else None,
-    })
-
-def _pinned(gen: GenerationConfig) -> GenerationConfig:
-    return gen.model_copy(update={"model": pin_local_model(gen.model)})
-
-def start_run(cfg: EvolveConfig) -> frozenset[int]:
-    """Mark the folder as this job's and save the config (a rerun compares against it); the
+def start_run(cfg: EvolveConfig, identity: dict) -> frozenset[int]:
+    """Mark the folder as this job's and save the run's identity (a rerun compares against it); the
     finished buckets of an earlier run of the same config are what this run skips."""
     out = cfg.output.path
     if storage.owner(out) != JOB:
         storage.mark_owned(out, JOB)
     config_path = storage.join(out, "config.yaml")
-    if not storage.exists(config_path):
-        storage.write_text(config_path, yaml.safe_dump(config_dict(cfg), sort_keys=False))
+    if not storage.exists(config_path) or INPUTS not in yaml.safe_load(storage.read_text(config_path)):
+        storage.write_text(config_path, yaml.safe_dump(identity, sort_keys=False))
     done = frozenset(buckets_in(storage.list_files(storage.join(out, "records"))))
     if done:
         print(f"[evolve] resuming {out}: {len(done)} bucket(s) already written are skipped", flush=True)
     return done
 
 def run_evolve(cfg: EvolveConfig) -> dict:
-    preflight(cfg)
+    identity = preflight(cfg)
     given, cfg = cfg, with_absolute_paths(cfg)
     ray = init_ray(cfg.ray)
     check_room(ray, cfg)
     ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed bucket is recorded, not fatal
     started = time.time()
-    done = start_run(cfg)
+    done = start_run(cfg, identity)
     per_actor = evolve_buckets(ray, cfg, done)
     records_dir = storage.join(cfg.output.path, "records")
     record_failed_buckets(cfg, records_dir)

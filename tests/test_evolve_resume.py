@@ -243,3 +243,32 @@ def test_evolve_from_s3_to_s3_and_resume_there(moto_s3, tmp_path):  # noqa: F811
     assert missing.returncode == 2
     assert missing.stderr.strip() == ("error: seeds.path: s3://no-such-bucket/seeds.jsonl: bucket no-such-bucket "
                                       "does not exist")
+
+
+def test_the_local_preset_killed_mid_run_resumes_with_its_relative_paths(tmp_path):
+    """`make run`'s evolve stage as a user types it (relative output.path, `bundled:` seeds,
+    overwrite false), killed once a bucket is written and rerun with the same command."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "local.yaml").write_text((ROOT / "configs" / "local.yaml").read_text())
+    cmd = [sys.executable, "-m", "jobs.evolve", "--config", "configs/local.yaml", "output.overwrite=false",
+           "generation.backend=echo", "generation.echo_latency_ms=100", "generation.rows_per_call=1",
+           "generation.calls_per_actor=1", "generation.num_cpus=0.5"]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    out = tmp_path / "outputs" / "evolve-local"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True)
+
+    proc = start()
+    wait_for(lambda: len(bucket_files(out)) >= 1, what="a bucket written")
+    kill_group(proc)
+    written = {path.name: path.stat().st_mtime_ns for path in bucket_files(out)}
+    seeds_written = int((records(out)["round"] == 0).sum())
+    assert 1 <= len(written) and seeds_written < 16 and not (out / "summary.json").exists()
+    log = finish(start())
+    assert f"resuming {out}: {len(written)} bucket(s) already written are skipped" in log
+    result = summary(out)
+    assert result["accounting"]["ok"] and result["seeds"]["read"] == 16
+    assert sum(result["seeds_per_actor"].values()) == 16 - seeds_written  # only the unwritten buckets evolved
+    assert {p.name: p.stat().st_mtime_ns for p in bucket_files(out) if p.name in written} == written
