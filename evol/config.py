@@ -40,6 +40,13 @@ class EvolveSettings(StrictModel):
     train_on_truncated_responses: bool = Field(
         False, description="put responses cut by respond_sampling.max_tokens in the training set "
                            "(they are flagged `response_truncated` and counted either way)")
+    engine_failure_limit: int = Field(
+        16, ge=1, description="an actor whose engine fails this many requests in a row (crashed, out of memory, an "
+                              "endpoint down past its retries) stops: its buckets stay unwritten, the job ends "
+                              "with the cause, and a rerun does them")
+    retry_errors: bool = Field(
+        True, description="a rerun on the same output retries the chains that ended in an error (a failed request, "
+                          "a worker that died), going on from their last finished round; false keeps them as they are")
 
     @field_validator("judge_sampling")
     @classmethod

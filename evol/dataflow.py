@@ -3,9 +3,12 @@ and the record of buckets whose worker died on every retry.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pyarrow as pa
 
 from common import storage
+from common.config import UserError
 from evol.actor import EvolveActor
 from evol.config import EvolveConfig
 from evol.output import write_bucket
@@ -23,8 +26,21 @@ WORKER_FAILED = "worker_failed"
 # pool whose only actor is dead waits forever. Measured: max_restarts=2 hung after a poison seed.
 MAX_CALL_RETRIES = 2
 
-def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> dict[str, int]:
-    """Stream the seeds of unfinished buckets through the actor pool; rows per actor."""
+@dataclass
+class PoolRun:
+    """What the pool did: seeds evolved per actor, and the buckets an actor left unwritten because its
+    engine was down (with the first cause)."""
+    per_actor: dict[str, int] = field(default_factory=dict)
+    stopped: set[int] = field(default_factory=set)
+    cause: str | None = None
+
+
+class RunStopped(UserError):
+    """An engine went down: the job ends with its cause in one line, and a rerun does what is left."""
+
+
+def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> PoolRun:
+    """Stream the seeds of unfinished buckets through the actor pool."""
     gen, out = cfg.generation, cfg.output.path
     buckets = read_seed_buckets(cfg.seeds.path, cfg.seeds, cfg.output.buckets, done, storage.join(out, READ_COUNTS))
     keys = {"generation": driver_api_key(gen), "judge": driver_api_key(cfg.judge) if cfg.judge else None}
@@ -37,10 +53,14 @@ def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> dict[str, in
                                            max_concurrent_calls_per_actor=gen.calls_per_actor,
                                            max_tasks_in_flight_per_actor=gen.calls_per_actor),
         max_restarts=-1, max_task_retries=MAX_CALL_RETRIES)
-    per_actor: dict[str, int] = {}
+    run = PoolRun()
     for row in stats.iter_rows():
-        per_actor[row["actor"]] = per_actor.get(row["actor"], 0) + row["seeds"]
-    return per_actor
+        if row["stopped"] is not None:
+            run.stopped.add(row["bucket"])
+            run.cause = run.cause or row["stopped"]
+        else:
+            run.per_actor[row["actor"]] = run.per_actor.get(row["actor"], 0) + row["seeds"]
+    return run
 
 def failed_bucket_records(batch: pa.Table, out: str) -> pa.Table:
     """Buckets whose worker died on every retry: every row of them is recorded (bad seeds
@@ -55,10 +75,11 @@ def failed_bucket_records(batch: pa.Table, out: str) -> pa.Table:
         written.append({"bucket": bucket, "seeds": len(rows)})
     return pa.Table.from_pylist(written)
 
-def record_failed_buckets(cfg: EvolveConfig, records_dir: str) -> int:
-    """Buckets that were read but have no file (their worker died on every retry): error records."""
+def record_failed_buckets(cfg: EvolveConfig, records_dir: str, stopped: set[int] = frozenset()) -> int:
+    """Buckets that were read but have no file (their worker died on every retry): error records.
+    `stopped`: buckets left unwritten on purpose (their engine was down), for a rerun to do."""
     _, read, _ = read_counts(storage.join(cfg.output.path, READ_COUNTS))
-    failed = read - buckets_in(storage.list_files(records_dir))
+    failed = read - buckets_in(storage.list_files(records_dir)) - stopped
     if not failed:
         return 0
     every = frozenset(range(cfg.output.buckets))

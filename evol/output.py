@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common import storage
-from evol.records import TRAINING_SCHEMA, in_training_set, records_table
+from evol.records import ERROR, TRAINING_SCHEMA, in_training_set, records_table
 from evol.resume import bucket_file, buckets_in
 from evol.templates import user_turn
 
@@ -33,6 +33,29 @@ def write_bucket(out: str, bucket: int, records: list[dict], train_on_truncated:
         storage.write_bytes_atomic(storage.join(out, "training", "jsonl", name.replace(".parquet", ".jsonl")),
                                    "".join(lines).encode())
     write_parquet(storage.join(out, "records", bucket_file(bucket)), records_table(records))
+
+def read_bucket(out: str, bucket: int) -> list[dict]:
+    """The records of a bucket written earlier (by an earlier run or an earlier try of this call); []."""
+    path = storage.join(out, "records", bucket_file(bucket))
+    if not storage.exists(path):
+        return []
+    filesys, inner = storage.filesystem(path)
+    return pq.read_table(inner, filesystem=filesys).to_pylist()
+
+
+def buckets_with_errors(records_dir: str) -> set[int]:
+    """Buckets whose record file holds an `error` row (read a status column at a time, a few in parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def has_error(path: str) -> bool:
+        filesys, inner = storage.filesystem(path)
+        return ERROR in pq.read_table(inner, filesystem=filesys, columns=["status"]).column("status").to_pylist()
+
+    files = record_files(records_dir)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        flags = list(pool.map(has_error, files))
+    return buckets_in([path for path, flag in zip(files, flags) if flag])
+
 
 def training_rows(records: list[dict], train_on_truncated: bool) -> pa.Table:
     """TRAINING_SCHEMA rows of the records `in_training_set`."""

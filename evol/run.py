@@ -17,9 +17,9 @@ from common.ray_setup import init_ray
 from evol.accounting import accounting_error
 from evol.card import render_card
 from evol.config import EvolveConfig
-from evol.dataflow import evolve_buckets, record_failed_buckets
+from evol.dataflow import RunStopped, evolve_buckets, record_failed_buckets
 from evol.finish import summarize
-from evol.output import JOB, record_files
+from evol.output import JOB, buckets_with_errors, record_files
 from evol.preflight import check_room, preflight
 from evol.identity import with_absolute_paths
 from evol.resume import INPUTS, buckets_in
@@ -35,10 +35,13 @@ def start_run(cfg: EvolveConfig, identity: dict) -> frozenset[int]:
     config_path = storage.join(out, "config.yaml")
     if not storage.exists(config_path) or INPUTS not in yaml.safe_load(storage.read_text(config_path)):
         storage.write_text(config_path, yaml.safe_dump(identity, sort_keys=False))
-    done = frozenset(buckets_in(storage.list_files(storage.join(out, "records"))))
-    if done:
-        print(f"[evolve] resuming {out}: {len(done)} bucket(s) already written are skipped", flush=True)
-    return done
+    records_dir = storage.join(out, "records")
+    written = buckets_in(storage.list_files(records_dir))
+    retried = buckets_with_errors(records_dir) if written and cfg.evolve.retry_errors else set()
+    if written:
+        print(f"[evolve] resuming {out}: {len(written - retried)} bucket(s) already written are skipped"
+              + (f"; the error chains of {len(retried)} bucket(s) are retried" if retried else ""), flush=True)
+    return frozenset(written - retried)
 
 def run_evolve(cfg: EvolveConfig) -> dict:
     identity = preflight(cfg)
@@ -48,9 +51,13 @@ def run_evolve(cfg: EvolveConfig) -> dict:
     ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed bucket is recorded, not fatal
     started = time.time()
     done = start_run(cfg, identity)
-    per_actor = evolve_buckets(ray, cfg, done)
+    pool = evolve_buckets(ray, cfg, done)
+    per_actor = pool.per_actor
     records_dir = storage.join(cfg.output.path, "records")
-    record_failed_buckets(cfg, records_dir)
+    record_failed_buckets(cfg, records_dir, pool.stopped)
+    if pool.stopped:
+        raise RunStopped(f"{pool.cause}; {len(pool.stopped)} bucket(s) are left unwritten: rerun the same command "
+                         "to do them once the engine works")
     if not record_files(records_dir):
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
     summary = summarize(cfg, records_dir, time.time() - started, per_actor)

@@ -67,6 +67,8 @@ class GenerationConfig(StrictModel):
                                                             "slow engine)")
     echo_crash_on: str | None = Field(None, description="echo: fault injection for tests; the process dies when "
                                                         "a prompt contains this text")
+    echo_fail_after: int | None = Field(None, ge=0, description="echo: fault injection for tests; every request "
+                                                                "after the first N of an engine raises (a dead engine)")
     vllm: VllmConfig = VllmConfig()
     openai: OpenAIConfig = OpenAIConfig()
 

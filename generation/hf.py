@@ -7,6 +7,7 @@ requests of the same sampling, after a short wait for more) and runs one left-pa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -112,6 +113,10 @@ class HFGenerator:
         enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         greedy = sampling.temperature == 0
+        if not greedy and all(s.seed is not None for s in samplings):
+            # One random stream per batch: the same requests batched together draw the same samples
+            # (always at batch_size 1); per-request streams are not possible inside one generate().
+            torch.manual_seed(batch_seed([s.seed for s in samplings]))
         limits = [s.max_tokens for s in samplings]
         stop = [OwnLimits(enc["input_ids"].shape[1], limits, self.device)] if len(set(limits)) > 1 else None
         with torch.inference_mode():
@@ -148,6 +153,11 @@ class OwnLimits:
 
     def __call__(self, input_ids, scores, **kwargs):
         return (input_ids.shape[1] - self.prompt_length) >= self.limits
+
+
+def batch_seed(seeds: list[int]) -> int:
+    """One seed for a batch of requests' seeds, the same in every process."""
+    return int.from_bytes(hashlib.sha256(",".join(map(str, seeds)).encode()).digest()[:8], "big")
 
 
 def _kind(sampling: SamplingParams) -> tuple:

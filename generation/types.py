@@ -17,10 +17,11 @@ class SamplingParams:
     temperature: float
     top_p: float
     max_tokens: int
+    seed: int | None = None  # this request's sampling seed: redone work draws the same where the engine allows
 
     @classmethod
-    def from_config(cls, cfg: SamplingConfig) -> "SamplingParams":
-        return cls(cfg.temperature, cfg.top_p, cfg.max_tokens)
+    def from_config(cls, cfg: SamplingConfig, seed: int | None = None) -> "SamplingParams":
+        return cls(cfg.temperature, cfg.top_p, cfg.max_tokens, seed)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class GenerationError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class EngineDown(Exception):
+    """The engine (or endpoint) itself is down, not this request's fault: the caller must not record
+    it as the seed's error, but stop and leave the work for a rerun."""
 
 
 class Secret:

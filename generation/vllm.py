@@ -59,7 +59,7 @@ class VllmGenerator:
         from vllm.sampling_params import RequestOutputKind
 
         ids = self.prompt_ids(prompt)
-        params = VllmSampling(temperature=sampling.temperature, top_p=sampling.top_p,
+        params = VllmSampling(temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
                               max_tokens=sampling.max_tokens, output_kind=RequestOutputKind.FINAL_ONLY)
         final = None
         async for output in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,

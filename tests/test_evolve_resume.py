@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -272,3 +273,25 @@ def test_the_local_preset_killed_mid_run_resumes_with_its_relative_paths(tmp_pat
     assert result["accounting"]["ok"] and result["seeds"]["read"] == 16
     assert sum(result["seeds_per_actor"].values()) == 16 - seeds_written  # only the unwritten buckets evolved
     assert {p.name: p.stat().st_mtime_ns for p in bucket_files(out) if p.name in written} == written
+
+
+def test_a_dead_engine_stops_the_job_with_its_cause_and_a_rerun_does_the_rest(full_run, tmp_path):
+    """The engine dies after 40 requests: the actor stops after 3 failures in a row instead of writing
+    every chain as an error; its buckets stay unwritten, and a rerun with a live engine finishes them."""
+    seeds, full = full_run
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "jobs.evolve", "--config", "configs/tiny.yaml", f"seeds.path={seeds}",
+                           f"output.path={out}", *BASE, "generation.echo_fail_after=40",
+                           "evolve.engine_failure_limit=3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: the generation engine \(echo\) failed 3 requests in a row \(last: RuntimeError: echo "
+                        r"engine is dead \(echo_fail_after\)\); (\d+) bucket\(s\) are left unwritten: rerun the same "
+                        r"command to do them once the engine works", line), line
+    unwritten = int(re.search(r"; (\d+) bucket", line).group(1))
+    assert unwritten >= 1 and len(bucket_files(out)) == len(bucket_files(full)) - unwritten
+    assert not (out / "summary.json").exists()
+    assert (records(out)["reason"] != "worker_failed").all()
+    run_job(seeds, out)
+    pd.testing.assert_frame_equal(comparable(records(out)), comparable(records(full)))
+    assert summary(out)["errors"] == 0 and summary(out)["accounting"]["ok"]
