@@ -94,6 +94,16 @@ class EvolveConfig(StrictModel):
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
+    def _one_name_for_chains_in_flight(self):
+        """Evaluate's rows_per_call x calls_per_actor are not evolve's: one key says how many chains run."""
+        for key, gen in (("generation", self.generation), ("judge", self.judge)):
+            for name in ("rows_per_call", "calls_per_actor"):
+                if gen is not None and name in gen.model_fields_set:
+                    raise ValueError(f"{key}.{name} is not used by evolve; set {key}.max_chains (seed chains in "
+                                     "flight per actor) instead")
+        return self
+
+    @model_validator(mode="after")
     def _user_text_stays_text(self):
         """Evolve prompts hold seed text: `raw` would tokenise a seed's "<|im_start|>" as a real turn."""
         for key, gen in (("generation", self.generation), ("judge", self.judge)):

@@ -3,6 +3,8 @@ and the record of buckets whose worker died on every retry.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -13,24 +15,24 @@ from evol.actor import EvolveActor
 from evol.config import EvolveConfig
 from evol.output import write_bucket
 from evol.reading import READ_COUNTS, read_counts, read_seed_buckets, seed_rows
-from evol.records import ERROR, empty_record
 from evol.resume import buckets_in
-from evol.rounds import quarantine_record
+from evol.rounds import WORKER_FAILED, worker_failed_chain
 from generation import driver_api_key
 
-WORKER_FAILED = "worker_failed"
-
-# A call whose worker dies is retried this often, then its buckets are recorded as errors. The
-# actor itself restarts without limit: Ray Data never replaces a dead actor of its pool (it
-# assumes restarts "indefinitely until execution finishes", actor_pool_map_operator.py), and a
-# pool whose only actor is dead waits forever. Measured: max_restarts=2 hung after a poison seed.
-MAX_CALL_RETRIES = 2
+# A call (one bucket) whose worker dies is retried this often, then its bucket is recorded as errors.
+# A poison bucket needs 3 tries (beside others, alone, then recorded: evol/inflight.py); the rest is
+# room for a bucket that dies beside more than one poison. The actor itself restarts without limit:
+# Ray Data never replaces a dead actor of its pool (it assumes restarts "indefinitely until execution
+# finishes", actor_pool_map_operator.py), and a pool whose only actor is dead waits forever. Measured:
+# max_restarts=2 hung after a poison seed. Deaths while starting are bounded in evol/inflight.py.
+MAX_CALL_RETRIES = 4
 
 @dataclass
 class PoolRun:
-    """What the pool did: seeds evolved per actor, and the buckets an actor left unwritten because its
-    engine was down (with the first cause)."""
+    """What the pool did: seeds evolved per actor, each actor's mean chains in flight and engine busy
+    share, and the buckets an actor left unwritten because its engine was down (with the first cause)."""
     per_actor: dict[str, int] = field(default_factory=dict)
+    gauges: dict[str, dict] = field(default_factory=dict)
     stopped: set[int] = field(default_factory=set)
     cause: str | None = None
 
@@ -40,37 +42,78 @@ class RunStopped(UserError):
 
 
 def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> PoolRun:
-    """Stream the seeds of unfinished buckets through the actor pool."""
+    """Stream the seeds of unfinished buckets through the actor pool, one bucket per call."""
     gen, out = cfg.generation, cfg.output.path
-    buckets = read_seed_buckets(cfg.seeds.path, cfg.seeds, cfg.output.buckets, done, storage.join(out, READ_COUNTS))
-    keys = {"generation": driver_api_key(gen), "judge": driver_api_key(cfg.judge) if cfg.judge else None}
-    stats = buckets.map_batches(
-        EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": keys}, batch_size=1,
-        batch_format="pyarrow", num_cpus=gen.num_cpus, num_gpus=gen.num_gpus,
-        # No calls queued at a busy actor (Ray Data's default queues 4x): a block waits for the
-        # first actor with a free slot, so a few large blocks spread over the whole pool.
-        compute=ray.data.ActorPoolStrategy(min_size=gen.concurrency[0], max_size=gen.concurrency[1],
-                                           max_concurrent_calls_per_actor=gen.calls_per_actor,
-                                           max_tasks_in_flight_per_actor=gen.calls_per_actor),
-        max_restarts=-1, max_task_retries=MAX_CALL_RETRIES)
+    buckets = read_seed_buckets(cfg.seeds.path, cfg.seeds, cfg.output.buckets, done, storage.join(out, READ_COUNTS),
+                                partitions=shuffle_partitions(cfg)).materialize()
     run = PoolRun()
-    for row in stats.iter_rows():
+    if buckets.count() == 0:
+        return run
+    rows, read, _ = read_counts(storage.join(out, READ_COUNTS))
+    calls = calls_per_actor(gen.chains_in_flight(), rows / max(len(read), 1))
+    keys = {"generation": driver_api_key(gen), "judge": driver_api_key(cfg.judge) if cfg.judge else None}
+    cpus, gpus = actor_resources(cfg)
+    stats = buckets.repartition(target_num_rows_per_block=1).map_batches(
+        EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": keys}, batch_size=1,
+        batch_format="pyarrow", num_cpus=cpus, num_gpus=gpus,
+        # A call is one bucket (a retry redoes only it); an actor runs `calls` of them at once and
+        # has as many queued, so that the autoscaler sees a busy pool (utilization 2 > 1.75).
+        compute=ray.data.ActorPoolStrategy(min_size=gen.concurrency[0], max_size=gen.concurrency[1],
+                                           max_concurrent_calls_per_actor=calls,
+                                           max_tasks_in_flight_per_actor=2 * calls),
+        max_restarts=-1, max_task_retries=MAX_CALL_RETRIES)
+    try:
+        rows_out = list(stats.iter_rows())  # one small row per bucket
+    except Exception as exc:
+        cause = start_failure(exc)
+        if cause is None:
+            raise
+        raise UserError(f"the evolve actor could not start: {cause}") from None
+    for row in rows_out:
         if row["stopped"] is not None:
             run.stopped.add(row["bucket"])
             run.cause = run.cause or row["stopped"]
         else:
             run.per_actor[row["actor"]] = run.per_actor.get(row["actor"], 0) + row["seeds"]
+            run.gauges[row["actor"]] = {"mean_chains_in_flight": row["mean_chains"], "engine_busy_share": row["busy"]}
     return run
+
+
+def start_failure(exc: Exception) -> str | None:
+    """The cause's last line when the pool failed because its actor's constructor raised (a bad model,
+    its process dying on every start: evol/inflight.py), else None."""
+    text = str(exc)
+    if "creation task" not in text:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if re.match(r"^[\w.]+(Error|Exception|Failed)\b", line)), lines[-1])
+
+
+def calls_per_actor(chains: int, seeds_per_bucket: float) -> int:
+    """Buckets an actor runs at once (one per call): twice the seeds its `chains` slots take, so that the
+    slots stay full while a bucket ends and the next call arrives; at least 2."""
+    return max(2, math.ceil(2 * chains / max(seeds_per_bucket, 1.0)))
+
+
+def shuffle_partitions(cfg: EvolveConfig) -> int:
+    """Never fewer blocks out of the shuffle than the pool has actors (a block feeds one task at a time)."""
+    return max(cfg.seeds.dedupe_partitions, cfg.generation.concurrency[1])
+
+
+def actor_resources(cfg: EvolveConfig) -> tuple[float, float]:
+    """CPUs and GPUs one actor reserves: its writer's, plus a local judge's (built in the same actor)."""
+    cpus, gpus = cfg.generation.num_cpus, cfg.generation.num_gpus
+    if cfg.judge is not None and cfg.judge.backend in ("hf", "vllm"):
+        cpus, gpus = cpus + cfg.judge.num_cpus, gpus + cfg.judge.num_gpus
+    return cpus, gpus
+
 
 def failed_bucket_records(batch: pa.Table, out: str) -> pa.Table:
     """Buckets whose worker died on every retry: every row of them is recorded (bad seeds
     quarantined as usual, the others as errors), so that no row is lost and reruns end."""
     written = []
     for bucket, rows in seed_rows(batch):
-        records = [quarantine_record(row) if row["error"] is not None else empty_record(
-            id=row["seed_id"], root_id=row["seed_id"], round=0, op="seed", instruction=row["instruction"],
-            input=row["input"], source=row["source"], line=row["line"], status=ERROR, reason=WORKER_FAILED,
-            detail="the worker evolving this bucket died repeatedly") for row in rows]
+        records = [record for row in rows for record in worker_failed_chain(row)]
         write_bucket(out, bucket, records, train_on_truncated=False)
         written.append({"bucket": bucket, "seeds": len(rows)})
     return pa.Table.from_pylist(written)

@@ -9,7 +9,7 @@ the generators, so it is tested without Ray.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from evol import elimination as rules
 from evol.config import EvolveSettings
@@ -18,9 +18,10 @@ from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED, SEED_OP, candidat
 from evol.seeds import TOO_MANY_TOKENS
 from evol.templates import equality_prompt, evolve_prompt, user_turn
 from generation.config import SamplingConfig
-from generation.types import EngineDown, Generation, GenerationError, Generator, SamplingParams
+from generation.types import EngineDown, Generation, GenerationError, Generator, SamplingParams, clean_text
 
 INTERNAL_ERROR = "internal_error"
+WORKER_FAILED = "worker_failed"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Step:
     async def ask(self, generator: Generator, prompt: str, sampling: SamplingConfig, seed: int) -> Generation:
         self.cost.requests += 1
         gen = await generator.generate(prompt, SamplingParams.from_config(sampling, seed))
+        gen = replace(gen, text=clean_text(gen.text))
         self.cost.prompt_tokens += gen.prompt_tokens
         self.cost.generated_tokens += gen.completion_tokens
         self.cost.seconds += gen.engine_seconds
@@ -89,6 +91,23 @@ def quarantine_record(row: dict) -> dict:
         id=record_id, root_id=record_id, round=0, op=SEED_OP,
         instruction=row["instruction"], input=row["input"], status=QUARANTINED, reason=row["error"],
         detail=row["detail"], source=row["source"], line=row["line"], raw=row["raw"])
+
+
+def worker_failed_chain(row: dict, earlier: list[dict] = (), settings: EvolveSettings | None = None) -> list[dict]:
+    """A chain whose worker died on every try: its finished rounds (from `earlier`), then an error record
+    (a bad seed is quarantined as usual), so that no row is lost and a rerun retries it."""
+    failed = dict(status=ERROR, reason=WORKER_FAILED, detail="the worker evolving this bucket died repeatedly")
+    if row["error"] is not None:
+        return [quarantine_record(row)]
+    done = finished_part(earlier)
+    if not done:
+        return [empty_record(id=row["seed_id"], root_id=row["seed_id"], round=0, op=SEED_OP,
+                             instruction=row["instruction"], input=row["input"], source=row["source"],
+                             line=row["line"], **failed)]
+    item, round_index = pool_item(done), len(done)
+    op = choose_operation(settings.seed, item.id, round_index, settings.operations)
+    return done + [empty_record(id=candidate_id(item.id, round_index, op), root_id=item.root_id, parent_id=item.id,
+                                round=round_index, op=op, **failed)]
 
 
 async def start_chain(row: dict, roles: Roles, settings: EvolveSettings,

@@ -22,6 +22,7 @@ from evol.finish import summarize
 from evol.output import JOB, buckets_with_errors, record_files
 from evol.preflight import check_room, preflight
 from evol.identity import with_absolute_paths
+from evol.inflight import InFlight
 from evol.resume import INPUTS, buckets_in
 from evol.summary import format_summary
 
@@ -35,6 +36,7 @@ def start_run(cfg: EvolveConfig, identity: dict) -> frozenset[int]:
     config_path = storage.join(out, "config.yaml")
     if not storage.exists(config_path) or INPUTS not in yaml.safe_load(storage.read_text(config_path)):
         storage.write_text(config_path, yaml.safe_dump(identity, sort_keys=False))
+    InFlight(out).clear()  # markers of a run that was killed
     records_dir = storage.join(out, "records")
     written = buckets_in(storage.list_files(records_dir))
     retried = buckets_with_errors(records_dir) if written and cfg.evolve.retry_errors else set()
@@ -52,6 +54,7 @@ def run_evolve(cfg: EvolveConfig) -> dict:
     started = time.time()
     done = start_run(cfg, identity)
     pool = evolve_buckets(ray, cfg, done)
+    InFlight(cfg.output.path).clear()
     per_actor = pool.per_actor
     records_dir = storage.join(cfg.output.path, "records")
     record_failed_buckets(cfg, records_dir, pool.stopped)
@@ -62,10 +65,15 @@ def run_evolve(cfg: EvolveConfig) -> dict:
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
     summary = summarize(cfg, records_dir, time.time() - started, per_actor)
     summary["seeds_per_actor"] = per_actor
+    summary["actors"] = {actor: {"seeds": seeds, **pool.gauges.get(actor, {})} for actor, seeds in per_actor.items()}
     summary["output"] = cfg.output.path
     storage.write_json(storage.join(cfg.output.path, "summary.json"), summary)
     storage.write_text(storage.join(cfg.output.path, "README.md"), render_card(summary, given))  # the user's paths
     print(format_summary(summary))
+    for actor, gauges in summary["actors"].items():
+        print(f"actor {actor}: {gauges['seeds']} seeds, {gauges.get('mean_chains_in_flight', 0):.1f} chains in flight on "
+              f"average (max_chains {cfg.generation.chains_in_flight()}), engine busy "
+              f"{100 * gauges.get('engine_busy_share', 0):.0f}% of the time")
     print(f"records: {records_dir}/bucket-*.parquet")
     print(f"training set: {storage.join(cfg.output.path, 'training')}/{{parquet,jsonl}}/")
     print(f"dataset card: {storage.join(cfg.output.path, 'README.md')}")

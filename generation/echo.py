@@ -11,6 +11,8 @@ from generation.types import Generation, SamplingParams
 
 class EchoGenerator:
     def __init__(self, cfg: GenerationConfig):
+        if cfg.echo_crash_at_start:
+            os._exit(17)  # a process killed while loading its engine (out of memory, a native crash)
         self.model_name = "echo"
         self.cfg = cfg
         self.requests = 0

@@ -224,6 +224,7 @@ def test_an_empty_file_in_a_folder_is_read_and_accounted(tmp_path, local_ray):
         f"seeds.path={folder}", "seeds.limit=null", f"output.path={tmp_path / 'out'}", "generation.backend=echo",
         "evolve.rounds=1"]))
     assert summary["accounting"] == {"input_rows": 5, "round0_records": 5, "chain_problems": 0, "examples": [],
-                                     "unread_files": [], "ok": True}
+                                     "unread_files": [], "training_rows": 5 * 2, "training_file_rows": 5 * 2,
+                                     "orphan_training_files": [], "ok": True}
     counted = sorted(json.loads(p.read_text())["source"] for p in (tmp_path / "out" / "_read").iterdir())
     assert counted == ["a.jsonl", "empty.jsonl"]

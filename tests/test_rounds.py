@@ -346,3 +346,21 @@ def test_a_chain_that_ended_in_an_error_goes_on_from_its_last_finished_round():
     assert [(r["round"], r["status"]) for r in again] == [(0, KEPT), (1, KEPT), (2, KEPT), (3, KEPT)]
     assert again[1]["id"] == first[1]["id"] and again[1]["parent_id"] == "f"
     assert len(gen.calls) == 3 * 3  # rounds 1-3 asked again, the seed's own answer not
+
+
+def test_model_text_with_lone_surrogates_is_cleaned_and_the_bucket_is_written(tmp_path):
+    import pyarrow.parquet as pq
+
+    from evol.output import write_bucket
+
+    class Surrogates(ScriptedGenerator):
+        async def generate(self, prompt, sampling):
+            gen = await super().generate(prompt, sampling)
+            return Generation(gen.text + " \ud83d\ude00 \udc80", gen.prompt_tokens, gen.completion_tokens, gen.finished)
+
+    records = evolve(_seeds({"id": "a", "instruction": "Name rivers"}), Surrogates(), rounds=1)
+    write_bucket(str(tmp_path), 0, records, train_on_truncated=False)
+    written = pq.read_table(tmp_path / "records" / "bucket-00000.parquet").to_pylist()
+    assert [r["status"] for r in written] == [KEPT, KEPT]
+    assert written[0]["response"] == "A real and useful answer. \U0001F600 \ufffd"
+    assert all("\ufffd" in r["response"] for r in written)
