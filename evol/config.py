@@ -12,6 +12,7 @@ from evol.templates import template_overheads
 from generation.config import GenerationConfig, SamplingConfig
 
 TRUNCATING_BACKENDS = ("hf", "vllm")  # cut prompts to max_prompt_tokens themselves
+LOCAL_BACKENDS = ("hf", "vllm")  # engines that run inside the evolve actor
 PROMPT_MARGIN = 8  # tokens that merge or split differently where an instruction meets its template
 
 
@@ -104,6 +105,22 @@ class EvolveConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _a_local_judge_has_devices_of_its_own(self):
+        """A local judge (hf, vllm) is built inside each writer actor, whose reservation then covers both
+        engines (`actor_resources`); two engines that use GPUs in one actor would both land on
+        its first GPU, so only one of them may."""
+        judge, writer = self.judge, self.generation
+        if judge is None or judge.backend not in LOCAL_BACKENDS or writer.backend not in LOCAL_BACKENDS:
+            return self
+        if writer.num_gpus > 0 and (judge.num_gpus > 0 or judge.device != "cpu"):
+            raise ValueError("judge.device: a local judge runs in the writer's actor, whose GPUs the writer uses; set "
+                             "judge.device=cpu and judge.num_gpus=0, or use an openai judge (e.g. a vLLM server)")
+        if judge.num_gpus > 0 and writer.device != "cpu":
+            raise ValueError("generation.device: the writer runs in the actor of a local judge on GPUs; set "
+                             "generation.device=cpu, or give the judge no GPUs")
+        return self
+
+    @model_validator(mode="after")
     def _user_text_stays_text(self):
         """Evolve prompts hold seed text: `raw` would tokenise a seed's "<|im_start|>" as a real turn."""
         for key, gen in (("generation", self.generation), ("judge", self.judge)):
@@ -142,3 +159,11 @@ def prompt_budget_problem(cfg: EvolveConfig, overheads: list[int], unit: str) ->
                     f"template + {text} tokens of instructions (seeds.max_instruction_tokens, "
                     f"evolve.evolve_sampling.max_tokens) + {PROMPT_MARGIN} = {need}")
     return None
+
+
+def actor_resources(cfg: EvolveConfig) -> tuple[float, float]:
+    """CPUs and GPUs one actor reserves: its writer's, plus a local judge's (built in the same actor)."""
+    cpus, gpus = cfg.generation.num_cpus, cfg.generation.num_gpus
+    if cfg.judge is not None and cfg.judge.backend in LOCAL_BACKENDS:
+        cpus, gpus = cpus + cfg.judge.num_cpus, gpus + cfg.judge.num_gpus
+    return cpus, gpus

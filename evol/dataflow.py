@@ -12,7 +12,7 @@ import pyarrow as pa
 from common import storage
 from common.config import UserError
 from evol.actor import EvolveActor
-from evol.config import EvolveConfig
+from evol.config import EvolveConfig, actor_resources
 from evol.output import write_bucket
 from evol.reading import READ_COUNTS, read_counts, read_seed_buckets, seed_rows
 from evol.resume import buckets_in
@@ -98,14 +98,6 @@ def calls_per_actor(chains: int, seeds_per_bucket: float) -> int:
 def shuffle_partitions(cfg: EvolveConfig) -> int:
     """Never fewer blocks out of the shuffle than the pool has actors (a block feeds one task at a time)."""
     return max(cfg.seeds.dedupe_partitions, cfg.generation.concurrency[1])
-
-
-def actor_resources(cfg: EvolveConfig) -> tuple[float, float]:
-    """CPUs and GPUs one actor reserves: its writer's, plus a local judge's (built in the same actor)."""
-    cpus, gpus = cfg.generation.num_cpus, cfg.generation.num_gpus
-    if cfg.judge is not None and cfg.judge.backend in ("hf", "vllm"):
-        cpus, gpus = cpus + cfg.judge.num_cpus, gpus + cfg.judge.num_gpus
-    return cpus, gpus
 
 
 def failed_bucket_records(batch: pa.Table, out: str) -> pa.Table:

@@ -13,7 +13,7 @@ from common.config import UserError
 from common.models import SMALL_MODEL_ALIAS, pin_local_model
 from common.s3 import preflight_s3
 from common.tokenizer import tokenizer_path
-from evol.config import TRUNCATING_BACKENDS, EvolveConfig, prompt_budget_problem
+from evol.config import TRUNCATING_BACKENDS, EvolveConfig, actor_resources, prompt_budget_problem
 from evol.identity import run_identity
 from evol.output import JOB
 from evol.reading import resolve_seed_path
@@ -99,13 +99,14 @@ def check_room(ray, cfg: EvolveConfig) -> None:
     if os.environ.get("RAY_ADDRESS") or cfg.ray.address:
         return  # a cluster may add nodes
     gen, total = cfg.generation, ray.cluster_resources()
-    need_cpus, need_gpus = gen.concurrency[1] * gen.num_cpus, gen.concurrency[1] * gen.num_gpus
+    cpus, gpus = actor_resources(cfg)
+    need_cpus, need_gpus = gen.concurrency[1] * cpus, gen.concurrency[1] * gpus
     if need_cpus > total.get("CPU", 0) - 0.5:
-        raise UserError(f"generation.concurrency: {gen.concurrency[1]} actors x num_cpus {gen.num_cpus:g} = "
+        raise UserError(f"generation.concurrency: {gen.concurrency[1]} actors x num_cpus {cpus:g} = "
                         f"{need_cpus:g} CPUs leave no room for reading seeds on this {total.get('CPU', 0):g}-CPU Ray; "
                         "lower generation.num_cpus (e.g. 0.5) or the pool size")
     if need_gpus > total.get("GPU", 0):
-        raise UserError(f"generation.concurrency: {gen.concurrency[1]} actors x num_gpus {gen.num_gpus:g} need "
+        raise UserError(f"generation.concurrency: {gen.concurrency[1]} actors x num_gpus {gpus:g} need "
                         f"{need_gpus:g} GPUs; this Ray has {total.get('GPU', 0):g}")
 
 def driver_tokenizer(gen: GenerationConfig):

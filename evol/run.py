@@ -52,10 +52,8 @@ def run_evolve(cfg: EvolveConfig) -> dict:
     check_room(ray, cfg)
     ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed bucket is recorded, not fatal
     started = time.time()
-    done = start_run(cfg, identity)
-    pool = evolve_buckets(ray, cfg, done)
+    pool = evolve_buckets(ray, cfg, start_run(cfg, identity))
     InFlight(cfg.output.path).clear()
-    per_actor = pool.per_actor
     records_dir = storage.join(cfg.output.path, "records")
     record_failed_buckets(cfg, records_dir, pool.stopped)
     if pool.stopped:
@@ -63,21 +61,27 @@ def run_evolve(cfg: EvolveConfig) -> dict:
                          "to do them once the engine works")
     if not record_files(records_dir):
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
-    summary = summarize(cfg, records_dir, time.time() - started, per_actor)
-    summary["seeds_per_actor"] = per_actor
-    summary["actors"] = {actor: {"seeds": seeds, **pool.gauges.get(actor, {})} for actor, seeds in per_actor.items()}
+    summary = summarize(cfg, records_dir, time.time() - started, pool.per_actor)
+    summary["seeds_per_actor"] = pool.per_actor
+    summary["actors"] = {actor: {"seeds": n, **pool.gauges.get(actor, {})} for actor, n in pool.per_actor.items()}
     summary["output"] = cfg.output.path
     storage.write_json(storage.join(cfg.output.path, "summary.json"), summary)
     storage.write_text(storage.join(cfg.output.path, "README.md"), render_card(summary, given))  # the user's paths
-    print(format_summary(summary))
-    for actor, gauges in summary["actors"].items():
-        print(f"actor {actor}: {gauges['seeds']} seeds, {gauges.get('mean_chains_in_flight', 0):.1f} chains in flight on "
-              f"average (max_chains {cfg.generation.chains_in_flight()}), engine busy "
-              f"{100 * gauges.get('engine_busy_share', 0):.0f}% of the time")
-    print(f"records: {records_dir}/bucket-*.parquet")
-    print(f"training set: {storage.join(cfg.output.path, 'training')}/{{parquet,jsonl}}/")
-    print(f"dataset card: {storage.join(cfg.output.path, 'README.md')}")
+    print(report(summary, cfg))
     problem = accounting_error(summary["accounting"])
     if problem:
         raise RuntimeError(problem)
     return summary
+
+def report(summary: dict, cfg: EvolveConfig) -> str:
+    """The summary, each actor's gauges (is the engine kept full?) and where the outputs are."""
+    out = cfg.output.path
+    lines = [format_summary(summary)]
+    for actor, gauges in summary["actors"].items():
+        lines.append(f"actor {actor}: {gauges['seeds']} seeds, {gauges.get('mean_chains_in_flight', 0):.1f} chains "
+                     f"in flight on average (max_chains {cfg.generation.chains_in_flight()}), engine busy "
+                     f"{100 * gauges.get('engine_busy_share', 0):.0f}% of the time")
+    lines += [f"records: {storage.join(out, 'records')}/bucket-*.parquet",
+              f"training set: {storage.join(out, 'training')}/{{parquet,jsonl}}/",
+              f"dataset card: {storage.join(out, 'README.md')}"]
+    return "\n".join(lines)
