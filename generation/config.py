@@ -23,6 +23,9 @@ class VllmConfig(StrictModel):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     max_num_seqs: int | None = Field(None, ge=1, description="sequences batched at once; None: vLLM's default")
     enforce_eager: bool = Field(False, description="skip graph capture/compilation (faster start)")
+    enable_prefix_caching: bool | None = Field(None, description="reuse the KV cache of shared prompt prefixes (the "
+                                                                 "evolve templates share long ones); None: vLLM's "
+                                                                 "default")
     extra: dict[str, Any] = Field(default_factory=dict, description="more AsyncEngineArgs, passed through as is")
 
 
