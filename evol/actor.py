@@ -25,7 +25,8 @@ from generation.types import EngineDown, Secret
 # it was left unwritten).
 BUCKET_COUNTS = pa.schema([("bucket", pa.int64()), ("seeds", pa.int64()), ("records", pa.int64()),
                            ("kept", pa.int64()), ("errors", pa.int64()), ("actor", pa.string()),
-                           ("mean_chains", pa.float64()), ("busy", pa.float64()), ("stopped", pa.string())])
+                           ("mean_chains", pa.float64()), ("busy", pa.float64()), ("span", pa.float64()),
+                           ("stopped", pa.string())])
 
 
 class ChainSlots:
@@ -140,7 +141,8 @@ class EvolveActor:
         return {"bucket": bucket, "seeds": sum(todo), "records": len(records), "actor": self.actor,
                 "kept": sum(r["status"] == KEPT and r["round"] > 0 for r in records),
                 "errors": sum(r["status"] == ERROR for r in records),
-                "mean_chains": round(self.slots.mean(), 2), "busy": round(min(busy, 1.0), 3)}
+                "mean_chains": round(self.slots.mean(), 2), "busy": round(min(busy, 1.0), 3),
+                "span": round(self.slots.span(), 3)}
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         done = await asyncio.gather(*(self._bucket(b, rows) for b, rows in seed_rows(batch)))

@@ -29,8 +29,8 @@ MAX_CALL_RETRIES = 4
 
 @dataclass
 class PoolRun:
-    """What the pool did: seeds evolved per actor, each actor's mean chains in flight and engine busy
-    share, and the buckets an actor left unwritten because its engine was down (with the first cause)."""
+    """What the pool did: seeds evolved per actor, each actor's mean chains in flight, engine busy share
+    and chain seconds (first chain's start to last chain's end), and the buckets an actor left unwritten because its engine was down (with the first cause)."""
     per_actor: dict[str, int] = field(default_factory=dict)
     gauges: dict[str, dict] = field(default_factory=dict)
     stopped: set[int] = field(default_factory=set)
@@ -46,9 +46,8 @@ def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> PoolRun:
     gen, out = cfg.generation, cfg.output.path
     buckets = read_seed_buckets(cfg.seeds.path, cfg.seeds, cfg.output.buckets, done, storage.join(out, READ_COUNTS),
                                 partitions=shuffle_partitions(cfg)).materialize()
-    run = PoolRun()
     if buckets.count() == 0:
-        return run
+        return PoolRun()
     rows, read, _ = read_counts(storage.join(out, READ_COUNTS))
     calls = calls_per_actor(gen.chains_in_flight(), rows / max(len(read), 1))
     keys = {"generation": driver_api_key(gen), "judge": driver_api_key(cfg.judge) if cfg.judge else None}
@@ -62,20 +61,31 @@ def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> PoolRun:
                                            max_concurrent_calls_per_actor=calls,
                                            max_tasks_in_flight_per_actor=2 * calls),
         max_restarts=-1, max_task_retries=MAX_CALL_RETRIES)
+    return collect(bucket_rows(stats), PoolRun())
+
+
+def bucket_rows(stats) -> list[dict]:
+    """The pool's BUCKET_COUNTS rows (one small row per bucket); an actor that could not start fails
+    the job with its cause in one line."""
     try:
-        rows_out = list(stats.iter_rows())  # one small row per bucket
+        return list(stats.iter_rows())
     except Exception as exc:
         cause = start_failure(exc)
         if cause is None:
             raise
         raise UserError(f"the evolve actor could not start: {cause}") from None
-    for row in rows_out:
+
+
+def collect(rows: list[dict], run: PoolRun) -> PoolRun:
+    for row in rows:
         if row["stopped"] is not None:
             run.stopped.add(row["bucket"])
             run.cause = run.cause or row["stopped"]
-        else:
-            run.per_actor[row["actor"]] = run.per_actor.get(row["actor"], 0) + row["seeds"]
-            run.gauges[row["actor"]] = {"mean_chains_in_flight": row["mean_chains"], "engine_busy_share": row["busy"]}
+            continue
+        run.per_actor[row["actor"]] = run.per_actor.get(row["actor"], 0) + row["seeds"]
+        if row["span"] >= run.gauges.get(row["actor"], {}).get("chain_seconds", -1):  # the actor's latest
+            run.gauges[row["actor"]] = {"mean_chains_in_flight": row["mean_chains"],
+                                        "engine_busy_share": row["busy"], "chain_seconds": row["span"]}
     return run
 
 
