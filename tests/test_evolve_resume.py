@@ -284,22 +284,22 @@ def test_the_local_preset_killed_mid_run_resumes_with_its_relative_paths(tmp_pat
 
 
 def test_a_dead_engine_stops_the_job_with_its_cause_and_a_rerun_does_the_rest(full_run, tmp_path):
-    """The engine dies after 40 requests: the actor stops after 3 failures in a row instead of writing
+    """The engine dies after 120 requests: the actor stops after 3 failures in a row instead of writing
     every chain as an error; its buckets stay unwritten, and a rerun with a live engine finishes them."""
     seeds, full = full_run
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "jobs.evolve", "--config", "configs/tiny.yaml", f"seeds.path={seeds}",
-                           f"output.path={out}", *BASE, "generation.echo_fail_after=40",
+                           f"output.path={out}", *BASE, "generation.echo_fail_after=120",
                            "evolve.engine_failure_limit=3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    line = proc.stderr.strip().splitlines()[-1]
+    line = next(line for line in reversed(proc.stderr.splitlines()) if line.startswith("error: "))
     assert re.fullmatch(r"error: the generation engine \(echo\) failed 3 requests in a row \(last: RuntimeError: echo "
                         r"engine is dead \(echo_fail_after\)\); (\d+) bucket\(s\) are left unwritten: rerun the same "
                         r"command to do them once the engine works", line), line
     unwritten = int(re.search(r"; (\d+) bucket", line).group(1))
     assert unwritten >= 1 and len(bucket_files(out)) == len(bucket_files(full)) - unwritten
     assert not (out / "summary.json").exists()
-    assert (records(out)["reason"] != "worker_failed").all()
+    assert bucket_files(out) and (records(out)["reason"] != "worker_failed").all()
     run_job(seeds, out)
     pd.testing.assert_frame_equal(comparable(records(out)), comparable(records(full)))
     assert summary(out)["errors"] == 0 and summary(out)["accounting"]["ok"]
@@ -313,8 +313,8 @@ def test_an_actor_that_dies_while_starting_fails_the_job_with_its_cause(tmp_path
                            f"output.path={tmp_path / 'out'}", *BASE, "generation.echo_crash_at_start=true"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and time.time() - start < 600
-    assert proc.stderr.strip().splitlines()[-1] == (
+    assert (  # Ray may forward a dying worker's last log lines after it
         "error: the evolve actor could not start: evol.inflight.ActorStartFailed: the evolve actor's process died 3 "
         "times while starting (the echo engine of smollm2-135m-instruct), without a Python error: out of memory or a "
-        "crash in native code; see the actor's log in the Ray session's logs folder")
+        "crash in native code; see the actor's log in the Ray session's logs folder") in proc.stderr.splitlines()
     assert not bucket_files(tmp_path / "out")
