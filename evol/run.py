@@ -19,10 +19,10 @@ from evol.card import render_card
 from evol.config import EvolveConfig
 from evol.dataflow import RunStopped, evolve_buckets, record_failed_buckets
 from evol.finish import summarize
-from evol.output import JOB, buckets_with_errors, record_files
-from evol.preflight import check_room, preflight
 from evol.identity import with_absolute_paths
 from evol.inflight import InFlight
+from evol.output import JOB, buckets_with_errors, record_files
+from evol.preflight import check_room, preflight
 from evol.resume import INPUTS, buckets_in
 from evol.summary import format_summary
 
