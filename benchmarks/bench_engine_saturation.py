@@ -1,22 +1,37 @@
 """Does the evolve job keep an engine busy? Its generated tokens/s vs the bare engine on the same prompts.
 
-    python benchmarks/bench_engine_saturation.py [--seeds 16] [--rounds 2] [--backends hf,vllm]
+    python benchmarks/bench_engine_saturation.py [--seeds 96] [--rounds 2] [--backends hf,vllm]
+        [--evolve-tokens 96] [--respond-tokens 128] [--prefix-caching default|on|off]
 
-For each backend, one model load: (1) the job's chains (evol.rounds.evolve_rows, the code the
-EvolveActor runs) on the bundled seeds; (2) the exact prompts those chains sent, rebuilt from
-their records, given to the bare engine with nothing depending on anything: all at once for
-vLLM, sorted batches of `batch_size` for hf (its best static batching). Same sampling, same
-lengths. Prints job/bare per backend, then the job's vllm/hf ratio last.
+For each backend, in one run: (1) the job as a user runs it, `python -m jobs.evolve --config
+configs/local.yaml` (Ray Data, the actor pool, buckets, writes), on the bundled seeds, every seed
+answered in round 0; (2) the exact prompts the job sent, rebuilt from its records, given to the bare
+engine with the same engine settings and nothing depending on anything: all at once for vLLM, sorted
+batches of `batch_size` for hf (its best static batching). Same sampling, same lengths.
+
+The job's rate is its generated tokens over its chain seconds (the actor's first chain start to its
+last chain end: the part of the job an engine can be kept busy in); its wall time (Ray start, reading,
+model load) is printed beside it. Prints job/bare per backend, and the job's mean chains in flight.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-from bench_generation_common import (bundled_seed_rows, by_sampling, generated_tokens, job_chains, prompts_of,
-                                     settings)
-from generation import GenerationConfig, build_generator
+import pyarrow.parquet as pq
+
+from bench_generation_common import by_sampling, prompts_of
+from common.config import load_config
+from evol.config import EvolveConfig
+from generation import build_generator
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def bare_vllm(generator, prompts) -> tuple[int, float]:
@@ -38,34 +53,66 @@ async def bare_hf(generator, prompts) -> tuple[int, float]:
     return tokens, time.perf_counter() - start
 
 
-async def measure(backend: str, args) -> float:
-    cfg = GenerationConfig(backend=backend, batch_size=args.batch_size, torch_threads=args.threads,
-                           vllm={"enforce_eager": True, "max_model_len": 2048})
-    generator = build_generator(cfg)
-    evolve = settings(args.rounds, args.evolve_tokens, args.respond_tokens)
-    records, job_seconds = await job_chains(generator, bundled_seed_rows(args.seeds), evolve)
-    job_rate = generated_tokens(records) / job_seconds
-    prompts = prompts_of(records, evolve)
-    tokens, bare_seconds = await (bare_vllm if backend == "vllm" else bare_hf)(generator, prompts)
-    bare_rate = tokens / bare_seconds
+def overrides(backend: str, args, out: Path) -> list[str]:
+    caching = [] if args.prefix_caching == "default" else [
+        f"generation.vllm.enable_prefix_caching={str(args.prefix_caching == 'on').lower()}"]
+    return [f"generation.backend={backend}", f"seeds.limit={args.seeds}", f"evolve.rounds={args.rounds}",
+            "seeds.response_field=null", f"evolve.evolve_sampling.max_tokens={args.evolve_tokens}",
+            f"evolve.respond_sampling.max_tokens={args.respond_tokens}", f"generation.torch_threads={args.threads}",
+            "generation.vllm.enforce_eager=true", "generation.vllm.max_model_len=2048", f"output.path={out}",
+            "output.overwrite=true", *caching, *args.override]
+
+
+def run_job(backend: str, args, out: Path) -> tuple[dict, list[dict], float]:
+    """The job through Ray, as a user runs it: its summary, its records and its wall seconds."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "jobs.evolve", "--config", "configs/local.yaml",
+                           *overrides(backend, args, out)], cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"the {backend} job failed:\n{proc.stderr[-3000:]}")
+    records = [row for f in sorted((out / "records").glob("bucket-*.parquet")) for row in pq.read_table(f).to_pylist()]
+    return json.loads((out / "summary.json").read_text()), records, wall
+
+
+async def bare(backend: str, args, out: Path, prompts) -> tuple[int, float]:
+    cfg = load_config(EvolveConfig, str(ROOT / "configs" / "local.yaml"), overrides(backend, args, out))
+    generator = build_generator(cfg.generation)
+    tokens, seconds = await (bare_vllm if backend == "vllm" else bare_hf)(generator, prompts)
     await generator.close()
-    print(f"{backend}: {len(prompts)} requests; job {generated_tokens(records)} tok in {job_seconds:.1f} s "
-          f"= {job_rate:.1f} tok/s; bare engine {tokens} tok in {bare_seconds:.1f} s = {bare_rate:.1f} tok/s; "
-          f"job/bare = {job_rate / bare_rate:.2f}x", flush=True)
+    return tokens, seconds
+
+
+def measure(backend: str, args, workdir: Path) -> float:
+    out = workdir / backend
+    summary, records, wall = run_job(backend, args, out)
+    [gauges] = summary["actors"].values()
+    job_rate = summary["generated_tokens"] / gauges["chain_seconds"]
+    cfg = load_config(EvolveConfig, str(ROOT / "configs" / "local.yaml"), overrides(backend, args, out))
+    prompts = prompts_of(records, cfg.evolve)
+    tokens, seconds = asyncio.run(bare(backend, args, out, prompts))
+    print(f"{backend} ({args.seeds} seeds, {args.rounds} rounds, max_chains {cfg.generation.chains_in_flight()}, "
+          f"prefix caching {args.prefix_caching}): {len(prompts)} requests; job {summary['generated_tokens']} tok in "
+          f"{gauges['chain_seconds']:.1f} s of chains = {job_rate:.1f} tok/s (wall {wall:.0f} s, "
+          f"{gauges['mean_chains_in_flight']:.1f} chains in flight, engine busy "
+          f"{100 * gauges['engine_busy_share']:.0f}%); bare engine {tokens} tok in {seconds:.1f} s = "
+          f"{tokens / seconds:.1f} tok/s; job/bare = {job_rate / (tokens / seconds):.2f}x", flush=True)
     return job_rate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--evolve-tokens", type=int, default=96)
     parser.add_argument("--respond-tokens", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backends", default="hf,vllm")
+    parser.add_argument("--prefix-caching", choices=["default", "on", "off"], default="default")
+    parser.add_argument("--override", action="append", default=[], help="one more job override (repeatable)")
     args = parser.parse_args()
-    rates = {backend: asyncio.run(measure(backend, args)) for backend in args.backends.split(",")}
+    with tempfile.TemporaryDirectory() as tmp:
+        rates = {backend: measure(backend, args, Path(tmp)) for backend in args.backends.split(",")}
     if {"hf", "vllm"} <= set(rates):
         print(f"vllm/hf through the job: {rates['vllm'] / rates['hf']:.2f}x")
 

@@ -42,7 +42,7 @@ def run(size: int, rounds: int, batch: int, actors: int, workdir: Path) -> dict:
     seeds = workdir / f"seeds_{size}.jsonl"
     write_seeds(seeds, size)
     overrides = [f"seeds.path={seeds}", "seeds.limit=null", f"evolve.rounds={rounds}", "generation.backend=echo",
-                 f"generation.rows_per_call={batch}", f"generation.concurrency=[{actors},{actors}]",
+                 f"generation.max_chains={batch}", f"generation.concurrency=[{actors},{actors}]",
                  f"generation.num_cpus={1 / actors:g}", "seeds.dedupe_partitions=16",
                  f"output.path={workdir / f'out_{size}'}", "output.overwrite=true"]
     proc = subprocess.run([sys.executable, "-c", CHILD, *overrides], capture_output=True, text=True,
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=5000)
     parser.add_argument("--large", type=int, default=52000)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=1024, help="chains in flight per actor call")
+    parser.add_argument("--batch", type=int, default=1024, help="chains in flight per actor (generation.max_chains)")
     parser.add_argument("--actors", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,7 +34,7 @@ def write_seeds(path: Path, count: int) -> None:
 def start(seeds: Path, out: Path, args) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "jobs.evolve", "--config", "configs/local.yaml", f"seeds.path={seeds}",
            "seeds.limit=null", f"evolve.rounds={args.rounds}", "generation.backend=echo",
-           f"generation.echo_latency_ms={args.latency_ms}", "generation.rows_per_call=1024",
+           f"generation.echo_latency_ms={args.latency_ms}", "generation.max_chains=1024",
            "generation.concurrency=[2,2]", "generation.num_cpus=0.5", "seeds.dedupe_partitions=16",
            f"output.buckets={BUCKETS}", f"output.path={out}", "output.overwrite=false"]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

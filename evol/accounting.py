@@ -32,16 +32,27 @@ def chain_problems(rows: list[dict], rounds: int) -> list[str]:
     return problems
 
 
-def accounting(input_rows: int, round0_records: int, problems: list[str], unread: list[str] = ()) -> dict:
-    """`unread`: seed files without a count record (their rows would be missing on both sides)."""
+def accounting(input_rows: int, round0_records: int, problems: list[str], unread: list[str] = (),
+               training: tuple[int, int, list[str]] | None = None) -> dict:
+    """`unread`: seed files without a count record (their rows would be missing on both sides).
+    `training`: (rows the records put in the training set, rows the training files hold, training files
+    without a record file): a redone bucket must not leave a stale training file behind."""
     ok = input_rows == round0_records and not problems and not unread
-    return {"input_rows": input_rows, "round0_records": round0_records, "chain_problems": len(problems),
-            "examples": problems[:5], "unread_files": list(unread)[:5], "ok": ok}
+    check = {"input_rows": input_rows, "round0_records": round0_records, "chain_problems": len(problems),
+             "examples": problems[:5], "unread_files": list(unread)[:5]}
+    if training is not None:
+        expected, found, orphans = training
+        check |= {"training_rows": expected, "training_file_rows": found, "orphan_training_files": orphans[:5]}
+        ok = ok and expected == found and not orphans
+    return check | {"ok": ok}
 
 
 def accounting_error(check: dict) -> str | None:
     if check["ok"]:
         return None
+    training = (f"; {check['training_rows']} training rows in the records but {check['training_file_rows']} in the "
+                f"training files, files without records: {check['orphan_training_files']}"
+                if "training_rows" in check else "")
     return (f"accounting check failed: {check['input_rows']} input rows read but {check['round0_records']} "
             f"round-0 records written; {check['chain_problems']} chain problem(s) {check['examples']}; "
-            f"files never read: {check['unread_files']}")
+            f"files never read: {check['unread_files']}" + training)

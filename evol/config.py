@@ -14,6 +14,7 @@ from evol.templates import template_overheads
 from generation.config import GenerationConfig, SamplingConfig
 
 TRUNCATING_BACKENDS = ("hf", "vllm")  # cut prompts to max_prompt_tokens themselves
+LOCAL_BACKENDS = ("hf", "vllm")  # engines that run inside the evolve actor
 PROMPT_MARGIN = 8  # tokens that merge or split differently where an instruction meets its template
 
 
@@ -46,6 +47,13 @@ class EvolveSettings(StrictModel):
     train_on_truncated_responses: bool = Field(
         False, description="put responses cut by respond_sampling.max_tokens in the training set "
                            "(they are flagged `response_truncated` and counted either way)")
+    engine_failure_limit: int = Field(
+        16, ge=1, description="an actor whose engine fails this many requests in a row (crashed, out of memory, an "
+                              "endpoint down past its retries) stops: its buckets stay unwritten, the job ends "
+                              "with the cause, and a rerun does them")
+    retry_errors: bool = Field(
+        True, description="a rerun on the same output retries the chains that ended in an error (a failed request, "
+                          "a worker that died), going on from their last finished round; false keeps them as they are")
 
     @field_validator("judge_sampling")
     @classmethod
@@ -130,6 +138,32 @@ class EvolveConfig(StrictModel):
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
+    def _one_name_for_chains_in_flight(self):
+        """Evaluate's rows_per_call x calls_per_actor are not evolve's: one key says how many chains run."""
+        for key, gen in (("generation", self.generation), ("judge", self.judge)):
+            for name in ("rows_per_call", "calls_per_actor"):
+                if gen is not None and name in gen.model_fields_set:
+                    raise ValueError(f"{key}.{name} is not used by evolve; set {key}.max_chains (seed chains in "
+                                     "flight per actor) instead")
+        return self
+
+    @model_validator(mode="after")
+    def _a_local_judge_has_devices_of_its_own(self):
+        """A local judge (hf, vllm) is built inside each writer actor, whose reservation then covers both
+        engines (`actor_resources`); two engines that use GPUs in one actor would both land on
+        its first GPU, so only one of them may."""
+        judge, writer = self.judge, self.generation
+        if judge is None or judge.backend not in LOCAL_BACKENDS or writer.backend not in LOCAL_BACKENDS:
+            return self
+        if writer.num_gpus > 0 and (judge.num_gpus > 0 or judge.device != "cpu"):
+            raise ValueError("judge.device: a local judge runs in the writer's actor, whose GPUs the writer uses; set "
+                             "judge.device=cpu and judge.num_gpus=0, or use an openai judge (e.g. a vLLM server)")
+        if judge.num_gpus > 0 and writer.device != "cpu":
+            raise ValueError("generation.device: the writer runs in the actor of a local judge on GPUs; set "
+                             "generation.device=cpu, or give the judge no GPUs")
+        return self
+
+    @model_validator(mode="after")
     def _user_text_stays_text(self):
         """Evolve prompts hold seed text: `raw` would tokenise a seed's "<|im_start|>" as a real turn."""
         for key, gen in (("generation", self.generation), ("judge", self.judge)):
@@ -168,3 +202,11 @@ def prompt_budget_problem(cfg: EvolveConfig, overheads: list[int], unit: str) ->
                     f"template + {text} tokens of instructions (seeds.max_instruction_tokens, "
                     f"evolve.evolve_sampling.max_tokens) + {PROMPT_MARGIN} = {need}")
     return None
+
+
+def actor_resources(cfg: EvolveConfig) -> tuple[float, float]:
+    """CPUs and GPUs one actor reserves: its writer's, plus a local judge's (built in the same actor)."""
+    cpus, gpus = cfg.generation.num_cpus, cfg.generation.num_gpus
+    if cfg.judge is not None and cfg.judge.backend in LOCAL_BACKENDS:
+        cpus, gpus = cpus + cfg.judge.num_cpus, gpus + cfg.judge.num_gpus
+    return cpus, gpus

@@ -237,20 +237,8 @@ def rewrite_bucket(out: str, bucket: int, decisions: pa.Table, train_on_truncate
         after = _set(after, name, pc.if_else(pc.is_valid(at), mine[name].take(at), after[name]))
     if after.select(MARKS).equals(before.select(MARKS)):
         return False
-    rows = after.to_pylist()
-    if not any(in_training_set(row, train_on_truncated) for row in rows):
-        _drop_training_files(out, bucket)  # write_bucket writes none for an empty training set
-    write_bucket(out, bucket, rows, train_on_truncated)
+    write_bucket(out, bucket, after.to_pylist(), train_on_truncated)  # removes training files left empty
     return True
-
-
-def _drop_training_files(out: str, bucket: int) -> None:
-    name = bucket_file(bucket)
-    for path in (storage.join(out, "training", "parquet", name),
-                 storage.join(out, "training", "jsonl", name.replace(".parquet", ".jsonl"))):
-        if storage.exists(path):
-            filesys, inner = storage.filesystem(path)
-            filesys.delete_file(inner)
 
 
 def _bucket(path: str) -> int:

@@ -3,62 +3,128 @@ and the record of buckets whose worker died on every retry.
 """
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass, field
+
 import pyarrow as pa
 
 from common import storage
+from common.config import UserError
 from evol.actor import EvolveActor
-from evol.config import EvolveConfig
+from evol.config import EvolveConfig, actor_resources
 from evol.output import write_bucket
 from evol.reading import READ_COUNTS, read_counts, read_seed_buckets, seed_rows
-from evol.records import ERROR, empty_record
 from evol.resume import buckets_in
-from evol.rounds import quarantine_record
+from evol.rounds import WORKER_FAILED, worker_failed_chain
 from generation import driver_api_key
 
-WORKER_FAILED = "worker_failed"
+# A call (one bucket) whose worker dies is retried this often, then its bucket is recorded as errors.
+# A poison bucket needs 3 tries (beside others, alone, then recorded: evol/inflight.py); the rest is
+# room for a bucket that dies beside more than one poison. The actor itself restarts without limit:
+# Ray Data never replaces a dead actor of its pool (it assumes restarts "indefinitely until execution
+# finishes", actor_pool_map_operator.py), and a pool whose only actor is dead waits forever. Measured:
+# max_restarts=2 hung after a poison seed. Deaths while starting are bounded in evol/inflight.py.
+MAX_CALL_RETRIES = 4
 
-# A call whose worker dies is retried this often, then its buckets are recorded as errors. The
-# actor itself restarts without limit: Ray Data never replaces a dead actor of its pool (it
-# assumes restarts "indefinitely until execution finishes", actor_pool_map_operator.py), and a
-# pool whose only actor is dead waits forever. Measured: max_restarts=2 hung after a poison seed.
-MAX_CALL_RETRIES = 2
+@dataclass
+class PoolRun:
+    """What the pool did: seeds evolved per actor, each actor's mean chains in flight, engine busy share
+    and chain seconds (first chain's start to last chain's end), and the buckets an actor left unwritten because its engine was down (with the first cause)."""
+    per_actor: dict[str, int] = field(default_factory=dict)
+    gauges: dict[str, dict] = field(default_factory=dict)
+    stopped: set[int] = field(default_factory=set)
+    cause: str | None = None
 
-def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> dict[str, int]:
-    """Stream the seeds of unfinished buckets through the actor pool; rows per actor."""
+
+class RunStopped(UserError):
+    """An engine went down: the job ends with its cause in one line, and a rerun does what is left."""
+
+
+def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> PoolRun:
+    """Stream the seeds of unfinished buckets through the actor pool, one bucket per call."""
     gen, out = cfg.generation, cfg.output.path
-    buckets = read_seed_buckets(cfg.seeds.path, cfg.seeds, cfg.output.buckets, done, storage.join(out, READ_COUNTS))
+    buckets = read_seed_buckets(cfg.seeds.path, cfg.seeds, cfg.output.buckets, done, storage.join(out, READ_COUNTS),
+                                partitions=shuffle_partitions(cfg)).materialize()
+    if buckets.count() == 0:
+        return PoolRun()
+    rows, read, _ = read_counts(storage.join(out, READ_COUNTS))
+    calls = calls_per_actor(gen.chains_in_flight(), rows / max(len(read), 1))
     keys = {"generation": driver_api_key(gen), "judge": driver_api_key(cfg.judge) if cfg.judge else None}
-    stats = buckets.map_batches(
+    cpus, gpus = actor_resources(cfg)
+    stats = buckets.repartition(target_num_rows_per_block=1).map_batches(
         EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": keys}, batch_size=1,
-        batch_format="pyarrow", num_cpus=gen.num_cpus, num_gpus=gen.num_gpus,
-        # No calls queued at a busy actor (Ray Data's default queues 4x): a block waits for the
-        # first actor with a free slot, so a few large blocks spread over the whole pool.
+        batch_format="pyarrow", num_cpus=cpus, num_gpus=gpus,
+        # A call is one bucket (a retry redoes only it); an actor runs `calls` of them at once and
+        # has as many queued, so that the autoscaler sees a busy pool (utilization 2 > 1.75).
         compute=ray.data.ActorPoolStrategy(min_size=gen.concurrency[0], max_size=gen.concurrency[1],
-                                           max_concurrent_calls_per_actor=gen.calls_per_actor,
-                                           max_tasks_in_flight_per_actor=gen.calls_per_actor),
+                                           max_concurrent_calls_per_actor=calls,
+                                           max_tasks_in_flight_per_actor=2 * calls),
         max_restarts=-1, max_task_retries=MAX_CALL_RETRIES)
-    per_actor: dict[str, int] = {}
-    for row in stats.iter_rows():
-        per_actor[row["actor"]] = per_actor.get(row["actor"], 0) + row["seeds"]
-    return per_actor
+    return collect(bucket_rows(stats), PoolRun())
+
+
+def bucket_rows(stats) -> list[dict]:
+    """The pool's BUCKET_COUNTS rows (one small row per bucket); an actor that could not start fails
+    the job with its cause in one line."""
+    try:
+        return list(stats.iter_rows())
+    except Exception as exc:
+        cause = start_failure(exc)
+        if cause is None:
+            raise
+        raise UserError(f"the evolve actor could not start: {cause}") from None
+
+
+def collect(rows: list[dict], run: PoolRun) -> PoolRun:
+    for row in rows:
+        if row["stopped"] is not None:
+            run.stopped.add(row["bucket"])
+            run.cause = run.cause or row["stopped"]
+            continue
+        run.per_actor[row["actor"]] = run.per_actor.get(row["actor"], 0) + row["seeds"]
+        if row["span"] >= run.gauges.get(row["actor"], {}).get("chain_seconds", -1):  # the actor's latest
+            run.gauges[row["actor"]] = {"mean_chains_in_flight": row["mean_chains"], "peak_chains_in_flight": row["peak_chains"],
+                                        "engine_busy_share": row["busy"], "chain_seconds": row["span"]}
+    return run
+
+
+def start_failure(exc: Exception) -> str | None:
+    """The cause's last line when the pool failed because its actor's constructor raised (a bad model,
+    its process dying on every start: evol/inflight.py), else None."""
+    text = str(exc)
+    if "creation task" not in text:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if re.match(r"^[\w.]+(Error|Exception|Failed)\b", line)), lines[-1])
+
+
+def calls_per_actor(chains: int, seeds_per_bucket: float) -> int:
+    """Buckets an actor runs at once (one per call): twice the seeds its `chains` slots take, so that the
+    slots stay full while a bucket ends and the next call arrives; at least 2."""
+    return max(2, math.ceil(2 * chains / max(seeds_per_bucket, 1.0)))
+
+
+def shuffle_partitions(cfg: EvolveConfig) -> int:
+    """Never fewer blocks out of the shuffle than the pool has actors (a block feeds one task at a time)."""
+    return max(cfg.seeds.dedupe_partitions, cfg.generation.concurrency[1])
+
 
 def failed_bucket_records(batch: pa.Table, out: str) -> pa.Table:
     """Buckets whose worker died on every retry: every row of them is recorded (bad seeds
     quarantined as usual, the others as errors), so that no row is lost and reruns end."""
     written = []
     for bucket, rows in seed_rows(batch):
-        records = [quarantine_record(row) if row["error"] is not None else empty_record(
-            id=row["seed_id"], root_id=row["seed_id"], round=0, op="seed", instruction=row["instruction"],
-            input=row["input"], source=row["source"], line=row["line"], status=ERROR, reason=WORKER_FAILED,
-            detail="the worker evolving this bucket died repeatedly") for row in rows]
+        records = [record for row in rows for record in worker_failed_chain(row)]
         write_bucket(out, bucket, records, train_on_truncated=False)
         written.append({"bucket": bucket, "seeds": len(rows)})
     return pa.Table.from_pylist(written)
 
-def record_failed_buckets(cfg: EvolveConfig, records_dir: str) -> int:
-    """Buckets that were read but have no file (their worker died on every retry): error records."""
+def record_failed_buckets(cfg: EvolveConfig, records_dir: str, stopped: set[int] = frozenset()) -> int:
+    """Buckets that were read but have no file (their worker died on every retry): error records.
+    `stopped`: buckets left unwritten on purpose (their engine was down), for a rerun to do."""
     _, read, _ = read_counts(storage.join(cfg.output.path, READ_COUNTS))
-    failed = read - buckets_in(storage.list_files(records_dir))
+    failed = read - buckets_in(storage.list_files(records_dir)) - stopped
     if not failed:
         return 0
     every = frozenset(range(cfg.output.buckets))

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 from common import storage
 from evol.accounting import accounting, chain_problems
 from evol.config import EvolveConfig
-from evol.output import record_files
+from evol.output import record_files, training_file_check
 from evol.reading import READ_COUNTS, read_counts, unread_files
 from evol.summary import (
     SummaryBuilder,
@@ -32,5 +32,7 @@ def summarize(cfg: EvolveConfig, records_dir: str, wall_seconds: float, per_acto
                                    cfg.cost.price_per_accelerator_hour)
     input_rows, _, counted = read_counts(storage.join(cfg.output.path, READ_COUNTS))
     unread = unread_files(cfg.seeds.path, counted) if cfg.seeds.limit is None else []
-    summary["accounting"] = accounting(input_rows, round0, problems, unread)
+    file_rows, orphans = training_file_check(cfg.output.path)
+    summary["accounting"] = accounting(input_rows, round0, problems, unread,
+                                       training=(summary["training_rows"], file_rows, orphans))
     return summary

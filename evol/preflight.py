@@ -13,10 +13,11 @@ from common.config import UserError
 from common.models import SMALL_MODEL_ALIAS, pin_local_model
 from common.s3 import preflight_s3
 from common.tokenizer import tokenizer_path
-from evol.config import TRUNCATING_BACKENDS, EvolveConfig, prompt_budget_problem
+from evol.config import TRUNCATING_BACKENDS, EvolveConfig, actor_resources, prompt_budget_problem
+from evol.identity import run_identity
 from evol.output import JOB
 from evol.reading import resolve_seed_path
-from evol.resume import config_changes, config_dict
+from evol.resume import INPUTS, config_changes
 from evol.seeds import SUPPORTED_SUFFIXES
 from evol.templates import template_overheads
 from generation import GenerationConfig, check_model_available
@@ -40,8 +41,9 @@ def check_seeds(cfg: EvolveConfig) -> str:
         raise UserError(f"seeds.path: {cfg.seeds.path} is not one of {', '.join(SUPPORTED_SUFFIXES)}")
     return seeds
 
-def check_output(cfg: EvolveConfig) -> None:
-    """A new folder, the same run again (resume), or overwrite of a folder this job made."""
+def check_output(cfg: EvolveConfig, identity: dict) -> None:
+    """A new folder, the same run again (resume), or overwrite of a folder this job made.
+    `identity`: the run as evol.identity.run_identity gives it, compared with the saved one."""
     out = cfg.output.path
     preflight_s3(out, "output.path", write=True)
     if storage.is_nonempty_dir(out):
@@ -52,23 +54,44 @@ def check_output(cfg: EvolveConfig) -> None:
                             "choose another path")
         else:
             saved = yaml.safe_load(storage.read_text(storage.join(out, "config.yaml")))
-            changes = config_changes(saved, config_dict(cfg))
+            changes = config_changes(saved, identity)
+            inputs = [_input_name(key) for key in changes if key.startswith(INPUTS + ".")]
+            if inputs:
+                raise UserError(f"output.path: {out} holds a run made from other inputs (changed since: "
+                                f"{', '.join(inputs)}); choose another output.path, or set output.overwrite=true "
+                                "to start over")
             if changes:
                 raise UserError(f"output.path: {out} holds a run with another config (changed: {', '.join(changes)}); "
                                 "rerun with its config to resume it, or set output.overwrite=true to start over")
     storage.check_writable(out)
 
-def preflight(cfg: EvolveConfig) -> str:
-    """Every check that needs no Ray and no model: fail in a second, not after a model load."""
+def _input_name(key: str) -> str:
+    """`inputs.seeds.a.jsonl` -> `seeds file a.jsonl`; `inputs.generation.x` -> `generation.model file x`."""
+    _, role, name = key.split(".", 2)
+    return f"seeds file {name}" if role == "seeds" else f"{role}.model file {name}"
+
+def check_apart(cfg: EvolveConfig, seeds: str) -> None:
+    """Neither folder inside the other: a rerun would read the output's jsonl files as seeds, or
+    an overwrite would delete the seeds."""
+    seeds_path, out = storage.absolute(seeds).rstrip("/"), storage.absolute(cfg.output.path).rstrip("/")
+    if seeds_path.startswith(out + "/"):
+        raise UserError(f"output.path: {cfg.output.path} contains the seeds; choose another output folder")
+    if storage.is_dir(seeds) and (out + "/").startswith(seeds_path + "/"):
+        raise UserError(f"output.path: {cfg.output.path} is inside the seeds folder {cfg.seeds.path} (a rerun would "
+                        "read its files as seeds); choose an output folder outside it")
+
+def preflight(cfg: EvolveConfig) -> dict:
+    """Every check that needs no Ray and no model: fail in a second, not after a model load. Returns
+    the run's identity (config and input fingerprints) to save in the run folder."""
     seeds = check_seeds(cfg)
     check_model_available(cfg.generation, "generation")
     if cfg.judge is not None:
         check_model_available(cfg.judge, "judge")
     check_prompt_budget(cfg)
-    if storage.absolute(seeds).startswith(storage.absolute(cfg.output.path).rstrip("/") + "/"):
-        raise UserError(f"output.path: {cfg.output.path} contains the seeds; choose another output folder")
-    check_output(cfg)
-    return seeds
+    check_apart(cfg, seeds)
+    identity = run_identity(cfg)
+    check_output(cfg, identity)
+    return identity
 
 def check_room(ray, cfg: EvolveConfig) -> None:
     """On a fixed-size Ray (no autoscaler), a pool that holds every CPU starves the light read and
@@ -76,13 +99,14 @@ def check_room(ray, cfg: EvolveConfig) -> None:
     if os.environ.get("RAY_ADDRESS") or cfg.ray.address:
         return  # a cluster may add nodes
     gen, total = cfg.generation, ray.cluster_resources()
-    need_cpus, need_gpus = gen.concurrency[1] * gen.num_cpus, gen.concurrency[1] * gen.num_gpus
+    cpus, gpus = actor_resources(cfg)
+    need_cpus, need_gpus = gen.concurrency[1] * cpus, gen.concurrency[1] * gpus
     if need_cpus > total.get("CPU", 0) - 0.5:
-        raise UserError(f"generation.concurrency: {gen.concurrency[1]} actors x num_cpus {gen.num_cpus:g} = "
+        raise UserError(f"generation.concurrency: {gen.concurrency[1]} actors x num_cpus {cpus:g} = "
                         f"{need_cpus:g} CPUs leave no room for reading seeds on this {total.get('CPU', 0):g}-CPU Ray; "
                         "lower generation.num_cpus (e.g. 0.5) or the pool size")
     if need_gpus > total.get("GPU", 0):
-        raise UserError(f"generation.concurrency: {gen.concurrency[1]} actors x num_gpus {gen.num_gpus:g} need "
+        raise UserError(f"generation.concurrency: {gen.concurrency[1]} actors x num_gpus {gpus:g} need "
                         f"{need_gpus:g} GPUs; this Ray has {total.get('GPU', 0):g}")
 
 def driver_tokenizer(gen: GenerationConfig):

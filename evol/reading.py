@@ -130,9 +130,10 @@ def seed_rows(batch: pa.Table) -> Iterator[tuple[int, list[dict]]]:
 
 
 def read_seed_buckets(path: str, cfg: SeedsConfig, buckets: int = 256, done: frozenset[int] = frozenset(),
-                      counts_dir: str | None = None):
+                      counts_dir: str | None = None, partitions: int | None = None):
     """Dataset of BUCKET_SCHEMA rows: every input row in its bucket's row, bad rows marked (never
-    dropped); buckets in `done` are left out.
+    dropped); buckets in `done` are left out. `partitions`: of the shuffle by bucket (default
+    seeds.dedupe_partitions).
 
     Without a limit every file is read by a task of its own. With one, a single task reads the
     files in sorted order and stops after `limit` rows: the same rows every run."""
@@ -146,5 +147,5 @@ def read_seed_buckets(path: str, cfg: SeedsConfig, buckets: int = 256, done: fro
         bucketed_seed_files, batch_size=None if cfg.limit is not None else 1, batch_format="pyarrow",
         num_cpus=0.25, fn_kwargs=dict(fields=fields, root=path, piece_bytes=cfg.piece_bytes, limit=cfg.limit,
                                       buckets=buckets, done=done, counts_dir=counts_dir))
-    by_bucket = rows.groupby("bucket", num_partitions=cfg.dedupe_partitions)
+    by_bucket = rows.groupby("bucket", num_partitions=partitions or cfg.dedupe_partitions)
     return by_bucket.map_groups(dedupe_bucket, batch_format="pyarrow", num_cpus=0)

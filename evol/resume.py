@@ -15,13 +15,17 @@ from evol.operations import stable_hash
 
 BUCKET_FILE = re.compile(r"bucket-(\d{5})\.parquet")
 
-# Keys that change how fast the job runs or how its cost is priced, not what it writes: a rerun may
-# change them.
-_GENERATION_EXECUTION = ("concurrency", "rows_per_call", "calls_per_actor", "num_cpus", "num_gpus", "torch_threads",
-                         "batch_size", "batch_wait_ms", "openai.max_in_flight", "openai.timeout_s",
-                         "openai.max_retries", "echo_latency_ms")
+# Keys that change how fast the job runs, where, or how its cost is priced, not what it writes: a rerun
+# may change them (lowering vllm.gpu_memory_utilization after an out-of-memory must not block a resume).
+_GENERATION_EXECUTION = ("concurrency", "max_chains", "rows_per_call", "calls_per_actor", "num_cpus", "num_gpus",
+                         "torch_threads", "batch_size", "batch_wait_ms", "openai.max_in_flight", "openai.timeout_s",
+                         "openai.max_retries", "openai.base_url", "vllm.gpu_memory_utilization", "vllm.max_num_seqs",
+                         "vllm.enforce_eager", "vllm.enable_prefix_caching", "echo_latency_ms", "echo_crash_on",
+                         "echo_crash_at_start", "echo_fail_after")
 EXECUTION_KEYS = ("ray.", "cost.", "output.overwrite", "seeds.dedupe_partitions", "seeds.piece_bytes",
+                  "evolve.retry_errors", "evolve.engine_failure_limit",
                   *(f"{role}.{key}" for role in ("generation", "judge") for key in _GENERATION_EXECUTION))
+INPUTS = "inputs"  # the section of fingerprints a run's saved config holds (evol/identity.py)
 
 
 def bucket_of(seed_id: str, buckets: int) -> int:
@@ -50,7 +54,10 @@ def flatten(config: dict, prefix: str = "") -> dict:
 
 
 def config_changes(before: dict, after: dict) -> list[str]:
-    """Dotted keys whose values differ between two configs, execution-only keys left out."""
+    """Dotted keys whose values differ between two configs, execution-only keys left out. The
+    fingerprints of a run saved before they were recorded are not compared."""
+    if INPUTS not in before:
+        after = {key: value for key, value in after.items() if key != INPUTS}
     old, new = flatten(before), flatten(after)
     changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
     return [key for key in changed if not key.startswith(EXECUTION_KEYS)]

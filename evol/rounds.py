@@ -9,19 +9,29 @@ the generators, so it is tested without Ray.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from evol import elimination as rules
 from evol.config import EvolveSettings
-from evol.operations import choose_operation
-from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED, SEED_OP, candidate_id, empty_record
+from evol.operations import choose_operation, stable_hash
+from evol.records import (ELIMINATED, ERROR, KEPT, QUARANTINED, SEED_OP, SURVIVED, candidate_id,
+                          empty_record)
 from evol.seeds import TOO_MANY_TOKENS
 from evol.templates import equality_prompt, evolve_prompt, user_turn
-from generation.config import SamplingConfig
 from generation.choice import TEXT
-from generation.types import Choice, Generation, GenerationError, Generator, SamplingParams
+from generation.config import SamplingConfig
+from generation.types import (
+    Choice,
+    EngineDown,
+    Generation,
+    GenerationError,
+    Generator,
+    SamplingParams,
+    clean_text,
+)
 
 INTERNAL_ERROR = "internal_error"
+WORKER_FAILED = "worker_failed"
 
 
 @dataclass(frozen=True)
@@ -56,9 +66,10 @@ class Step:
     """One record in the making: the requests it made and what the caller fills in."""
     cost: Cost = field(default_factory=Cost)
 
-    async def ask(self, generator: Generator, prompt: str, sampling: SamplingConfig) -> Generation:
+    async def ask(self, generator: Generator, prompt: str, sampling: SamplingConfig, seed: int) -> Generation:
         self.cost.requests += 1
-        gen = await generator.generate(prompt, SamplingParams.from_config(sampling))
+        gen = await generator.generate(prompt, SamplingParams.from_config(sampling, seed))
+        gen = replace(gen, text=clean_text(gen.text))
         self.cost.prompt_tokens += gen.prompt_tokens
         self.cost.generated_tokens += gen.completion_tokens
         self.cost.seconds += gen.engine_seconds
@@ -66,23 +77,32 @@ class Step:
 
 
     async def choose(self, generator: Generator, prompt: str, options: tuple[str, ...],
-                     sampling: SamplingConfig) -> Choice:
+                     sampling: SamplingConfig, seed: int) -> Choice:
         self.cost.requests += 1
-        choice = await generator.choose(prompt, list(options), SamplingParams.from_config(sampling))
+        choice = await generator.choose(prompt, list(options), SamplingParams.from_config(sampling, seed))
+        choice = replace(choice, text=clean_text(choice.text)) if choice.text is not None else choice
         self.cost.prompt_tokens += choice.prompt_tokens
         self.cost.generated_tokens += choice.completion_tokens
         self.cost.seconds += choice.engine_seconds
         return choice
 
 
-async def check_equality(step: Step, judge: Generator, parent: str, candidate: str, settings: EvolveSettings) -> dict:
+def request_seed(settings: EvolveSettings, record_id: str, kind: str) -> int:
+    """The sampling seed of one request (kind: respond, evolve or judge), from the run's seed and the
+    record it makes: a redone chain asks with the same seeds, so an engine that honours them
+    (vLLM, an OpenAI endpoint) draws the same samples."""
+    return stable_hash(settings.seed, record_id, kind) & 0x7FFFFFFF
+
+
+async def check_equality(step: Step, judge: Generator, parent: str, candidate: str, settings: EvolveSettings,
+                         seed: int) -> dict:
     """Rule 1's record columns: a constrained answer where the judge offers one (generation/choice.py),
     else (or with evolve.equality_check=text) the strict parse of its free text."""
     prompt = equality_prompt(parent, candidate)
     if settings.equality_check == "constrained" and hasattr(judge, "choose"):
-        choice = await step.choose(judge, prompt, rules.EQUALITY_OPTIONS, settings.judge_sampling)
+        choice = await step.choose(judge, prompt, rules.EQUALITY_OPTIONS, settings.judge_sampling, seed)
     else:
-        gen = await step.ask(judge, prompt, settings.judge_sampling)
+        gen = await step.ask(judge, prompt, settings.judge_sampling, seed)
         choice = Choice(None, TEXT, None, gen.text, gen.prompt_tokens, gen.completion_tokens, gen.finished)
     return dict(equality=rules.equality_verdict(choice.option, choice.text, choice.finished),
                 equality_method=choice.method, equality_margin=choice.margin, equality_answer=choice.text)
@@ -95,13 +115,34 @@ def error_columns(exc: Exception) -> dict:
     return dict(status=ERROR, reason=INTERNAL_ERROR, detail=f"{type(exc).__name__}: {exc}"[:500])
 
 
+def quarantine_id(row: dict) -> str:
+    return f"quarantined:{row['source']}:{row['line']}"
+
+
 def quarantine_record(row: dict) -> dict:
     """A bad seed row is a lineage of its own: a duplicate must not join the winning seed's."""
-    record_id = f"quarantined:{row['source']}:{row['line']}"
+    record_id = quarantine_id(row)
     return empty_record(
         id=record_id, root_id=record_id, round=0, op=SEED_OP,
         instruction=row["instruction"], input=row["input"], status=QUARANTINED, reason=row["error"],
         detail=row["detail"], source=row["source"], line=row["line"], raw=row["raw"])
+
+
+def worker_failed_chain(row: dict, earlier: list[dict] = (), settings: EvolveSettings | None = None) -> list[dict]:
+    """A chain whose worker died on every try: its finished rounds (from `earlier`), then an error record
+    (a bad seed is quarantined as usual), so that no row is lost and a rerun retries it."""
+    failed = dict(status=ERROR, reason=WORKER_FAILED, detail="the worker evolving this bucket died repeatedly")
+    if row["error"] is not None:
+        return [quarantine_record(row)]
+    done = finished_part(earlier)
+    if not done:
+        return [empty_record(id=row["seed_id"], root_id=row["seed_id"], round=0, op=SEED_OP,
+                             instruction=row["instruction"], input=row["input"], source=row["source"],
+                             line=row["line"], **failed)]
+    item, round_index = pool_item(done), len(done)
+    op = choose_operation(settings.seed, item.id, round_index, settings.operations)
+    return done + [empty_record(id=candidate_id(item.id, round_index, op), root_id=item.root_id, parent_id=item.id,
+                                round=round_index, op=op, **failed)]
 
 
 async def start_chain(row: dict, roles: Roles, settings: EvolveSettings,
@@ -126,7 +167,10 @@ async def start_chain(row: dict, roles: Roles, settings: EvolveSettings,
                               response_tokens=roles.writer.count_tokens([row["response"]])[0], **step.cost.columns())
         return record, PoolItem(row["seed_id"], row["seed_id"], text)
     try:
-        gen = await step.ask(roles.writer, text, settings.respond_sampling)
+        gen = await step.ask(roles.writer, text, settings.respond_sampling,
+                             request_seed(settings, row["seed_id"], "respond"))
+    except EngineDown:
+        raise
     except Exception as exc:
         return empty_record(**seed, **error_columns(exc), model=roles.writer.model_name, **step.cost.columns()), None
     record = empty_record(**seed, response=gen.text, status=KEPT, response_tokens=gen.completion_tokens,
@@ -140,22 +184,26 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles,
     """One candidate of one round: rewrite, cheap text rules, answer, answer rules, equality check.
     Returns its record and the next pool item (the candidate if kept, else the parent; None on error)."""
     op = choose_operation(settings.seed, item.id, round_index, settings.operations)
+    new_id = candidate_id(item.id, round_index, op)
     step, found = Step(), dict(instruction=None, response=None, equality=rules.SKIPPED)
     try:
-        gen = await step.ask(roles.writer, evolve_prompt(op, item.text), settings.evolve_sampling)
+        gen = await step.ask(roles.writer, evolve_prompt(op, item.text), settings.evolve_sampling,
+                             request_seed(settings, new_id, "evolve"))
         found["instruction"] = text = rules.clean_evolved_instruction(gen.text)
         reason = rules.reason_before_response(item.text, text, truncated=not gen.finished)
         if reason is None:
-            gen = await step.ask(roles.writer, text, settings.respond_sampling)
+            gen = await step.ask(roles.writer, text, settings.respond_sampling, request_seed(settings, new_id, "respond"))
             found.update(response=gen.text, response_tokens=gen.completion_tokens, response_truncated=not gen.finished)
             reason = rules.reason_after_response(gen.text)
         if reason is None:
-            found.update(await check_equality(step, roles.judge, item.text, text, settings))
+            found.update(await check_equality(step, roles.judge, item.text, text, settings,
+                                              request_seed(settings, new_id, "judge")))
             reason = rules.reason_after_equality(found["equality"])
         outcome = dict(status=KEPT if reason is None else ELIMINATED, reason=reason)
+    except EngineDown:
+        raise
     except Exception as exc:
         outcome = error_columns(exc)
-    new_id = candidate_id(item.id, round_index, op)
     tokens = roles.writer.count_tokens([found["instruction"]])[0] if found["instruction"] is not None else None
     record = empty_record(id=new_id, root_id=item.root_id, parent_id=item.id, round=round_index, op=op,
                           instruction_tokens=tokens, model=roles.writer.model_name, **found, **outcome,
@@ -165,21 +213,66 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles,
     return record, (PoolItem(new_id, item.root_id, found["instruction"]) if outcome["status"] == KEPT else item)
 
 
-async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instruction_tokens: int) -> list[dict]:
-    """Every record of one seed row, round 0 to M; a chain that hits an error stops there."""
-    try:
-        record, item = await start_chain(row, roles, settings, max_instruction_tokens)
-    except Exception as exc:  # e.g. a tokenizer that fails on this row: the row is still accounted for
-        return [empty_record(id=row["seed_id"], root_id=row["seed_id"], round=0, op=SEED_OP,
-                             instruction=row["instruction"], source=row["source"], line=row["line"],
-                             **error_columns(exc))]
-    records = [record]
-    for round_index in range(1, settings.rounds + 1):
+async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instruction_tokens: int,
+                    earlier: list[dict] = ()) -> list[dict]:
+    """Every record of one seed row, round 0 to M; a chain that hits an error stops there. Raises
+    EngineDown when the engine is down (nothing of the chain is to be recorded then).
+
+    `earlier`: this seed's records from an earlier attempt that ended in an error: the records of its
+    finished rounds are kept as they are and the chain goes on from the last good one."""
+    records = finished_part(earlier)
+    if records:
+        item = pool_item(records)
+    else:
+        try:
+            record, item = await start_chain(row, roles, settings, max_instruction_tokens)
+        except EngineDown:
+            raise
+        except Exception as exc:  # e.g. a tokenizer that fails on this row: the row is still accounted for
+            return [empty_record(id=row["seed_id"], root_id=row["seed_id"], round=0, op=SEED_OP,
+                                 instruction=row["instruction"], source=row["source"], line=row["line"],
+                                 **error_columns(exc))]
+        records = [record]
+    for round_index in range(len(records), settings.rounds + 1):
         if item is None:
             break
         record, item = await evolve_once(item, round_index, roles, settings)
         records.append(record)
     return records
+
+
+def finished_part(chain: list[dict]) -> list[dict]:
+    """A chain's records up to its first error (a chain is one record per round, 0 to k); [] when
+    round 0 itself failed."""
+    ordered = sorted(chain, key=lambda r: r["round"])
+    end = next((i for i, r in enumerate(ordered) if r["status"] == ERROR), len(ordered))
+    return ordered[:end]
+
+
+def pool_item(records: list[dict]) -> PoolItem:
+    """What the next round evolves: the chain's last kept record (a failed candidate sent its parent back);
+    one the finish stage marked duplicate or contaminated was kept by the rules all the same."""
+    last = next(r for r in reversed(records) if r["status"] in SURVIVED)
+    text = user_turn(last["instruction"], last["input"]) if last["round"] == 0 else last["instruction"]
+    return PoolItem(last["id"], last["root_id"], text)
+
+
+def chains_by_root(records: list[dict]) -> dict[str, list[dict]]:
+    chains: dict[str, list[dict]] = {}
+    for record in records:
+        chains.setdefault(record["root_id"], []).append(record)
+    return chains
+
+
+def chain_of(row: dict, chains: dict[str, list[dict]]) -> list[dict]:
+    """A seed row's records among `chains_by_root` ones (a seed found too long was quarantined)."""
+    key = row["seed_id"] if row["error"] is None else quarantine_id(row)
+    return chains.get(key) or chains.get(quarantine_id(row), [])
+
+
+def is_complete(chain: list[dict], retry_errors: bool) -> bool:
+    """A written chain needs no more work, unless it ended in an error that is to be retried."""
+    return bool(chain) and (not retry_errors or all(r["status"] != ERROR for r in chain))
 
 
 async def evolve_rows(rows: list[dict], roles: Roles, settings: EvolveSettings,

@@ -13,74 +13,79 @@ import yaml
 
 from common import storage
 from common.config import UserError
-from common.models import pin_local_model
 from common.ray_setup import init_ray
 from evol.accounting import accounting_error
 from evol.card import render_card
 from evol.config import EvolveConfig
 from evol.curation import curate, evaluation_sets
-from evol.dataflow import evolve_buckets, record_failed_buckets
+from evol.dataflow import RunStopped, evolve_buckets, record_failed_buckets
 from evol.finish import summarize
-from evol.output import JOB, record_files
+from evol.identity import with_absolute_paths
+from evol.inflight import InFlight
+from evol.output import JOB, buckets_with_errors, record_files
 from evol.preflight import check_room, preflight
-from evol.reading import resolve_seed_path
-from evol.resume import buckets_in, config_dict
+from evol.resume import INPUTS, buckets_in
 from evol.summary import format_summary
-from generation import GenerationConfig
 
 
-def with_absolute_paths(cfg: EvolveConfig) -> EvolveConfig:
-    """Ray workers run in folders of their own: local paths must not be relative to the driver's."""
-    return cfg.model_copy(update={
-        "seeds": cfg.seeds.model_copy(update={"path": storage.absolute(resolve_seed_path(cfg.seeds.path))}),
-        "output": cfg.output.model_copy(update={"path": storage.absolute(cfg.output.path)}),
-        "generation": _pinned(cfg.generation),
-        "judge": _pinned(cfg.judge) if cfg.judge is not None else None,
-    })
-
-def _pinned(gen: GenerationConfig) -> GenerationConfig:
-    return gen.model_copy(update={"model": pin_local_model(gen.model)})
-
-def start_run(cfg: EvolveConfig) -> frozenset[int]:
-    """Mark the folder as this job's and save the config (a rerun compares against it); the
+def start_run(cfg: EvolveConfig, identity: dict) -> frozenset[int]:
+    """Mark the folder as this job's and save the run's identity (a rerun compares against it); the
     finished buckets of an earlier run of the same config are what this run skips."""
     out = cfg.output.path
     if storage.owner(out) != JOB:
         storage.mark_owned(out, JOB)
     config_path = storage.join(out, "config.yaml")
-    if not storage.exists(config_path):
-        storage.write_text(config_path, yaml.safe_dump(config_dict(cfg), sort_keys=False))
-    done = frozenset(buckets_in(storage.list_files(storage.join(out, "records"))))
-    if done:
-        print(f"[evolve] resuming {out}: {len(done)} bucket(s) already written are skipped", flush=True)
-    return done
+    if not storage.exists(config_path) or INPUTS not in yaml.safe_load(storage.read_text(config_path)):
+        storage.write_text(config_path, yaml.safe_dump(identity, sort_keys=False))
+    InFlight(out).clear()  # markers of a run that was killed
+    records_dir = storage.join(out, "records")
+    written = buckets_in(storage.list_files(records_dir))
+    retried = buckets_with_errors(records_dir) if written and cfg.evolve.retry_errors else set()
+    if written:
+        print(f"[evolve] resuming {out}: {len(written - retried)} bucket(s) already written are skipped"
+              + (f"; the error chains of {len(retried)} bucket(s) are retried" if retried else ""), flush=True)
+    return frozenset(written - retried)
 
 def run_evolve(cfg: EvolveConfig) -> dict:
-    preflight(cfg)
+    identity = preflight(cfg)
     sets = evaluation_sets(cfg)  # the evaluation sets the training rows are checked against, read before any work
     given, cfg = cfg, with_absolute_paths(cfg)
     ray = init_ray(cfg.ray)
     check_room(ray, cfg)
     ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed bucket is recorded, not fatal
     started = time.time()
-    done = start_run(cfg)
-    per_actor = evolve_buckets(ray, cfg, done)
+    pool = evolve_buckets(ray, cfg, start_run(cfg, identity))
+    InFlight(cfg.output.path).clear()
     records_dir = storage.join(cfg.output.path, "records")
-    record_failed_buckets(cfg, records_dir)
+    record_failed_buckets(cfg, records_dir, pool.stopped)
+    if pool.stopped:
+        raise RunStopped(f"{pool.cause}; {len(pool.stopped)} bucket(s) are left unwritten: rerun the same command "
+                         "to do them once the engine works")
     if not record_files(records_dir):
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
     finish = curate(ray, cfg, records_dir, sets)  # contamination and near-duplicates over the whole output
-    summary = summarize(cfg, records_dir, time.time() - started, per_actor)
+    summary = summarize(cfg, records_dir, time.time() - started, pool.per_actor)
     summary.update(dedupe=finish.pop("dedupe"), decontamination=finish.pop("decontamination"), finish_stage=finish)
-    summary["seeds_per_actor"] = per_actor
+    summary["seeds_per_actor"] = pool.per_actor
+    summary["actors"] = {actor: {"seeds": n, **pool.gauges.get(actor, {})} for actor, n in pool.per_actor.items()}
     summary["output"] = cfg.output.path
     storage.write_json(storage.join(cfg.output.path, "summary.json"), summary)
     storage.write_text(storage.join(cfg.output.path, "README.md"), render_card(summary, given))  # the user's paths
-    print(format_summary(summary))
-    print(f"records: {records_dir}/bucket-*.parquet")
-    print(f"training set: {storage.join(cfg.output.path, 'training')}/{{parquet,jsonl}}/")
-    print(f"dataset card: {storage.join(cfg.output.path, 'README.md')}")
+    print(report(summary, cfg))
     problem = accounting_error(summary["accounting"])
     if problem:
         raise RuntimeError(problem)
     return summary
+
+def report(summary: dict, cfg: EvolveConfig) -> str:
+    """The summary, each actor's gauges (is the engine kept full?) and where the outputs are."""
+    out = cfg.output.path
+    lines = [format_summary(summary)]
+    for actor, gauges in summary["actors"].items():
+        lines.append(f"actor {actor}: {gauges['seeds']} seeds, {gauges.get('mean_chains_in_flight', 0):.1f} chains "
+                     f"in flight on average while fed (max_chains {cfg.generation.chains_in_flight()}), engine busy "
+                     f"{100 * gauges.get('engine_busy_share', 0):.0f}% of the time")
+    lines += [f"records: {storage.join(out, 'records')}/bucket-*.parquet",
+              f"training set: {storage.join(out, 'training')}/{{parquet,jsonl}}/",
+              f"dataset card: {storage.join(out, 'README.md')}"]
+    return "\n".join(lines)

@@ -23,6 +23,9 @@ class VllmConfig(StrictModel):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     max_num_seqs: int | None = Field(None, ge=1, description="sequences batched at once; None: vLLM's default")
     enforce_eager: bool = Field(False, description="skip graph capture/compilation (faster start)")
+    enable_prefix_caching: bool | None = Field(None, description="reuse the KV cache of shared prompt prefixes (the "
+                                                                 "evolve templates share long ones); None: vLLM's "
+                                                                 "default")
     extra: dict[str, Any] = Field(default_factory=dict, description="more AsyncEngineArgs, passed through as is")
 
 
@@ -54,9 +57,12 @@ class GenerationConfig(StrictModel):
                             "raw: the prompt is already formatted")
     batch_size: int = Field(8, ge=1, description="hf: most prompts per batched generate()")
     batch_wait_ms: float = Field(5.0, ge=0.0, description="hf: how long a batch waits for more requests")
-    rows_per_call: int = Field(8, ge=1, description="input rows handed to an actor per call")
-    calls_per_actor: int = Field(2, ge=1, description="calls in flight per actor; chains in flight per actor "
-                                                      "= rows_per_call x calls_per_actor")
+    max_chains: int | None = Field(
+        None, ge=1, description="evolve: seed chains in flight per actor (each asks one request at a time), kept "
+                                "full whenever that many are waiting; None: what fills the engine (hf 2 x batch_size, "
+                                "vllm vllm.max_num_seqs or 256, openai openai.max_in_flight, echo 16)")
+    rows_per_call: int = Field(8, ge=1, description="evaluate: input rows handed to an actor per call")
+    calls_per_actor: int = Field(2, ge=1, description="evaluate: calls in flight per actor")
     concurrency: tuple[int, int] = Field((1, 1), description="[min, max] actors of the autoscaled pool")
     num_cpus: float = Field(1.0, ge=0.0, description="CPUs reserved per actor")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs reserved per actor (vllm: = tensor_parallel_size)")
@@ -67,8 +73,22 @@ class GenerationConfig(StrictModel):
                                                             "slow engine)")
     echo_crash_on: str | None = Field(None, description="echo: fault injection for tests; the process dies when "
                                                         "a prompt contains this text")
+    echo_crash_at_start: bool = Field(False, description="echo: fault injection for tests; the process dies while "
+                                                         "the engine starts (as when loading runs out of memory)")
+    echo_fail_after: int | None = Field(None, ge=0, description="echo: fault injection for tests; every request "
+                                                                "after the first N of an engine raises (a dead engine)")
     vllm: VllmConfig = VllmConfig()
     openai: OpenAIConfig = OpenAIConfig()
+
+    def chains_in_flight(self) -> int:
+        """`max_chains`, or the default that keeps this engine full."""
+        if self.max_chains is not None:
+            return self.max_chains
+        if self.backend == "hf":
+            return 2 * self.batch_size  # one batch generating, the next one waiting
+        if self.backend == "vllm":
+            return self.vllm.max_num_seqs or 256
+        return self.openai.max_in_flight if self.backend == "openai" else 16
 
     @model_validator(mode="after")
     def _check(self):

@@ -2,11 +2,13 @@
 
 Callers await one request each; a batcher task takes what is queued (up to `batch_size`
 requests of the same sampling, after a short wait for more) and runs one left-padded
-`generate()` in a worker thread, so the event loop keeps taking requests meanwhile.
+`generate()` in a worker thread (templating and tokenising there too), so the event loop keeps
+taking requests meanwhile.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,9 +60,8 @@ class HFGenerator:
         if self._batcher is None:
             self._wakeup = asyncio.Event()
             self._batcher = loop.create_task(self._run_batches())
-        ids = self.prompt_ids(prompt)  # here, so that a prompt that cannot be tokenised fails alone
         future = loop.create_future()
-        self._pending.append((ids, sampling, future))
+        self._pending.append((prompt, sampling, future))
         self._wakeup.set()
         return await future
 
@@ -96,16 +97,28 @@ class HFGenerator:
                 continue
             batch = self._take_batch()
             try:
-                results = await loop.run_in_executor(self._worker, self._generate_batch,
+                results = await loop.run_in_executor(self._worker, self._serve,
                                                      [p for p, _, _ in batch], [s for _, s, _ in batch])
             except Exception as exc:  # the engine itself failed: every request of the batch learns why
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, _, future), gen in zip(batch, results):
+                results = [exc] * len(batch)
+            for (_, _, future), result in zip(batch, results):
                 if not future.done():
-                    future.set_result(gen)
+                    (future.set_exception if isinstance(result, Exception) else future.set_result)(result)
+
+    def _serve(self, prompts: list[str], samplings: list[SamplingParams]) -> list:
+        """In the worker thread, off the event loop: each prompt templated and tokenised (one that cannot
+        be fails alone, as its exception), then one generate() for the rest."""
+        ids = []
+        for prompt in prompts:
+            try:
+                ids.append(self.prompt_ids(prompt))
+            except Exception as exc:
+                ids.append(exc)
+        ready = [i for i, item in enumerate(ids) if not isinstance(item, Exception)]
+        if ready:
+            for i, gen in zip(ready, self._generate_batch([ids[i] for i in ready], [samplings[i] for i in ready])):
+                ids[i] = gen
+        return ids
 
     def _generate_batch(self, prompts: list[list[int]], samplings: list[SamplingParams]) -> list[Generation]:
         """One left-padded generate() for prompts of one temperature/top_p, up to the largest max_tokens."""
@@ -113,6 +126,10 @@ class HFGenerator:
         enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         greedy = sampling.temperature == 0
+        if not greedy and all(s.seed is not None for s in samplings):
+            # One random stream per batch: the same requests batched together draw the same samples
+            # (always at batch_size 1); per-request streams are not possible inside one generate().
+            torch.manual_seed(batch_seed([s.seed for s in samplings]))
         limits = [s.max_tokens for s in samplings]
         stop = [OwnLimits(enc["input_ids"].shape[1], limits, self.device)] if len(set(limits)) > 1 else None
         with torch.inference_mode():
@@ -209,6 +226,11 @@ class OwnLimits:
 
     def __call__(self, input_ids, scores, **kwargs):
         return (input_ids.shape[1] - self.prompt_length) >= self.limits
+
+
+def batch_seed(seeds: list[int]) -> int:
+    """One seed for a batch of requests' seeds, the same in every process."""
+    return int.from_bytes(hashlib.sha256(",".join(map(str, seeds)).encode()).digest()[:8], "big")
 
 
 def _kind(sampling: SamplingParams) -> tuple:

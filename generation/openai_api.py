@@ -92,6 +92,8 @@ class OpenAIGenerator:
         plain/raw prompt formats (the prompt is already the text the model continues)."""
         common = dict(model=self.cfg.model, temperature=sampling.temperature, top_p=sampling.top_p,
                       max_tokens=sampling.max_tokens)
+        if sampling.seed is not None:
+            common["seed"] = sampling.seed  # honoured by vLLM servers; best effort on OpenAI's own
         if self.cfg.prompt_format == "chat":
             response = await self.client.chat.completions.create(
                 messages=[{"role": "user", "content": prompt}], **common)

@@ -7,6 +7,8 @@ Only the chat template's own markers are special tokens.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from generation.types import GenerationError
 
 PLAIN_TEMPLATE = "{prompt}\n\n### Response:"
@@ -25,8 +27,54 @@ def render_prompt(prompt: str, prompt_format: str, tokenizer=None) -> str:
     return PLAIN_TEMPLATE.format(prompt=prompt)
 
 
+# Checks that a template puts the user's text in as it is (no trim, no escaping): then the template is
+# rendered once and every prompt is the same two pieces around the text.
+VERBATIM_PROBE = " \n\tprobe {{ x }} {% raw %} <b> & 'quoted' \"text\" \n "
+
+
+@dataclass(frozen=True)
+class Frame:
+    """What does not change between prompts of one tokenizer and format, worked out once: the special-
+    token texts, and the template's text before and after the user's text (None when the template
+    changes the text: then each prompt is rendered)."""
+    specials: frozenset[str]
+    before: str | None
+    after: str | None
+    before_ids: tuple[int, ...] = ()
+    after_ids: tuple[int, ...] = ()
+
+    def render(self, prompt: str, prompt_format: str, tokenizer) -> str:
+        if self.before is None:
+            return render_prompt(prompt, prompt_format, tokenizer)
+        return self.before + prompt + self.after
+
+
+_FRAMES: dict[tuple[int, str], tuple[object, Frame]] = {}  # by id(tokenizer): the tokenizer is kept alive
+
+
+def frame_of(tokenizer, prompt_format: str) -> Frame:
+    key = (id(tokenizer), prompt_format)
+    if key not in _FRAMES:
+        specials = frozenset(_special_token_texts(tokenizer))
+        frame = render_prompt(USER_SLOT, prompt_format, tokenizer)
+        verbatim = frame.count(USER_SLOT) == 1 and (
+            frame.replace(USER_SLOT, VERBATIM_PROBE) == render_prompt(VERBATIM_PROBE, prompt_format, tokenizer))
+        if verbatim:
+            before, after = frame.split(USER_SLOT)
+            value = Frame(specials, before, after, tuple(_frame_ids(tokenizer, before)),
+                          tuple(_frame_ids(tokenizer, after)))
+        else:
+            value = Frame(specials, None, None)
+        _FRAMES[key] = (tokenizer, value)
+    return _FRAMES[key][1]
+
+
 def special_token_texts(tokenizer) -> set[str]:
-    """Every text the tokenizer turns into a special token wherever it appears."""
+    """Every text the tokenizer turns into a special token wherever it appears (worked out once)."""
+    return set(frame_of(tokenizer, "plain").specials)
+
+
+def _special_token_texts(tokenizer) -> set[str]:
     added = getattr(tokenizer, "added_tokens_decoder", {})
     return {token.content for token in added.values() if token.special} | set(tokenizer.all_special_tokens)
 
@@ -46,9 +94,14 @@ def prompt_token_ids(prompt: str, prompt_format: str, tokenizer) -> list[int]:
     markers as special tokens, and the user's text in between as plain text. `raw` prompts are
     formatted by the caller and tokenised as given.
     """
-    text = render_prompt(prompt, prompt_format, tokenizer)
-    if prompt_format == "raw" or not any(special in prompt for special in special_token_texts(tokenizer)):
+    if prompt_format == "raw":
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    pieces = frame_of(tokenizer, prompt_format)
+    text = pieces.render(prompt, prompt_format, tokenizer)
+    if not any(special in prompt for special in pieces.specials):
         return tokenizer(text, add_special_tokens=False)["input_ids"]
+    if pieces.before is not None:
+        return [*pieces.before_ids, *text_token_ids(tokenizer, [prompt])[0], *pieces.after_ids]
     frame = render_prompt(USER_SLOT, prompt_format, tokenizer)
     # A template may trim the message (`content | trim`): then the trimmed text is what it holds.
     shown = next((p for p in (prompt, prompt.strip()) if frame.count(USER_SLOT) == 1

@@ -17,10 +17,11 @@ class SamplingParams:
     temperature: float
     top_p: float
     max_tokens: int
+    seed: int | None = None  # this request's sampling seed: redone work draws the same where the engine allows
 
     @classmethod
-    def from_config(cls, cfg: SamplingConfig) -> "SamplingParams":
-        return cls(cfg.temperature, cfg.top_p, cfg.max_tokens)
+    def from_config(cls, cfg: SamplingConfig, seed: int | None = None) -> "SamplingParams":
+        return cls(cfg.temperature, cfg.top_p, cfg.max_tokens, seed)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class Generation:
     engine_seconds: float = 0.0  # this request's share of the engine's busy time (see BusyClock)
 
 
+def clean_text(text: str) -> str:
+    """Text every writer can encode: a surrogate pair (as a JSON body may escape it) becomes its
+    character, a lone surrogate U+FFFD. A server's odd bytes must not fail a whole bucket's write."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 class GenerationError(Exception):
     """A request that failed for good, after the backend's own retries: the caller records it
     (status `error` with `reason`) and goes on; it never fails the job."""
@@ -40,6 +47,11 @@ class GenerationError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class EngineDown(Exception):
+    """The engine (or endpoint) itself is down, not this request's fault: the caller must not record
+    it as the seed's error, but stop and leave the work for a rerun."""
 
 
 class Secret:
@@ -84,6 +96,7 @@ class BusyClock:
 
     def __init__(self):
         self.in_flight = 0
+        self.busy = 0.0  # seconds with at least one request in flight
         self._last = time.perf_counter()
         self._share = 0.0  # seconds accumulated per in-flight request since the clock started
 
@@ -91,6 +104,7 @@ class BusyClock:
         now = time.perf_counter()
         if self.in_flight:
             self._share += (now - self._last) / self.in_flight
+            self.busy += now - self._last
         self._last = now
         return self._share
 

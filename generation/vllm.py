@@ -28,6 +28,8 @@ def engine_kwargs(cfg: GenerationConfig, model_path: str, cuda: bool) -> dict:
         kwargs["max_model_len"] = opts.max_model_len
     if opts.max_num_seqs is not None:
         kwargs["max_num_seqs"] = opts.max_num_seqs
+    if opts.enable_prefix_caching is not None:
+        kwargs["enable_prefix_caching"] = opts.enable_prefix_caching
     return kwargs | dict(opts.extra)
 
 
@@ -60,8 +62,8 @@ class VllmGenerator:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        ids = self.prompt_ids(prompt)
-        params = VllmSampling(temperature=sampling.temperature, top_p=sampling.top_p,
+        ids = await asyncio.to_thread(self.prompt_ids, prompt)  # off the loop that serves the engine's outputs
+        params = VllmSampling(temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
                               max_tokens=sampling.max_tokens, output_kind=RequestOutputKind.FINAL_ONLY)
         final = None
         async for output in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,

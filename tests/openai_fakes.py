@@ -4,6 +4,8 @@ Behaviour is chosen by a marker word in the user's message of an *answer* reques
 equality requests always succeed): RATE -> 429 twice, then an answer; BROKEN -> 500 always;
 SLOW -> answers after `slow_seconds`; GARBLED -> 200 with a body that is not JSON;
 AUTH -> 401 whose message echoes the Authorization header (as real servers do with keys).
+`outage`: a test may set a predicate on the prompt; while it holds, the request gets a 503 (an endpoint
+that is down for a while, then recovers).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class FlakyOpenAIServer:
         self.hits: Counter = Counter()  # (marker, prompt) -> requests received
         self.authorization: set[str] = set()
         self.slow_seconds = slow_seconds
+        self.outage = None  # a predicate on the prompt: True -> 503
         self.lock = threading.Lock()
         server = self
 
@@ -43,6 +46,8 @@ class FlakyOpenAIServer:
     def handle(self, request, body: dict) -> None:
         prompt = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
         self.authorization.add(request.headers.get("Authorization", ""))
+        if self.outage is not None and self.outage(prompt):
+            return send_json(request, 503, {"error": {"message": "service unavailable", "type": "server_error"}})
         marker = next((m for m in ("RATE", "BROKEN", "SLOW", "GARBLED", "AUTH") if m in prompt), None)
         if ORIGINAL_MARKER in prompt or "First instruction:" in prompt:
             marker = None

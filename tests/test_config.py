@@ -97,3 +97,41 @@ def test_config_is_frozen():
     cfg = load_config(EvolveConfig, "configs/local.yaml")
     with pytest.raises(Exception):
         cfg.evolve.rounds = 9
+
+
+def test_a_local_judge_reserves_its_own_resources_or_is_refused_on_the_writers_gpu():
+    from evol.config import actor_resources
+
+    cpu_judge = load_config(EvolveConfig, None, ["judge.backend=hf", "judge.device=cpu", "judge.num_cpus=2",
+                                                 "generation.num_cpus=4", "generation.num_gpus=1",
+                                                 "generation.backend=vllm"])
+    assert actor_resources(cpu_judge) == (6.0, 1.0)  # the actor's reservation covers writer + judge
+    api_judge = load_config(EvolveConfig, None, ["judge.backend=openai", "judge.model=gpt-4o", "judge.num_cpus=2",
+                                                 "generation.num_gpus=1", "generation.backend=vllm"])
+    assert actor_resources(api_judge) == (1.0, 1.0)  # a remote judge runs no engine in the actor
+    with pytest.raises(ConfigError) as error:
+        load_config(EvolveConfig, None, ["judge.backend=vllm", "judge.num_gpus=1", "generation.backend=vllm",
+                                         "generation.num_gpus=1"])
+    assert str(error.value) == (
+        "config error: judge.device: a local judge runs in the writer's actor, whose GPUs the writer uses; set "
+        "judge.device=cpu and judge.num_gpus=0, or use an openai judge (e.g. a vLLM server)")
+    with pytest.raises(ConfigError, match="generation.device: the writer runs in the actor of a local judge on GPUs"):
+        load_config(EvolveConfig, None, ["generation.backend=hf", "judge.backend=hf", "judge.num_gpus=1"])
+
+
+def test_the_shuffle_never_has_fewer_partitions_than_the_pool_has_actors():
+    from evol.dataflow import shuffle_partitions
+
+    assert shuffle_partitions(load_config(EvolveConfig, None, ["generation.concurrency=[1,16]"])) == 16
+    assert shuffle_partitions(load_config(EvolveConfig, None, ["generation.concurrency=[1,4]"])) == 8
+
+
+def test_evolve_names_chains_in_flight_once():
+    with pytest.raises(ConfigError) as error:
+        load_config(EvolveConfig, None, ["generation.rows_per_call=8"])
+    assert str(error.value) == ("config error: generation.rows_per_call is not used by evolve; set "
+                                "generation.max_chains (seed chains in flight per actor) instead")
+    defaults = {backend: load_config(EvolveConfig, None, [f"generation.backend={backend}", "generation.model=m"])
+                .generation.chains_in_flight() for backend in ("hf", "vllm", "openai", "echo")}
+    assert defaults == {"hf": 16, "vllm": 256, "openai": 32, "echo": 16}
+    assert load_config(EvolveConfig, "configs/evolve_cluster.yaml").generation.chains_in_flight() == 256

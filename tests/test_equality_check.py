@@ -64,7 +64,7 @@ def test_the_free_text_path_and_the_summary_count_verdicts_per_method():
             from generation.types import Generation
             return Generation("They are not equal.", 10, 5, True)
 
-    columns = asyncio.run(check_equality(Step(), TextOnly(), *PAIRS["rewrite"], EvolveSettings()))
+    columns = asyncio.run(check_equality(Step(), TextOnly(), *PAIRS["rewrite"], EvolveSettings(), seed=0))
     assert columns == {"equality": rules.NOT_EQUAL, "equality_method": TEXT, "equality_margin": None,
                        "equality_answer": "They are not equal."}
     builder = SummaryBuilder()
@@ -143,7 +143,7 @@ def test_vllm_constrained_check_on_the_small_model_scores_as_hf_does(hf_small_mo
 def _judge_pairs(judge) -> dict[str, tuple[str, str, float | None]]:
     """Each pair through the evolve job's own check; the summary of their records has no unparsed answer."""
     async def run():
-        return await asyncio.gather(*(check_equality(Step(), judge, *pair, EvolveSettings()) for pair in PAIRS.values()))
+        return await asyncio.gather(*(check_equality(Step(), judge, *pair, EvolveSettings(), seed=0) for pair in PAIRS.values()))
 
     columns = asyncio.run(run())
     builder = SummaryBuilder()

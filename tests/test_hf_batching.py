@@ -50,3 +50,18 @@ def test_a_row_of_a_mixed_batch_is_done_at_its_own_limit():
     assert stop(torch.zeros(2, 4 + 4, dtype=torch.long), None).tolist() == [False, False]
     assert stop(torch.zeros(2, 4 + 5, dtype=torch.long), None).tolist() == [True, False]
     assert stop(torch.zeros(2, 4 + 9, dtype=torch.long), None).tolist() == [True, True]
+
+
+def test_a_seeded_request_draws_the_same_answer_again(tiny_llama):
+    """A redone request at T=1 with the same sampling seed gets the same text (one batch of its own)."""
+    generator = build_generator(GenerationConfig(model=tiny_llama, dtype="float32", torch_threads=1, batch_size=1))
+    seeded = SamplingParams(1.0, 1.0, 12, seed=1234)
+
+    async def run():  # one event loop: the engine's batcher lives in it
+        texts = [(await generator.generate("question", sampling)).text
+                 for sampling in [seeded] * 3 + [SamplingParams(1.0, 1.0, 12)] * 3]
+        return texts[:3], texts[3:]
+
+    seeded_texts, unseeded_texts = asyncio.run(run())
+    assert len(set(seeded_texts)) == 1
+    assert len(set(unseeded_texts)) > 1  # unseeded: fresh draws

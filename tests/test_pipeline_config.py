@@ -72,7 +72,7 @@ def test_a_changed_stage_makes_it_and_every_later_stage_stale():
     base = fingerprints(load())
     assert fingerprints(load()) == base  # stable
     assert fingerprints(load("ray.num_cpus=8")) == base  # where it runs is not what it makes
-    assert fingerprints(load("evolve.generation.rows_per_call=4", "evolve.cost.price_per_accelerator_hour=2")) == base
+    assert fingerprints(load("evolve.generation.max_chains=4", "evolve.cost.price_per_accelerator_hour=2")) == base
     evolve = fingerprints(load("evolve.evolve.rounds=2"))
     assert all(evolve[s] != base[s] for s in ("evolve", "train", "evaluate"))
     train = fingerprints(load("train.optim.lr=0.001"))

@@ -301,3 +301,66 @@ def test_a_quarantined_duplicate_has_a_lineage_of_its_own():
     assert {root: [(x["round"], x["status"]) for x in chain] for root, chain in chains.items()} == {
         "a": [(0, KEPT), (1, KEPT)], "quarantined:s.jsonl:2": [(0, QUARANTINED)]}
     assert chains["quarantined:s.jsonl:2"][0]["id"] == "quarantined:s.jsonl:2"
+
+
+class SeedRecordingGenerator(ScriptedGenerator):
+    def __init__(self):
+        super().__init__()
+        self.seeds: list[tuple[str, int]] = []
+
+    async def generate(self, prompt, sampling):
+        kind = "evolve" if ORIGINAL_MARKER in prompt else "judge" if "First instruction:" in prompt else "respond"
+        self.seeds.append((kind, sampling.seed))
+        return await super().generate(prompt, sampling)
+
+
+def test_every_request_gets_a_sampling_seed_from_the_run_seed_record_and_kind():
+    from evol.operations import stable_hash
+
+    seeds = _seeds({"id": "a", "instruction": "Name rivers"})
+    first, second = SeedRecordingGenerator(), SeedRecordingGenerator()
+    records = evolve(seeds, first, rounds=1)
+    evolve(seeds, second, rounds=1)
+    assert first.seeds == second.seeds and len(first.seeds) == 4  # answer, evolve, respond, judge
+    candidate = records[1]["id"]
+    assert first.seeds == [("respond", stable_hash(0, "a", "respond") & 0x7FFFFFFF),
+                           ("evolve", stable_hash(0, candidate, "evolve") & 0x7FFFFFFF),
+                           ("respond", stable_hash(0, candidate, "respond") & 0x7FFFFFFF),
+                           ("judge", stable_hash(0, candidate, "judge") & 0x7FFFFFFF)]
+
+
+def test_a_chain_that_ended_in_an_error_goes_on_from_its_last_finished_round():
+    from evol.rounds import run_chain
+
+    seeds = _seeds({"id": "f", "instruction": "FAIL later", "output": "x"})
+    first = evolve(seeds, ScriptedGenerator(), rounds=3)  # round 1 evolves, then answering fails
+    assert [(r["round"], r["status"]) for r in first] == [(0, KEPT), (1, ERROR)]
+
+    class Recovered(ScriptedGenerator):
+        async def generate(self, prompt, sampling):
+            return await super().generate(prompt.replace("FAIL", "fine"), sampling)
+
+    gen = Recovered()
+    again = asyncio.run(run_chain(seeds[0], Roles(gen, gen), EvolveSettings(rounds=3), 50, first))
+    assert again[0] == first[0]  # the finished round is kept as it was
+    assert [(r["round"], r["status"]) for r in again] == [(0, KEPT), (1, KEPT), (2, KEPT), (3, KEPT)]
+    assert again[1]["id"] == first[1]["id"] and again[1]["parent_id"] == "f"
+    assert len(gen.calls) == 3 * 3  # rounds 1-3 asked again, the seed's own answer not
+
+
+def test_model_text_with_lone_surrogates_is_cleaned_and_the_bucket_is_written(tmp_path):
+    import pyarrow.parquet as pq
+
+    from evol.output import write_bucket
+
+    class Surrogates(ScriptedGenerator):
+        async def generate(self, prompt, sampling):
+            gen = await super().generate(prompt, sampling)
+            return Generation(gen.text + " \ud83d\ude00 \udc80", gen.prompt_tokens, gen.completion_tokens, gen.finished)
+
+    records = evolve(_seeds({"id": "a", "instruction": "Name rivers"}), Surrogates(), rounds=1)
+    write_bucket(str(tmp_path), 0, records, train_on_truncated=False)
+    written = pq.read_table(tmp_path / "records" / "bucket-00000.parquet").to_pylist()
+    assert [r["status"] for r in written] == [KEPT, KEPT]
+    assert written[0]["response"] == "A real and useful answer. \U0001F600 \ufffd"
+    assert all("\ufffd" in r["response"] for r in written)
