@@ -14,6 +14,7 @@ from evol.records import ERROR, empty_record
 from evol.resume import buckets_in
 from evol.rounds import quarantine_record
 from generation import driver_api_key
+from generation.ratelimit import format_rate_limits, share_rate_limits
 
 WORKER_FAILED = "worker_failed"
 
@@ -28,6 +29,7 @@ def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> dict[str, in
     gen, out = cfg.generation, cfg.output.path
     buckets = read_seed_buckets(cfg.seeds.path, cfg.seeds, cfg.output.buckets, done, storage.join(out, READ_COUNTS))
     keys = {"generation": driver_api_key(gen), "judge": driver_api_key(cfg.judge) if cfg.judge else None}
+    limiters = share_rate_limits(gen, cfg.judge)  # api: the job-wide rate limiters, owned by the driver
     stats = buckets.map_batches(
         EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": keys}, batch_size=1,
         batch_format="pyarrow", num_cpus=gen.num_cpus, num_gpus=gen.num_gpus,
@@ -40,6 +42,8 @@ def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> dict[str, in
     per_actor: dict[str, int] = {}
     for row in stats.iter_rows():
         per_actor[row["actor"]] = per_actor.get(row["actor"], 0) + row["seeds"]
+    for line in format_rate_limits(limiters):  # api
+        print(f"[evolve] {line}", flush=True)
     return per_actor
 
 def failed_bucket_records(batch: pa.Table, out: str) -> pa.Table:

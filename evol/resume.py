@@ -19,7 +19,8 @@ BUCKET_FILE = re.compile(r"bucket-(\d{5})\.parquet")
 # change them.
 _GENERATION_EXECUTION = ("concurrency", "rows_per_call", "calls_per_actor", "num_cpus", "num_gpus", "torch_threads",
                          "batch_size", "batch_wait_ms", "openai.max_in_flight", "openai.timeout_s",
-                         "openai.max_retries", "echo_latency_ms")
+                         "openai.max_retries", "openai.requests_per_minute", "openai.tokens_per_minute",
+                         "echo_latency_ms")
 EXECUTION_KEYS = ("ray.", "cost.", "output.overwrite", "seeds.dedupe_partitions", "seeds.piece_bytes",
                   *(f"{role}.{key}" for role in ("generation", "judge") for key in _GENERATION_EXECUTION))
 
