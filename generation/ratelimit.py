@@ -48,7 +48,7 @@ class Bucket:
     updated: float
 
     @classmethod
-    def per_minute(cls, kind: str, limit: float, now: float) -> "Bucket":
+    def per_minute(cls, kind: str, limit: float, now: float) -> Bucket:
         rate = limit * HEADROOM / 60.0
         return cls(rate, rate * BURST_S[kind], 0.0, now)  # empty: the endpoint may have counted others just now
 
@@ -178,7 +178,7 @@ class Limiter:
                 self._changed.clear()
                 try:
                     await asyncio.wait_for(self._changed.wait(), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             self.state.take(tokens)
 

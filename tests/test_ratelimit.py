@@ -3,7 +3,6 @@ through it against a fake endpoint with a hard limit."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
