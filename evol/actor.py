@@ -10,6 +10,7 @@ import time
 
 import pyarrow as pa
 
+from evol.budget import BucketBudget
 from evol.config import EvolveConfig
 from evol.output import write_bucket
 from evol.preflight import check_prompt_budget
@@ -38,6 +39,7 @@ class EvolveActor:
         self.roles = Roles(writer=writer, judge=judge)
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
         self.started, self.seeds_done = time.perf_counter(), 0
+        self.budget = BucketBudget(cfg)  # api: cost.max_money / cost.max_tokens
         self.slots: asyncio.Semaphore | None = None
 
     async def _chain(self, row: dict) -> list[dict]:
@@ -45,10 +47,13 @@ class EvolveActor:
             return await run_chain(row, self.roles, self.cfg.evolve, self.cfg.seeds.max_instruction_tokens)
 
     async def _bucket(self, bucket: int, rows: list[dict]) -> dict:
+        if not await self.budget.admit(bucket, len(rows)):  # api: over budget: left for a rerun, not written
+            return {"bucket": bucket, "seeds": 0, "records": 0, "actor": self.actor, "kept": 0, "errors": 0}
         chains = await asyncio.gather(*(self._chain(row) for row in rows))
         records = [record for chain in chains for record in chain]
         await asyncio.to_thread(write_bucket, self.cfg.output.path, bucket, records,
                                 self.cfg.evolve.train_on_truncated_responses)
+        self.budget.settle(bucket, records)  # api: what the bucket cost
         self.seeds_done += len(rows)
         return {"bucket": bucket, "seeds": len(rows), "records": len(records), "actor": self.actor,
                 "kept": sum(r["status"] == KEPT and r["round"] > 0 for r in records),

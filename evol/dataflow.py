@@ -59,10 +59,11 @@ def failed_bucket_records(batch: pa.Table, out: str) -> pa.Table:
         written.append({"bucket": bucket, "seeds": len(rows)})
     return pa.Table.from_pylist(written)
 
-def record_failed_buckets(cfg: EvolveConfig, records_dir: str) -> int:
-    """Buckets that were read but have no file (their worker died on every retry): error records."""
+def record_failed_buckets(cfg: EvolveConfig, records_dir: str, over_budget: frozenset[int] = frozenset()) -> int:
+    """Buckets that were read but have no file (their worker died on every retry): error records.
+    `over_budget`: buckets the budget did not start (not failed: a rerun does them)."""
     _, read, _ = read_counts(storage.join(cfg.output.path, READ_COUNTS))
-    failed = read - buckets_in(storage.list_files(records_dir))
+    failed = read - buckets_in(storage.list_files(records_dir)) - over_budget
     if not failed:
         return 0
     every = frozenset(range(cfg.output.buckets))

@@ -16,6 +16,7 @@ from common.config import UserError
 from common.models import pin_local_model
 from common.ray_setup import init_ray
 from evol.accounting import accounting_error
+from evol.budget import budget_outcome, format_budget, start_budget
 from evol.card import render_card
 from evol.config import EvolveConfig
 from evol.dataflow import evolve_buckets, record_failed_buckets
@@ -62,17 +63,23 @@ def run_evolve(cfg: EvolveConfig) -> dict:
     ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed bucket is recorded, not fatal
     started = time.time()
     done = start_run(cfg)
-    per_actor = evolve_buckets(ray, cfg, done)
     records_dir = storage.join(cfg.output.path, "records")
-    record_failed_buckets(cfg, records_dir)
+    keeper = start_budget(ray, cfg, records_dir)  # api: budget
+    per_actor = evolve_buckets(ray, cfg, done)
+    budget = budget_outcome(ray, keeper)  # api: budget
+    record_failed_buckets(cfg, records_dir, frozenset(budget["refused_buckets"]) if budget else frozenset())
     if not record_files(records_dir):
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
-    summary = summarize(cfg, records_dir, time.time() - started, per_actor)
+    summary = summarize(cfg, records_dir, time.time() - started, per_actor, budget["refused_rows"] if budget else 0)
     summary["seeds_per_actor"] = per_actor
+    if budget:
+        summary["budget"] = budget
     summary["output"] = cfg.output.path
     storage.write_json(storage.join(cfg.output.path, "summary.json"), summary)
     storage.write_text(storage.join(cfg.output.path, "README.md"), render_card(summary, given))  # the user's paths
     print(format_summary(summary))
+    if budget:
+        print(format_budget(budget))  # api: budget
     print(f"records: {records_dir}/bucket-*.parquet")
     print(f"training set: {storage.join(cfg.output.path, 'training')}/{{parquet,jsonl}}/")
     print(f"dataset card: {storage.join(cfg.output.path, 'README.md')}")
