@@ -120,7 +120,7 @@ def test_evolve_pool_of_two_actors_keeps_one_request_limit_without_429s_after_th
         "generation.backend=openai",
         "generation.model=fake-model", f"generation.openai.base_url={server.url}",
         f"generation.openai.api_key_env={KEY_ENV}", "generation.openai.requests_per_minute=1200",
-        "generation.concurrency=[2,2]", "generation.num_cpus=0.5"])
+        "generation.concurrency=[2,2]", "generation.num_cpus=0.5", "generation.rows_per_call=8"])
     try:
         summary = run_evolve(cfg)
     finally:
