@@ -13,8 +13,8 @@ held by one small Ray actor that every generator of the job finds by name (`shar
   key).
 - A 429 pauses every request of the job (`retry-after`, else the reset header, else 1 s) and empties
   the buckets.
-- The buckets start empty and run HEADROOM below the limit; the requests bucket holds one second
-  of its rate (endpoints may count requests per second), the tokens bucket a minute (room for the
+- The buckets start empty and run HEADROOM below the limit; requests are paced one at a time
+  (endpoints may count them per second), the tokens bucket holds a minute (room for the
   reservations in flight, as the endpoint's own per-minute bucket has).
 """
 from __future__ import annotations
@@ -28,10 +28,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 HEADROOM = 0.95  # share of the limit aimed at: a sender held up for a moment must not push a window over it
-# Seconds of its rate a bucket holds. Endpoints may count requests per second; a token bucket must
-# hold the reservations in flight (prompt + max_tokens each, mostly given back), as the endpoint's
-# own per-minute one does.
-BURST_S = {"requests": 1.0, "tokens": 60.0}
+# What a bucket can save up. Requests are paced one at a time: an endpoint may count them per second
+# or over a short window, and a limiter held up for a moment must not catch up in a burst. Tokens hold
+# a minute: room for the reservations in flight (prompt + max_tokens each, mostly given back), as the
+# endpoint's own per-minute bucket has.
+CAPACITY = {"requests": lambda rate: 1.0, "tokens": lambda rate: rate * 60.0}
 DEFAULT_COOLDOWN_S = 1.0  # a 429 without retry-after or reset headers pauses this long
 MAX_COOLDOWN_S = 60.0
 KINDS = ("requests", "tokens")
@@ -50,7 +51,7 @@ class Bucket:
     @classmethod
     def per_minute(cls, kind: str, limit: float, now: float) -> Bucket:
         rate = limit * HEADROOM / 60.0
-        return cls(rate, rate * BURST_S[kind], 0.0, now)  # empty: the endpoint may have counted others just now
+        return cls(rate, CAPACITY[kind](rate), 0.0, now)  # empty: the endpoint may have counted others just now
 
     def refill(self, now: float) -> None:
         self.level = min(self.capacity, self.level + max(0.0, now - self.updated) * self.rate)
@@ -256,11 +257,22 @@ def shared_limiter(gen) -> Limiter | RemoteLimiter | None:
     return RemoteLimiter(actor.options(name=name, get_if_exists=True, max_restarts=-1).remote(rpm, tpm))
 
 
+_DRIVER_LIMITERS: dict[str, RemoteLimiter | Limiter] = {}  # held for the driver's life: a dropped handle ends the actor
+
+
 def share_rate_limits(*gens) -> list:
     """On the driver, before the pools start: the limiters of the openai roles among `gens` (None
-    entries are skipped), so that the driver owns them for the whole job."""
-    found = [shared_limiter(gen) for gen in gens if gen is not None and gen.backend == "openai"]
-    return [limiter for limiter in found if limiter is not None]
+    entries are skipped), so that the driver owns them, and holds them, for the whole job."""
+    found = []
+    for gen in gens:
+        if gen is not None and gen.backend == "openai" and (limiter := shared_limiter(gen)) is not None:
+            import ray
+
+            o = gen.openai
+            name = limiter_name(o.base_url, gen.model, o.api_key_env, o.requests_per_minute, o.tokens_per_minute)
+            job = ray.get_runtime_context().get_job_id() if ray.is_initialized() else "local"
+            found.append(_DRIVER_LIMITERS.setdefault(f"{job}:{name}", limiter))
+    return found
 
 
 def format_rate_limits(limiters: list) -> list[str]:

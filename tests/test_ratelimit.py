@@ -53,11 +53,17 @@ def test_the_endpoints_headers_lower_a_limit_never_raise_it_and_set_one_that_was
     assert (len(times) - 1) / (times[-1] - times[0]) * 60 == pytest.approx(120 * HEADROOM, rel=1e-6)
 
 
-def test_remaining_from_the_endpoint_lowers_what_the_bucket_thinks_is_left():
+def test_requests_are_paced_one_at_a_time_even_after_a_pause_so_no_burst_follows_it():
     state = RateState(600, None, now=0.0)
-    assert state.wait(1, 10.0) == 0  # a full bucket after 10 s idle (one second's worth: 9.7 requests)
-    state.observe({"x-ratelimit-remaining-requests": "0"}, 10.0)  # another client used the key up
-    assert state.wait(1, 10.0) == pytest.approx(60 / (600 * HEADROOM))
+    times = _grant_all(state, 20, start=100.0)  # idle for 100 s first
+    assert times[1] - times[0] == pytest.approx(60 / (600 * HEADROOM))
+
+
+def test_remaining_from_the_endpoint_lowers_what_the_bucket_thinks_is_left():
+    state = RateState(None, 6000, now=0.0)
+    assert state.wait(100, 10.0) == 0  # 10 s idle: 950 tokens saved up
+    state.observe({"x-ratelimit-remaining-tokens": "0"}, 10.0)  # another client used the key up
+    assert state.wait(100, 10.0) == pytest.approx(100 / (6000 * HEADROOM / 60))
 
 
 def test_a_429_pauses_every_request_for_retry_after_and_the_buckets_restart_empty():
@@ -161,3 +167,29 @@ def test_two_generators_share_one_token_limit_given_back_by_usage(local_ray, mon
     assert 0.9 * 30_000 <= achieved <= 30_000
     stats = generators[0].inner.limiter.stats()
     assert stats["granted"] == 240 + len(server.rejected) and stats["used_tokens"] == sum(tokens)
+
+
+def test_a_limit_set_too_high_follows_the_endpoints_headers_after_the_first_window(monkeypatch):
+    """requests_per_minute 6000 against an endpoint that allows 600 and says so in its headers."""
+    from generation import GenerationConfig, SamplingParams, build_generator
+    from tests.openai_fakes import RateLimitedServer
+
+    server = RateLimitedServer(requests_per_minute=600, window_s=2.0)
+    monkeypatch.setenv(KEY_ENV, "k")
+    cfg = GenerationConfig(backend="openai", model="fake-model", openai={
+        "base_url": server.url, "api_key_env": KEY_ENV, "requests_per_minute": 6000})
+    generator = build_generator(cfg)
+
+    async def run():
+        return await asyncio.gather(*(generator.generate(f"Question {i}", SamplingParams(1.0, 1.0, 8))
+                                      for i in range(90)))
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.close()
+    times = [t for t, _ in server.admitted]
+    settled = [t for t in times if t > times[0] + server.window_s]  # after the cool-down of the first window
+    assert len(times) == 90 and [t for t in server.rejected if t > times[0] + server.window_s] == []
+    assert 0.9 * 600 <= _achieved_per_minute(settled) <= 600
+    assert generator.inner.limiter.stats()["limits_per_minute"]["requests"] == 600
