@@ -20,18 +20,19 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def readable_by_transformers_4(model: str, folder: str) -> str:
     for name in os.listdir(model):
         if name not in ("tokenizer_config.json", "chat_template.jinja"):
             os.symlink(os.path.join(model, name), os.path.join(folder, name))
-    config = json.load(open(os.path.join(model, "tokenizer_config.json")))
+    config = json.loads(Path(model, "tokenizer_config.json").read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    template = os.path.join(model, "chat_template.jinja")
-    if os.path.exists(template):
-        config["chat_template"] = open(template).read()
-    json.dump(config, open(os.path.join(folder, "tokenizer_config.json"), "w"))
+    template = Path(model, "chat_template.jinja")
+    if template.exists():
+        config["chat_template"] = template.read_text()
+    Path(folder, "tokenizer_config.json").write_text(json.dumps(config))
     return folder
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     from distilabel.steps.tasks import EvolInstruct
     from transformers import AutoTokenizer
 
-    instructions = [json.loads(line)["instruction"] for line in open(seeds) if line.strip()]
+    instructions = [json.loads(line)["instruction"] for line in Path(seeds).read_text().splitlines() if line.strip()]
     start = time.perf_counter()
     llm = TransformersLLM(model=model, device="cpu", torch_dtype=dtype,
                           generation_kwargs={"max_new_tokens": int(max_new_tokens), "temperature": 1.0,

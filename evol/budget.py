@@ -15,6 +15,7 @@ import hashlib
 from dataclasses import dataclass
 
 from evol.config import CostConfig, EvolveConfig
+from evol.summary import _number  # None and NaN count as zero
 
 SPEND_COLUMNS = ["round", "prompt_tokens", "generated_tokens", "gen_seconds"]
 
@@ -29,10 +30,6 @@ class Spend:
 
     def times(self, factor: float) -> Spend:
         return Spend(self.tokens * factor, self.money * factor)
-
-
-def _number(value) -> float:
-    return 0.0 if value is None or value != value else float(value)
 
 
 def records_spend(rows: list[dict], cost: CostConfig, per_engine: float) -> tuple[Spend, int]:

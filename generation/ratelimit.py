@@ -233,10 +233,11 @@ class RemoteLimiter:
         return ray.get(self.handle.stats.remote())
 
 
-def limiter_name(base_url: str | None, model: str, api_key_env: str, rpm: float | None, tpm: float | None) -> str:
+def limiter_name(gen) -> str:
     """One limiter per endpoint, model, key and limits: what an endpoint's rate limit applies to."""
-    digest = hashlib.blake2b(json.dumps([base_url, model, api_key_env, rpm, tpm]).encode(), digest_size=8)
-    return f"evolray-ratelimit-{digest.hexdigest()}"
+    o = gen.openai
+    parts = [o.base_url, gen.model, o.api_key_env, o.requests_per_minute, o.tokens_per_minute]
+    return f"evolray-ratelimit-{hashlib.blake2b(json.dumps(parts).encode(), digest_size=8).hexdigest()}"
 
 
 def shared_limiter(gen) -> Limiter | RemoteLimiter | None:
@@ -252,9 +253,8 @@ def shared_limiter(gen) -> Limiter | RemoteLimiter | None:
 
     if not ray.is_initialized():
         return Limiter(rpm, tpm)
-    name = limiter_name(gen.openai.base_url, gen.model, gen.openai.api_key_env, rpm, tpm)
     actor = ray.remote(num_cpus=0, max_concurrency=10_000)(LimiterActor)
-    return RemoteLimiter(actor.options(name=name, get_if_exists=True, max_restarts=-1).remote(rpm, tpm))
+    return RemoteLimiter(actor.options(name=limiter_name(gen), get_if_exists=True, max_restarts=-1).remote(rpm, tpm))
 
 
 _DRIVER_LIMITERS: dict[str, RemoteLimiter | Limiter] = {}  # held for the driver's life: a dropped handle ends the actor
@@ -263,15 +263,13 @@ _DRIVER_LIMITERS: dict[str, RemoteLimiter | Limiter] = {}  # held for the driver
 def share_rate_limits(*gens) -> list:
     """On the driver, before the pools start: the limiters of the openai roles among `gens` (None
     entries are skipped), so that the driver owns them, and holds them, for the whole job."""
+    import ray
+
     found = []
     for gen in gens:
         if gen is not None and gen.backend == "openai" and (limiter := shared_limiter(gen)) is not None:
-            import ray
-
-            o = gen.openai
-            name = limiter_name(o.base_url, gen.model, o.api_key_env, o.requests_per_minute, o.tokens_per_minute)
             job = ray.get_runtime_context().get_job_id() if ray.is_initialized() else "local"
-            found.append(_DRIVER_LIMITERS.setdefault(f"{job}:{name}", limiter))
+            found.append(_DRIVER_LIMITERS.setdefault(f"{job}:{limiter_name(gen)}", limiter))
     return found
 
 

@@ -10,8 +10,8 @@ from evol.budget import BudgetState, Spend, format_budget, records_spend
 from evol.config import CostConfig, EvolveConfig
 
 
-def _state(bound: float, spent: Spend = Spend(), seeds_done: int = 0, **limits) -> BudgetState:
-    return BudgetState(CostConfig(**limits), spent, seeds_done, Spend(bound))
+def _state(bound: float, spent: Spend | None = None, seeds_done: int = 0, **limits) -> BudgetState:
+    return BudgetState(CostConfig(**limits), spent or Spend(), seeds_done, Spend(bound))
 
 
 def test_buckets_start_while_spent_plus_projected_buckets_in_flight_fit_the_budget():
