@@ -104,15 +104,20 @@ def load_config(schema: type[T], path: str | Path | None, overrides: list[str] =
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def run_job(schema: type[T], job: Callable[[T], Any], description: str, argv: list[str] | None = None) -> int:
-    """Entry-point glue shared by jobs/*: parse args, load config, run, map user errors to exit 2."""
+def run_job(schema: type[T], job: Callable[[T], Any], description: str, argv: list[str] | None = None,
+            estimate: Callable[[T], Any] | None = None) -> int:
+    """Entry-point glue shared by jobs/*: parse args, load config, run, map user errors to exit 2.
+    `estimate`: what `--estimate` runs instead of the job (it prints the cost; no model is called)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    if estimate is not None:
+        parser.add_argument("--estimate", action="store_true",
+                            help="print the requests, tokens and money the config would spend, and stop")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. evolve.rounds=2")
     args = parser.parse_args(argv)
     try:
         config = load_config(schema, args.config, args.overrides)
-        job(config)
+        (estimate if getattr(args, "estimate", False) else job)(config)
     except UserError as exc:
         print(f"error: {exc}" if not str(exc).startswith("config error") else str(exc), file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ from eval.rows import ANSWER_SCHEMA, JUDGMENT_SCHEMA, RATING_SCHEMA, item_rows, 
 from eval.testset import quarantine_counts, read_testset, resolve_testset_path, select_items, testset_files
 from generation import (GenerationConfig, SamplingConfig, SamplingParams, build_generator, check_model_available,
                         driver_api_key)
+from generation.ratelimit import share_rate_limits
 from generation.types import Secret
 
 JOB = "evaluate"
@@ -80,6 +81,7 @@ def generate_stage(rows: list[dict], gen: GenerationConfig, sampling: SamplingCo
     import ray
 
     low, high = gen.concurrency
+    share_rate_limits(gen)  # api: the job-wide rate limiter of an openai role, owned by the driver
     kwargs = dict(gen=gen, sampling=sampling, kind=kind, factory=factory,
                   api_key=None if factory else driver_api_key(gen), prefill=prefill)
     return ray.data.from_items(rows).map_batches(

@@ -12,6 +12,7 @@ import time
 import pyarrow as pa
 
 from evol.breaker import CircuitBreaker
+from evol.budget import BucketBudget
 from evol.config import EvolveConfig
 from evol.inflight import POISON, SUSPECT, InFlight
 from evol.output import read_bucket, write_bucket
@@ -101,6 +102,7 @@ class EvolveActor:
         self.started, self.seeds_done = time.perf_counter(), 0
         self.slots = ChainSlots(cfg.generation.chains_in_flight())
         self.suspects = asyncio.Lock()  # buckets that were in flight when a worker died run one at a time
+        self.budget = BucketBudget(cfg)  # cost.max_money / cost.max_tokens, all runs of the folder together
 
     def stopped(self) -> str | None:
         return next((b.cause for b in self.breakers if b.cause is not None), None)
@@ -123,6 +125,8 @@ class EvolveActor:
             await asyncio.to_thread(self.inflight.start, bucket, state == SUSPECT)
             chains = await asyncio.gather(*(self._chain(row, chain) for row, chain in zip(rows, mine)),
                                           return_exceptions=True)
+            if state == SUSPECT:  # it survived alone: cleared before the next suspect runs, as its write may
+                await asyncio.to_thread(self.inflight.start, bucket, False)  # not end before that one dies
         failed = [exc for exc in chains if isinstance(exc, BaseException)]
         if any(not isinstance(exc, EngineDown) for exc in failed):
             raise next(exc for exc in failed if not isinstance(exc, EngineDown))
@@ -130,12 +134,15 @@ class EvolveActor:
 
     async def _bucket(self, bucket: int, rows: list[dict]) -> dict:
         """The bucket's chains, each going on from what an earlier run or try wrote of it (nothing is
-        redone: a bucket a retried call finds complete is not written again)."""
+        redone: a bucket a retried call finds complete is not written again). A bucket the budget
+        refuses is left unwritten (seeds 0) for a rerun with a higher budget."""
         if self.stopped():
             return {"bucket": bucket, "actor": self.actor, "stopped": self.stopped()}
         earlier = chains_by_root(await asyncio.to_thread(read_bucket, self.cfg.output.path, bucket))
         mine = [chain_of(row, earlier) for row in rows]
         todo = [not is_complete(chain, self.cfg.evolve.retry_errors) for chain in mine]
+        if any(todo) and not await self.budget.admit(bucket, sum(todo), 0 if earlier else len(rows)):
+            return self._counts(bucket, seeds=0, records=[])
         chains = await self._run(bucket, rows, mine, todo) if any(todo) or not earlier else mine
         if chains is None:  # the engine is down: leave the bucket unwritten for a rerun
             return {"bucket": bucket, "actor": self.actor, "stopped": self.stopped()}
@@ -144,9 +151,13 @@ class EvolveActor:
             await asyncio.to_thread(write_bucket, self.cfg.output.path, bucket, records,
                                     self.cfg.evolve.train_on_truncated_responses)
             await asyncio.to_thread(self.inflight.finish, bucket)
+            self.budget.settle(bucket, [r for chain, redo in zip(chains, todo) if redo for r in chain])
             self.seeds_done += sum(todo)
+        return self._counts(bucket, seeds=sum(todo), records=records)
+
+    def _counts(self, bucket: int, seeds: int, records: list[dict]) -> dict:
         busy = self.engine_clock.busy / self.slots.span() if self.slots.span() else 0.0
-        return {"bucket": bucket, "seeds": sum(todo), "records": len(records), "actor": self.actor,
+        return {"bucket": bucket, "seeds": seeds, "records": len(records), "actor": self.actor,
                 "kept": sum(r["status"] == KEPT and r["round"] > 0 for r in records),
                 "errors": sum(r["status"] == ERROR for r in records),
                 "mean_chains": round(self.slots.mean(), 2), "peak_chains": self.slots.peak, "busy": round(min(busy, 1.0), 3),

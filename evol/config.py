@@ -83,11 +83,36 @@ class OutputConfig(StrictModel):
 
 
 class CostConfig(StrictModel):
-    """Turns the accelerator-seconds of the summary into money; changes no result (a rerun may set it)."""
+    """Prices, the budget and what `--estimate` assumes; changes no result (a rerun may change it).
+
+    Money = token prices x tokens (an API endpoint's bill) + the accelerator-hour price x engine time
+    (your own engines): set the prices of what you pay for."""
 
     price_per_accelerator_hour: float | None = Field(
         None, ge=0.0, description="price of one accelerator (a GPU; on CPU: one actor's engine) per hour, in any "
                                   "currency; None: no money figure")
+    price_per_million_input_tokens: float | None = Field(
+        None, ge=0.0, description="an API endpoint's price of a million prompt tokens; None: not priced")
+    price_per_million_output_tokens: float | None = Field(
+        None, ge=0.0, description="an API endpoint's price of a million generated tokens; None: not priced")
+    engine_tokens_per_second: float | None = Field(
+        None, gt=0.0, description="generated tokens per second of one engine (a run's summary gives it): lets "
+                                  "--estimate turn tokens into accelerator-hours; None: tokens only")
+    max_money: float | None = Field(
+        None, gt=0.0, description="budget of the whole output folder, all runs together: no new bucket of seeds "
+                                  "starts once the money spent plus the projected cost of the buckets in flight "
+                                  "reaches it; a rerun with a higher budget does the rest; None: no budget")
+    max_tokens: int | None = Field(
+        None, ge=1, description="the same budget in tokens (prompt + generated, every request); None: no budget")
+
+    @model_validator(mode="after")
+    def _budget_is_priced(self):
+        prices = (self.price_per_accelerator_hour, self.price_per_million_input_tokens,
+                  self.price_per_million_output_tokens)
+        if self.max_money is not None and all(price is None for price in prices):
+            raise ValueError("max_money needs a price: set price_per_million_input_tokens / "
+                             "price_per_million_output_tokens (an API endpoint) or price_per_accelerator_hour")
+        return self
 
 
 class DedupeConfig(StrictModel):

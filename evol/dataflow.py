@@ -18,6 +18,7 @@ from evol.reading import READ_COUNTS, read_counts, read_seed_buckets, seed_rows
 from evol.resume import buckets_in
 from evol.rounds import WORKER_FAILED, worker_failed_chain
 from generation import driver_api_key
+from generation.ratelimit import format_rate_limits, share_rate_limits
 
 # A call (one bucket) whose worker dies is retried this often, then its bucket is recorded as errors.
 # A poison bucket needs 3 tries (beside others, alone, then recorded: evol/inflight.py); the rest is
@@ -45,14 +46,18 @@ def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> PoolRun:
     """Stream the seeds of unfinished buckets through the actor pool, one bucket per call."""
     gen, out = cfg.generation, cfg.output.path
     buckets = read_seed_buckets(cfg.seeds.path, cfg.seeds, cfg.output.buckets, done, storage.join(out, READ_COUNTS),
-                                partitions=shuffle_partitions(cfg)).materialize()
+                                partitions=shuffle_partitions(cfg))
+    # One bucket per block, materialized before the pool starts: a streaming repartition in front of
+    # the pool holds a CPU per task and was measured to starve it (4 s of submission backpressure).
+    buckets = buckets.repartition(target_num_rows_per_block=1).materialize()
     if buckets.count() == 0:
         return PoolRun()
     rows, read, _ = read_counts(storage.join(out, READ_COUNTS))
     calls = calls_per_actor(gen.chains_in_flight(), rows / max(len(read), 1))
     keys = {"generation": driver_api_key(gen), "judge": driver_api_key(cfg.judge) if cfg.judge else None}
     cpus, gpus = actor_resources(cfg)
-    stats = buckets.repartition(target_num_rows_per_block=1).map_batches(
+    limiters = share_rate_limits(gen, cfg.judge)  # the job-wide rate limiters, owned by the driver
+    stats = buckets.map_batches(
         EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": keys}, batch_size=1,
         batch_format="pyarrow", num_cpus=cpus, num_gpus=gpus,
         # A call is one bucket (a retry redoes only it); an actor runs `calls` of them at once and
@@ -61,7 +66,10 @@ def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> PoolRun:
                                            max_concurrent_calls_per_actor=calls,
                                            max_tasks_in_flight_per_actor=2 * calls),
         max_restarts=-1, max_task_retries=MAX_CALL_RETRIES)
-    return collect(bucket_rows(stats), PoolRun())
+    run = collect(bucket_rows(stats), PoolRun())
+    for line in format_rate_limits(limiters):
+        print(f"[evolve] {line}", flush=True)
+    return run
 
 
 def bucket_rows(stats) -> list[dict]:
@@ -120,11 +128,12 @@ def failed_bucket_records(batch: pa.Table, out: str) -> pa.Table:
         written.append({"bucket": bucket, "seeds": len(rows)})
     return pa.Table.from_pylist(written)
 
-def record_failed_buckets(cfg: EvolveConfig, records_dir: str, stopped: set[int] = frozenset()) -> int:
+def record_failed_buckets(cfg: EvolveConfig, records_dir: str, left: frozenset[int] = frozenset()) -> int:
     """Buckets that were read but have no file (their worker died on every retry): error records.
-    `stopped`: buckets left unwritten on purpose (their engine was down), for a rerun to do."""
+    `left`: buckets left unwritten on purpose (their engine was down, or the budget did not start
+    them), for a rerun to do."""
     _, read, _ = read_counts(storage.join(cfg.output.path, READ_COUNTS))
-    failed = read - buckets_in(storage.list_files(records_dir)) - stopped
+    failed = read - buckets_in(storage.list_files(records_dir)) - left
     if not failed:
         return 0
     every = frozenset(range(cfg.output.buckets))

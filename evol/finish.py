@@ -16,9 +16,11 @@ from evol.summary import (
 )
 
 
-def summarize(cfg: EvolveConfig, records_dir: str, wall_seconds: float, per_actor: dict[str, int]) -> dict:
+def summarize(cfg: EvolveConfig, records_dir: str, wall_seconds: float, per_actor: dict[str, int],
+              left_for_later: int = 0) -> dict:
     """Summary, cost and accounting in one pass, a bucket file at a time (driver memory: one bucket).
-    `per_actor`: seeds evolved per actor in this run (the actors the pool held)."""
+    `per_actor`: seeds evolved per actor in this run (the actors the pool held); `left_for_later`:
+    input rows of the buckets the budget did not start."""
     builder, problems, round0 = SummaryBuilder(cfg.evolve.train_on_truncated_responses), [], 0
     for path in record_files(records_dir):
         filesys, inner = storage.filesystem(path)
@@ -33,6 +35,6 @@ def summarize(cfg: EvolveConfig, records_dir: str, wall_seconds: float, per_acto
     input_rows, _, counted = read_counts(storage.join(cfg.output.path, READ_COUNTS))
     unread = unread_files(cfg.seeds.path, counted) if cfg.seeds.limit is None else []
     file_rows, orphans = training_file_check(cfg.output.path)
-    summary["accounting"] = accounting(input_rows, round0, problems, unread,
+    summary["accounting"] = accounting(input_rows - left_for_later, round0, problems, unread,
                                        training=(summary["training_rows"], file_rows, orphans))
     return summary

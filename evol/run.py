@@ -15,6 +15,7 @@ from common import storage
 from common.config import UserError
 from common.ray_setup import init_ray
 from evol.accounting import accounting_error
+from evol.budget import budget_outcome, format_budget, start_budget
 from evol.card import render_card
 from evol.config import EvolveConfig
 from evol.curation import curate, evaluation_sets
@@ -54,20 +55,26 @@ def run_evolve(cfg: EvolveConfig) -> dict:
     check_room(ray, cfg)
     ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed bucket is recorded, not fatal
     started = time.time()
-    pool = evolve_buckets(ray, cfg, start_run(cfg, identity))
-    InFlight(cfg.output.path).clear()
     records_dir = storage.join(cfg.output.path, "records")
-    record_failed_buckets(cfg, records_dir, pool.stopped)
+    done = start_run(cfg, identity)
+    keeper = start_budget(ray, cfg, records_dir)
+    pool = evolve_buckets(ray, cfg, done)
+    budget = budget_outcome(ray, keeper)
+    InFlight(cfg.output.path).clear()
+    refused = frozenset(budget["refused_buckets"]) if budget else frozenset()
+    record_failed_buckets(cfg, records_dir, frozenset(pool.stopped) | refused)
     if pool.stopped:
         raise RunStopped(f"{pool.cause}; {len(pool.stopped)} bucket(s) are left unwritten: rerun the same command "
                          "to do them once the engine works")
     if not record_files(records_dir):
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
     finish = curate(ray, cfg, records_dir, sets)  # contamination and near-duplicates over the whole output
-    summary = summarize(cfg, records_dir, time.time() - started, pool.per_actor)
+    summary = summarize(cfg, records_dir, time.time() - started, pool.per_actor, budget["refused_rows"] if budget else 0)
     summary.update(dedupe=finish.pop("dedupe"), decontamination=finish.pop("decontamination"), finish_stage=finish)
     summary["seeds_per_actor"] = pool.per_actor
     summary["actors"] = {actor: {"seeds": n, **pool.gauges.get(actor, {})} for actor, n in pool.per_actor.items()}
+    if budget:
+        summary["budget"] = budget
     summary["output"] = cfg.output.path
     storage.write_json(storage.join(cfg.output.path, "summary.json"), summary)
     storage.write_text(storage.join(cfg.output.path, "README.md"), render_card(summary, given))  # the user's paths
@@ -85,6 +92,8 @@ def report(summary: dict, cfg: EvolveConfig) -> str:
         lines.append(f"actor {actor}: {gauges['seeds']} seeds, {gauges.get('mean_chains_in_flight', 0):.1f} chains "
                      f"in flight on average while fed (max_chains {cfg.generation.chains_in_flight()}), engine busy "
                      f"{100 * gauges.get('engine_busy_share', 0):.0f}% of the time")
+    if summary.get("budget"):
+        lines.append(format_budget(summary["budget"]))
     lines += [f"records: {storage.join(out, 'records')}/bucket-*.parquet",
               f"training set: {storage.join(out, 'training')}/{{parquet,jsonl}}/",
               f"dataset card: {storage.join(out, 'README.md')}"]

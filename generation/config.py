@@ -41,6 +41,14 @@ class OpenAIConfig(StrictModel):
                                                   "timeouts and connection errors")
     tokenizer: str | None = Field(None, description="local model folder, alias or hub id whose tokenizer counts "
                                                     "input tokens; None: estimated as characters / 4")
+    requests_per_minute: int | None = Field(
+        None, ge=1, description="the whole job's request limit on this endpoint and model, shared by every actor "
+                                "(one Ray actor holds the bucket); lowered by the endpoint's x-ratelimit-* "
+                                "headers; None: no limit")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="the whole job's token limit, shared likewise: a request reserves its prompt "
+                                "tokens + max_tokens and gives back what the endpoint's usage says it did not use; "
+                                "None: no limit")
 
 
 class GenerationConfig(StrictModel):

@@ -3,22 +3,44 @@
 Retries with backoff on 408/409/429/5xx, timeouts and dropped connections are the client's
 own (`max_retries`); a request that still fails is a GenerationError with a short reason,
 which the job records. The API key is read from the environment variable named in config
-and is scrubbed from every error text.
+and is scrubbed from every error text. With `requests_per_minute` / `tokens_per_minute` set, every
+HTTP attempt (the client's retries too) first takes its turn from the job's shared limiter
+(generation/ratelimit.py), which also reads every response's rate-limit headers and 429s.
 """
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
+from dataclasses import dataclass, field
 
 from generation.choice import (JSON_SCHEMA, LOGPROBS, TEXT, TOP_LOGPROBS, first_token_choice, json_answer,
                                response_format)
 from generation.config import GenerationConfig
 from generation.prompts import render_prompt, text_token_ids
+from generation.ratelimit import shared_limiter
 from generation.types import Choice, Generation, GenerationError, SamplingParams, Secret
 
 NO_KEY = "EMPTY"  # what a self-hosted server without --api-key accepts
 CHARS_PER_TOKEN = 4  # the estimate used when no tokenizer is configured
 JSON_TOKENS = 48  # room for {"answer": "..."} with the whitespace a grammar allows
+RATE_HEADERS = ("retry-after", "retry-after-ms", *(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
+                                                  for kind in ("requests", "tokens")))
+
+
+@dataclass
+class Reservation:
+    """What one request reserves from the limiter on each attempt, and the last headers it saw."""
+    tokens: int
+    headers: dict = field(default_factory=dict)
+
+
+# The request being sent by this task: the client's HTTP hooks run inside the awaiting task.
+_RESERVATION: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar("reservation", default=None)
+
+
+def rate_headers(response) -> dict:
+    return {name: response.headers[name] for name in RATE_HEADERS if name in response.headers}
 
 
 def api_key(cfg: GenerationConfig) -> Secret:
@@ -49,8 +71,9 @@ class OpenAIGenerator:
         if key is None:
             raise GenerationError("no_api_key", f"environment variable {cfg.openai.api_key_env} is not set")
         self._key = key
+        self.limiter = shared_limiter(cfg)
         self.client = AsyncOpenAI(api_key=key, base_url=cfg.openai.base_url, timeout=cfg.openai.timeout_s,
-                                  max_retries=cfg.openai.max_retries)
+                                  max_retries=cfg.openai.max_retries, http_client=self._http_client())
         self.tokenizer = None
         if cfg.openai.tokenizer:
             from transformers import AutoTokenizer
@@ -59,6 +82,26 @@ class OpenAIGenerator:
 
             self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.openai.tokenizer))
         self._slots: asyncio.Semaphore | None = None
+
+    def _http_client(self):
+        """None (the client's own) without a limit; else one whose hooks wait for the limiter before
+        every attempt and report every response's rate-limit headers."""
+        if self.limiter is None:
+            return None
+        from openai import DefaultAsyncHttpxClient
+
+        return DefaultAsyncHttpxClient(event_hooks={"request": [self._take_turn], "response": [self._read_limits]})
+
+    async def _take_turn(self, request) -> None:
+        reservation = _RESERVATION.get()
+        await self.limiter.acquire(reservation.tokens if reservation else 1)
+
+    async def _read_limits(self, response) -> None:
+        headers = rate_headers(response)
+        if response.status_code == 429:
+            self.limiter.rejected(headers)
+        elif (reservation := _RESERVATION.get()) is not None:
+            reservation.headers = headers
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         if self.tokenizer is None:
@@ -72,6 +115,8 @@ class OpenAIGenerator:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.cfg.openai.max_in_flight)
         async with self._slots:
+            reservation = Reservation(self.count_tokens([prompt])[0] + sampling.max_tokens) if self.limiter else None
+            token = _RESERVATION.set(reservation)
             try:
                 text, finish, usage = await self._request(prompt, sampling)
             except GenerationError:
@@ -79,13 +124,18 @@ class OpenAIGenerator:
             except Exception as exc:
                 detail = self._scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 raise GenerationError(error_reason(exc), detail[:300]) from None
+            finally:
+                _RESERVATION.reset(token)
         prompt_tokens = getattr(usage, "prompt_tokens", None)
         completion_tokens = getattr(usage, "completion_tokens", None)
-        return Generation(text=text.strip(),
-                          prompt_tokens=prompt_tokens if prompt_tokens is not None else self.count_tokens([prompt])[0],
-                          completion_tokens=(completion_tokens if completion_tokens is not None
-                                             else self.count_tokens([text])[0]),
-                          finished=finish != "length")
+        gen = Generation(text=text.strip(),
+                         prompt_tokens=prompt_tokens if prompt_tokens is not None else self.count_tokens([prompt])[0],
+                         completion_tokens=(completion_tokens if completion_tokens is not None
+                                            else self.count_tokens([text])[0]),
+                         finished=finish != "length")
+        if reservation is not None:
+            self.limiter.settle(reservation.tokens, gen.prompt_tokens + gen.completion_tokens, reservation.headers)
+        return gen
 
     async def _request(self, prompt: str, sampling: SamplingParams):
         """(text, finish_reason, usage) from the chat endpoint, or the completions endpoint for
@@ -119,6 +169,9 @@ class OpenAIGenerator:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.cfg.openai.max_in_flight)
         async with self._slots:
+            reservation = (Reservation(self.count_tokens([prompt])[0] + max(sampling.max_tokens, JSON_TOKENS))
+                           if self.limiter else None)
+            token = _RESERVATION.set(reservation)  # the rate limiter counts equality checks too
             try:
                 text, finish, usage, tokens = await self._choice_request(prompt, options, sampling)
             except GenerationError:
@@ -126,8 +179,13 @@ class OpenAIGenerator:
             except Exception as exc:
                 detail = self._scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 raise GenerationError(error_reason(exc), detail[:300]) from None
+            finally:
+                _RESERVATION.reset(token)
         counts = dict(prompt_tokens=getattr(usage, "prompt_tokens", None) or self.count_tokens([prompt])[0],
                       completion_tokens=getattr(usage, "completion_tokens", None) or self.count_tokens([text])[0])
+        if reservation is not None:
+            self.limiter.settle(reservation.tokens, counts["prompt_tokens"] + counts["completion_tokens"],
+                                reservation.headers)
         answer = json_answer(text, options)
         if answer is not None:
             lead = first_token_choice(tokens, answer[1], options) if tokens else None
@@ -153,6 +211,8 @@ class OpenAIGenerator:
             extra = ({"response_format": response_format(options)} if JSON_SCHEMA in wanted else {}) | (
                 {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if LOGPROBS in wanted else {})
             tokens = max(sampling.max_tokens, JSON_TOKENS) if JSON_SCHEMA in wanted else sampling.max_tokens
+            if sampling.seed is not None:
+                extra["seed"] = sampling.seed
             try:
                 response = await self.client.chat.completions.create(
                     model=self.cfg.model, messages=[{"role": "user", "content": prompt}],

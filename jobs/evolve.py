@@ -1,4 +1,4 @@
-"""python -m jobs.evolve --config configs/local.yaml [key.sub=value ...]
+"""python -m jobs.evolve --config configs/local.yaml [--estimate] [key.sub=value ...]
 
 The same command runs under `ray job submit -- python -m jobs.evolve ...` on a cluster.
 """
@@ -9,9 +9,11 @@ from evol.config import EvolveConfig
 
 
 def main(argv=None) -> int:
+    from evol.estimate import estimate_evolve
     from evol.run import run_evolve
 
-    return run_job(EvolveConfig, run_evolve, "Evolve seed instructions with Evol-Instruct on Ray.", argv)
+    return run_job(EvolveConfig, run_evolve, "Evolve seed instructions with Evol-Instruct on Ray.", argv,
+                   estimate=estimate_evolve)
 
 
 if __name__ == "__main__":

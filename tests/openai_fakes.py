@@ -6,13 +6,18 @@ SLOW -> answers after `slow_seconds`; GARBLED -> 200 with a body that is not JSO
 AUTH -> 401 whose message echoes the Authorization header (as real servers do with keys).
 `outage`: a test may set a predicate on the prompt; while it holds, the request gets a 503 (an endpoint
 that is down for a while, then recovers).
+
+`RateLimitedServer` answers every request like the flaky one's plain answers, under a hard limit of
+requests and tokens per minute, enforced over a sliding window (429 beyond it), with OpenAI's
+x-ratelimit-* headers on every response.
 """
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from evol.templates import ORIGINAL_MARKER
@@ -79,8 +84,9 @@ def _answer(prompt: str) -> str:
     return "Here is a careful answer with several useful words about the question."
 
 
-def completion_body(body: dict, text: str) -> dict:
-    usage = {"prompt_tokens": 11, "completion_tokens": len(text.split()), "total_tokens": 11 + len(text.split())}
+def completion_body(body: dict, text: str, prompt_tokens: int = 11) -> dict:
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
+             "total_tokens": prompt_tokens + len(text.split())}
     if "messages" in body:
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         return {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
@@ -101,3 +107,57 @@ def send_raw(request, status: int, data: bytes, headers: dict | None = None) -> 
         request.send_header(key, value)
     request.end_headers()
     request.wfile.write(data)
+
+
+class RateLimitedServer(FlakyOpenAIServer):
+    """At most `requests_per_minute * window_s / 60` requests and as many tokens (prompt + completion,
+    the usage it reports) in any `window_s` seconds; beyond that a 429 with retry-after-ms. Every
+    response carries x-ratelimit-limit/remaining/reset headers (`headers=False`: none), per minute as
+    OpenAI's are (remaining: the limit less the window's use scaled to a minute).
+    `admitted` and `rejected` hold the monotonic times of each (admitted with its tokens)."""
+
+    def __init__(self, requests_per_minute: int, tokens_per_minute: int | None = None, window_s: float = 1.0,
+                 headers: bool = True):
+        super().__init__()
+        self.limits = {"requests": requests_per_minute, "tokens": tokens_per_minute}
+        self.window_s, self.send_limits = window_s, headers
+        self.window: deque = deque()  # (time, tokens) of the admitted requests still in the window
+        self.admitted: list[tuple[float, int]] = []
+        self.rejected: list[float] = []
+
+    def allowance(self, kind: str) -> float:
+        limit = self.limits[kind]
+        return math.inf if limit is None else limit * self.window_s / 60.0
+
+    def handle(self, request, body: dict) -> None:
+        prompt = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
+        text = _answer(prompt)
+        tokens = -(-len(prompt) // 4) + len(text.split())
+        with self.lock:
+            now = time.monotonic()
+            while self.window and self.window[0][0] <= now - self.window_s:
+                self.window.popleft()
+            used = {"requests": len(self.window), "tokens": sum(t for _, t in self.window)}
+            full = used["requests"] >= self.allowance("requests") or used["tokens"] >= self.allowance("tokens")
+            if full:
+                self.rejected.append(now)
+            else:
+                self.window.append((now, tokens))
+                self.admitted.append((now, tokens))
+                used = {"requests": used["requests"] + 1, "tokens": used["tokens"] + tokens}
+            reset = self.window[0][0] + self.window_s - now if self.window else 0.0
+        headers = self.limit_headers(used, reset)
+        if full:
+            return send_json(request, 429, {"error": {"message": "rate limit reached", "type": "requests"}},
+                             headers | {"retry-after-ms": str(int(reset * 1000) + 1)})
+        send_json(request, 200, completion_body(body, text, prompt_tokens=tokens - len(text.split())), headers)
+
+    def limit_headers(self, used: dict, reset: float) -> dict:
+        if not self.send_limits:
+            return {}
+        headers = {}
+        for kind, limit in self.limits.items():
+            if limit is not None:
+                headers |= {f"x-ratelimit-limit-{kind}": str(limit), f"x-ratelimit-reset-{kind}": f"{reset:.3f}s",
+                            f"x-ratelimit-remaining-{kind}": str(max(0, int(limit - used[kind] * 60 / self.window_s)))}
+        return headers

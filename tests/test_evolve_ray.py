@@ -239,6 +239,6 @@ def test_an_actor_keeps_max_chains_in_flight_across_buckets_and_calls(tmp_path, 
     [gauges] = summary["actors"].values()
     assert gauges["seeds"] == 64 and summary["requests"] == 64 * 2 * 3
     assert gauges["peak_chains_in_flight"] == 16, gauges
-    # Measured 12-14 of 16 here (Ray Data's ramp while it dispatches the first calls); the old feed gave 2-4.
-    assert gauges["mean_chains_in_flight"] >= 0.6 * 16, gauges
+    # Measured 15.9 of 16 (12-14 while a streaming repartition fed the pool); the old feed gave 2-4.
+    assert gauges["mean_chains_in_flight"] >= 0.8 * 16, gauges
     assert gauges["engine_busy_share"] >= 0.9, gauges

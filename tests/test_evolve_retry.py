@@ -64,7 +64,9 @@ def test_a_rerun_after_an_outage_retries_the_error_chains_from_their_last_finish
     finished = _by_id(first[first["status"] != "error"])
     pd.testing.assert_frame_equal(_by_id(second).loc[finished.index], finished)  # finished rounds unchanged
     redone = second[second["root_id"].isin(DOWN) & (second["round"] >= 2)]
-    assert len(redone) == len(DOWN) * (ROUNDS - 1) and (redone["status"] == "kept").all()
+    assert len(redone) == len(DOWN) * (ROUNDS - 1)
+    # The OUTAGE seeds' rewrites are near-copies of each other: curation may mark all but one duplicate.
+    assert redone["status"].isin(["kept", "duplicate"]).all() and (redone["status"] == "kept").any()
     assert summary["seeds_per_actor"] and sum(summary["seeds_per_actor"].values()) == len(DOWN)  # only those chains
 
 

@@ -1,0 +1,107 @@
+"""The evolve job vs distilabel's EvolInstruct (a user's alternative), one after the other, on the same
+model, seeds, rounds and token caps: generated tokens/s and wall time.
+
+    python benchmarks/bench_vs_distilabel.py [--seeds 8] [--rounds 2] [--max-tokens 256] [--dtype float32]
+                                             [--backends hf,vllm] [--threads 2]
+
+distilabel 1.5.3 with TransformersLLM is installed by this script into its own venv
+(~/.cache/evolray/distilabel-1.5.3; torch from pip's own index, transformers 4.48.3), never into the
+project's. Its side (benchmarks/distilabel_evolinstruct.py) runs the EvolInstruct step alone (no Pipeline):
+every evolution stored and answered. Our side is the real job, `python -m jobs.evolve` (Ray, the actor
+pool, buckets, writes), with the seeds' own answers (like distilabel, only evolutions are answered).
+Our tokens/s: the summary's generated tokens over its wall time (pool start and model load included);
+distilabel's: generated tokens over the step's time (model load excluded). Prints each side, then the
+job/distilabel ratios of tokens/s last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = Path.home() / ".cache" / "evolray" / "distilabel-1.5.3"
+PINS = ["torch==2.13.0", "distilabel[hf-transformers]==1.5.3", "transformers==4.48.3"]
+
+
+def distilabel_python() -> str:
+    """The venv's python, made on first use."""
+    python = VENV / "bin" / "python"
+    if not (VENV / ".installed").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PINS], check=True)
+        (VENV / ".installed").touch()
+    return str(python)
+
+
+def write_seeds(count: int, path: Path) -> None:
+    lines = (ROOT / "evol" / "data" / "self_instruct_seeds.jsonl").read_text().splitlines()[:count]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_job(backend: str, seeds: Path, args, out: str) -> dict:
+    overrides = [f"seeds.path={seeds}", "seeds.limit=null", f"evolve.rounds={args.rounds}",
+                 f"evolve.evolve_sampling.max_tokens={args.max_tokens}",
+                 f"evolve.respond_sampling.max_tokens={args.max_tokens}", f"generation.backend={backend}",
+                 f"generation.dtype={args.dtype}", f"generation.torch_threads={args.threads}",
+                 f"output.path={out}", "output.overwrite=true"]
+    if backend == "vllm":
+        overrides += ["generation.vllm.enforce_eager=true", "generation.vllm.max_model_len=2048"]
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "jobs.evolve", "--config", "configs/local.yaml", *overrides], cwd=ROOT,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    summary = json.loads(Path(out, "summary.json").read_text())
+    return {"requests": summary["requests"], "generated_tokens": summary["generated_tokens"],
+            "seconds": summary["wall_seconds"], "process_seconds": wall}
+
+
+def run_distilabel(model: str, seeds: Path, args) -> dict:
+    start = time.perf_counter()
+    done = subprocess.run([distilabel_python(), str(ROOT / "benchmarks" / "distilabel_evolinstruct.py"), model,
+                           str(seeds), str(args.rounds), str(args.max_tokens), args.dtype, str(args.threads)],
+                          check=True, capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result | {"seconds": result["step_seconds"], "process_seconds": time.perf_counter() - start}
+
+
+def line(name: str, r: dict) -> str:
+    return (f"{name:>18}: {r['requests']} requests, {r['generated_tokens']} tokens in {r['seconds']:.1f} s = "
+            f"{r['generated_tokens'] / r['seconds']:.1f} tok/s (process wall {r['process_seconds']:.1f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--backends", default="hf,vllm")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from common.models import ensure_small_model
+
+    model = str(ensure_small_model())
+    with tempfile.TemporaryDirectory() as tmp:
+        seeds = Path(tmp) / "seeds.jsonl"
+        write_seeds(args.seeds, seeds)
+        theirs = run_distilabel(model, seeds, args)
+        print(line("distilabel", theirs), flush=True)
+        ours = {}
+        for backend in args.backends.split(","):
+            ours[backend] = run_job(backend, seeds, args, str(Path(tmp) / f"out-{backend}"))
+            print(line(f"evolve job ({backend})", ours[backend]), flush=True)
+    rate = theirs["generated_tokens"] / theirs["seconds"]
+    for backend, r in ours.items():
+        print(f"{backend}: job/distilabel tokens/s = {r['generated_tokens'] / r['seconds'] / rate:.2f}x; "
+              f"process wall job/distilabel = {r['process_seconds'] / theirs['process_seconds']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
