@@ -78,10 +78,15 @@ def read_marker(cfg: PipelineConfig, stage: str) -> dict | None:
 
 
 def write_marker(cfg: PipelineConfig, stage: str, fingerprint: str, state: str, **extra) -> None:
-    storage.write_json(marker_path(cfg, stage), {
+    _write(marker_path(cfg, stage), {
         "stage": stage, "fingerprint": fingerprint, "state": state,
         "outputs": sorted(stage_outputs(cfg)[stage].values()),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())} | extra)
+
+
+def _write(path: str, marker: dict) -> None:
+    """Whole or not at all: a kill while a marker is written must not leave half a file."""
+    storage.write_bytes_atomic(path, (json.dumps(marker, indent=2) + "\n").encode())
 
 
 def recorded(marker: dict | None, path: str) -> bool:
@@ -98,7 +103,7 @@ def mark_later_stale(cfg: PipelineConfig, stage: str) -> None:
     for later in STAGES[STAGES.index(stage) + 1:]:
         marker = read_marker(cfg, later)
         if marker is not None and marker.get("state") != STALE:
-            storage.write_json(marker_path(cfg, later), marker | {"state": STALE})
+            _write(marker_path(cfg, later), marker | {"state": STALE})
 
 
 def empty_outputs(cfg: PipelineConfig, stage: str, marker: dict | None) -> None:
