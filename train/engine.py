@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -151,6 +152,7 @@ def save_generation_files(generation_config, tokenizer, template: str, local: Pa
     generation_config.pad_token_id = pad_id_of(tokenizer)
     generation_config.save_pretrained(local)
     if template != "chat_template":
+        tokenizer = copy.copy(tokenizer)  # the caller's tokenizer keeps its template
         tokenizer.chat_template = string_chat_template(template, hf_encoder(tokenizer).bos_id is not None)
     tokenizer.save_pretrained(local)
 
