@@ -13,8 +13,8 @@ brings tensorboardX), deepspeed 0.19.8, transformers 5.19.0, tokenizers 0.23.3, 
 peft 0.21.2 and bitsandbytes 0.50.2 (its CUDA wheel; without it the QLoRA check is skipped, saying so).
 
 Checks, each printed as `PASS|FAIL|SKIP <check>: <details>`:
-1. install: this package with CUDA torch, DeepSpeed, peft, bitsandbytes, CUDA vLLM and the small model; flash-attn if a
-   wheel installs within the time limit (else the FA2 check is skipped, saying so);
+1. install: this package with CUDA torch, DeepSpeed, peft, bitsandbytes, CUDA vLLM and the small model;
+   flash-attn if a wheel installs within the time limit (else the FA2 check is skipped, saying so);
 2. train sdpa: configs/train_tiny.yaml on 1 GPU, bf16, DeepSpeed ZeRO-3, micro batch 2 (one row per
    micro batch), gradient checkpointing on, through `python -m jobs.train`, the worker killed at step 6
    and resumed from its step-4 checkpoint (the recovery path); loss must fall;

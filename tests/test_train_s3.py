@@ -1,7 +1,8 @@
 """The train job against s3:// on a local moto server: the tokenizer is read without the weights,
 and a whole job (model, checkpoints, TensorBoard events and export on s3) runs from the command line,
-printing each progress line once, with the model downloaded into checkpoint.scratch_dir. The job test runs `python -m jobs.train` in a subprocess with its own local
-Ray (the S3 endpoint must reach Ray's workers through their environment): ~4 min on 2 cores.
+printing each progress line once, with the model downloaded into checkpoint.scratch_dir. The job test
+runs `python -m jobs.train` in a subprocess with its own local Ray (the S3 endpoint must reach Ray's
+workers through their environment): ~4 min on 2 cores.
 """
 from __future__ import annotations
 

@@ -125,7 +125,8 @@ def test_lora_trains_the_adapters_only_and_resumes_to_the_same_weights(process_g
     _, resumed = run_worker(cfg, units, tmp_path / "resumed", heldout_examples(2), restore=checkpoints[2])
     losses = {m["step"]: m["step_losses"] for m in whole if "step_losses" in m}
     assert {m["step"]: m["step_losses"] for m in resumed if "step_losses" in m} == {3: losses[3], 4: losses[4]}
-    merged, again = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    merged = load_file(tmp_path / "whole" / "model.safetensors")
+    again = load_file(tmp_path / "resumed" / "model.safetensors")
     base = load_file(Path(model_dir) / "model.safetensors")
     assert merged.keys() == base.keys() == again.keys()
     changed = {k for k in base if not torch.equal(merged[k], base[k])}
