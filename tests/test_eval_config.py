@@ -6,8 +6,9 @@ import pytest
 from common.config import ConfigError, load_config
 from eval.config import EvaluateConfig
 from eval.testset import ItemFields
+from generation.prompts import PROMPT_FORMAT_OF_TEMPLATE
 from jobs.evaluate import main
-from train.config import TrainConfig
+from pipeline.config import PipelineConfig
 from tests.config_files import yamls_for
 
 
@@ -19,11 +20,13 @@ def test_every_evaluate_yaml_in_configs_loads():
         assert cfg.candidate.model and cfg.judge.model
 
 
-def test_embedded_default_compares_the_train_export_with_its_base_and_says_it_is_a_smoke_test():
+def test_embedded_default_compares_the_make_run_model_with_its_base_and_says_it_is_a_smoke_test():
+    """`make evaluate` after `make run` measures the model `make run` trained, prompted as it was trained."""
     cfg = load_config(EvaluateConfig, "configs/evaluate_local.yaml")
-    train = load_config(TrainConfig, "configs/train_local.yaml")
-    assert cfg.candidate.model == train.output.path and cfg.candidate.prompt_format == "plain"
-    assert cfg.baseline.model == cfg.judge.model == train.model.name
+    run = load_config(PipelineConfig, "configs/pipeline_local.yaml")
+    assert cfg.candidate.model == run.train.output.path and cfg.evolution.output == run.evolve.output.path
+    assert cfg.candidate.prompt_format == PROMPT_FORMAT_OF_TEMPLATE[run.train.data.template] == "wizardlm"
+    assert cfg.baseline.model == cfg.judge.model == run.train.model.name
     assert "smoke test" in cfg.report.note
     assert cfg.testset.per_category == 1 and cfg.testset.limit is None  # every skill, both orders, every band
     assert cfg.judge_prefill and cfg.judge.prompt_format == "plain"  # else a 135M judge gives no scores
@@ -70,7 +73,8 @@ def test_output_folder_of_something_else_is_never_written_into_or_deleted(tmp_pa
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.jsonl").write_text(json.dumps({"Instruction": "Hi?", "idx": 1}) + "\n")
-    base = ["--config", "configs/evaluate_tiny.yaml", f"output.path={out}"]
+    base = ["--config", "configs/evaluate_tiny.yaml", f"output.path={out}", "testset.category_field=null",
+            "testset.difficulty_field=null"]
     assert main(base) == 2
     assert capsys.readouterr().err.strip() == \
         f"error: output.path: {out} holds files of something else than an evaluate run; choose another folder"
