@@ -6,6 +6,7 @@ import pytest
 from common.config import ConfigError, load_config
 from eval.config import EvaluateConfig
 from eval.testset import ItemFields
+from evol.config import EvolveConfig
 from generation.prompts import PROMPT_FORMAT_OF_TEMPLATE
 from jobs.evaluate import main
 from pipeline.config import PipelineConfig
@@ -83,3 +84,17 @@ def test_output_folder_of_something_else_is_never_written_into_or_deleted(tmp_pa
     assert main(base + ["output.overwrite=true", f"testset.path={out / 'mine.jsonl'}"]) == 2
     assert "holds an input" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["mine.jsonl"]
+
+
+def test_cloud_example_price_is_for_the_node_type_and_region_that_cluster_yaml_gives_the_evolve_actors():
+    import yaml
+
+    cluster = yaml.safe_load(open("cluster.yaml"))
+    node = cluster["available_node_types"]["gpu_generation"]
+    instance, gpus = node["node_config"]["InstanceType"], node["resources"]["GPU"]
+    text = open("configs/evolve_cluster.yaml").read()
+    comment = text[text.index("cost:"):]
+    assert instance == "g6.12xlarge" and f"{instance} on-demand (4x L4" in comment
+    assert f"in {cluster['provider']['region']} (cluster.yaml's region)" in comment
+    price = load_config(EvolveConfig, "configs/evolve_cluster.yaml").cost.price_per_accelerator_hour
+    assert price == pytest.approx(4.6016 / gpus, abs=0.005)  # the node's hourly price per GPU

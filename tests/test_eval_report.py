@@ -12,6 +12,7 @@ import pytest
 from eval.aggregate import aggregate
 from eval.evolution import evolution_stats, read_evolution_records
 from eval.evolution_report import cost_blocks
+from eval.pipeline import display_name
 from eval.report import caveats, write_report
 from eval.sections import verdict_words
 from tests.test_eval_aggregate import TABLE, item
@@ -153,3 +154,12 @@ def test_report_html_renders_in_headless_chromium_with_every_image(tmp_path):
     subprocess.run([CHROMIUM, *FLAGS, "--window-size=1000,2400", f"--screenshot={screenshot}",
                     (out / "report.html").as_uri()], capture_output=True, timeout=120, check=True)
     assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 20_000
+
+
+def test_a_local_model_is_named_by_its_path_under_the_working_folder_not_an_absolute_path(tmp_path, monkeypatch):
+    model = tmp_path / "outputs" / "pipeline-local" / "model"
+    model.mkdir(parents=True)
+    assert display_name(str(model)) == "pipeline-local/model"  # outside the working folder: its last two parts
+    monkeypatch.chdir(tmp_path)
+    assert display_name(str(model)) == "outputs/pipeline-local/model"
+    assert display_name("s3://bucket/models/m") == "s3://bucket/models/m" and display_name("gpt-4o") == "gpt-4o"
