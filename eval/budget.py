@@ -60,11 +60,13 @@ def fit_answers(build: Callable[[list[str]], list[str]], answers: list[str],
     ids = [measure.text_ids(answer) for answer in answers]
     cap = common_cap(measure.limit - fixed, [len(i) for i in ids])
     for _ in range(SEAM_RETRIES):
+        if cap <= 0:  # no room for any of the answers: nothing left to judge
+            return None
         shown = [answer if len(i) <= cap else measure.decode(i[:cap]) + CUT_NOTE for answer, i in zip(answers, ids)]
         over = tokens(shown) - measure.limit
         if over <= 0:
             return shown, cap
-        cap = max(0, cap - over)
+        cap -= over
     return None
 
 

@@ -189,7 +189,8 @@ def order_blocks(agg: dict) -> list[tuple]:
                "(`judge.require_both_orders: false`): their position bias is not cancelled; ")
     ties = " Each of those items counts as a tie (`judge.disagreement_as_tie`, FastChat's rule)." \
         if order["counted_as_ties"] else ""
-    return [("p", dropped + f"items without any readable verdict: {agg['unjudged'] - agg['one_order_only']}."),
+    none = agg["unjudged"] - agg["one_order_only"] - agg["judge_fit"]["too_long"]
+    return [("p", dropped + f"items without any readable verdict: {none}."),
             ("p", f"The two orders disagreed on the winner for {order['disagree']} of {order['both_orders']} items "
                   f"({pct(order['disagreement_rate'])}).{ties} Mean candidate minus baseline score with the candidate "
                   f"shown first: {num(by_order['cb'])}; shown second: {num(by_order['bc'])} "
