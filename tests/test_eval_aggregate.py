@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from eval.aggregate import aggregate, band_of, bootstrap_interval, combine_item
+from eval.aggregate import aggregate, aggregate_single, band_of, bootstrap_interval, combine_item
 from eval.length import length_controlled_win_rate, win_rate
 
 
@@ -168,3 +168,18 @@ def test_win_rate_counts_ties_as_half_and_equal_lengths_leave_it_as_is():
     assert length_controlled_win_rate(["win", "win", "loss", "tie"], [10] * 4, [10] * 4) == pytest.approx(0.625,
                                                                                                          abs=1e-3)
     assert length_controlled_win_rate([], [], []) is None
+
+
+def test_single_grades_per_role_and_the_paired_ratio_over_items_graded_for_both():
+    rows = [{"id": "a", "category": "Math", "difficulty": 2, "candidate_score": 8.0, "baseline_score": 4.0},
+            {"id": "b", "category": None, "difficulty": 9, "candidate_score": 6.0, "baseline_score": None,
+             "baseline_grade_error": "malformed"},
+            {"id": "c", "category": "Math", "difficulty": 5, "candidate_score": 7.0, "baseline_score": 7.0}]
+    result = aggregate_single(rows, ("candidate", "baseline"), bootstrap_samples=20)
+    assert (result["grades"]["candidate"]["n"], result["grades"]["candidate"]["mean"]) == (3, pytest.approx(7.0))
+    assert (result["grades"]["baseline"]["n"], result["grades"]["baseline"]["mean"]) == (2, pytest.approx(5.5))
+    assert result["paired"]["n"] == 2 and result["paired"]["ratio"] == pytest.approx(15 / 11)
+    assert {k: g["mean"] for k, g in result["by_category"]["candidate"].items()} == {"(no category)": 6.0,
+                                                                                     "Math": 7.5}
+    assert {k: g["n"] for k, g in result["by_band"]["baseline"].items()} == {"1-4": 1, "5-7": 1}
+    assert result["verdicts"]["failures"] == {"malformed": 1}
