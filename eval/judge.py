@@ -1,11 +1,12 @@
-"""The pairwise judge: our prompt, a strict verdict parser, and both answer orders.
+"""The judge: our prompts, strict parsers, and both answer orders.
 
 As in the paper's evaluation, a judge model reads one question and two answers and gives each a
 score from 1 to 10 with a short reason. Judges favour a position, so every pair is judged twice,
 once with the candidate first (order `cb`) and once with the baseline first (order `bc`), and the
 scores are mapped back to candidate/baseline. A verdict that does not state both scores plainly
 is a failure with a reason, never a guess: a guessed score would move the headline ratio.
-The prompt text is our own, written from the paper's description.
+Single-answer grading (mode single, as MT-bench) shows one answer and asks for one score.
+The prompt texts are our own, written from the paper's description.
 """
 from __future__ import annotations
 
