@@ -55,7 +55,8 @@ def test_aggregates_of_a_known_table():
     # judged items (both orders readable): candidate 9+6+4+5 = 24, baseline 6+6+8+5 = 25; w1 has one order only
     assert overall["ratio"] == pytest.approx(24 / 25)
     assert (overall["n"], overall["win"], overall["tie"], overall["loss"]) == (4, 1, 2, 1)
-    assert (overall["win_rate"], overall["win_rate_se"]) == (pytest.approx(0.5), pytest.approx((0.5 / 3) ** 0.5 / 2))  # sd of 1, .5, .5, 0 / sqrt(4)
+    # outcomes win, tie, tie, loss: 1, .5, .5, 0; standard error = their sd / sqrt(4)
+    assert (overall["win_rate"], overall["win_rate_se"]) == (pytest.approx(0.5), pytest.approx((0.5 / 3) ** 0.5 / 2))
     assert (result["items"], result["judged"], result["unjudged"], result["answer_failures"]) == (7, 4, 2, 1)
     assert result["one_order_only"] == 1
     cats = result["by_category"]

@@ -111,7 +111,7 @@ def recording_hf_judge(record: str):
 def test_real_hf_judge_gets_its_instructions_and_the_question_when_answers_are_long(local_ray, tiny_llama, tmp_path):
     record = tmp_path / "prompts.txt"
     cfg = load_config(EvaluateConfig, "configs/evaluate_tiny.yaml", [
-        "testset.limit=2", "candidate.backend=echo", "candidate.model=long-cand", "candidate.num_cpus=0.5",
+        "testset.limit=1", "candidate.backend=echo", "candidate.model=long-cand", "candidate.num_cpus=0.5",
         "baseline.model=long-base", "judge.backend=hf", f"judge.model={tiny_llama}", "judge.prompt_format=plain",
         "judge.dtype=float32", "judge.max_prompt_tokens=400", "judge.torch_threads=1", "judge.num_cpus=1",
         "answer_sampling.max_tokens=64", "judge_sampling.max_tokens=2", f"output.path={tmp_path / 'eval'}"])
@@ -119,7 +119,7 @@ def test_real_hf_judge_gets_its_instructions_and_the_question_when_answers_are_l
                                  "judge": recording_hf_judge(str(record))})
     sent = [eval(line) for line in record.read_text().splitlines()]  # noqa: S307 (our own repr)
     items = pq.read_table(tmp_path / "eval" / "items.parquet").to_pylist()
-    assert len(sent) >= 4 and all(n <= 400 for n, _ in sent)
+    assert len(sent) >= 2 and all(n <= 400 for n, _ in sent)  # both orders (and retries)
     for _, prompt in sent:  # today's cut from the front would start mid-answer
         assert prompt.startswith("You are reviewing two replies written by AI assistants")
         assert any(item["instruction"] in prompt for item in items)
@@ -127,7 +127,7 @@ def test_real_hf_judge_gets_its_instructions_and_the_question_when_answers_are_l
         assert "Reason: <one or two sentences>" in prompt and prompt.endswith("\n\n### Response:")
     cuts = [row["answers_cut_to"] for row in items]
     assert all(cut and cut < 300 for cut in cuts)
-    assert summary["aggregates"]["judge_fit"] == {"cut": 2, "shortest_cut": min(cuts), "too_long": 0}
+    assert summary["aggregates"]["judge_fit"] == {"cut": 1, "shortest_cut": cuts[0], "too_long": 0}
     report = (tmp_path / "eval" / "report.md").read_text()
-    assert "2 judge prompts would not fit in `judge.max_prompt_tokens` (400): their answers were cut to one " \
+    assert "1 judge prompts would not fit in `judge.max_prompt_tokens` (400): their answers were cut to one " \
            "common length" in report
