@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from common.config import StrictModel
 from common.ray_setup import RayConfig
 from common.rows import BUNDLED_PREFIX
+from eval.budget import TRUNCATING_BACKENDS
 from eval.testset import ItemFields
 from generation.config import GenerationConfig, SamplingConfig
 
@@ -123,7 +124,7 @@ def judge_budget_problem(judge: GenerationConfig, answers: SamplingConfig, verdi
     """The judge's prompt must hold its instructions and `shown` whole answers at answer_sampling.max_tokens:
     hf and vllm keep only the last max_prompt_tokens tokens (the instructions and the question would go),
     and vLLM's max_model_len must hold that prompt plus the verdict."""
-    if judge.backend not in ("hf", "vllm"):
+    if judge.backend not in TRUNCATING_BACKENDS:
         return None
     need = shown * answers.max_tokens + JUDGE_TEMPLATE_TOKENS
     if need > judge.max_prompt_tokens:
