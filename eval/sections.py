@@ -80,8 +80,8 @@ def grade_words(agg: dict) -> str:
     for role, g in agg["grades"].items():
         se = f" ± {num(g['se'])}" if g["se"] is not None else ""
         parts.append(f"the {role}'s mean grade is **{num(g['mean'])}/10**{se} ({g['n']} answers graded)")
-    text = "Each answer was graded alone from 1 to 10 (single-answer grading): " + "; ".join(parts) + \
-        " (± one standard error)."
+    text = "Each answer was graded alone from 1 to 10 (single-answer grading; ± one standard error): " + \
+        "; ".join(parts) + "."
     paired = agg.get("paired")
     if paired and paired["ratio"] is not None:
         low, high = paired["ci"]
@@ -147,13 +147,15 @@ def answers_blocks(summary: dict) -> list[tuple]:
                   f"scored it as it is. Items without an answer of every model: {agg['answer_failures']}.")]
 
 
-def fit_words(fit: dict, limit: int) -> str:
+def fit_words(fit: dict, limit: int, mode: str = "pairwise") -> str:
     """What the judge's prompt budget did (eval.budget), or '' when it did nothing."""
     text = ""
+    how, column = ("their answers were cut to one common length", "answers_cut_to") if mode == "pairwise" else \
+        ("the answer was cut", "<role>_cut_to")
     if fit["cut"]:
-        text += (f"{fit['cut']} judge prompts would not fit in `judge.max_prompt_tokens` ({limit}): their answers were "
-                 f"cut to one common length (the shortest cut: {fit['shortest_cut']} tokens; `answers_cut_to` in "
-                 "items.parquet), never the judge's instructions or the question. ")
+        text += (f"{fit['cut']} judge prompts would not fit in `judge.max_prompt_tokens` ({limit}): {how} (the "
+                 f"shortest cut: {fit['shortest_cut']} tokens; `{column}` in items.parquet), never the judge's "
+                 "instructions or the question. ")
     if fit["too_long"]:
         text += (f"{fit['too_long']} were not judged: the question alone does not fit in `judge.max_prompt_tokens` "
                  f"({limit}). ")
@@ -170,7 +172,7 @@ def reliability_blocks(summary: dict) -> list[tuple]:
                     f"{_were(verdicts['retried'])} unreadable and asked again with a format reminder; "
                     + (f"{verdicts['failed']} gave no usable scores ({failures}) and {_were(verdicts['failed'])} "
                        "counted as failures, never guessed. " if verdicts["failed"] else "all gave usable scores. ")
-                    + fit_words(agg["judge_fit"], summary.get("judge_max_prompt_tokens", 0)))]
+                    + fit_words(agg["judge_fit"], summary.get("judge_max_prompt_tokens", 0), agg["mode"]))]
     if agg["mode"] == "pairwise":
         blocks += order_blocks(agg)
     if prefill:

@@ -57,7 +57,8 @@ def test_single_answer_grading_of_a_model_without_a_baseline(local_ray, tmp_path
     assert summary["verdicts"] == {"reused": 0, "generated": 4, "failed": 0}
     report = (out / "report.md").read_text()
     assert report.startswith("# Evaluation: echo-candidate\n\nEach answer was graded alone from 1 to 10 "
-                             "(single-answer grading): the candidate's mean grade is **6.25/10** ± 1.18")
+                             "(single-answer grading; ± one standard error): the candidate's mean grade is "
+                             "**6.25/10** ± 1.18 (4 answers graded).")
     assert re.findall(r"^## (.+)$", report, re.MULTILINE)[:2] == ["Grades by difficulty", "Per category"]
     assert "| 5-7 | 1 | 3.00 |" in report and "| Code Generation | 1 | 3.00 |" in report
     items = pq.read_table(out / "items.parquet").to_pylist()
