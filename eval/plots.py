@@ -103,6 +103,7 @@ def _eliminations(ax, by_round: dict, rounds: dict) -> None:
         bottom = [a + b for a, b in zip(bottom, values)]
     if not series:
         ax.bar([str(r) for r in names], [0] * len(names))
+    ax.set_ylim(0, max(bottom + [1]) * 1.15)  # rounds with none stand at 0, not in the middle of the axis
     ax.set(title="Eliminations per rule and errors per round", xlabel="round", ylabel="candidates")
     ax.yaxis.get_major_locator().set_params(integer=True)
     if series:
