@@ -43,6 +43,21 @@ def check_model(name: str, key: str) -> None:
         raise UserError(f"{key}: {name} is not a folder")
 
 
+def model_files(name: str, key: str = "model") -> list | None:
+    """What identifies a model folder's contents: each file's name, size and modification time (a
+    local folder) or key, size and ETag (an s3:// folder), so a model retrained or replaced under the
+    same name is told apart. None for the bundled alias and hub ids (named by themselves)."""
+    if name.startswith("s3://"):
+        from common.s3 import list_objects
+
+        return list_objects(name, key)
+    folder = os.path.expanduser(name)
+    if not os.path.isdir(folder):
+        return None
+    entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    return [[e.name, e.stat().st_size, int(e.stat().st_mtime)] for e in entries if e.is_file()]
+
+
 def pin_local_model(name: str) -> str:
     """A model given as a local folder, made absolute for workers; aliases and hub ids unchanged."""
     return os.path.abspath(os.path.expanduser(name)) if os.path.isdir(os.path.expanduser(name)) else name
@@ -95,14 +110,17 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
 
 
 def download_from_s3(uri: str, root: Path | None = None) -> Path:
-    """Copy an s3:// model folder once into `root` (default: the local cache) with pyarrow's S3 filesystem."""
+    """Copy an s3:// model folder into `root` (default: the local cache) once per version of its files
+    (pyarrow's S3 filesystem): a model replaced under the same path is downloaded again, never served stale."""
     import hashlib
+    import json
 
     from pyarrow import fs
 
     from common.config import UserError
 
-    target = (root or cache_dir() / "s3") / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    version = json.dumps([uri, model_files(uri)])
+    target = (root or cache_dir() / "s3") / hashlib.sha1(version.encode()).hexdigest()[:16]
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

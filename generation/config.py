@@ -52,9 +52,11 @@ class GenerationConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the actor has a GPU")
-    prompt_format: Literal["chat", "plain", "raw"] = Field(
-        "chat", description="chat: the tokenizer's chat template; plain: '{prompt}\\n\\n### Response:'; "
-                            "raw: the prompt is already formatted")
+    prompt_format: Literal["chat", "wizardlm", "vicuna_v1.1", "alpaca", "plain", "raw"] = Field(
+        "chat", description="chat: the tokenizer's chat template (a tokenizer without one is an error); "
+                            "wizardlm / vicuna_v1.1 / alpaca: that training format with the BOS training "
+                            "puts first (wizardlm, vicuna_v1.1: as train.data.template trains them); plain: "
+                            "'{prompt}\\n\\n### Response:' without BOS; raw: the prompt is already formatted")
     batch_size: int = Field(8, ge=1, description="hf: most prompts per batched generate()")
     batch_wait_ms: float = Field(5.0, ge=0.0, description="hf: how long a batch waits for more requests")
     max_chains: int | None = Field(

@@ -7,6 +7,7 @@ of a job config file (`base:`), and one `ray` section for the whole job. The han
 stages are set here from the upstream stage's output path, never written twice:
   train.data.path            <- evolve.output.path + /training/parquet
   evaluate.candidate.model   <- train.output.path
+  evaluate.candidate.prompt_format <- train.data.template (the model is prompted as it was trained)
   evaluate.evolution.output  <- evolve.output.path
 """
 from __future__ import annotations
@@ -20,15 +21,17 @@ from common.config import StrictModel, read_yaml_mapping, set_dotted
 from common.ray_setup import RayConfig
 from eval.config import EvaluateConfig
 from evol.config import EvolveConfig
+from generation.prompts import PROMPT_FORMAT_OF_TEMPLATE
 from train.config import TrainConfig
 
 STAGES = ("evolve", "train", "evaluate")
 Stage = Literal["evolve", "train", "evaluate"]
 
-# stage -> [(key inside that stage, (upstream stage, key there), suffix)]
+# stage -> [(key inside that stage, (upstream stage, key there), path suffix or {upstream value: value})]
 HANDOFFS = {
     "train": [("data.path", ("evolve", "output.path"), "training/parquet")],
     "evaluate": [("candidate.model", ("train", "output.path"), ""),
+                 ("candidate.prompt_format", ("train", "data.template"), PROMPT_FORMAT_OF_TEMPLATE),
                  ("evolution.output", ("evolve", "output.path"), "")],
 }
 SCHEMAS = {"evolve": EvolveConfig, "train": TrainConfig, "evaluate": EvaluateConfig}
@@ -130,7 +133,9 @@ def compose(data: dict) -> dict:
     for stage, handoffs in HANDOFFS.items():
         for key, (upstream, upstream_key), suffix in handoffs:
             path = _get(data[upstream], upstream_key) or _default(upstream, upstream_key)
-            set_dotted(data[stage], key, f"{str(path).rstrip('/')}/{suffix}" if suffix else path)
+            value = suffix.get(path, path) if isinstance(suffix, dict) else \
+                f"{str(path).rstrip('/')}/{suffix}" if suffix else path
+            set_dotted(data[stage], key, value)
     ray = data.get("ray") or {}
     for stage in STAGES:
         data[stage]["ray"] = ray

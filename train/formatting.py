@@ -16,11 +16,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from generation.prompts import PLAIN_TEMPLATE
+from generation.prompts import PLAIN_TEMPLATE, VICUNA_SYSTEM, VICUNA_TURN
 
 TEMPLATES = ("wizardlm", "vicuna_v1.1", "chat_template")
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 EOS = object()  # placeholder segment: "the tokenizer's end-of-sequence token here"
 
 Segment = tuple[Any, bool]  # (text or EOS, trainable)
@@ -84,7 +82,7 @@ def vicuna_segments(messages: list[dict]) -> list[Segment]:
     for role, content in _turns(messages):
         if role == "user":
             prefix = f"{VICUNA_SYSTEM} " if first else ""
-            segments.append((f"{prefix}USER: {content} ASSISTANT:", False))
+            segments.append((prefix + VICUNA_TURN.format(prompt=content), False))
             first = False
         else:
             segments += [(f" {content}", True), (EOS, True)]
