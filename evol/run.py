@@ -14,7 +14,7 @@ import yaml
 from common import storage
 from common.config import UserError
 from common.models import pin_local_model
-from common.ray_setup import init_ray
+from common.ray_setup import init_ray, wait_for_room
 from evol.accounting import accounting_error
 from evol.card import render_card
 from evol.config import EvolveConfig
@@ -59,6 +59,7 @@ def run_evolve(cfg: EvolveConfig) -> dict:
     given, cfg = cfg, with_absolute_paths(cfg)
     ray = init_ray(cfg.ray)
     check_room(ray, cfg)
+    wait_for_room("generation", {"CPU": cfg.generation.num_cpus, "GPU": cfg.generation.num_gpus})
     ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed bucket is recorded, not fatal
     started = time.time()
     done = start_run(cfg)

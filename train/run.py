@@ -8,7 +8,7 @@ import time
 from common import storage
 from common.config import UserError
 from common.models import check_model, pin_local_model
-from common.ray_setup import init_ray
+from common.ray_setup import init_ray, wait_for_room
 from common.tokenizer import load_tokenizer
 from generation.prompts import special_token_texts
 from train.config import TrainConfig
@@ -79,16 +79,23 @@ def check_resume(cfg: TrainConfig, plan: dict) -> None:
         raise UserError(resume_error(cfg.name, diff))
 
 
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    s = cfg.scaling
+    return ({"CPU": s.cpus_per_worker} | ({"GPU": 1} if s.use_gpu else {})
+            | ({f"accelerator_type:{s.accelerator_type}": 0.001} if s.accelerator_type else {}))
+
+
 def build_trainer(cfg: TrainConfig, plan: dict, datasets: dict):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     s = cfg.scaling
     return TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "plan": plan},
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, accelerator_type=s.accelerator_type,
                                      resources_per_worker={"CPU": s.cpus_per_worker} | ({"GPU": 1} if s.use_gpu else {})),
+        torch_config=TorchConfig(backend="nccl" if s.cuda else "gloo"),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.checkpoint.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
                              failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures)),
@@ -137,6 +144,7 @@ def run_train(cfg: TrainConfig) -> dict:
     plan |= {"heldout": heldout, "output_path": cfg.output.path}
     used = plan["steps_per_epoch"] * cfg.optim.global_batch_size
     datasets = rank_datasets(prepared.units, used, cfg.scaling.num_workers)
+    wait_for_room("scaling (one training worker)", worker_resources(cfg))
     result = build_trainer(cfg, plan, datasets).fit()
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
