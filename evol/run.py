@@ -22,7 +22,7 @@ from evol.dataflow import evolve_buckets, record_failed_buckets
 from evol.finish import summarize
 from evol.output import JOB, record_files
 from evol.preflight import check_room, preflight
-from evol.reading import resolve_seed_path
+from evol.reading import READ_COUNTS, read_counts, resolve_seed_path
 from evol.resume import buckets_in, config_dict
 from evol.summary import format_summary
 from generation import GenerationConfig
@@ -54,17 +54,34 @@ def start_run(cfg: EvolveConfig) -> frozenset[int]:
         print(f"[evolve] resuming {out}: {len(done)} bucket(s) already written are skipped", flush=True)
     return done
 
+def retry_lost_buckets(ray, cfg: EvolveConfig, records_dir: str, per_actor: dict[str, int]) -> dict[str, int]:
+    """Buckets read but not written had their worker die on every retry: a seed that kills its
+    process, or a lost node (its calls fail at once, three times, before Ray declares the node
+    dead). They run once more in a fresh pool; what fails again is recorded as an error."""
+    _, read, _ = read_counts(storage.join(cfg.output.path, READ_COUNTS))
+    written = frozenset(buckets_in(storage.list_files(records_dir)))
+    if not read - written:
+        return per_actor
+    print(f"[evolve] {len(read - written)} bucket(s) lost their worker; running them once more", flush=True)
+    again = evolve_buckets(ray, cfg, frozenset(range(cfg.output.buckets)) - (read - written))
+    return {actor: per_actor.get(actor, 0) + again.get(actor, 0) for actor in per_actor.keys() | again.keys()}
+
 def run_evolve(cfg: EvolveConfig) -> dict:
     preflight(cfg)
     given, cfg = cfg, with_absolute_paths(cfg)
     ray = init_ray(cfg.ray)
     check_room(ray, cfg)
     wait_for_room("generation", {"CPU": cfg.generation.num_cpus, "GPU": cfg.generation.num_gpus})
-    ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed bucket is recorded, not fatal
+    context = ray.data.DataContext.get_current()
+    context.max_errored_blocks = -1  # a failed bucket is recorded, not fatal
+    # The pool queues no call at a busy actor (dataflow.py), so its utilization never passes 100%:
+    # at Ray Data's default threshold (175%) a [1, N] pool never grew past one actor. Grow when all are busy.
+    context.autoscaling_config.actor_pool_util_upscaling_threshold = 1.0
     started = time.time()
     done = start_run(cfg)
     per_actor = evolve_buckets(ray, cfg, done)
     records_dir = storage.join(cfg.output.path, "records")
+    per_actor = retry_lost_buckets(ray, cfg, records_dir, per_actor)
     record_failed_buckets(cfg, records_dir)
     if not record_files(records_dir):
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
