@@ -40,6 +40,8 @@ def init_ray(cfg: RayConfig):
     except ValueError:  # connecting to an existing cluster: num_cpus is not allowed there
         kwargs.pop("num_cpus", None)
         ray.init(**kwargs)
+    # One progress line per dataset, not one per operator (a block of lines every 10 s in a job's log)
+    ray.data.DataContext.get_current().enable_operator_progress_bars = False
     return ray
 
 

@@ -144,6 +144,8 @@ def run_train(cfg: TrainConfig) -> dict:
     plan |= {"heldout": heldout, "output_path": cfg.output.path}
     used = plan["steps_per_epoch"] * cfg.optim.global_batch_size
     datasets = rank_datasets(prepared.units, used, cfg.scaling.num_workers)
+    for shard in datasets.values():  # read inside the workers: their bars were printed between the train lines
+        shard.context.enable_progress_bars = False
     wait_for_room("scaling (one training worker)", worker_resources(cfg))
     result = build_trainer(cfg, plan, datasets).fit()
     if result.error is not None:
