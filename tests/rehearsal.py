@@ -358,9 +358,10 @@ class Watcher:
         self.peak_pool = max(self.peak_pool, len(pool))  # generation nodes with a live pool actor at once
         if "evolve" not in self.kills and evolve and (len(pool) > 1 or len(evolve) >= 9):  # once it has grown
             self._kill("evolve", pool, len(evolve))
-        checkpoints = [k for k in s3_keys(self.aws, "train-runs/") if "/checkpoint_" in k]
-        if "train" not in self.kills and checkpoints and not s3_keys(self.aws, "models/rehearsal/config.json"):
-            self._kill("train", alive_on(actors, "RayTrainWorker", nodes, TRAINING_TYPE), len(checkpoints))
+        # Ray Train writes its snapshot once a checkpoint is uploaded and registered: one to resume from
+        registered = s3_keys(self.aws, "train-runs/rehearsal/checkpoint_manager_snapshot.json")
+        if "train" not in self.kills and registered and not s3_keys(self.aws, "models/rehearsal/config.json"):
+            self._kill("train", alive_on(actors, "RayTrainWorker", nodes, TRAINING_TYPE), len(registered))
 
     def _kill(self, stage: str, targets: list[str], progress: int) -> None:
         if not targets:
