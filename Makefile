@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup browser run pipeline evolve train evaluate test gpu-check
+.PHONY: setup browser run pipeline evolve train evaluate test gpu-check rehearse
 
 setup: $(VENV)/.installed browser
 
@@ -48,6 +48,16 @@ evaluate: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# The cloud run rehearsed on this machine: configs/pipeline_rehearsal.yaml (the small real model) submitted with
+# `ray job submit` to a fake autoscaling cluster built from cluster.yaml, S3 on a local moto server, a generation
+# node and a training node lost mid-stage (tests/rehearsal.py); then the checks of tests/rehearsal_checks.py on
+# its report.
+REHEARSAL_REPORT ?= outputs/rehearsal/report.json
+rehearse: setup
+	mkdir -p $(dir $(REHEARSAL_REPORT))
+	$(PY) -m tests.rehearsal --size small --report $(REHEARSAL_REPORT)
+	REHEARSAL_REPORT=$(REHEARSAL_REPORT) $(PY) -m pytest -q tests/rehearsal_checks.py
 
 # On a GPU node (not part of make test): installs the CUDA stack, then one line per check (< 8 min).
 gpu-check:

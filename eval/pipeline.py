@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from common import storage
 from common.models import pin_local_model
-from common.ray_setup import init_ray
+from common.ray_setup import init_ray, wait_for_room
 from eval import cache
 from eval.aggregate import aggregate, aggregate_single
 from eval.budget import TRUNCATING_BACKENDS, Measure, tokenizer_measure
@@ -83,6 +83,7 @@ def generate_stage(rows: list[dict], gen: GenerationConfig, sampling: SamplingCo
     import ray
 
     low, high = gen.concurrency
+    wait_for_room(f"{kind} pool of {gen.model}", {"CPU": gen.num_cpus, "GPU": gen.num_gpus})
     kwargs = dict(gen=gen, sampling=sampling, kind=kind, factory=factory,
                   api_key=None if factory else driver_api_key(gen), prefill=prefill)
     return ray.data.from_items(rows).map_batches(

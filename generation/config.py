@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.config import StrictModel
 from common.models import SMALL_MODEL_ALIAS
+from common.secrets import reference_problem
 
 
 class SamplingConfig(StrictModel):
@@ -35,12 +36,23 @@ class OpenAIConfig(StrictModel):
     base_url: str | None = Field(None, description="None: the official OpenAI API")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable that holds the key "
                                                            "(the key itself never goes in a config)")
+    api_key_secret: str | None = Field(None, description=(
+        "where the driver reads the key instead of api_key_env: aws-secretsmanager:NAME[#FIELD], aws-ssm:NAME "
+        "or file:PATH (on the node that runs the driver); keeps it out of the job's runtime env"))
     max_in_flight: int = Field(32, ge=1, description="requests in flight per actor")
     timeout_s: float = Field(120.0, gt=0.0, description="per request attempt")
     max_retries: int = Field(5, ge=0, description="the client's own retries (backoff) on 408/409/429/5xx, "
                                                   "timeouts and connection errors")
     tokenizer: str | None = Field(None, description="local model folder, alias or hub id whose tokenizer counts "
                                                     "input tokens; None: estimated as characters / 4")
+
+    @field_validator("api_key_secret")
+    @classmethod
+    def _secret_reference(cls, ref: str | None) -> str | None:
+        problem = ref is not None and reference_problem(ref)
+        if problem:
+            raise ValueError(problem)
+        return ref
 
 
 class GenerationConfig(StrictModel):

@@ -77,8 +77,19 @@ class DeepSpeedSection(StrictModel):
 
 class ScalingSection(StrictModel):
     num_workers: int = Field(2, ge=1)
-    use_gpu: bool = False
+    use_gpu: bool = Field(False, description="each worker reserves one GPU")
     cpus_per_worker: float = Field(1, gt=0)
+    device: Literal["auto", "cpu"] = Field("auto", description=(
+        "auto: workers compute on their GPU when use_gpu; cpu: they reserve one (use_gpu) but compute on CPU, "
+        "for a rehearsal on Ray's fake multi-node cluster, whose GPUs are only resource counts"))
+    accelerator_type: Optional[str] = Field(None, description=(
+        "workers only on nodes with Ray's accelerator_type:NAME resource (e.g. A100, declared per node type in "
+        "cluster.yaml): keeps them off the generation nodes; None: any node with the resources"))
+
+    @property
+    def cuda(self) -> bool:
+        """The workers compute on CUDA (nccl, fused optimizers, pinned memory)."""
+        return self.use_gpu and self.device == "auto"
 
 
 class CheckpointSection(StrictModel):
@@ -149,10 +160,12 @@ class TrainConfig(StrictModel):
         if self.optim.batch_unit == "sequences" and not self.data.packing:
             raise ValueError("optim.batch_unit=sequences counts packed rows: it needs data.packing=true "
                              "(or use optim.batch_unit=samples)")
-        if self.model.attn_implementation == "flash_attention_2" and not self.scaling.use_gpu:
-            raise ValueError("model.attn_implementation=flash_attention_2 needs scaling.use_gpu=true")
-        if self.deepspeed.precision == "bf16" and not self.scaling.use_gpu:
-            raise ValueError("deepspeed.precision=bf16 needs scaling.use_gpu=true (use fp32 on CPU)")
+        if self.model.attn_implementation == "flash_attention_2" and not self.scaling.cuda:
+            raise ValueError("model.attn_implementation=flash_attention_2 needs scaling.use_gpu=true "
+                             "(and scaling.device=auto)")
+        if self.deepspeed.precision == "bf16" and not self.scaling.cuda:
+            raise ValueError("deepspeed.precision=bf16 needs scaling.use_gpu=true (and scaling.device=auto; "
+                             "use fp32 on CPU)")
         if self.model.attn_implementation == "flash_attention_2" and self.deepspeed.precision != "bf16":
             raise ValueError("model.attn_implementation=flash_attention_2 runs in bf16/fp16 only: set "
                              "deepspeed.precision=bf16 (or use sdpa)")

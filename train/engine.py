@@ -22,12 +22,12 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
     ds = cfg.deepspeed
     zero: dict = {"stage": ds.stage}
     if ds.stage == 3:
-        zero.update({"stage3_gather_16bit_weights_on_model_save": True, "overlap_comm": cfg.scaling.use_gpu,
+        zero.update({"stage3_gather_16bit_weights_on_model_save": True, "overlap_comm": cfg.scaling.cuda,
                      "contiguous_gradients": True})
     if ds.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.scaling.cuda}
     if ds.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
+        zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.scaling.cuda}
     config = {
         "train_batch_size": cfg.optim.global_batch_size,
         "train_micro_batch_size_per_gpu": cfg.optim.micro_batch_size,
@@ -86,7 +86,7 @@ def build_engine(cfg: TrainConfig, model_path: str, total_steps: int):
 
     ds_config = deepspeed_config(cfg)
     # Before HfDeepSpeedConfig: it reads the world size to check the batch arithmetic.
-    deepspeed.init_distributed(dist_backend="nccl" if cfg.scaling.use_gpu else "gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.scaling.cuda else "gloo")
     # Keeping this object alive makes from_pretrained build the model already partitioned
     # (deepspeed.zero.Init) under ZeRO-3, so no worker ever holds the full 7B model.
     hf_ds = HfDeepSpeedConfig(ds_config) if cfg.deepspeed.stage == 3 else None
@@ -95,7 +95,7 @@ def build_engine(cfg: TrainConfig, model_path: str, total_steps: int):
     optimizer = None
     if "optimizer" not in ds_config:
         optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                      weight_decay=cfg.optim.weight_decay, fused=cfg.scaling.use_gpu or None)
+                                      weight_decay=cfg.optim.weight_decay, fused=cfg.scaling.cuda or None)
 
     def schedule(opt):
         return get_cosine_schedule_with_warmup(opt, cfg.optim.warmup_steps, max(total_steps, 1))

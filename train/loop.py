@@ -237,8 +237,8 @@ def model_flops(engine, cfg: TrainConfig) -> tuple[float, float | None]:
     c = engine.module.config
     flops = flops_per_token(n_params, c.num_hidden_layers, c.hidden_size, cfg.data.max_length,
                             lora=cfg.lora.method != "none")
-    device = torch.cuda.get_device_name() if cfg.scaling.use_gpu else None
-    peak = peak_tflops_per_worker(cfg.metrics.peak_tflops_per_worker, cfg.scaling.use_gpu, device,
+    device = torch.cuda.get_device_name() if cfg.scaling.cuda else None
+    peak = peak_tflops_per_worker(cfg.metrics.peak_tflops_per_worker, cfg.scaling.cuda, device,
                                   measure_cpu_peak_tflops)
     return flops, None if peak is None else peak * 1e12
 

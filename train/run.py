@@ -8,7 +8,7 @@ import time
 from common import storage
 from common.config import UserError
 from common.models import check_model, pin_local_model
-from common.ray_setup import init_ray
+from common.ray_setup import init_ray, wait_for_room
 from common.tokenizer import load_tokenizer
 from generation.prompts import special_token_texts
 from train.config import TrainConfig, result_settings
@@ -82,9 +82,15 @@ def check_resume(cfg: TrainConfig, plan: dict) -> None:
         raise UserError(resume_error(cfg.name, diff))
 
 
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    s = cfg.scaling
+    return ({"CPU": s.cpus_per_worker} | ({"GPU": 1} if s.use_gpu else {})
+            | ({f"accelerator_type:{s.accelerator_type}": 0.001} if s.accelerator_type else {}))
+
+
 def build_trainer(cfg: TrainConfig, plan: dict, datasets: dict):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from train.live import TensorBoardCallback, tensorboard_dir
 
@@ -93,8 +99,9 @@ def build_trainer(cfg: TrainConfig, plan: dict, datasets: dict):
     return TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "plan": plan},
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, accelerator_type=s.accelerator_type,
                                      resources_per_worker={"CPU": s.cpus_per_worker} | ({"GPU": 1} if s.use_gpu else {})),
+        torch_config=TorchConfig(backend="nccl" if s.cuda else "gloo"),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.checkpoint.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
                              failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
@@ -151,6 +158,9 @@ def run_train(cfg: TrainConfig) -> dict:
         from train.live import tensorboard_dir
 
         print(f"[train] live metrics: tensorboard --logdir {tensorboard_dir(cfg)}", flush=True)
+    for shard in datasets.values():  # read inside the workers: their bars were printed between the train lines
+        shard.context.enable_progress_bars = False
+    wait_for_room("scaling (one training worker)", worker_resources(cfg))
     result = build_trainer(cfg, plan, datasets).fit()
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
