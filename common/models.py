@@ -19,12 +19,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EVOLRAY_CACHE", Path.home() / ".cache" / "evolray"))
 
 
-def resolve_model(name: str) -> str:
-    """Turn a config's `model` into something `from_pretrained` accepts on this node."""
+def resolve_model(name: str, download_dir: str | None = None) -> str:
+    """Turn a config's `model` into something `from_pretrained` accepts on this node. An s3:// folder
+    (and, with `download_dir`, a hub id) is downloaded into `download_dir`, else into the cache."""
     if name == SMALL_MODEL_ALIAS:
         return str(ensure_small_model())
     if name.startswith("s3://"):
-        return str(download_from_s3(name))
+        return str(download_from_s3(name, Path(download_dir) if download_dir else None))
+    if download_dir and not os.path.isdir(os.path.expanduser(name)):
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, cache_dir=os.path.join(download_dir, "hf"))
     return name  # a local folder, or a hub id that transformers resolves (HF cache / hub)
 
 
@@ -36,6 +41,21 @@ def check_model(name: str, key: str) -> None:
         small_model_gguf()
     elif name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name)):
         raise UserError(f"{key}: {name} is not a folder")
+
+
+def model_files(name: str, key: str = "model") -> list | None:
+    """What identifies a model folder's contents: each file's name, size and modification time (a
+    local folder) or key, size and ETag (an s3:// folder), so a model retrained or replaced under the
+    same name is told apart. None for the bundled alias and hub ids (named by themselves)."""
+    if name.startswith("s3://"):
+        from common.s3 import list_objects
+
+        return list_objects(name, key)
+    folder = os.path.expanduser(name)
+    if not os.path.isdir(folder):
+        return None
+    entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    return [[e.name, e.stat().st_size, int(e.stat().st_mtime)] for e in entries if e.is_file()]
 
 
 def pin_local_model(name: str) -> str:
@@ -89,15 +109,18 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def download_from_s3(uri: str) -> Path:
-    """Copy an s3:// model folder into the local cache once (pyarrow's S3 filesystem)."""
+def download_from_s3(uri: str, root: Path | None = None) -> Path:
+    """Copy an s3:// model folder into `root` (default: the local cache) once per version of its files
+    (pyarrow's S3 filesystem): a model replaced under the same path is downloaded again, never served stale."""
     import hashlib
+    import json
 
     from pyarrow import fs
 
     from common.config import UserError
 
-    target = cache_dir() / "s3" / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    version = json.dumps([uri, model_files(uri)])
+    target = (root or cache_dir() / "s3") / hashlib.sha1(version.encode()).hexdigest()[:16]
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

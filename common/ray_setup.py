@@ -1,19 +1,35 @@
 """How every job connects to Ray: the cluster it was submitted to, or a local one."""
 from __future__ import annotations
 
+import os
+import time
+
 from pydantic import Field
 
-from common.config import StrictModel
+from common.config import StrictModel, UserError
 
 
 class RayConfig(StrictModel):
     address: str | None = Field(None, description="None: the submitting cluster (RAY_ADDRESS) or a new local Ray")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local Ray (ignored on a cluster)")
+    placement_timeout_s: float = Field(900.0, gt=0, description=(
+        "on a cluster: how long an actor pool (or the training workers) may wait for the autoscaler to add a "
+        "node that can hold one of its actors; then the job stops, naming the resources no node has"))
+
+
+_settings = RayConfig()  # the RayConfig of the job that initialised Ray in this process
+
+
+def on_cluster(cfg: RayConfig) -> bool:
+    """Submitted to (or pointed at) a cluster, whose autoscaler may add nodes; else a local Ray."""
+    return bool(os.environ.get("RAY_ADDRESS") or cfg.address)
 
 
 def init_ray(cfg: RayConfig):
     import ray
 
+    global _settings
+    _settings = cfg
     if ray.is_initialized():
         return ray
     kwargs = {"address": cfg.address, "log_to_driver": True}
@@ -24,4 +40,57 @@ def init_ray(cfg: RayConfig):
     except ValueError:  # connecting to an existing cluster: num_cpus is not allowed there
         kwargs.pop("num_cpus", None)
         ray.init(**kwargs)
+    # One progress line per dataset, not one per operator (a block of lines every 10 s in a job's log)
+    ray.data.DataContext.get_current().enable_operator_progress_bars = False
     return ray
+
+
+def wait_for_room(what: str, bundle: dict[str, float]) -> None:
+    """Return once some node can hold one actor of `what` (`bundle`: its resources), adding
+    demand for one so that an autoscaler launches a node. A pool no node can ever hold would
+    wait silently forever; this stops the job instead, naming what is missing: at once on a
+    local Ray, after ray.placement_timeout_s on a cluster."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = {key: float(value) for key, value in bundle.items() if value}
+    if not bundle or _fits(bundle, _node_totals(ray)):
+        return
+    if not on_cluster(_settings):
+        raise UserError(_missing(what, bundle, _node_totals(ray), "this local Ray never adds nodes"))
+    timeout = _settings.placement_timeout_s
+    print(f"[{what}] waiting for a node that can hold one actor ({_fmt(bundle)}); the autoscaler adds it "
+          f"(at most ray.placement_timeout_s={timeout:g} s)", flush=True)
+    started, group = time.time(), placement_group([bundle])
+    try:
+        ready = group.wait(timeout_seconds=timeout)
+    finally:
+        remove_placement_group(group)
+    if not ready:
+        raise UserError(_missing(what, bundle, _node_totals(ray),
+                                 f"none was added in {time.time() - started:.0f} s (ray.placement_timeout_s)"))
+    print(f"[{what}] a node is ready after {time.time() - started:.0f} s", flush=True)
+
+
+def _node_totals(ray) -> list[dict[str, float]]:
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def _fits(bundle: dict[str, float], nodes: list[dict[str, float]]) -> bool:
+    return any(all(node.get(key, 0) >= need for key, need in bundle.items()) for node in nodes)
+
+
+def _missing(what: str, bundle: dict[str, float], nodes: list[dict[str, float]], why: str) -> str:
+    """One line: what one actor needs, which resources no node has enough of (and the most any has)."""
+    short = []
+    for key, need in bundle.items():
+        most = max((node.get(key, 0) for node in nodes), default=0)
+        if most < need:
+            short.append(f"{key} {need:g} (no node has it)" if not most else f"{key} {need:g} (at most {most:g} on a node)")
+    detail = ", ".join(short) or "no single node has all of them"
+    return (f"{what}: no node of this cluster can hold one actor ({_fmt(bundle)}): missing {detail}; {why}. "
+            "Lower the actor's resources or add a node type that has them")
+
+
+def _fmt(bundle: dict[str, float]) -> str:
+    return ", ".join(f"{key} {value:g}" for key, value in bundle.items())

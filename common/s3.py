@@ -72,6 +72,19 @@ def preflight_s3(path: str, key: str, write: bool,
         _call(fail, endpoint, "read", bucket, client.head_object, Bucket=bucket, Key=first)
 
 
+def list_objects(path: str, key: str) -> list[list]:
+    """[key under the folder, size, ETag] of every object under the s3:// folder `path` (the value of
+    config key `key`), sorted: what identifies its contents (a re-upload changes the ETag)."""
+    bucket, prefix, access_key, secret_key = split_s3(path)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    fail = _failer(key, path)
+    client = make_client(access_key, secret_key)
+    pages = _call(fail, client.meta.endpoint_url, "list", bucket, lambda: list(
+        client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)))
+    return sorted([obj["Key"][len(prefix):], obj["Size"], obj["ETag"].strip('"')]
+                  for page in pages for obj in page.get("Contents", []))
+
+
 def _failer(key: str, path: str) -> Callable[[str], UserError]:
     return lambda reason: UserError(f"{key}: {redact(path)}: {reason}")
 

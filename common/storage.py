@@ -116,12 +116,24 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
+            os.fchmod(out.fileno(), _new_file_mode())
             os.fsync(out.fileno())
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _new_file_mode() -> int:
+    """The mode open() gives a new file (0666 less the umask): mkstemp's 0600 hid a run's records,
+    reports and figures from the group. The umask is read, not set and restored (threads)."""
+    try:
+        with open("/proc/self/status") as status:
+            mask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = 0o022
+    return 0o666 & ~mask
 
 
 def write_text(path: str, text: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import posixpath
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from common import storage
 from common.config import UserError
-from common.models import cache_dir, resolve_model
+from common.models import cache_dir, model_files, resolve_model
 
 # Everything AutoTokenizer reads (config.json: some tokenizers are found through the model type).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -33,7 +34,8 @@ def tokenizer_path(name: str) -> str:
     """A local folder (or hub id) with the tokenizer of `name`; s3:// folders: tokenizer files only."""
     if not name.startswith("s3://"):
         return resolve_model(name)
-    target = cache_dir() / "s3-tokenizers" / hashlib.sha1(name.encode()).hexdigest()[:16]
+    version = json.dumps([name, [f for f in model_files(name) if is_tokenizer_file(posixpath.basename(f[0]))]])
+    target = cache_dir() / "s3-tokenizers" / hashlib.sha1(version.encode()).hexdigest()[:16]
     if (target / "tokenizer_config.json").exists():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,47 +1,91 @@
-"""Answers, verdicts and difficulty ratings are cached under the output folder, keyed by everything
-that changes them, so a rerun with the same settings asks no model anything it has asked before
-(the judge is the most expensive role with a real API).
+"""Answers, verdicts, grades and difficulty ratings are cached under the output folder, keyed by
+everything that changes them, so a rerun with the same settings asks no model anything it has asked
+before (the judge is the most expensive role with a real API) and never reuses a stale answer.
 
-`<kind>/<settings key>/` (kind: answers, verdicts, ratings) holds the rows of one model under one
-set of generation settings (model and its files' sizes and times, backend, prompt format, dtype,
-prompt limit, seed, endpoint, sampling). Each row carries `request`, a digest of exactly what was
-asked (the item id and instruction of an answer; the id, order and whole prompt of a verdict, so
-a changed answer is judged again). A rerun reuses every row whose request is asked again; new
-requests and those that failed as requests (`generation_failed:*`, e.g. a server error) are
-generated again. A verdict the judge wrote but that could not be read is kept: the same judge at
-the same settings would write it again. Resources (actors, CPUs, batch sizes) do not change a
-result and are not part of the key.
+`<kind>/<settings key>/` (kind: answers, verdicts, grades, ratings) holds the rows of one model under
+one set of generation settings: the model and what identifies its files (a local folder's file
+sizes and times, an s3:// folder's ETags and sizes), backend, prompt format and the text of the
+templates the request is built from, the device and dtype the engine runs with (`auto` resolved as
+the actors resolve it), vLLM's extra engine options, prompt limit, seed, endpoint and sampling.
+Each row carries `request`, a digest of exactly what was asked (the item id and instruction of an
+answer; the id, order and whole prompt of a verdict, so a changed answer is judged again). A rerun
+reuses every row whose request is asked again; new requests and those that failed as requests
+(`generation_failed:*`, e.g. a server error) are generated again. A verdict the judge wrote but
+that could not be read is kept: the same judge at the same settings would write it again.
+Resources (actors, CPUs, batch sizes) do not change a result and are not part of the key.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from common import storage
+from common.models import model_files
+from eval.budget import TRUNCATING_BACKENDS
 from eval.calls import GENERATION_FAILED
 from generation.config import GenerationConfig, SamplingConfig
+from generation.prompts import PLAIN_TEMPLATE, TRAINED_FORMATS
 
 
-def model_signature(model: str) -> list | None:
-    """A local model folder's file names, sizes and modification times: retraining into the same
-    folder changes the key. None for aliases, s3:// folders and hub ids (named by themselves)."""
-    folder = os.path.expanduser(model)
-    if not os.path.isdir(folder):
-        return None
-    entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    return [[e.name, e.stat().st_size, int(e.stat().st_mtime)] for e in entries if e.is_file()]
+def model_signature(model: str, key: str = "model") -> list | None:
+    """See common.models.model_files: retraining or replacing the model under its name changes the key."""
+    return model_files(model, key)
 
 
-def generation_settings(gen: GenerationConfig, sampling: SamplingConfig) -> dict:
-    """What changes a model's output (answers, verdicts and ratings alike)."""
+def format_template(gen: GenerationConfig) -> str:
+    """The text of the prompt format's own template (a chat template is in the tokenizer's files)."""
+    if gen.backend == "echo" or gen.prompt_format in ("chat", "raw"):
+        return ""
+    return TRAINED_FORMATS.get(gen.prompt_format, PLAIN_TEMPLATE) + ("<bos>" if gen.prompt_format in TRAINED_FORMATS
+                                                                     else "")
+
+
+def generation_settings(gen: GenerationConfig, sampling: SamplingConfig, engine: dict | None = None,
+                        templates: tuple[str, ...] = ()) -> dict:
+    """What changes a model's output (answers, verdicts, grades and ratings alike). `engine`: the
+    device and dtype its engine resolved (see resolve_engines); `templates`: the texts the job
+    builds this kind of request from, beyond what each request's key holds."""
+    engine = engine or {}
+    texts = (format_template(gen), *templates)
     return {"backend": gen.backend, "model": gen.model, "model_files": model_signature(gen.model),
-            "prompt_format": gen.prompt_format, "dtype": gen.dtype, "max_prompt_tokens": gen.max_prompt_tokens,
+            "prompt_format": gen.prompt_format, "dtype": engine.get("dtype", gen.dtype),
+            "device": engine.get("device", gen.device), "max_prompt_tokens": gen.max_prompt_tokens,
             "seed": gen.seed, "endpoint": gen.openai.base_url if gen.backend == "openai" else None,
+            "vllm_extra": gen.vllm.extra if gen.backend == "vllm" else None,
+            "templates": hashlib.blake2b(json.dumps(texts).encode(), digest_size=8).hexdigest(),
             "sampling": sampling.model_dump(mode="json")}
+
+
+def _engine_of(backend: str, device: str, dtype: str, num_gpus: float) -> dict:
+    """The device and dtype an engine of these settings takes where this runs (as hf.py and vllm.py choose)."""
+    from generation.devices import resolve_dtype, use_cuda
+
+    cuda = use_cuda(device) if backend == "hf" else num_gpus > 0 or device == "cuda"
+    return {"device": "cuda" if cuda else "cpu", "dtype": resolve_dtype(dtype, cuda)}
+
+
+def resolve_engines(roles: dict[str, GenerationConfig]) -> dict[str, dict]:
+    """Per role on hf or vllm, the device and dtype its actors will run with. Where `auto` leaves it
+    to the hardware (dtype auto: bf16 or fp32/fp16 by the CPU or GPU; hf's device auto: a GPU if
+    one is visible), one Ray task with the role's resources resolves it as the actors will, all
+    roles at once. Explicit settings are taken as they are."""
+    import ray
+
+    probes, engines = {}, {}
+    for role, gen in roles.items():
+        if gen.backend not in TRUNCATING_BACKENDS:
+            continue
+        args = (gen.backend, gen.device, gen.dtype, gen.num_gpus)
+        if gen.dtype != "auto" and (gen.backend == "vllm" or gen.device != "auto"):
+            engines[role] = _engine_of(*args)
+            continue
+        if args not in probes:
+            probes[args] = ray.remote(num_cpus=min(gen.num_cpus, 1), num_gpus=gen.num_gpus)(_engine_of).remote(*args)
+        engines[role] = probes[args]
+    return {role: ray.get(e) if isinstance(e, ray.ObjectRef) else e for role, e in engines.items()}
 
 
 def settings_key(settings: dict) -> str:

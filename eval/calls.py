@@ -9,11 +9,16 @@ import asyncio
 from dataclasses import replace
 
 from eval.difficulty import DIFFICULTY_REMINDER, difficulty_prompt, parse_difficulty
-from eval.judge import RETRY_REMINDER, parse_verdict, to_candidate_baseline
+from eval.judge import GRADE_REMINDER, RETRY_REMINDER, parse_grade, parse_verdict, to_candidate_baseline
 from generation.prompts import PLAIN_TEMPLATE
 from generation.types import Generation, GenerationError, SamplingParams
 
 GENERATION_FAILED = "generation_failed"
+
+
+def prefilled(prompt: str, prefill: str) -> str:
+    """The text a prefilled request sends as is: the plain format, then the reply's start."""
+    return f"{PLAIN_TEMPLATE.format(prompt=prompt)}\n{prefill}"
 
 
 class Prefilled:
@@ -28,7 +33,7 @@ class Prefilled:
         self.model_name = inner.model_name
 
     async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
-        gen = await self.inner.generate(f"{PLAIN_TEMPLATE.format(prompt=prompt)}\n{self.prefill}", sampling)
+        gen = await self.inner.generate(prefilled(prompt, self.prefill), sampling)
         return replace(gen, text=f"{self.prefill} {gen.text.strip()}")
 
     def count_tokens(self, texts: list[str]) -> list[int]:
@@ -79,6 +84,14 @@ async def judge(generator, row: dict, sampling: SamplingParams) -> dict:
     candidate, baseline = to_candidate_baseline(row["order"], verdict.first, verdict.second) if ok else (None, None)
     return {"id": row["id"], "order": row["order"], "verdict": reply.pop("text"), "candidate_score": candidate,
             "baseline_score": baseline, "rationale": verdict.rationale if ok else None} | reply
+
+
+async def grade(generator, row: dict, sampling: SamplingParams) -> dict:
+    """The judge's 1-10 grade of one answer alone (`id`, `role`, `prompt`): single-answer grading."""
+    reply, verdict = await ask_parsed(generator, row["prompt"], sampling, parse_grade, GRADE_REMINDER)
+    ok = verdict is not None and verdict.error is None
+    return {"id": row["id"], "role": row["role"], "grade": reply.pop("text"), "score": verdict.first if ok else None,
+            "rationale": verdict.rationale if ok else None} | reply
 
 
 async def rate(generator, row: dict, sampling: SamplingParams) -> dict:

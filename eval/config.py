@@ -6,11 +6,14 @@ baseline (its base model, another checkpoint or an endpoint) and the judge.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from common.config import StrictModel
 from common.ray_setup import RayConfig
 from common.rows import BUNDLED_PREFIX
+from eval.budget import TRUNCATING_BACKENDS
 from eval.testset import ItemFields
 from generation.config import GenerationConfig, SamplingConfig
 
@@ -51,6 +54,17 @@ class EvolutionConfig(StrictModel):
     seed: int = Field(0, description="picks which instructions of each round are rated")
 
 
+class JudgeConfig(GenerationConfig):
+    """The judge: a generation section plus how its verdicts are counted (FastChat's rules)."""
+
+    require_both_orders: bool = Field(True, description="pairwise: an item counts only when the verdicts of both "
+                                                        "orders are readable (else the judge's position bias is not "
+                                                        "cancelled for it); the report counts the items dropped")
+    disagreement_as_tie: bool = Field(False, description="pairwise: when the two orders pick different winners "
+                                                         "the item is a tie (FastChat's rule); its scores still "
+                                                         "count in the score ratio")
+
+
 class OutputConfig(StrictModel):
     path: str = Field("outputs/evaluate-local", description="local folder or s3://bucket/prefix")
     overwrite: bool = Field(False, description="false: keep cached answers and replace the report; "
@@ -59,9 +73,14 @@ class OutputConfig(StrictModel):
 
 class EvaluateConfig(StrictModel):
     testset: ItemsConfig = ItemsConfig()
+    mode: Literal["pairwise", "single"] = Field(
+        "pairwise", description="pairwise: the judge scores the candidate's and the baseline's answers side by side, "
+                                "in both orders; single: it grades each answer alone from 1 to 10 (MT-bench's "
+                                "single-answer grading), for a model without a baseline")
     candidate: GenerationConfig = Field(description="the model being measured")
-    baseline: GenerationConfig = GenerationConfig()
-    judge: GenerationConfig = GenerationConfig()
+    baseline: GenerationConfig | None = Field(GenerationConfig(), description="the model compared against; "
+                                              "null: none (mode single only)")
+    judge: JudgeConfig = JudgeConfig()
     answer_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=512)
     judge_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=128)
     judge_prefill: bool = Field(False, description="start every verdict with 'Score A:' and every difficulty "
@@ -78,4 +97,42 @@ class EvaluateConfig(StrictModel):
         if self.judge_prefill and self.judge.prompt_format != "plain":
             raise ValueError("judge_prefill needs judge.prompt_format=plain (the reply is started after "
                              f"'### Response:'), got {self.judge.prompt_format!r}")
+        if self.baseline is None and self.mode == "pairwise":
+            raise ValueError("baseline: mode pairwise compares the candidate with a baseline; set one, "
+                             "or mode=single to grade the candidate's answers alone")
+        problem = judge_budget_problem(self.judge, self.answer_sampling, self.judge_sampling,
+                                       2 if self.mode == "pairwise" else 1)
+        if problem:
+            raise ValueError(problem)
         return self
+
+    def roles(self) -> dict[str, GenerationConfig]:
+        """Every model of the run by role (no baseline in single mode without one)."""
+        return {role: gen for role in ("candidate", "baseline", "judge") if (gen := getattr(self, role)) is not None}
+
+    def answering_roles(self) -> tuple[str, ...]:
+        return ("candidate",) if self.baseline is None else ("candidate", "baseline")
+
+
+# The judge's instructions around the answers, in tokens: an upper estimate of eval.judge's templates
+# (about 150 words), so that the config check needs no tokenizer. eval.budget measures the real prompts.
+JUDGE_TEMPLATE_TOKENS = 256
+
+
+def judge_budget_problem(judge: GenerationConfig, answers: SamplingConfig, verdicts: SamplingConfig,
+                         shown: int) -> str | None:
+    """The judge's prompt must hold its instructions and `shown` whole answers at answer_sampling.max_tokens:
+    hf and vllm keep only the last max_prompt_tokens tokens (the instructions and the question would go),
+    and vLLM's max_model_len must hold that prompt plus the verdict."""
+    if judge.backend not in TRUNCATING_BACKENDS:
+        return None
+    need = shown * answers.max_tokens + JUDGE_TEMPLATE_TOKENS
+    if need > judge.max_prompt_tokens:
+        return (f"judge.max_prompt_tokens: {judge.max_prompt_tokens} cannot hold the judge's instructions "
+                f"(~{JUDGE_TEMPLATE_TOKENS} tokens) and {shown} answer(s) of answer_sampling.max_tokens="
+                f"{answers.max_tokens}: set it to at least {need} or lower answer_sampling.max_tokens")
+    limit = judge.vllm.max_model_len if judge.backend == "vllm" else None
+    if limit is not None and judge.max_prompt_tokens + verdicts.max_tokens > limit:
+        return (f"judge.vllm.max_model_len: {limit} cannot hold judge.max_prompt_tokens={judge.max_prompt_tokens} "
+                f"plus judge_sampling.max_tokens={verdicts.max_tokens}")
+    return None

@@ -1,8 +1,10 @@
 """Evolution analysis of an evolve job's output, as in the paper's look at how rounds change the data.
 
 From the evolve records (`<output>/records/`) it reports the mean
-kept instruction and response length per round (round 0 = the seeds), the pass rate of each
-operation (kept / kept + eliminated over rounds 1..M) and the eliminations per rule per round.
+kept instruction and response length per round (round 0 = the seeds), the candidates of each
+round (kept, eliminated, errors) and each operation's pass rate with the dataset card's
+definition: kept / candidates, errors counted (a chain that failed is not a pass), and the
+eliminations per rule per round (every round, those with none too).
 Only six small columns are read, with Arrow group-bys, so 250K records are a second's work.
 The job's cost (accelerator-seconds per round and per kept instruction) comes from its
 summary.json when it counted one.
@@ -19,7 +21,8 @@ import pyarrow.dataset as ds
 from common import storage
 from common.config import UserError
 
-KEPT, ELIMINATED = "kept", "eliminated"
+KEPT, ELIMINATED, ERROR = "kept", "eliminated", "error"
+OUTCOMES = (KEPT, ELIMINATED, ERROR)  # what a candidate of rounds 1..M ends as
 # Kept by evolution; the evolve job's finish stage may then mark a kept record duplicate or contaminated.
 SURVIVED = pa.array([KEPT, "duplicate", "contaminated"])
 COLUMNS = ["id", "round", "op", "status", "reason", "instruction_tokens", "response_tokens"]
@@ -67,23 +70,38 @@ def lengths_by_round(table: pa.Table) -> list[dict]:
                     "response_tokens": r["response_tokens_mean"]} for r in rows), key=lambda r: r["round"])
 
 
-def pass_rate_by_operation(table: pa.Table) -> dict[str, dict]:
+def _candidates(table: pa.Table) -> pa.Table:
+    """Candidates of rounds 1..M by how evolution ended them (a duplicate or contaminated one was kept)."""
     candidates = table.filter(pc.greater(table["round"], 0))
     candidates = candidates.set_column(candidates.schema.get_field_index("status"), "status", pc.if_else(
         pc.is_in(candidates["status"], SURVIVED), KEPT, candidates["status"]))
-    candidates = candidates.filter(pc.is_in(candidates["status"], pa.array([KEPT, ELIMINATED])))
-    out: dict[str, dict] = {}
-    for row in _counts(candidates, ["op", "status"]):
-        entry = out.setdefault(row["op"], {KEPT: 0, ELIMINATED: 0})
-        entry[row["status"]] = row["count_all"]
+    return candidates.filter(pc.is_in(candidates["status"], pa.array(OUTCOMES)))
+
+
+def _rates(rows: list[dict], key: str) -> dict:
+    """kept / eliminated / errors and the pass rate (kept / all three) per value of `key`."""
+    out: dict = {}
+    for row in rows:
+        entry = out.setdefault(row[key], {KEPT: 0, ELIMINATED: 0, "errors": 0})
+        entry["errors" if row["status"] == ERROR else row["status"]] += row["count_all"]
     for entry in out.values():
-        entry["pass_rate"] = entry[KEPT] / (entry[KEPT] + entry[ELIMINATED])
+        entry["pass_rate"] = entry[KEPT] / (entry[KEPT] + entry[ELIMINATED] + entry["errors"])
     return dict(sorted(out.items()))
 
 
+def pass_rate_by_operation(table: pa.Table) -> dict[str, dict]:
+    return _rates(_counts(_candidates(table), ["op", "status"]), "op")
+
+
+def candidates_by_round(table: pa.Table) -> dict[int, dict]:
+    """Per round 1..M: kept, eliminated, errors and the pass rate, as the dataset card counts them."""
+    return _rates(_counts(_candidates(table), ["round", "status"]), "round")
+
+
 def eliminations_by_round(table: pa.Table) -> dict[int, dict[str, int]]:
+    """Eliminations per rule of every round with candidates ({} for a round without any)."""
+    out: dict[int, dict[str, int]] = {r: {} for r in candidates_by_round(table)}
     eliminated = table.filter(pc.equal(table["status"], ELIMINATED))
-    out: dict[int, dict[str, int]] = {}
     for row in _counts(eliminated, ["round", "reason"]):
         out.setdefault(row["round"], {})[row["reason"] or "(none)"] = row["count_all"]
     return {r: dict(sorted(out[r].items())) for r in sorted(out)}
@@ -96,7 +114,8 @@ def status_counts(table: pa.Table) -> dict[str, int]:
 def evolution_stats(table: pa.Table) -> dict:
     """Every number of the evolution section, JSON-able (round keys become text in JSON)."""
     return {"records": table.num_rows, "status": status_counts(table), "lengths": lengths_by_round(table),
-            "pass_rate": pass_rate_by_operation(table), "eliminations": eliminations_by_round(table)}
+            "rounds": candidates_by_round(table), "pass_rate": pass_rate_by_operation(table),
+            "eliminations": eliminations_by_round(table)}
 
 
 def read_evolve_cost(evolve_output: str) -> dict | None:

@@ -1,11 +1,12 @@
-"""The pairwise judge: our prompt, a strict verdict parser, and both answer orders.
+"""The judge: our prompts, strict parsers, and both answer orders.
 
 As in the paper's evaluation, a judge model reads one question and two answers and gives each a
 score from 1 to 10 with a short reason. Judges favour a position, so every pair is judged twice,
 once with the candidate first (order `cb`) and once with the baseline first (order `bc`), and the
 scores are mapped back to candidate/baseline. A verdict that does not state both scores plainly
 is a failure with a reason, never a guess: a guessed score would move the headline ratio.
-The prompt text is our own, written from the paper's description.
+Single-answer grading (mode single, as MT-bench) shows one answer and asks for one score.
+The prompt texts are our own, written from the paper's description.
 """
 from __future__ import annotations
 
@@ -41,8 +42,27 @@ Reason: <one or two sentences>"""
 
 REFERENCE_BLOCK = "\n[Reference answer, for your guidance]\n{reference}\n"
 
+# Single-answer grading (MT-bench style): one reply, an absolute score. Our own wording.
+GRADE_TEMPLATE = """You are reviewing a reply written by an AI assistant to a user request.
+Judge how helpful, correct, relevant and detailed the reply is for the request. A longer reply is
+not better by itself.
+
+[Request]
+{question}
+{reference_block}
+[Reply]
+{answer}
+
+Give the reply a whole-number score from 1 (useless) to 10 (excellent). Answer in exactly this form:
+Score: <1-10>
+Reason: <one or two sentences>"""
+
 # With `judge_prefill`, every verdict is made to start with this (see eval.calls.Prefilled).
 VERDICT_PREFILL = "Score A:"
+
+GRADE_PREFILL = "Score:"  # with `judge_prefill`, every grade is made to start with this
+
+GRADE_REMINDER = "\n\nYour reply must start with the line 'Score: <number>', the number from 1 to 10."
 
 RETRY_REMINDER = ("\n\nYour reply must start with the two lines 'Score A: <number>' and 'Score B: <number>', "
                   "each number from 1 to 10.")
@@ -50,6 +70,7 @@ RETRY_REMINDER = ("\n\nYour reply must start with the two lines 'Score A: <numbe
 _VALUE = r"[:=]\s*\**\s*(\S+(?:\s+out\s+of\s+10)?)"
 _SCORES = {label: re.compile(rf"\bscore\s*(?:for\s*)?(?:reply\s*|answer\s*)?{label}\s*{_VALUE}", re.IGNORECASE)
            for label in "ab"}
+_GRADE = re.compile(rf"\bscore\s*{_VALUE}", re.IGNORECASE)  # "Score: 7", never "Score A: 7"
 _NUMBER = re.compile(r"^([+-]?\d+(?:\.\d+)?)(?:/10|\s+out\s+of\s+10)?[.,;*]*$", re.IGNORECASE)
 _REASON = re.compile(r"^[\s*#>_-]*reason\s*:\s*(.*)", re.IGNORECASE | re.MULTILINE | re.DOTALL)
 
@@ -68,6 +89,11 @@ class Verdict:
 def judge_prompt(question: str, answer_a: str, answer_b: str, reference: str | None = None) -> str:
     block = REFERENCE_BLOCK.format(reference=reference) if reference else ""
     return JUDGE_TEMPLATE.format(question=question, answer_a=answer_a, answer_b=answer_b, reference_block=block)
+
+
+def grade_prompt(question: str, answer: str, reference: str | None = None) -> str:
+    block = REFERENCE_BLOCK.format(reference=reference) if reference else ""
+    return GRADE_TEMPLATE.format(question=question, answer=answer, reference_block=block)
 
 
 def ordered_answers(order: str, candidate: str, baseline: str) -> tuple[str, str]:
@@ -121,3 +147,14 @@ def parse_verdict(text: str) -> Verdict:
     reason = _REASON.search(text)
     rationale = reason.group(1).strip() if reason else ""
     return Verdict(scores[0], scores[1], rationale[:1000])
+
+
+def parse_grade(text: str | None) -> Verdict:
+    """The one score of a single-answer grade (in `first`), or a failure saying why; as strict as verdicts."""
+    if not text or not text.strip():
+        return _failure(EMPTY, "the judge returned no text", text or "")
+    score, error, detail = read_score(text, _GRADE, "score")
+    if error:
+        return _failure(error, detail, text)
+    reason = _REASON.search(text)
+    return Verdict(score, None, (reason.group(1).strip() if reason else "")[:1000])

@@ -69,28 +69,42 @@ def _round_lines(ax, rows: list[dict], series: dict[str, str], title: str, ylabe
 
 
 def evolution_chart(stats: dict) -> bytes:
-    """Kept lengths per round, pass rate per operation, eliminations per rule per round, and the
-    judged difficulty per round when it was asked for."""
-    panels = 4 if stats.get("difficulty") else 3
-    fig = Figure(figsize=(4 * panels, 3.6))
-    lengths, rates, eliminations = (fig.add_subplot(1, panels, i) for i in (1, 2, 3))
+    """A 2x2 grid, legible at the report's width: kept lengths per round, pass rate per operation,
+    eliminations per rule and errors per round (every round, those with none too), and the judged
+    difficulty per round when it was asked for (else the pass rate per round)."""
+    fig = Figure(figsize=(10, 7.5))
+    lengths, rates, eliminations, last = (fig.add_subplot(2, 2, i) for i in (1, 2, 3, 4))
     _round_lines(lengths, stats["lengths"], {"instruction_tokens": "instruction", "response_tokens": "response"},
                  "Mean kept length per round", "tokens")
-    if panels == 4:
-        _round_lines(fig.add_subplot(1, panels, 4), stats["difficulty"], {"mean": "judged difficulty"},
-                     "Judged difficulty per round", "1-10")
     ops = list(stats["pass_rate"])
     rates.barh(ops, [100 * stats["pass_rate"][o]["pass_rate"] for o in ops], color=GOOD)
-    rates.set(title="Pass rate per operation", xlabel="% kept", xlim=(0, 100))
-    by_round = stats["eliminations"]
-    reasons = sorted({reason for counts in by_round.values() for reason in counts})
-    bottom = [0] * len(by_round)
-    for reason in reasons:
-        values = [by_round[r].get(reason, 0) for r in by_round]
-        eliminations.bar([str(r) for r in by_round], values, bottom=bottom, label=reason)
-        bottom = [a + b for a, b in zip(bottom, values)]
-    eliminations.set(title="Eliminations per rule", xlabel="round", ylabel="candidates")
-    eliminations.yaxis.get_major_locator().set_params(integer=True)
-    if reasons:
-        eliminations.legend(fontsize=7)
+    rates.set(title="Pass rate per operation (errors count as fails)", xlabel="% kept", xlim=(0, 100))
+    _eliminations(eliminations, stats["eliminations"], stats.get("rounds", {}))
+    if stats.get("difficulty"):
+        _round_lines(last, stats["difficulty"], {"mean": "judged difficulty"}, "Judged difficulty per round", "1-10")
+    else:
+        rounds = [{"round": r, "pass_rate": 100 * v["pass_rate"]} for r, v in stats.get("rounds", {}).items()]
+        _round_lines(last, rounds, {"pass_rate": "kept / candidates"}, "Pass rate per round", "%")
+        last.set_ylim(0, 100)
     return _png(fig)
+
+
+def _eliminations(ax, by_round: dict, rounds: dict) -> None:
+    """Stacked bars per round: eliminations per rule, then errors; a round with none shows as 0."""
+    names = sorted(set(by_round) | set(rounds))
+    series = {reason: [by_round.get(r, {}).get(reason, 0) for r in names]
+              for reason in sorted({reason for counts in by_round.values() for reason in counts})}
+    if any(rounds.get(r, {}).get("errors") for r in names):
+        series["errors"] = [rounds.get(r, {}).get("errors", 0) for r in names]
+    bottom = [0] * len(names)
+    for label, values in series.items():
+        ax.bar([str(r) for r in names], values, bottom=bottom, label=label,
+               color=LOSS_COLOR if label == "errors" else None)
+        bottom = [a + b for a, b in zip(bottom, values)]
+    if not series:
+        ax.bar([str(r) for r in names], [0] * len(names))
+    ax.set_ylim(0, max(bottom + [1]) * 1.15)  # rounds with none stand at 0, not in the middle of the axis
+    ax.set(title="Eliminations per rule and errors per round", xlabel="round", ylabel="candidates")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    if series:
+        ax.legend(fontsize=7)

@@ -2,8 +2,11 @@
 
 Pure functions from bytes to rows: every input row becomes exactly one item, either usable or
 carrying an `error` code (the quarantine reason) with a `detail`, so that
-`rows read = items used + items quarantined` and nothing is silently dropped. The field mapping
-lets any test set be used without reshaping it first; the vendored WizardLM set is the default.
+`rows read = items used + items quarantined` and nothing is silently dropped. An optional field
+(category, difficulty, reference) with a bad value is dropped for that row, with the reason in
+`dropped`; the row stays. The field mapping lets any test set be used without reshaping it first;
+the vendored WizardLM set is the default. A mapped field that no row has is a config error
+(`check_mapping`), not a test set without that field.
 """
 from __future__ import annotations
 
@@ -31,8 +34,10 @@ DIFFICULTY_RANGE = (1, 10)
 ITEM_SCHEMA = pa.schema([
     ("id", pa.string()), ("instruction", pa.string()), ("category", pa.string()),
     ("difficulty", pa.int64()), ("reference", pa.string()), ("source", pa.string()), ("line", pa.int64()),
-    ("error", pa.string()), ("detail", pa.string()), ("raw", pa.string()),
+    ("error", pa.string()), ("detail", pa.string()), ("dropped", pa.string()), ("raw", pa.string()),
 ])
+# What quarantine.parquet holds of each quarantined row.
+QUARANTINE_COLUMNS = ("id", "source", "line", "error", "detail", "raw")
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,16 @@ class ItemFields:
     difficulty: str | None = "Difficulty"
     reference: str | None = None
 
+    def mapped(self) -> dict[str, str]:
+        """Config key (testset.<key>) -> field name, for every field the mapping names."""
+        names = {"instruction_field": self.instruction, "id_field": self.id, "category_field": self.category,
+                 "difficulty_field": self.difficulty, "reference_field": self.reference}
+        return {key: name for key, name in names.items() if name is not None}
+
 
 def _item(source: str, line: int, **values) -> dict:
-    row = {name: None for name in ITEM_SCHEMA.names}
+    """One row; `fields` (not written anywhere) holds the keys its object had, for check_mapping."""
+    row = {name: None for name in ITEM_SCHEMA.names} | {"fields": ()}
     row.update(source=source, line=line, **values)
     return row
 
@@ -93,18 +105,29 @@ def validate_item(obj, fields: ItemFields, source: str, line: int, raw: str) -> 
     elif not instruction.strip():
         problem = EMPTY_INSTRUCTION, f"{fields.instruction!r} is blank"
     if problem:
-        return _bad(source, line, item_id, *problem, raw)
-    category, why = _category(obj.get(fields.category) if fields.category else None)
-    if why:
-        return _bad(source, line, item_id, BAD_CATEGORY, why, raw)
-    difficulty, why = _difficulty(obj.get(fields.difficulty) if fields.difficulty else None)
-    if why:
-        return _bad(source, line, item_id, BAD_DIFFICULTY, why, raw)
-    reference = obj.get(fields.reference) if fields.reference else None
-    if reference is not None and not isinstance(reference, str):
-        return _bad(source, line, item_id, BAD_REFERENCE, f"{fields.reference!r} is {type(reference).__name__}", raw)
-    return _item(source, line, id=item_id, instruction=instruction.strip(), category=category,
-                 difficulty=difficulty, reference=reference.strip() if reference and reference.strip() else None)
+        return _bad(source, line, item_id, *problem, raw) | {"fields": tuple(obj)}
+    optional, dropped = _optional_fields(obj, fields)
+    return _item(source, line, id=item_id, instruction=instruction.strip(), fields=tuple(obj),
+                 dropped="; ".join(dropped) or None, **optional)
+
+
+def _reference(value) -> tuple[str | None, str | None]:
+    if value is None or isinstance(value, str):
+        return (value.strip() or None) if value else None, None
+    return None, f"reference must be text, got {type(value).__name__}"
+
+
+def _optional_fields(obj: dict, fields: ItemFields) -> tuple[dict, list[str]]:
+    """Category, difficulty and reference of a row; a bad value is dropped with its reason
+    (`<reason>: <detail>`), so one bad field costs that field, not the item."""
+    values, dropped = {}, []
+    for name, field, read, reason in (("category", fields.category, _category, BAD_CATEGORY),
+                                      ("difficulty", fields.difficulty, _difficulty, BAD_DIFFICULTY),
+                                      ("reference", fields.reference, _reference, BAD_REFERENCE)):
+        values[name], why = read(obj.get(field) if field else None)
+        if why:
+            dropped.append(f"{reason}: {why}")
+    return values, dropped
 
 
 def _parse_jsonl(data: bytes, source: str, fields: ItemFields) -> list[dict]:
@@ -187,6 +210,37 @@ def quarantine_counts(rows: list[dict]) -> dict[str, int]:
         if row["error"] is not None:
             counts[row["error"]] = counts.get(row["error"], 0) + 1
     return dict(sorted(counts.items()))
+
+
+def dropped_counts(rows: list[dict]) -> dict[str, int]:
+    """Fields dropped from usable rows, by reason (a row may drop several)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        for entry in (row["dropped"] or "").split("; ") if row["error"] is None else ():
+            if entry:
+                reason = entry.split(":", 1)[0]
+                counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def quarantine_table(rows: list[dict]) -> pa.Table:
+    """The quarantined rows with their reasons (quarantine.parquet)."""
+    schema = pa.schema([ITEM_SCHEMA.field(name) for name in QUARANTINE_COLUMNS])
+    return pa.Table.from_pylist([row for row in rows if row["error"] is not None], schema=schema)
+
+
+def check_mapping(rows: list[dict], fields: ItemFields, path: str) -> None:
+    """Every field the mapping names is in at least one row, or the mapping is wrong (a typo would
+    otherwise read as 'the test set has no category field')."""
+    seen = {key for row in rows for key in row["fields"]}
+    if not seen:
+        return  # no row could be read as an object: the quarantine says why
+    for key, name in fields.mapped().items():
+        if name not in seen:
+            shown = ", ".join(repr(k) for k in sorted(seen)[:12]) + (", ..." if len(seen) > 12 else "")
+            raise UserError(f"testset.{key}: no row of {path} has a field {name!r} (its rows have {shown}); "
+                            f"set testset.{key} to the right name" + ("" if key == "instruction_field" else
+                                                                        " or null"))
 
 
 def items_table(rows: list[dict]) -> pa.Table:

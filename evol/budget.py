@@ -132,6 +132,11 @@ def start_budget(ray, cfg: EvolveConfig, records_dir: str):
     return keeper.remote(cfg.cost, spent, seeds, bound_per_seed(cfg))
 
 
+def refused_buckets(ray, keeper) -> frozenset[int]:
+    """The buckets the budget did not start so far (none without a budget)."""
+    return frozenset() if keeper is None else frozenset(ray.get(keeper.outcome.remote())["refused_buckets"])
+
+
 def budget_outcome(ray, keeper) -> dict | None:
     """The keeper's books at the end of the run; the keeper is stopped (a rerun starts its own)."""
     if keeper is None:

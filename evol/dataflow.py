@@ -37,6 +37,12 @@ class PoolRun:
     stopped: set[int] = field(default_factory=set)
     cause: str | None = None
 
+    def merged(self, later: PoolRun) -> PoolRun:
+        """This pool's run and a later pool's over other buckets (its actors are others)."""
+        seeds = {actor: self.per_actor.get(actor, 0) + later.per_actor.get(actor, 0)
+                 for actor in self.per_actor.keys() | later.per_actor.keys()}
+        return PoolRun(seeds, self.gauges | later.gauges, self.stopped | later.stopped, self.cause or later.cause)
+
 
 class RunStopped(UserError):
     """An engine went down: the job ends with its cause in one line, and a rerun does what is left."""

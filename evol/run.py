@@ -13,18 +13,19 @@ import yaml
 
 from common import storage
 from common.config import UserError
-from common.ray_setup import init_ray
+from common.ray_setup import init_ray, wait_for_room
 from evol.accounting import accounting_error
-from evol.budget import budget_outcome, format_budget, start_budget
+from evol.budget import budget_outcome, format_budget, refused_buckets, start_budget
 from evol.card import render_card
 from evol.config import EvolveConfig
 from evol.curation import curate, evaluation_sets
-from evol.dataflow import RunStopped, evolve_buckets, record_failed_buckets
+from evol.dataflow import PoolRun, RunStopped, evolve_buckets, record_failed_buckets
 from evol.finish import summarize
 from evol.identity import with_absolute_paths
 from evol.inflight import InFlight
 from evol.output import JOB, buckets_with_errors, record_files
 from evol.preflight import check_room, preflight
+from evol.reading import READ_COUNTS, read_counts
 from evol.resume import INPUTS, buckets_in
 from evol.summary import format_summary
 
@@ -47,18 +48,34 @@ def start_run(cfg: EvolveConfig, identity: dict) -> frozenset[int]:
               + (f"; the error chains of {len(retried)} bucket(s) are retried" if retried else ""), flush=True)
     return frozenset(written - retried)
 
+def retry_lost_buckets(ray, cfg: EvolveConfig, records_dir: str, pool: PoolRun, refused: frozenset[int]) -> PoolRun:
+    """Buckets read but not written had their worker die on every retry: a seed that kills its
+    process, or a lost node (its calls fail at once, three times, before Ray declares the node
+    dead). They run once more in a fresh pool; what fails again is recorded as an error. `refused`:
+    buckets the budget did not start (left for a rerun with a higher one)."""
+    _, read, _ = read_counts(storage.join(cfg.output.path, READ_COUNTS))
+    lost = read - buckets_in(storage.list_files(records_dir)) - refused
+    if not lost:
+        return pool
+    print(f"[evolve] {len(lost)} bucket(s) lost their worker; running them once more", flush=True)
+    again = evolve_buckets(ray, cfg, frozenset(range(cfg.output.buckets)) - lost)
+    return pool.merged(again)
+
+
 def run_evolve(cfg: EvolveConfig) -> dict:
     identity = preflight(cfg)
     sets = evaluation_sets(cfg)  # the evaluation sets the training rows are checked against, read before any work
     given, cfg = cfg, with_absolute_paths(cfg)
     ray = init_ray(cfg.ray)
     check_room(ray, cfg)
+    wait_for_room("generation", {"CPU": cfg.generation.num_cpus, "GPU": cfg.generation.num_gpus})
     ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed bucket is recorded, not fatal
     started = time.time()
     records_dir = storage.join(cfg.output.path, "records")
-    done = start_run(cfg, identity)
     keeper = start_budget(ray, cfg, records_dir)
-    pool = evolve_buckets(ray, cfg, done)
+    pool = evolve_buckets(ray, cfg, start_run(cfg, identity))
+    if not pool.stopped:
+        pool = retry_lost_buckets(ray, cfg, records_dir, pool, refused_buckets(ray, keeper))
     budget = budget_outcome(ray, keeper)
     InFlight(cfg.output.path).clear()
     refused = frozenset(budget["refused_buckets"]) if budget else frozenset()

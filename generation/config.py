@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.config import StrictModel
 from common.models import SMALL_MODEL_ALIAS
+from common.secrets import reference_problem
 
 
 class SamplingConfig(StrictModel):
@@ -35,6 +36,9 @@ class OpenAIConfig(StrictModel):
     base_url: str | None = Field(None, description="None: the official OpenAI API")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable that holds the key "
                                                            "(the key itself never goes in a config)")
+    api_key_secret: str | None = Field(None, description=(
+        "where the driver reads the key instead of api_key_env: aws-secretsmanager:NAME[#FIELD], aws-ssm:NAME "
+        "or file:PATH (on the node that runs the driver); keeps it out of the job's runtime env"))
     max_in_flight: int = Field(32, ge=1, description="requests in flight per actor")
     timeout_s: float = Field(120.0, gt=0.0, description="per request attempt")
     max_retries: int = Field(5, ge=0, description="the client's own retries (backoff) on 408/409/429/5xx, "
@@ -50,6 +54,14 @@ class OpenAIConfig(StrictModel):
                                 "tokens + max_tokens and gives back what the endpoint's usage says it did not use; "
                                 "None: no limit")
 
+    @field_validator("api_key_secret")
+    @classmethod
+    def _secret_reference(cls, ref: str | None) -> str | None:
+        problem = ref is not None and reference_problem(ref)
+        if problem:
+            raise ValueError(problem)
+        return ref
+
 
 class GenerationConfig(StrictModel):
     backend: Literal["hf", "vllm", "openai", "echo"] = Field(
@@ -60,9 +72,11 @@ class GenerationConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the actor has a GPU")
-    prompt_format: Literal["chat", "plain", "raw"] = Field(
-        "chat", description="chat: the tokenizer's chat template; plain: '{prompt}\\n\\n### Response:'; "
-                            "raw: the prompt is already formatted")
+    prompt_format: Literal["chat", "wizardlm", "vicuna_v1.1", "alpaca", "plain", "raw"] = Field(
+        "chat", description="chat: the tokenizer's chat template (a tokenizer without one is an error); "
+                            "wizardlm / vicuna_v1.1 / alpaca: that training format with the BOS training "
+                            "puts first (wizardlm, vicuna_v1.1: as train.data.template trains them); plain: "
+                            "'{prompt}\\n\\n### Response:' without BOS; raw: the prompt is already formatted")
     batch_size: int = Field(8, ge=1, description="hf: most prompts per batched generate()")
     batch_wait_ms: float = Field(5.0, ge=0.0, description="hf: how long a batch waits for more requests")
     max_chains: int | None = Field(

@@ -44,7 +44,6 @@ class HFGenerator:
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
         self._pending: deque = deque()
-        self._wakeup: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
 
@@ -57,12 +56,10 @@ class HFGenerator:
 
     async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
         loop = asyncio.get_running_loop()
-        if self._batcher is None:
-            self._wakeup = asyncio.Event()
-            self._batcher = loop.create_task(self._run_batches())
         future = loop.create_future()
-        self._pending.append((prompt, sampling, future))
-        self._wakeup.set()
+        self._pending.append((prompt, sampling, future))  # templated and tokenised in the worker (_serve)
+        if self._batcher is None or self._batcher.done():
+            self._batcher = loop.create_task(self._run_batches())
         return await future
 
     def _take_batch(self) -> list:
@@ -87,14 +84,13 @@ class HFGenerator:
         return batch
 
     async def _run_batches(self) -> None:
+        """Runs while requests wait and ends when none is left (the next request starts it again): a
+        batcher waiting forever was still pending when an actor's event loop closed, and every actor
+        printed "Task was destroyed but it is pending!" at shutdown."""
         loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
+        while self._pending:
             if len(self._pending) < self.cfg.batch_size and self.cfg.batch_wait_ms:
                 await asyncio.sleep(self.cfg.batch_wait_ms / 1000)  # let chains that just got answers ask again
-            if not self._pending:
-                self._wakeup.clear()
-                continue
             batch = self._take_batch()
             try:
                 results = await loop.run_in_executor(self._worker, self._serve,

@@ -43,8 +43,13 @@ def rate_headers(response) -> dict:
     return {name: response.headers[name] for name in RATE_HEADERS if name in response.headers}
 
 
-def api_key(cfg: GenerationConfig) -> Secret:
-    """The key from the driver's environment; a self-hosted endpoint (base_url) may run without one."""
+def api_key(cfg: GenerationConfig, where: str = "generation") -> Secret:
+    """The key from where the driver was told to read it (`api_key_secret`, else the environment
+    variable `api_key_env`); a self-hosted endpoint (base_url) may run without one."""
+    if cfg.openai.api_key_secret:
+        from common.secrets import read_secret
+
+        return Secret(read_secret(cfg.openai.api_key_secret, f"{where}.openai.api_key_secret"))
     key = os.environ.get(cfg.openai.api_key_env)
     return Secret(key if key else NO_KEY if cfg.openai.base_url else None)
 

@@ -102,7 +102,7 @@ def check_model_available(cfg: GenerationConfig, key: str = "generation") -> Non
         from common.config import UserError
         from generation.openai_api import api_key
 
-        if api_key(cfg).reveal() is None:
+        if api_key(cfg, key).reveal() is None:
             raise UserError(f"{key}.openai.api_key_env: environment variable {cfg.openai.api_key_env} is not set "
                             "(needed for the official endpoint; set openai.base_url for a self-hosted one)")
         if cfg.openai.tokenizer:

@@ -11,7 +11,8 @@ from eval.config import EvaluateConfig
 def main(argv=None) -> int:
     from eval.pipeline import run_evaluate
 
-    return run_job(EvaluateConfig, run_evaluate, "Evaluate a model against a baseline with a pairwise judge on Ray.",
+    return run_job(EvaluateConfig, run_evaluate, "Evaluate a model with an LLM judge on Ray: against a baseline "
+                   "(pairwise, both orders) or alone (single-answer grading).",
                    argv)
 
 

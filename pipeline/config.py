@@ -1,11 +1,13 @@
 """The pipeline job: evolve -> train -> evaluate as one Ray job, each stage skipped when its output
-is complete for the same settings, resumed by its own job when it was interrupted.
+is complete for the same settings, resumed when it was interrupted, run from scratch when its
+settings or its inputs changed (pipeline/stages.py).
 
 A pipeline config holds one section per stage, each in that job's own schema, optionally on top
 of a job config file (`base:`), and one `ray` section for the whole job. The hand-offs between
 stages are set here from the upstream stage's output path, never written twice:
   train.data.path            <- evolve.output.path + /training/parquet
   evaluate.candidate.model   <- train.output.path
+  evaluate.candidate.prompt_format <- train.data.template (the model is prompted as it was trained)
   evaluate.evolution.output  <- evolve.output.path
 """
 from __future__ import annotations
@@ -19,18 +21,23 @@ from common.config import StrictModel, read_yaml_mapping, set_dotted
 from common.ray_setup import RayConfig
 from eval.config import EvaluateConfig
 from evol.config import EvolveConfig
+from generation.prompts import PROMPT_FORMAT_OF_TEMPLATE
 from train.config import TrainConfig
 
 STAGES = ("evolve", "train", "evaluate")
 Stage = Literal["evolve", "train", "evaluate"]
 
-# stage -> [(key inside that stage, (upstream stage, key there), suffix)]
+# stage -> [(key inside that stage, (upstream stage, key there), path suffix or {upstream value: value})]
 HANDOFFS = {
     "train": [("data.path", ("evolve", "output.path"), "training/parquet")],
     "evaluate": [("candidate.model", ("train", "output.path"), ""),
+                 ("candidate.prompt_format", ("train", "data.template"), PROMPT_FORMAT_OF_TEMPLATE),
                  ("evolution.output", ("evolve", "output.path"), "")],
 }
 SCHEMAS = {"evolve": EvolveConfig, "train": TrainConfig, "evaluate": EvaluateConfig}
+# Whether a stage resumes or starts over is the pipeline's decision (pipeline/stages.py), not the
+# job's overwrite switch: taken from the job presets, refused in a stage section.
+PIPELINE_KEYS = {"evolve": ("output.overwrite",), "evaluate": ("output.overwrite",)}
 
 
 class PipelineOutput(StrictModel):
@@ -56,6 +63,10 @@ class PipelineConfig(StrictModel):
             raise ValueError("stages: name at least one of evolve, train, evaluate")
         if list(self.stages) != [s for s in STAGES if s in self.stages]:
             raise ValueError(f"stages: {list(self.stages)} must be in pipeline order {list(STAGES)}, each once")
+        first, last = STAGES.index(self.stages[0]), STAGES.index(self.stages[-1])
+        if len(self.stages) != last - first + 1:
+            raise ValueError(f"stages: {list(self.stages)} leaves out {STAGES[first + 1]}, whose output the next "
+                             "stage reads; run consecutive stages")
         return self
 
 
@@ -66,6 +77,13 @@ def _get(data: dict, dotted: str):
             return None
         node = node[part]
     return node
+
+
+def _pop(data: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    node = _get(data, ".".join(parents)) if parents else data
+    if isinstance(node, dict):
+        node.pop(last, None)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -103,13 +121,21 @@ def compose(data: dict) -> dict:
         for key, (upstream, upstream_key), _ in HANDOFFS.get(stage, []):
             if _get(section, key) is not None:
                 raise ValueError(f"{stage}.{key}: set by the pipeline from {upstream}.{upstream_key}; remove it")
+        for key in PIPELINE_KEYS.get(stage, ()):
+            if _get(section, key) is not None:
+                raise ValueError(f"{stage}.{key}: set by the pipeline (an interrupted stage resumes, a changed "
+                                 "one starts over); remove it")
         base = _read_base(stage, section.pop("base")) if "base" in section else {}
         base.pop("ray", None)
+        for key in PIPELINE_KEYS.get(stage, ()):
+            _pop(base, key)
         data[stage] = _merge(base, section)
     for stage, handoffs in HANDOFFS.items():
         for key, (upstream, upstream_key), suffix in handoffs:
             path = _get(data[upstream], upstream_key) or _default(upstream, upstream_key)
-            set_dotted(data[stage], key, f"{str(path).rstrip('/')}/{suffix}" if suffix else path)
+            value = suffix.get(path, path) if isinstance(suffix, dict) else \
+                f"{str(path).rstrip('/')}/{suffix}" if suffix else path
+            set_dotted(data[stage], key, value)
     ray = data.get("ray") or {}
     for stage in STAGES:
         data[stage]["ray"] = ray

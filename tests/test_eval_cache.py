@@ -2,8 +2,10 @@
 again only what is new or failed as a request."""
 import os
 
-from eval.cache import best_rows, generation_settings, model_signature, must_ask_again, request_key, settings_key
+from eval.cache import (best_rows, generation_settings, model_signature, must_ask_again, request_key,
+                        resolve_engines, settings_key)
 from generation.config import GenerationConfig, SamplingConfig
+from generation.devices import resolve_dtype
 
 BASE = GenerationConfig(backend="hf", model="smollm2-135m-instruct")
 SAMPLING = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=64)
@@ -53,3 +55,30 @@ def test_best_rows_prefer_a_row_that_need_not_be_asked_again():
     found = best_rows(cached, {"a", "b", "c", "d"})
     assert {k: r["error"] for k, r in found.items()} == {"a": None, "b": "malformed", "c": "generation_failed:http_500"}
     assert [must_ask_again(found[k]) for k in "abc"] == [False, False, True]
+
+
+def test_key_covers_engine_options_resolved_dtype_and_device_and_prompt_templates():
+    vllm = BASE.model_copy(update={"backend": "vllm"})
+    extra = vllm.model_copy(update={"vllm": vllm.vllm.model_copy(update={"extra": {"quantization": "fp8"}})})
+    assert key(extra) != key(vllm)
+    assert key(extra.model_copy(update={"vllm": extra.vllm.model_copy(update={"max_num_seqs": 8})})) == key(extra)
+
+    def engine_key(engine, templates=()):
+        return settings_key(generation_settings(BASE, SAMPLING, engine, templates))
+
+    assert engine_key({"device": "cpu", "dtype": "float32"}) != engine_key({"device": "cpu", "dtype": "bfloat16"})
+    assert engine_key({"device": "cpu", "dtype": "float32"}) != engine_key({"device": "cuda", "dtype": "float32"})
+    assert engine_key({}, ("Rate this: {x}",)) != engine_key({}, ("Rate that: {x}",))
+    wizardlm = BASE.model_copy(update={"prompt_format": "wizardlm"})
+    assert generation_settings(wizardlm, SAMPLING)["templates"] != generation_settings(
+        wizardlm.model_copy(update={"prompt_format": "alpaca"}), SAMPLING)["templates"]
+
+
+def test_auto_dtype_and_device_are_resolved_as_the_actors_resolve_them(local_ray):
+    roles = {"a": BASE.model_copy(update={"dtype": "auto", "device": "auto"}),
+             "b": BASE.model_copy(update={"dtype": "float32", "device": "cpu"}),
+             "c": BASE.model_copy(update={"backend": "vllm", "dtype": "bfloat16"}),
+             "d": BASE.model_copy(update={"backend": "echo"})}
+    engines = resolve_engines(roles)
+    assert engines == {"a": {"device": "cpu", "dtype": resolve_dtype("auto", False)},
+                       "b": {"device": "cpu", "dtype": "float32"}, "c": {"device": "cpu", "dtype": "bfloat16"}}

@@ -6,8 +6,10 @@ import pytest
 from common.config import ConfigError, load_config
 from eval.config import EvaluateConfig
 from eval.testset import ItemFields
+from evol.config import EvolveConfig
+from generation.prompts import PROMPT_FORMAT_OF_TEMPLATE
 from jobs.evaluate import main
-from train.config import TrainConfig
+from pipeline.config import PipelineConfig
 from tests.config_files import yamls_for
 
 
@@ -19,11 +21,13 @@ def test_every_evaluate_yaml_in_configs_loads():
         assert cfg.candidate.model and cfg.judge.model
 
 
-def test_embedded_default_compares_the_train_export_with_its_base_and_says_it_is_a_smoke_test():
+def test_embedded_default_compares_the_make_run_model_with_its_base_and_says_it_is_a_smoke_test():
+    """`make evaluate` after `make run` measures the model `make run` trained, prompted as it was trained."""
     cfg = load_config(EvaluateConfig, "configs/evaluate_local.yaml")
-    train = load_config(TrainConfig, "configs/train_local.yaml")
-    assert cfg.candidate.model == train.output.path and cfg.candidate.prompt_format == "plain"
-    assert cfg.baseline.model == cfg.judge.model == train.model.name
+    run = load_config(PipelineConfig, "configs/pipeline_local.yaml")
+    assert cfg.candidate.model == run.train.output.path and cfg.evolution.output == run.evolve.output.path
+    assert cfg.candidate.prompt_format == PROMPT_FORMAT_OF_TEMPLATE[run.train.data.template] == "wizardlm"
+    assert cfg.baseline.model == cfg.judge.model == run.train.model.name
     assert "smoke test" in cfg.report.note
     assert cfg.testset.per_category == 1 and cfg.testset.limit is None  # every skill, both orders, every band
     assert cfg.judge_prefill and cfg.judge.prompt_format == "plain"  # else a 135M judge gives no scores
@@ -70,7 +74,8 @@ def test_output_folder_of_something_else_is_never_written_into_or_deleted(tmp_pa
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.jsonl").write_text(json.dumps({"Instruction": "Hi?", "idx": 1}) + "\n")
-    base = ["--config", "configs/evaluate_tiny.yaml", f"output.path={out}"]
+    base = ["--config", "configs/evaluate_tiny.yaml", f"output.path={out}", "testset.category_field=null",
+            "testset.difficulty_field=null"]
     assert main(base) == 2
     assert capsys.readouterr().err.strip() == \
         f"error: output.path: {out} holds files of something else than an evaluate run; choose another folder"
@@ -79,3 +84,17 @@ def test_output_folder_of_something_else_is_never_written_into_or_deleted(tmp_pa
     assert main(base + ["output.overwrite=true", f"testset.path={out / 'mine.jsonl'}"]) == 2
     assert "holds an input" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["mine.jsonl"]
+
+
+def test_cloud_example_price_is_for_the_node_type_and_region_that_cluster_yaml_gives_the_evolve_actors():
+    import yaml
+
+    cluster = yaml.safe_load(open("cluster.yaml"))
+    node = cluster["available_node_types"]["gpu_generation"]
+    instance, gpus = node["node_config"]["InstanceType"], node["resources"]["GPU"]
+    text = open("configs/evolve_cluster.yaml").read()
+    comment = text[text.index("cost:"):]
+    assert instance == "g6.12xlarge" and f"{instance} on-demand (4x L4" in comment
+    assert f"in {cluster['provider']['region']} (cluster.yaml's region)" in comment
+    price = load_config(EvolveConfig, "configs/evolve_cluster.yaml").cost.price_per_accelerator_hour
+    assert price == pytest.approx(4.6016 / gpus, abs=0.005)  # the node's hourly price per GPU

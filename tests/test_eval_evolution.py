@@ -61,9 +61,25 @@ def test_lengths_pass_rates_and_eliminations_of_a_known_output(tmp_path, layout)
         {"round": 1, "kept": 2, "instruction_tokens": 35.0, "response_tokens": 200.0},
         {"round": 2, "kept": 1, "instruction_tokens": 50.0, "response_tokens": 300.0}]
     assert stats["pass_rate"] == {
-        "deepening": {"kept": 2, "eliminated": 1, "pass_rate": pytest.approx(2 / 3)},
-        "in_breadth": {"kept": 1, "eliminated": 2, "pass_rate": pytest.approx(1 / 3)}}
-    assert stats["eliminations"] == {2: {"could_not_answer": 1, "template_leak": 2}}
+        "deepening": {"kept": 2, "eliminated": 1, "errors": 0, "pass_rate": pytest.approx(2 / 3)},
+        "in_breadth": {"kept": 1, "eliminated": 2, "errors": 0, "pass_rate": pytest.approx(1 / 3)}}
+    assert stats["rounds"] == {1: {"kept": 2, "eliminated": 0, "errors": 0, "pass_rate": 1.0},
+                               2: {"kept": 1, "eliminated": 3, "errors": 0, "pass_rate": 0.25}}
+    assert stats["eliminations"] == {1: {}, 2: {"could_not_answer": 1, "template_leak": 2}}  # round 1: none
+
+
+def test_pass_rate_counts_errors_as_the_dataset_card_does(tmp_path):
+    """A chain that failed (status error) is a candidate that was not kept: kept / (kept + eliminated + errors),
+    as evol.summary and the dataset card count it; errors are shown per round."""
+    root = make_evolve_output(tmp_path)
+    errors = pa.Table.from_pylist([{"id": f"error-3-{i}", "op": "deepening", "reason": "generation_failed",
+                                    "status": "error", "round": 3, "instruction": "x", "instruction_tokens": None,
+                                    "response_tokens": None} for i in range(2)], schema=SCHEMA)
+    pq.write_table(errors, os.path.join(root, "records", "bucket-00002.parquet"))
+    stats = evolution_stats(read_evolution_records(root))
+    assert stats["pass_rate"]["deepening"] == {"kept": 2, "eliminated": 1, "errors": 2, "pass_rate": 0.4}
+    assert stats["rounds"][3] == {"kept": 0, "eliminated": 0, "errors": 2, "pass_rate": 0.0}
+    assert stats["eliminations"] == {1: {}, 2: {"could_not_answer": 1, "template_leak": 2}, 3: {}}
 
 
 @pytest.mark.parametrize("layout", ["buckets", "hive"])

@@ -1,6 +1,8 @@
 """The report from a hand-made summary: its words and numbers, and report.html in a real headless
-Chromium (the Debian package): it renders, every image loads, no console errors, and a screenshot."""
+Chromium (the Debian package, installed by `make setup`): it renders with its headline, every image
+loads, no console errors, and a screenshot. With CI set, a missing Chromium fails the test."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -9,21 +11,29 @@ import pytest
 
 from eval.aggregate import aggregate
 from eval.evolution import evolution_stats, read_evolution_records
-from eval.report import caveats, cost_blocks, verdict_words, write_report
+from eval.evolution_report import cost_blocks
+from eval.pipeline import display_name
+from eval.report import caveats, write_report
+from eval.sections import verdict_words
 from tests.test_eval_aggregate import TABLE, item
 from tests.test_eval_evolution import make_evolve_output
 
-MODELS = {"candidate": {"model": "outputs/train-local/model", "backend": "hf", "prompt_format": "plain"},
-          "baseline": {"model": "smollm2-135m-instruct", "backend": "hf", "prompt_format": "chat"},
-          "judge": {"model": "smollm2-135m-instruct", "backend": "hf", "prompt_format": "chat"}}
+MODELS = {"candidate": {"model": "/home/me/evolray/outputs/train-local/model", "name": "outputs/train-local/model",
+                        "backend": "hf", "prompt_format": "wizardlm"},
+          "baseline": {"model": "smollm2-135m-instruct", "name": "smollm2-135m-instruct", "backend": "hf",
+                       "prompt_format": "chat"},
+          "judge": {"model": "smollm2-135m-instruct", "name": "smollm2-135m-instruct", "backend": "hf",
+                    "prompt_format": "chat"}}
 
 
-def summary_of(rows, evolution=None, note="A 135M judge is a smoke test, not a measurement."):
+def summary_of(rows, evolution=None, note="A 135M judge is a smoke test, not a measurement.", testset=None):
     agg = aggregate(rows, bootstrap_samples=200)
-    return {"models": MODELS, "aggregates": agg, "evolution": evolution, "notes": [note] + caveats(agg, MODELS),
+    return {"mode": "pairwise", "models": MODELS, "aggregates": agg, "evolution": evolution,
+            "notes": [note] + caveats(agg, MODELS), "judge_max_prompt_tokens": 2048,
             "sampling": {"answers": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 128},
                          "judge": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 64}},
-            "testset": {"path": "bundled:wizardlm_testset.jsonl", "rows": 218, "used": 7, "quarantined": {}},
+            "testset": testset or {"path": "bundled:wizardlm_testset.jsonl", "rows": 218, "used": 7,
+                                   "quarantined": {}},
             "answers": {"candidate": {"reused": 0, "generated": 7, "failed": 0},
                         "baseline": {"reused": 7, "generated": 0, "failed": 1}}}
 
@@ -43,14 +53,18 @@ def test_headline_reads_the_interval_in_plain_words():
 def test_caveats_say_plainly_what_limits_the_result():
     notes = caveats(aggregate(TABLE, bootstrap_samples=10), MODELS)
     assert notes == [
-        "The judge (smollm2-135m-instruct) is also one of the two models compared; judges tend to prefer their "
+        "The judge (smollm2-135m-instruct) is also one of the models evaluated; judges tend to prefer their "
         "own answers.",
-        "Only 5 items were judged: the interval is wide and per-category ratios rest on one or two items each.",
-        "3 of 12 verdicts could not be read: the judge often does not follow the scoring format."]
-    empty = [item("e", (1, 6), (6, 1), candidate_answer="", baseline_answer="Hi."), item("f", None, None)]
-    assert caveats(aggregate(empty, bootstrap_samples=10), MODELS | {"judge": {"model": "gpt-4"}})[1] == \
-        "The candidate's answer was empty for 1 of 2 items (the model ended its reply at once); the judge scored " \
-        "those empty answers as they are."
+        "Only 4 items were judged: the interval is wide and per-category numbers rest on one or two items each.",
+        "3 of 12 verdicts could not be read: the judge often does not follow the scoring format.",
+        "1 items had a readable verdict in one order only and are not counted (`judge.require_both_orders`)."]
+    empty = [item("e", (1, 6), (6, 1), candidate_answer="", baseline_answer="Hi.", candidate_finished=True),
+             item("f", None, None, candidate_answer="Cut here", baseline_answer="Hi.", candidate_finished=False)]
+    assert caveats(aggregate(empty, bootstrap_samples=10), MODELS | {"judge": {"model": "gpt-4"}}, 96)[1:3] == [
+        "The candidate's answer was empty for 1 of 2 items (the model ended its reply at once); the judge scored "
+        "those empty answers as they are.",
+        "1 of the candidate's 2 answers were cut by answer_sampling.max_tokens (96 tokens): the judge saw them "
+        "unfinished."]
     many = [item(str(i), (8, 2), (2, 8)) for i in range(40)]  # each order picks the first answer: pure bias
     assert caveats(aggregate(many, bootstrap_samples=10), MODELS | {"judge": {"model": "gpt-4"}}) == [
         "The judge changed its winner when the answers were swapped for 100.0% of items: its verdicts depend "
@@ -61,8 +75,11 @@ def test_headline_and_caveats_come_first(tmp_path):
     write_report(summary_of(TABLE), str(tmp_path))
     report = (tmp_path / "report.md").read_text()
     before_sections = report.split("\n## ")[0]
-    assert "**113.3%** of the baseline's total score" in before_sections
-    assert "Wins 2, ties 2, losses 1" in before_sections and "**2 of 3** categories" in before_sections
+    assert before_sections.startswith("# Evaluation: outputs/train-local/model vs smollm2-135m-instruct\n")
+    assert "**96.0%** of the baseline's total score" in before_sections
+    assert "Win rate **50.0%** ± 20.4% (ties count half; ± one standard error): wins 1, ties 2, losses 1" \
+        in before_sections and "Length-controlled win rate **50.0%**" in before_sections
+    assert "**1 of 2** categories" in before_sections
     assert "> **Note:** A 135M judge is a smoke test, not a measurement." in before_sections
     assert "Judged difficulty per round" not in report  # no evolution output given
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["per_category.png", "win_tie_loss_by_difficulty.png"]
@@ -103,7 +120,8 @@ window.addEventListener("load", () => {
   const pre = document.createElement("pre");
   pre.id = "probe";
   pre.textContent = JSON.stringify({images: [...document.images].map(i => [i.complete, i.naturalWidth,
-    i.naturalHeight]), errors: window.__errors, title: document.title});
+    i.naturalHeight]), errors: window.__errors, title: document.title,
+    headline: document.querySelector("h1 + p").textContent});
   document.body.appendChild(pre);
 });
 </script>"""
@@ -112,8 +130,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=5000"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (Debian: apt-get install chromium)")
 def test_report_html_renders_in_headless_chromium_with_every_image(tmp_path):
+    if CHROMIUM is None:  # `make setup` installs it; in CI a missing browser is a failure, never a skip
+        if os.environ.get("CI"):
+            pytest.fail("CI is set and no Chromium was found: `make setup` installs Debian's chromium")
+        pytest.skip("no Chromium on this machine (make setup installs it: apt-get install chromium)")
     out = tmp_path / "eval"
     write_report(summary_of(TABLE, evolution_stats(read_evolution_records(make_evolve_output(tmp_path / "evo")))),
                  str(out))
@@ -125,6 +146,7 @@ def test_report_html_renders_in_headless_chromium_with_every_image(tmp_path):
                          timeout=120).stdout
     seen = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.DOTALL).group(1).replace("&quot;", '"'))
     assert seen["title"] == "Evaluation: outputs/train-local/model vs smollm2-135m-instruct"
+    assert seen["headline"].startswith("The candidate scored 96.0% of the baseline's total score")
     assert len(seen["images"]) == 3
     assert all(complete and width > 0 and height > 0 for complete, width, height in seen["images"])
     assert seen["errors"] == []
@@ -132,3 +154,12 @@ def test_report_html_renders_in_headless_chromium_with_every_image(tmp_path):
     subprocess.run([CHROMIUM, *FLAGS, "--window-size=1000,2400", f"--screenshot={screenshot}",
                     (out / "report.html").as_uri()], capture_output=True, timeout=120, check=True)
     assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 20_000
+
+
+def test_a_local_model_is_named_by_its_path_under_the_working_folder_not_an_absolute_path(tmp_path, monkeypatch):
+    model = tmp_path / "outputs" / "pipeline-local" / "model"
+    model.mkdir(parents=True)
+    assert display_name(str(model)) == "pipeline-local/model"  # outside the working folder: its last two parts
+    monkeypatch.chdir(tmp_path)
+    assert display_name(str(model)) == "outputs/pipeline-local/model"
+    assert display_name("s3://bucket/models/m") == "s3://bucket/models/m" and display_name("gpt-4o") == "gpt-4o"

@@ -8,8 +8,8 @@ import pytest
 from common.config import UserError
 from eval.testset import (BAD_CATEGORY, BAD_DIFFICULTY, BAD_REFERENCE, DUPLICATE_ID, EMPTY_INSTRUCTION,
                           INSTRUCTION_NOT_STRING, MALFORMED_JSON, MISSING_INSTRUCTION, NOT_AN_OBJECT,
-                          UNREADABLE_FILE, ItemFields, parse_testset_file, quarantine_counts, read_testset,
-                          resolve_testset_path, select_items)
+                          UNREADABLE_FILE, ItemFields, check_mapping, dropped_counts, parse_testset_file,
+                          quarantine_counts, quarantine_table, read_testset, resolve_testset_path, select_items)
 
 MAPPED = ItemFields(instruction="prompt", id="qid", category="topic", difficulty=None, reference="gold")
 
@@ -34,8 +34,8 @@ BAD_LINES = [
     ('{"qid": "d"}', MISSING_INSTRUCTION),
     ('{"qid": "e", "prompt": 42}', INSTRUCTION_NOT_STRING),
     ('{"qid": "f", "prompt": "   "}', EMPTY_INSTRUCTION),
-    ('{"qid": "g", "prompt": "ok", "topic": ["a"]}', BAD_CATEGORY),
-    ('{"qid": "h", "prompt": "ok", "gold": 3}', BAD_REFERENCE),
+    ('{"qid": "g", "prompt": "ok", "topic": ["a"]}', None),  # a bad optional field: dropped, the row kept
+    ('{"qid": "h", "prompt": "ok", "gold": 3}', None),
     ('{"qid": "a", "prompt": "Same id again."}', DUPLICATE_ID),
     ('{"prompt": "No id: FILE:LINE is used."}', None),
 ]
@@ -49,25 +49,54 @@ def test_every_bad_row_kind_is_quarantined_with_a_reason(tmp_path):
     assert [r["error"] for r in rows] == [error for _, error in BAD_LINES]
     assert rows[0] | {"source": None} == {
         "id": "a", "instruction": "Name a prime.", "category": "math", "difficulty": None, "reference": "2",
-        "source": None, "line": 1, "error": None, "detail": None, "raw": None}
+        "source": None, "line": 1, "error": None, "detail": None, "dropped": None, "raw": None,
+        "fields": ("qid", "prompt", "topic", "gold")}
     assert rows[1]["instruction"] == "Why is the sky blue?" and rows[2]["category"] == "7"
     assert rows[10]["detail"] == f"id 'a' first seen at {path}:1"
     assert rows[11]["id"] == f"{path}:13" and rows[11]["line"] == 13  # the blank line is not a row
-    assert quarantine_counts(rows) == {BAD_CATEGORY: 1, BAD_REFERENCE: 1, DUPLICATE_ID: 1, EMPTY_INSTRUCTION: 1,
-                                       INSTRUCTION_NOT_STRING: 1, MALFORMED_JSON: 1, MISSING_INSTRUCTION: 1,
-                                       NOT_AN_OBJECT: 1}
-    assert [r["id"] for r in select_items(rows)] == ["a", "b", "c", f"{path}:13"]
+    assert quarantine_counts(rows) == {DUPLICATE_ID: 1, EMPTY_INSTRUCTION: 1, INSTRUCTION_NOT_STRING: 1,
+                                       MALFORMED_JSON: 1, MISSING_INSTRUCTION: 1, NOT_AN_OBJECT: 1}
+    assert [r["id"] for r in select_items(rows)] == ["a", "b", "c", "g", "h", f"{path}:13"]
+    assert (rows[8]["category"], rows[8]["dropped"]) == (None, f"{BAD_CATEGORY}: category must be text, got list")
+    assert (rows[9]["reference"], rows[9]["dropped"]) == (None, f"{BAD_REFERENCE}: reference must be text, got int")
+    assert dropped_counts(rows) == {BAD_CATEGORY: 1, BAD_REFERENCE: 1}
+    table = quarantine_table(rows)
+    assert table.column_names == ["id", "source", "line", "error", "detail", "raw"]
+    assert table.column("error").to_pylist() == [MALFORMED_JSON, NOT_AN_OBJECT, MISSING_INSTRUCTION,
+                                                 INSTRUCTION_NOT_STRING, EMPTY_INSTRUCTION, DUPLICATE_ID]
+    assert table.column("raw").to_pylist()[0] == "not json"
 
 
-@pytest.mark.parametrize("value, error", [(7, None), (7.0, None), (10, None), (0, BAD_DIFFICULTY),
-                                          (11, BAD_DIFFICULTY), (6.5, BAD_DIFFICULTY), ("7", BAD_DIFFICULTY),
-                                          (True, BAD_DIFFICULTY), (None, None)])
-def test_difficulty_must_be_an_integer_from_1_to_10(value, error):
+def test_a_bad_optional_field_drops_the_field_not_the_row():
+    lines = [{"Instruction": "Add 2 and 3.", "idx": 1, "Skill": "Math", "Difficulty": "7"},
+             {"Instruction": "Name a river.", "idx": 2, "Skill": 3.5, "Difficulty": 4}]
+    rows = parse_testset_file("\n".join(json.dumps(line) for line in lines).encode(), "t.jsonl", ItemFields())
+    assert [(r["error"], r["category"], r["difficulty"]) for r in rows] == [(None, "Math", None), (None, None, 4)]
+    assert rows[0]["dropped"] == f"{BAD_DIFFICULTY}: difficulty must be an integer 1-10, got '7'"
+    assert rows[1]["dropped"] == f"{BAD_CATEGORY}: category must be text, got float"
+
+
+def test_a_mapped_field_found_in_no_row_is_a_config_error_naming_the_key(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"prompt": "Hi?", "qid": 1, "topic": "x"}) + "\n" +
+                    json.dumps({"prompt": "Why?", "qid": 2, "gold": "Because."}) + "\n")
+    rows = read_testset(str(path), MAPPED)
+    check_mapping(rows, MAPPED, str(path))  # each mapped field is in some row (difficulty is not mapped)
+    with pytest.raises(UserError, match=r"^testset.category_field: no row of .* has a field 'Topic' "
+                                        r"\(its rows have 'gold', 'prompt', 'qid', 'topic'\)"):
+        check_mapping(rows, ItemFields(instruction="prompt", id="qid", category="Topic", difficulty=None), str(path))
+    with pytest.raises(UserError, match="testset.difficulty_field: no row"):
+        check_mapping(rows, ItemFields(instruction="prompt", id="qid", category="topic"), str(path))
+
+
+@pytest.mark.parametrize("value, dropped", [(7, None), (7.0, None), (10, None), (0, BAD_DIFFICULTY),
+                                            (11, BAD_DIFFICULTY), (6.5, BAD_DIFFICULTY), ("7", BAD_DIFFICULTY),
+                                            (True, BAD_DIFFICULTY), (None, None)])
+def test_difficulty_must_be_an_integer_from_1_to_10(value, dropped):
     line = json.dumps({"Instruction": "Do it.", "idx": 1, "Difficulty": value})
     row = parse_testset_file(line.encode(), "t.jsonl", ItemFields())[0]
-    assert row["error"] == error
-    if error is None:
-        assert row["difficulty"] == (int(value) if value is not None else None)
+    assert row["error"] is None and (row["dropped"] or "").split(":")[0] == (dropped or "")
+    assert row["difficulty"] == (int(value) if value is not None and not dropped else None)
 
 
 def test_json_array_and_parquet_read_through_the_same_mapping(tmp_path):

@@ -12,7 +12,8 @@ def config(out):
     return load_config(EvaluateConfig, "configs/evaluate_tiny.yaml", [
         "candidate.backend=echo", "candidate.model=echo", "candidate.num_cpus=0.5",
         "judge.backend=vllm", "judge.model=smollm2-135m-instruct", "judge.prompt_format=plain", "judge_prefill=true",
-        "judge.vllm.enforce_eager=true", "judge.vllm.max_model_len=2048", "judge.num_cpus=1",
+        "judge.vllm.enforce_eager=true", "judge.vllm.max_model_len=2048", "judge.max_prompt_tokens=1536",
+        "judge.num_cpus=1",
         f"output.path={out}", "report.bootstrap_samples=50"])
 
 

@@ -133,7 +133,7 @@ def test_submitted_pipeline_runs_every_stage_and_a_stopped_one_resumes_skipping_
     job = _job_id(_submit(address, env, "jobs.pipeline", "configs/pipeline_tiny.yaml", *args, wait=False))
     marker = root / "pipeline" / "stages" / "evolve.json"
     deadline = time.time() + 300
-    while not marker.exists():
+    while not (marker.exists() and json.loads(marker.read_text())["state"] == "done"):
         assert time.time() < deadline, "evolve stage did not finish"
         time.sleep(0.5)
     subprocess.run([RAY, "job", "stop", job, "--address", address], env=env, capture_output=True, timeout=120)

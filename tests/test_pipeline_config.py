@@ -1,5 +1,5 @@
 """The pipeline config: stage sections on top of job presets, hand-offs, one ray section, stage
-fingerprints and completion markers. No Ray here."""
+fingerprints, and what a rerun does with each stage (skip, resume, start over). No Ray here."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ConfigError, load_config
 from common import storage
+from common.config import ConfigError, load_config
 from pipeline.config import PipelineConfig
-from pipeline.run import artifacts, fingerprints, format_artifacts, is_complete, marker_path
+from pipeline.run import artifacts, format_artifacts, has_result
+from pipeline.stages import (
+    DONE,
+    FRESH,
+    RESUME,
+    RUNNING,
+    SKIP,
+    STALE,
+    decide,
+    fingerprints,
+    mark_later_stale,
+    read_marker,
+    write_marker,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,8 +70,11 @@ def test_one_ray_section_for_every_stage():
     ("stages=[train, evolve]", "config error: stages: ['train', 'evolve'] must be in pipeline order"),
     ("stages=[train, train]", "config error: stages: ['train', 'train'] must be in pipeline order"),
     ("stages=[]", "config error: stages: name at least one"),
+    ("stages=[evolve, evaluate]", "config error: stages: ['evolve', 'evaluate'] leaves out train, whose output the next"),
     ("stages=[deploy]", "config error: stages.0: Input should be 'evolve', 'train' or 'evaluate'"),
     ("evolve.seeds.limt=3", "config error: evolve.seeds.limt: unknown key"),
+    ("evolve.output.overwrite=true", "config error: evolve.output.overwrite: set by the pipeline"),
+    ("evaluate.output.overwrite=false", "config error: evaluate.output.overwrite: set by the pipeline"),
     ("train.optim.lr=-1", "config error: train.optim.lr: Input should be greater than 0"),
     ("evaluate.report.bootstrap_samples=0", "config error: evaluate.report.bootstrap_samples:"),
 ])
@@ -82,16 +98,47 @@ def test_a_changed_stage_makes_it_and_every_later_stage_stale():
     assert evaluate["evaluate"] != base["evaluate"]
 
 
-def test_a_stage_is_complete_only_with_its_marker_same_settings_and_its_result(tmp_path):
+def test_execution_only_train_keys_leave_every_fingerprint_alone():
+    base = fingerprints(load())
+    assert fingerprints(load("train.debug.kill_at_step=2", "train.checkpoint.max_failures=0",
+                             "train.metrics.log_every_steps=1", "train.checkpoint.keep=1")) == base
+    assert fingerprints(load("train.checkpoint.every_steps=1"))["train"] != base["train"]
+
+
+def test_the_pipeline_decides_overwrite_whatever_the_job_presets_say():
+    assert yaml_of("configs/local.yaml")["output"]["overwrite"] is True  # the evolve preset starts over
+    assert load().evolve.output.overwrite is False  # inside the pipeline an interrupted evolve resumes
+
+
+@pytest.mark.parametrize("marker, result, expected", [
+    (None, False, (FRESH, "first run")),
+    ({"fingerprint": "old", "state": DONE}, True, (FRESH, "its settings changed")),
+    ({"fingerprint": "old", "state": RUNNING}, False, (FRESH, "its settings changed")),
+    ({"fingerprint": "fp", "state": STALE}, True, (FRESH, "an upstream stage ran again")),
+    ({"fingerprint": "fp", "state": DONE}, True, (SKIP, "complete for these settings")),
+    ({"fingerprint": "fp"}, True, (SKIP, "complete for these settings")),  # a marker from before states
+    ({"fingerprint": "fp", "state": DONE}, False, (RESUME, "its result is missing")),
+    ({"fingerprint": "fp", "state": RUNNING}, False, (RESUME, "it was interrupted")),
+    ({"fingerprint": "fp", "state": RUNNING}, True, (RESUME, "it was interrupted")),
+])
+def test_a_stage_resumes_only_its_own_settings_and_inputs(marker, result, expected):
+    assert decide(marker, "fp", result) == expected
+
+
+def test_a_stage_that_runs_makes_every_later_stage_stale(tmp_path):
     cfg = load(f"output.path={tmp_path}/pipe", f"evolve.output.path={tmp_path}/evo")
     keys = fingerprints(cfg)
-    assert not is_complete(cfg, "evolve", keys["evolve"])  # nothing yet
-    storage.write_json(marker_path(cfg, "evolve"), {"fingerprint": keys["evolve"]})
-    assert not is_complete(cfg, "evolve", keys["evolve"])  # marker, but the summary is gone
+    for stage in ("evolve", "train", "evaluate"):
+        write_marker(cfg, stage, keys[stage], DONE)
+    mark_later_stale(cfg, "train")
+    assert [read_marker(cfg, s)["state"] for s in ("evolve", "train", "evaluate")] == [DONE, DONE, STALE]
+    mark_later_stale(cfg, "evolve")
+    assert [read_marker(cfg, s)["state"] for s in ("evolve", "train", "evaluate")] == [DONE, STALE, STALE]
+    assert read_marker(cfg, "train")["outputs"] == [str(ROOT / "outputs/pipeline-local/model"),
+                                                    str(ROOT / "outputs/pipeline-local/train-runs/pipeline-local")]
+    assert not has_result(cfg, "evolve")
     storage.write_json(f"{tmp_path}/evo/summary.json", {})
-    assert is_complete(cfg, "evolve", keys["evolve"])
-    assert not is_complete(cfg, "evolve", "another-fingerprint")
-    assert not is_complete(cfg, "train", keys["train"])
+    assert has_result(cfg, "evolve")
 
 
 def test_artifacts_name_every_result_of_every_stage():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import time
 
 import pytest
@@ -113,6 +114,18 @@ def test_local_write_bytes_atomic_leaves_no_temp_file(tmp_path):
     storage.write_bytes_atomic(str(target), b"two")
     assert target.read_bytes() == b"two"
     assert sorted(p.name for p in target.parent.iterdir()) == ["marker.done"]
+
+
+def test_local_write_bytes_atomic_gives_the_mode_of_an_ordinary_new_file(tmp_path):
+    """mkstemp makes 0600 files: the records, reports and figures of a run were unreadable to the group."""
+    old = os.umask(0o027)
+    try:
+        storage.write_bytes_atomic(str(tmp_path / "records.parquet"), b"x")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "records.parquet").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == 0o640
 
 
 def test_local_delete_owned_dir_refuses_and_keeps_files(tmp_path):

@@ -7,7 +7,9 @@ engine's backward registered the graph) would update 8x or 2x less.
 
 Single process, gloo, world size 1, tiny random Llama, fp32; AdamW is swapped for plain SGD
 (lr 1) so that the update is the gradient itself (Adam's first step is ~lr x sign(gradient),
-blind to any scale), and clipping is off. ZeRO stages 0-3: ~8 s on 2 cores.
+blind to any scale), and clipping is off. ZeRO stages 0-3: ~8 s on 2 cores. Then the same step on two
+real gloo ranks (torch.multiprocessing) whose samples hold very different numbers of response tokens,
+at ZeRO-2 and ZeRO-3, against the single-process global mean: ~40 s.
 """
 from __future__ import annotations
 
@@ -141,3 +143,58 @@ def test_accumulation_1x8_and_4x2_give_the_same_deepspeed_update(stage, process_
                                        msg=lambda m: f"stage {stage}, micro {micro}, {name}: {m}")
         moved = max(moved, float((want - before[name]).abs().max()))
     assert moved > 1e-2  # the step moved the weights far more than the tolerance
+
+
+def rank_step(rank: int, port: int, model_dir: str, units, stages: tuple, out: str) -> None:
+    """One of 2 gloo ranks (torch.multiprocessing): the loop's optimizer step 0 on this rank's 4 samples
+    for each ZeRO stage; rank 0 saves the consolidated weights after it."""
+    import torch
+    import torch.distributed as dist
+
+    from train.batches import Units, collate_mode
+    from train.engine import build_engine, full_state_dict
+    from train.loop import Plan, global_step_targets, train_step
+    from train.metrics import Window
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2",
+                       "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"})
+    torch.optim.AdamW = SGDNamedAdamW  # a fresh process: nothing to restore
+    mine = Units(*(getattr(units, f)[rank * 4:(rank + 1) * 4] for f in ("input_ids", "labels", "position_ids",
+                                                                         "n_real", "targets")))
+    order = np.arange(4)
+    for stage in stages:
+        cfg = load_config(TrainConfig, "configs/train_tiny.yaml", [
+            f"model.name={model_dir}", f"deepspeed.stage={stage}", "scaling.num_workers=2",
+            "optim.global_batch_size=8", "optim.micro_batch_size=2", "optim.lr=1.0", "optim.warmup_steps=0",
+            "optim.max_grad_norm=0"])
+        plan = Plan(steps_per_epoch=1, total_steps=1, world_size=2)
+        engine = build_engine(cfg, model_dir, plan.total_steps)
+        targets = global_step_targets(engine, mine, order, cfg, plan)  # all-reduced over the 2 ranks
+        assert targets == [int(units.targets.sum())]
+        mode = collate_mode(cfg.data.packing, cfg.optim.batch_unit, cfg.model.attn_implementation)
+        train_step(engine, mine, order, 0, targets[0], mode, 0, cfg, plan.world_size, Window())
+        state = full_state_dict(engine, cfg)
+        if rank == 0:
+            torch.save({k: v.detach().float().clone() for k, v in state.items()}, f"{out}/stage{stage}.pt")
+        engine.destroy()
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_with_unequal_tokens_update_by_the_global_token_mean(model_dir, units, tmp_path):
+    """Rank 0 holds the 4 samples with 140 loss positions, rank 1 those with 8: each rank's micro
+    batches are divided by the all-reduced 148, and DeepSpeed's average over ranks x 2 gives the
+    single-process mean over all 148 (a per-rank mean would weigh rank 1's 8 tokens like 140)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stages = (2, 3)
+    mp.spawn(rank_step, args=(port, model_dir, units, stages, str(tmp_path)), nprocs=2, join=True)
+    expected, before = expected_weights(model_dir, units, lr=1.0)
+    for stage in stages:
+        after = torch.load(tmp_path / f"stage{stage}.pt")
+        for name, want in expected.items():
+            torch.testing.assert_close(after[name] - before[name], want - before[name], atol=2e-6, rtol=1e-4,
+                                       msg=lambda m: f"stage {stage}, {name}: {m}")

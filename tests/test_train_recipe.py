@@ -208,34 +208,38 @@ def test_units_from_rows_orders_by_key_whatever_the_delivery_order():
     assert units.position_ids[0].tolist() == list(range(5))
 
 
-def test_a_resumed_worker_feeds_exactly_the_units_it_had_not_fed():
-    steps, accum, micro, epoch, rank = 6, 2, 3, 1, 1
-    n = steps * accum * micro
-
-    def fed(from_step: int) -> list[int]:
-        order = epoch_order(n, 0, epoch, rank)  # recomputed after the restart, as the loop does
-        return [int(i) for s in range(from_step, steps) for a in range(accum)
-                for i in micro_batch(order, s, a, accum, micro)]
-
-    before_kill = [i for i in fed(0) if i not in fed(4)]  # steps 0..3 done, checkpoint at step 4
-    assert sorted(before_kill + fed(4)) == list(range(n))
-
-
 # --- plan checks on resume ------------------------------------------------------------------
 
-def test_plan_mismatch_names_each_differing_key():
+def test_plan_mismatch_names_each_differing_key_and_setting():
     from train.loop import plan_mismatch
 
-    stored = {"steps_per_epoch": 12, "total_steps": 36, "world_size": 8, "fingerprint": "abc"}
+    stored = {"steps_per_epoch": 12, "total_steps": 36, "world_size": 8, "fingerprint": "abc",
+              "settings": {"optim.lr": 2e-5, "lora.method": "none"}}
     assert plan_mismatch(stored, dict(stored)) is None
-    diff = plan_mismatch(stored, stored | {"world_size": 4, "fingerprint": "def"})
-    assert diff == "world_size 8 != 4, fingerprint abc != def"
+    diff = plan_mismatch(stored, stored | {"world_size": 4, "fingerprint": "def",
+                                           "settings": {"optim.lr": 1e-4, "lora.method": "none", "data.max_samples": 7}})
+    assert diff == "world_size 8 != 4, fingerprint abc != def, data.max_samples (unset) != 7, optim.lr 2e-05 != 0.0001"
+
+
+def test_settings_that_change_the_weights_are_compared_and_the_others_may_change():
+    from train.config import result_settings
+
+    cfg = load_config(TrainConfig, "configs/train_tiny.yaml")
+    base = result_settings(cfg)
+    assert {"optim.lr", "optim.epochs", "optim.global_batch_size", "model.name", "data.template", "lora.r",
+            "deepspeed.stage", "data.max_samples"} <= set(base)
+    free = ["optim.micro_batch_size=1", "model.gradient_checkpointing=true", "checkpoint.every_steps=3",
+            "output.path=/elsewhere", "output.dtype=bfloat16", "metrics.log_every_steps=1", "scaling.cpus_per_worker=2",
+            "data.heldout_max_rows=3", "data.path=/copy/of/the/data", "sample.generate=false", "name=other"]
+    assert result_settings(load_config(TrainConfig, "configs/train_tiny.yaml", free)) == base
+    for override in ("optim.lr=1e-4", "optim.epochs=3", "lora.method=lora", "data.max_length=128", "data.seed=1"):
+        assert result_settings(load_config(TrainConfig, "configs/train_tiny.yaml", [override])) != base, override
 
 
 def test_a_rerun_with_another_plan_is_a_one_line_error(tmp_path):
     import json
 
-    from train.loop import PLAN_FILE
+    from train.loop import PLAN_FILE, PLAN_KEYS
     from train.run import check_resume, make_plan
 
     cfg = load_config(TrainConfig, "configs/train_tiny.yaml", [f"checkpoint.storage_path={tmp_path}"])
@@ -243,36 +247,95 @@ def test_a_rerun_with_another_plan_is_a_one_line_error(tmp_path):
     check_resume(cfg, plan)  # no checkpoint yet
     folder = tmp_path / cfg.name / "checkpoint-step0000004"
     folder.mkdir(parents=True)
-    (folder / PLAN_FILE).write_text(json.dumps({k: plan[k] for k in ("steps_per_epoch", "total_steps",
-                                                                     "world_size", "fingerprint")}))
+    (folder / PLAN_FILE).write_text(json.dumps({k: plan[k] for k in PLAN_KEYS}))
     check_resume(cfg, plan)  # same plan: resumes
+    check_resume(cfg, make_plan(load_config(TrainConfig, "configs/train_tiny.yaml", [
+        f"checkpoint.storage_path={tmp_path}", "optim.micro_batch_size=1"]), 96, "f1"))  # a free key
     with pytest.raises(UserError) as info:
         check_resume(cfg, make_plan(cfg, 80, "f2"))
     message = str(info.value)
     assert "steps_per_epoch 12 != 10" in message and "fingerprint f1 != f2" in message and "\n" not in message
+    with pytest.raises(UserError, match="optim.lr 0.003 != 0.001"):
+        check_resume(cfg, make_plan(load_config(TrainConfig, "configs/train_tiny.yaml", [
+            f"checkpoint.storage_path={tmp_path}", "optim.lr=1e-3"]), 96, "f1"))
 
 
 # --- batch unit -------------------------------------------------------------------------------
 
-def test_cloud_preset_gives_the_papers_optimizer_steps_per_epoch():
+def scan_rows(n: int, seed: int, heldout_every: int = 0):
+    """`train.data.scan_batches` input: n usable rows with the order keys the tokenize actors give."""
+    import pyarrow as pa
+
+    from train.packing import stable_hash
+
+    keys = [stable_hash(seed, "order", f"row-{i}") for i in range(n)]
+    held = [bool(heldout_every) and i % heldout_every == 0 for i in range(n)]
+    return keys, [pa.record_batch({"status": ["ok"] * n, "truncated": [False] * n, "heldout": held,
+                                   "digest": [i for i in range(n)], "key": keys})]
+
+
+def test_cloud_preset_trains_the_papers_70k_samples_in_its_optimizer_steps():
+    from train.data import scan_batches
     from train.run import batch_report, make_plan
 
     cfg = load_config(TrainConfig, "configs/train_cloud_7b.yaml")
-    samples = 250_000
-    plan = make_plan(cfg, samples)
-    assert cfg.optim.batch_unit == "samples"
-    assert abs(plan["steps_per_epoch"] / (samples / 64) - 1) < 0.10
-    line = batch_report(cfg, plan, samples, samples)
-    assert "3906 steps/epoch" in line and "samples/64 = 3906 (1.00x)" in line
+    assert (cfg.data.max_samples, cfg.optim.batch_unit, cfg.optim.global_batch_size) == (70_000, "samples", 64)
+    keys, batches = scan_rows(250_000, cfg.data.seed)
+    scan = scan_batches(batches, cfg.data.max_samples)
+    assert (scan.available_rows, scan.train_rows) == (250_000, 70_000)
+    plan = make_plan(cfg, scan.train_rows)
+    # By hand, from the paper: 70,000 samples / 64 per step = 1,093.75: 1,093 whole steps per epoch (the
+    # paper's trainer ran the last partial batch too: 1,094), x 3 epochs.
+    assert (plan["steps_per_epoch"], plan["total_steps"]) == (1093, 3279)
+    line = batch_report(cfg, plan, scan.train_rows, scan.train_rows)
+    assert "1093 steps/epoch" in line and "48 samples left over per epoch" in line
     # Counting packed rows of 2048 (~3.4 WizardLM samples each) would give ~3.4x fewer steps.
     rows = make_plan(load_config(TrainConfig, "configs/train_cloud_7b.yaml", ["optim.batch_unit=sequences"]),
-                     int(samples / 3.4))
-    assert rows["steps_per_epoch"] < 0.35 * samples / 64
+                     int(70_000 / 3.4))
+    assert rows["steps_per_epoch"] == 20_588 // 64 == 321
+
+
+def test_max_samples_is_a_uniform_seeded_sample_of_the_training_rows():
+    from train.data import scan_batches
+
+    keys, batches = scan_rows(20_000, seed=0, heldout_every=10)
+    scan = scan_batches(batches, 5_000)
+    assert (scan.heldout_rows, scan.available_rows, scan.train_rows) == (2_000, 18_000, 5_000)
+    used = [i for i, k in enumerate(keys) if i % 10 and k <= scan.key_limit]  # what the job's filter keeps
+    assert len(used) == 5_000
+    assert scan.digest == sum(used) % 2**64  # the fingerprint covers exactly the sampled rows
+    assert abs(sum(i < 10_000 for i in used) / 5_000 - 0.5) < 0.03  # uniform over the rows
+    lineages = {i // 4 for i in used}  # rows 4k..4k+3: one seed and its evolutions
+    assert sum(all(j in used for j in range(4 * r, 4 * r + 4) if j % 10) for r in lineages) < len(lineages) / 2
+    again = scan_batches(scan_rows(20_000, seed=0, heldout_every=10)[1], 5_000)
+    other = scan_batches(scan_rows(20_000, seed=1, heldout_every=10)[1], 5_000)
+    assert again.key_limit == scan.key_limit and other.digest != scan.digest
+    assert scan_batches(scan_rows(100, 0)[1], 5_000).key_limit is None  # fewer rows than asked: all of them
+
+
+def test_one_function_gives_the_steps_gpu_hours_and_cost_of_the_cloud_presets():
+    from train.estimate import estimate_config
+
+    n, layers, hidden, seq = 6.74e9, 32, 4096, 2048  # LLaMA-7B
+    forward = 2 * n + 4 * layers * hidden * seq
+    tokens = 1093 * 64 * 600 * 3  # whole steps x samples x tokens/sample x epochs
+    full = estimate_config(load_config(TrainConfig, "configs/train_cloud_7b.yaml"), 250_000, 600, "A100")
+    # full fine-tune: forward + backward (2 forwards) + the recomputed forward, sdpa at 30% of 312 TFLOP/s
+    hours = tokens * 4 * forward / (312e12 * 0.30) / 3600
+    assert (full.steps_per_epoch, full.total_steps) == (1093, 3279)
+    assert full.gpu_hours == pytest.approx(hours) and full.wall_hours == pytest.approx(hours / 8)
+    assert full.cost == pytest.approx(hours * 32.77 / 8)
+    lora = estimate_config(load_config(TrainConfig, "configs/train_cloud_7b_lora.yaml"), 250_000, 600, "A100")
+    assert lora.gpu_hours == pytest.approx(tokens * 3 * forward / (312e12 * 0.30) / 3600)  # no weight gradients
+    assert 20 < full.gpu_hours < 25 and lora.gpu_hours == pytest.approx(full.gpu_hours * 3 / 4)
 
 
 @pytest.mark.parametrize("override, message", [
     (["optim.batch_unit=sequences", "data.packing=false"], "needs data.packing=true"),
     (["model.attn_implementation=flash_attention_2"], "needs scaling.use_gpu=true"),
+    (["scaling.use_gpu=true", "model.attn_implementation=flash_attention_2"], "set deepspeed.precision=bf16"),
+    (["lora.method=qlora"], "lora.method=qlora needs scaling.use_gpu=true"),
+    (["lora.method=qlora", "scaling.use_gpu=true", "deepspeed.precision=bf16"], "use deepspeed.stage 0-2"),
     (["optim.batch_unit=rows"], "optim.batch_unit"),
 ])
 def test_bad_batch_settings_are_one_line_errors(override, message):
@@ -329,18 +392,19 @@ def test_unknown_gpu_gives_no_mfu_and_never_a_cpu_peak():
     assert peak_tflops_per_worker(None, True, "Tesla T4", measure) is None
     assert peak_tflops_per_worker(None, True, "NVIDIA L40S", measure) == 362
     assert peak_tflops_per_worker(None, False, None, lambda: 0.5) == 0.5
-    metrics = window_metrics([6.0, 1000, 800], steps=3, seconds=2.0, world_size=2, flops_token=1e9,
+    metrics = window_metrics([1.0, 2.0, 3.0, 1000, 800], seconds=2.0, world_size=2, flops_token=1e9,
                              peak_flops_per_worker=None)
     assert metrics["mfu"] is None and format_mfu(metrics["mfu"]) == "n/a"
     assert metrics["loss"] == 2.0 and metrics["real_tokens_per_s"] == 400
-    assert window_metrics([6.0, 1000, 800], 3, 2.0, 2, 1e9, 1e12)["mfu"] == pytest.approx(400 * 1e9 / 2e12)
+    assert metrics["step_losses"] == [1.0, 2.0, 3.0]
+    assert window_metrics([1.0, 2.0, 3.0, 1000, 800], 2.0, 2, 1e9, 1e12)["mfu"] == pytest.approx(400 * 1e9 / 2e12)
 
 
 class FakeEngine:
     def __init__(self):
         self.saved_in = None
 
-    def save_checkpoint(self, folder, tag, client_state):
+    def save_checkpoint(self, folder, tag, client_state, exclude_frozen_parameters):
         import os
 
         self.saved_in = folder
@@ -359,9 +423,10 @@ def fake_ray_train(monkeypatch):
         def get_world_rank(self):
             return 0
 
-    def fake_report(metrics, checkpoint=None, checkpoint_dir_name=None):
+    def fake_report(metrics, checkpoint=None, checkpoint_dir_name=None, checkpoint_upload_mode=None,
+                    delete_local_checkpoint_after_upload=None):
         files = sorted(p.name for p in __import__("pathlib").Path(checkpoint.path).iterdir()) if checkpoint else None
-        reports.append((metrics, files))
+        reports.append((metrics, files, checkpoint_upload_mode, delete_local_checkpoint_after_upload))
         time.sleep(0.3)  # a slow upload
 
     monkeypatch.setattr(ray.train, "report", fake_report)
@@ -379,6 +444,10 @@ def test_checkpoint_shards_are_staged_in_the_scratch_folder_with_the_plan(tmp_pa
     assert engine.saved_in.startswith(f"{tmp_path}/nvme/evolray-ckpt-")
     assert engine.client_state["plan"] == plan.signature()
     assert fake_ray_train[0][1] == [PLAN_FILE, "shard.pt"]
+    import ray.train
+
+    # checkpoint.upload=async (the default): Ray Train uploads in the background, then deletes the folder.
+    assert fake_ray_train[0][2:] == (ray.train.CheckpointUploadMode.ASYNC, True)
 
 
 def test_save_time_is_not_counted_in_the_next_windows_tokens_per_second(tmp_path, fake_ray_train, monkeypatch):
@@ -392,8 +461,11 @@ def test_save_time_is_not_counted_in_the_next_windows_tokens_per_second(tmp_path
     plan = loop.Plan(steps_per_epoch=10, total_steps=10)
     window = Window()
     before = window.start
-    kept = loop.end_of_step(FakeEngine(), cfg, plan, loop.RunState(step=3), window, 0, (1.0, None), rank=1)
+    state = loop.RunState(step=3)
+    kept = loop.end_of_step(FakeEngine(), cfg, plan, state, window, 0, (1.0, None), rank=1, pad_id=0)
     assert kept is window and window.start - before >= 0.3  # save only: its time is taken out
+    assert len(state.checkpoint_stalls) == 1 and state.checkpoint_stalls[0] >= 0.3  # and reported as a stall
     ended = time.perf_counter()
-    fresh = loop.end_of_step(FakeEngine(), cfg, plan, loop.RunState(step=6), window, 0, (1.0, None), rank=1)
+    fresh = loop.end_of_step(FakeEngine(), cfg, plan, loop.RunState(step=6), window, 0, (1.0, None), rank=1,
+                             pad_id=0)
     assert fresh is not window and fresh.start >= ended + 0.3  # log + save: the new window starts after both

@@ -13,7 +13,7 @@ import pytest
 
 from common.config import load_config
 from tests.s3_fixtures import moto_s3  # noqa: F401 (a fixture)
-from train.config import TrainConfig
+from train.config import TrainConfig, result_settings
 
 
 class LoadingEngine:
@@ -24,7 +24,7 @@ class LoadingEngine:
         self.folder = None
         self.files: list[str] = []
 
-    def load_checkpoint(self, folder, load_lr_scheduler_states):
+    def load_checkpoint(self, folder, load_lr_scheduler_states, load_module_strict):
         self.folder = folder
         self.files = sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
         return folder, self.client
@@ -54,7 +54,8 @@ def restore_with(monkeypatch, checkpoint, scratch: Path):
 
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: checkpoint)
     cfg = load_config(TrainConfig, "configs/train_tiny.yaml", [f"checkpoint.scratch_dir={scratch}", "name=r"])
-    plan = loop.Plan(steps_per_epoch=3, total_steps=6, world_size=1, fingerprint="f")
+    plan = loop.Plan(steps_per_epoch=3, total_steps=6, world_size=1, fingerprint="f",
+                     settings=result_settings(cfg))
     engine = LoadingEngine(plan.signature())
     return engine, loop.restore(engine, cfg, plan)
 

@@ -1,7 +1,8 @@
 """The train job against s3:// on a local moto server: the tokenizer is read without the weights,
-and a whole job (model, checkpoints and export on s3) runs from the command line, printing each
-progress line once. The job test runs `python -m jobs.train` in a subprocess with its own local
-Ray (the S3 endpoint must reach Ray's workers through their environment): ~4 min on 2 cores.
+and a whole job (model, checkpoints, TensorBoard events and export on s3) runs from the command line,
+printing each progress line once, with the model downloaded into checkpoint.scratch_dir. The job test
+runs `python -m jobs.train` in a subprocess with its own local Ray (the S3 endpoint must reach Ray's
+workers through their environment): ~4 min on 2 cores.
 """
 from __future__ import annotations
 
@@ -92,7 +93,12 @@ def test_job_with_checkpoints_and_export_on_s3_prints_each_line_once(s3_model, m
     keys = moto_s3.keys("runs/tiny-s3/")
     assert f"{last}/evolray_plan.json" in keys
     assert any(k.startswith(f"{last}/step{total}/") for k in keys)  # ZeRO-3 shards
-    assert not any((tmp_path / "scratch").iterdir())  # staged there, then removed
+    # Each worker downloaded the model into checkpoint.scratch_dir (the node's NVMe), not the cache on
+    # the root disk; checkpoint shards and the export were staged there too, then removed.
+    assert [p.name for p in (tmp_path / "scratch").iterdir()] == ["models"]
+    assert len(list((tmp_path / "scratch" / "models").glob("*/model.safetensors"))) == 1
+    assert not (Path(cache) / "s3").exists()
+    assert any(k.startswith("runs/tiny-s3/tensorboard/events.out.tfevents.") for k in keys)
     exported = moto_s3.keys("exports/tiny/")
     assert {"exports/tiny/model.safetensors", "exports/tiny/config.json", "exports/tiny/tokenizer.json",
             "exports/tiny/train_metrics.json"} <= set(exported)

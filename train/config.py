@@ -26,7 +26,10 @@ class DataSection(StrictModel):
         "fraction of lineages (root_id: a seed with all its evolutions) kept out of training"))
     heldout_max_rows: int = Field(256, ge=0, description=(
         "held-out rows evaluated (loss before/after, one sample); the rest stay out of training, unevaluated"))
-    seed: int = Field(0, description="held-out split, packing groups, row order per epoch")
+    seed: int = Field(0, description="held-out split, packing groups, row order per epoch, max_samples' sample")
+    max_samples: Optional[int] = Field(None, ge=1, description=(
+        "train on at most this many samples: a uniform seeded sample of the usable training rows (by a hash "
+        "of row id and data.seed; the paper sampled 70K of its 250K evolved instructions); none = all"))
 
 
 class ModelSection(StrictModel):
@@ -34,6 +37,21 @@ class ModelSection(StrictModel):
     gradient_checkpointing: bool = Field(False, description="recompute activations (long sequences, 7B)")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="flash_attention_2 gets each micro batch as one row (varlen attention per sample)")
+
+
+class LoraSection(StrictModel):
+    method: Literal["none", "lora", "qlora"] = Field("none", description=(
+        "none: full fine-tune; lora: peft LoRA adapters on a frozen base; qlora: LoRA on a 4-bit (NF4) base "
+        "(bitsandbytes, GPU only)"))
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: float = Field(32.0, gt=0, description="adapter scale = alpha / r")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter's input (seeded per step)")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), min_length=1,
+        description="names of the linear layers that get adapters (LLaMA's attention and MLP projections)")
+    export: Literal["merged", "adapter"] = Field("merged", description=(
+        "merged: base + adapters folded into one HF model (what evaluate and vLLM load); adapter: the peft "
+        "adapter alone (adapter_model.safetensors + adapter_config.json)"))
 
 
 class OptimSection(StrictModel):
@@ -59,8 +77,19 @@ class DeepSpeedSection(StrictModel):
 
 class ScalingSection(StrictModel):
     num_workers: int = Field(2, ge=1)
-    use_gpu: bool = False
+    use_gpu: bool = Field(False, description="each worker reserves one GPU")
     cpus_per_worker: float = Field(1, gt=0)
+    device: Literal["auto", "cpu"] = Field("auto", description=(
+        "auto: workers compute on their GPU when use_gpu; cpu: they reserve one (use_gpu) but compute on CPU, "
+        "for a rehearsal on Ray's fake multi-node cluster, whose GPUs are only resource counts"))
+    accelerator_type: Optional[str] = Field(None, description=(
+        "workers only on nodes with Ray's accelerator_type:NAME resource (e.g. A100, declared per node type in "
+        "cluster.yaml): keeps them off the generation nodes; None: any node with the resources"))
+
+    @property
+    def cuda(self) -> bool:
+        """The workers compute on CUDA (nccl, fused optimizers, pinned memory)."""
+        return self.use_gpu and self.device == "auto"
 
 
 class CheckpointSection(StrictModel):
@@ -69,9 +98,12 @@ class CheckpointSection(StrictModel):
     keep: int = Field(2, ge=1, description="checkpoints kept (the latest K)")
     max_failures: int = Field(3, ge=0, description="worker-group restarts from the last checkpoint")
     scratch_dir: Optional[str] = Field(None, description=(
-        "local folder where each worker stages its checkpoint shards and the export before upload, and "
-        "downloads a checkpoint from s3:// to resume (NVMe on GPU nodes; created if missing); default: the "
-        "system temp folder"))
+        "local folder where each worker downloads the model (s3:// or hub id), stages its checkpoint shards and "
+        "the export before upload, and downloads a checkpoint from s3:// to resume (NVMe on GPU nodes; created "
+        "if missing); default: the system temp folder (the model: the evolray cache)"))
+    upload: Literal["async", "sync"] = Field("async", description=(
+        "async: training goes on while Ray Train uploads a saved checkpoint (CheckpointUploadMode.ASYNC); "
+        "sync: it waits for the upload"))
 
 
 class OutputSection(StrictModel):
@@ -83,6 +115,11 @@ class MetricsSection(StrictModel):
     log_every_steps: int = Field(5, ge=1, description="print + ray.train.report every N optimizer steps")
     peak_tflops_per_worker: Optional[float] = Field(
         None, gt=0, description="MFU denominator; default: GPU datasheet, or measured CPU matmul peak")
+    heldout_every_steps: int = Field(0, ge=0, description=(
+        "held-out loss every N optimizer steps (and before/after training); 0: only before and after"))
+    tensorboard: bool = Field(True, description="write the logged metrics as TensorBoard events (on the driver)")
+    tensorboard_dir: Optional[str] = Field(None, description=(
+        "folder of the TensorBoard events (local or s3://); default: checkpoint.storage_path/<name>/tensorboard"))
 
 
 class SampleSection(StrictModel):
@@ -101,6 +138,7 @@ class TrainConfig(StrictModel):
                       description="run name: rerunning the same name resumes from its last checkpoint")
     data: DataSection = DataSection()
     model: ModelSection = ModelSection()
+    lora: LoraSection = LoraSection()
     optim: OptimSection = OptimSection()
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     scaling: ScalingSection = ScalingSection()
@@ -122,14 +160,58 @@ class TrainConfig(StrictModel):
         if self.optim.batch_unit == "sequences" and not self.data.packing:
             raise ValueError("optim.batch_unit=sequences counts packed rows: it needs data.packing=true "
                              "(or use optim.batch_unit=samples)")
-        if self.model.attn_implementation == "flash_attention_2" and not self.scaling.use_gpu:
-            raise ValueError("model.attn_implementation=flash_attention_2 needs scaling.use_gpu=true")
-        if self.deepspeed.precision == "bf16" and not self.scaling.use_gpu:
-            raise ValueError("deepspeed.precision=bf16 needs scaling.use_gpu=true (use fp32 on CPU)")
+        if self.model.attn_implementation == "flash_attention_2" and not self.scaling.cuda:
+            raise ValueError("model.attn_implementation=flash_attention_2 needs scaling.use_gpu=true "
+                             "(and scaling.device=auto)")
+        if self.deepspeed.precision == "bf16" and not self.scaling.cuda:
+            raise ValueError("deepspeed.precision=bf16 needs scaling.use_gpu=true (and scaling.device=auto; "
+                             "use fp32 on CPU)")
+        if self.model.attn_implementation == "flash_attention_2" and self.deepspeed.precision != "bf16":
+            raise ValueError("model.attn_implementation=flash_attention_2 runs in bf16/fp16 only: set "
+                             "deepspeed.precision=bf16 (or use sdpa)")
+        self._check_qlora()
         if self.debug.kill_at_step is not None and self.debug.kill_worker_rank >= self.scaling.num_workers:
             raise ValueError("debug.kill_worker_rank must be < scaling.num_workers")
         return self
 
+    def _check_qlora(self) -> None:
+        if self.lora.method != "qlora":
+            return
+        if not self.scaling.use_gpu:
+            raise ValueError("lora.method=qlora needs scaling.use_gpu=true (bitsandbytes' 4-bit kernels are CUDA "
+                             "only); use lora.method=lora on CPU")
+        if self.deepspeed.stage == 3 or self.deepspeed.offload_params:
+            raise ValueError("lora.method=qlora keeps the 4-bit base whole on every GPU: use deepspeed.stage 0-2 "
+                             "without offload_params")
+        if self.deepspeed.precision != "bf16":
+            raise ValueError("lora.method=qlora computes in bf16: set deepspeed.precision=bf16")
+
     @property
     def grad_accum_steps(self) -> int:
         return self.optim.global_batch_size // (self.optim.micro_batch_size * self.scaling.num_workers)
+
+
+# What may change between a run and its resume: where things go, how often they are saved or logged,
+# and what does not change the weights (the micro batch: the same units and per-token mean per step;
+# gradient checkpointing; the attention kernel; workers' CPUs: lowering memory after an OOM must not
+# block a resume). The data's content, the steps and the world size are compared through the plan.
+RESUME_FREE = ("name", "data.path", "data.heldout_max_rows", "model.gradient_checkpointing",
+               "model.attn_implementation", "optim.micro_batch_size", "scaling", "checkpoint", "output",
+               "lora.export", "metrics", "sample", "debug", "ray")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def result_settings(cfg: TrainConfig) -> dict:
+    """Every setting that changes the trained weights, flat (`optim.lr`: 2e-05): a checkpoint of other
+    settings is never resumed (it would 'finish' a run of the old settings under the new ones)."""
+    return {key: value for key, value in _flat(cfg.model_dump(mode="json")).items()
+            if not any(key == free or key.startswith(free + ".") for free in RESUME_FREE)}

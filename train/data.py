@@ -16,6 +16,7 @@ Rows that cannot be used are counted by reason, never raised.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 from collections import Counter
@@ -71,25 +72,60 @@ class Scan:
     counts: dict  # status -> rows ("ok" + one key per drop reason)
     truncated: int
     heldout_rows: int  # usable rows held out (all of them, evaluated or not)
-    train_rows: int
-    digest: int  # sum of the training rows' digests mod 2**64
+    train_rows: int  # training rows used (at most data.max_samples)
+    digest: int  # sum of the used training rows' digests mod 2**64
+    available_rows: int = 0  # usable training rows before data.max_samples
+    key_limit: int | None = None  # data.max_samples: the largest order key of a used row
 
 
-def scan(tokenized) -> Scan:
-    """One streaming pass over the small columns."""
+class Smallest:
+    """The `size` smallest (key, digest) pairs of a stream: memory bounded by `size`, not by the data."""
+
+    def __init__(self, size: int | None):
+        self.size, self.heap = size, []
+
+    def add(self, key: int, digest: int) -> None:
+        if self.size is None:
+            return
+        if len(self.heap) < self.size:
+            heapq.heappush(self.heap, (-key, digest))
+        elif -self.heap[0][0] > key:
+            heapq.heapreplace(self.heap, (-key, digest))
+
+
+SCAN_COLUMNS = ["status", "truncated", "heldout", "digest", "key"]
+
+
+def scan(tokenized, max_samples: int | None = None) -> Scan:
+    """One streaming pass over the small columns of the tokenised dataset."""
+    batches = tokenized.select_columns(SCAN_COLUMNS).iter_batches(batch_size=8192, batch_format="pyarrow")
+    return scan_batches(batches, max_samples)
+
+
+def scan_batches(batches, max_samples: int | None = None) -> Scan:
+    """Counts of pyarrow batches of SCAN_COLUMNS. With `max_samples`, the used training rows are the
+    `max_samples` with the smallest order keys (a hash of data.seed and the row id): a uniform sample
+    of the rows, whatever their lineage, the same on every rerun."""
     counts: Counter = Counter()
     truncated = heldout = digest = 0
-    columns = ["status", "truncated", "heldout", "digest"]
-    for batch in tokenized.select_columns(columns).iter_batches(batch_size=8192, batch_format="pyarrow"):
+    sample = Smallest(max_samples)
+    for batch in batches:
         status, held = batch.column("status").to_pylist(), batch.column("heldout").to_pylist()
         counts.update(status)
         truncated += sum(batch.column("truncated").to_pylist())
-        for s, h, d in zip(status, held, batch.column("digest").to_pylist()):
+        for s, h, d, k in zip(status, held, batch.column("digest").to_pylist(), batch.column("key").to_pylist()):
             if s == "ok":
                 heldout += h
-                digest = digest if h else (digest + d) % 2**64
-    ok = counts.get("ok", 0)
-    return Scan(sum(counts.values()), dict(counts), truncated, heldout, ok - heldout, digest)
+                if not h:
+                    digest = (digest + d) % 2**64
+                    sample.add(k, d)
+    available = counts.get("ok", 0) - heldout
+    scanned = Scan(sum(counts.values()), dict(counts), truncated, heldout, available, digest, available)
+    if max_samples is not None and available > max_samples:
+        scanned.train_rows = max_samples
+        scanned.digest = sum(d for _, d in sample.heap) % 2**64
+        scanned.key_limit = -sample.heap[0][0]
+    return scanned
 
 
 def fingerprint(digest: int, train_rows: int, cfg: TrainConfig) -> str:
@@ -159,7 +195,7 @@ def prepare(cfg: TrainConfig, pad_id: int) -> Prepared:
         Tokenize, batch_format="pyarrow", batch_size=256, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
         fn_constructor_args=(cfg.model.name, d.template, d.max_length, d.truncation, d.seed,
                              d.heldout_fraction)).materialize()
-    counted = scan(tokenized)
+    counted = scan(tokenized, d.max_samples)
     if counted.rows_read == 0:
         raise UserError(f"training data {d.path} is empty")
     if counted.train_rows == 0:
@@ -170,6 +206,8 @@ def prepare(cfg: TrainConfig, pad_id: int) -> Prepared:
         heldout = usable.filter(expr=col("heldout") == True)  # noqa: E712 (builds an expression)
         heldout = heldout.select_columns(["key", "id", "input_ids", "labels"]).sort("key").take(d.heldout_max_rows)
     train = usable.filter(expr=col("heldout") == False)  # noqa: E712
+    if counted.key_limit is not None:
+        train = train.filter(expr=col("key") <= counted.key_limit)
     units = to_units(train, cfg, counted.train_rows, pad_id).materialize()
     n_units = units.count()
     return Prepared(units=units, heldout=heldout, scan=counted, n_units=n_units,

@@ -13,13 +13,12 @@ Templates:
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
-from generation.prompts import PLAIN_TEMPLATE
+from generation.prompts import PLAIN_TEMPLATE, VICUNA_SYSTEM, VICUNA_TURN
 
 TEMPLATES = ("wizardlm", "vicuna_v1.1", "chat_template")
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 EOS = object()  # placeholder segment: "the tokenizer's end-of-sequence token here"
 
 Segment = tuple[Any, bool]  # (text or EOS, trainable)
@@ -83,7 +82,7 @@ def vicuna_segments(messages: list[dict]) -> list[Segment]:
     for role, content in _turns(messages):
         if role == "user":
             prefix = f"{VICUNA_SYSTEM} " if first else ""
-            segments.append((f"{prefix}USER: {content} ASSISTANT:", False))
+            segments.append((prefix + VICUNA_TURN.format(prompt=content), False))
             first = False
         else:
             segments += [(f" {content}", True), (EOS, True)]
@@ -125,3 +124,30 @@ def chat_template_segments(messages: list[dict], render) -> list[Segment]:
         segments += [(head[len(done):], False), (full[len(head):], True)]
         done = full
     return segments
+
+
+def _jinja_text(text: str) -> str:
+    """A jinja expression printing `text` exactly (a JSON string is a valid jinja string literal)."""
+    return "{{ " + json.dumps(text) + " }}"
+
+
+def string_chat_template(template: str, with_bos: bool) -> str:
+    """A jinja chat template that renders `messages` as `wizardlm_segments` / `vicuna_segments` join
+    them (EOS as the tokenizer's eos_token text; BOS first when the tokenizer adds one by itself),
+    so that the exported tokenizer's `apply_chat_template` gives the trained prompt. System turns
+    are left out, as in training; the generation prompt is already the user turn's tail."""
+    before, after = PLAIN_TEMPLATE.split("{prompt}")
+    content = "{{ message['content'] | trim }}"
+    if template == "wizardlm":
+        user = _jinja_text(before) + content + _jinja_text(after)
+        head = ""
+    elif template == "vicuna_v1.1":
+        user = ("{%- if ns.first -%}" + _jinja_text(VICUNA_SYSTEM + " ") + "{%- set ns.first = false -%}"
+                "{%- endif -%}" + _jinja_text("USER: ") + content + _jinja_text(" ASSISTANT:"))
+        head = "{%- set ns = namespace(first=true) -%}"
+    else:
+        raise ValueError(f"template {template!r} is not a string template (one of {TEMPLATES})")
+    return (head + ("{{ bos_token }}" if with_bos else "") + "{%- for message in messages -%}"
+            "{%- if message['role'] == 'user' -%}" + user +
+            "{%- elif message['role'] == 'assistant' -%}" + _jinja_text(" ") + content + "{{ eos_token }}"
+            "{%- endif -%}{%- endfor -%}")

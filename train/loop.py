@@ -28,11 +28,11 @@ from train.engine import build_engine, export_hf_model
 from train.masking import pad_id_of
 from train.metrics import (Window, flops_per_token, format_mfu, measure_cpu_peak_tflops, peak_tflops_per_worker,
                            window_metrics)
-from train.packing import pad_to_longest
+from train.packing import pad_to_longest, stable_hash
 
 METRICS_FILE = "train_metrics.json"
 PLAN_FILE = "evolray_plan.json"  # in every checkpoint: what a resume must match
-PLAN_KEYS = ("steps_per_epoch", "total_steps", "world_size", "fingerprint")
+PLAN_KEYS = ("steps_per_epoch", "total_steps", "world_size", "fingerprint", "settings")
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Plan:
     total_steps: int
     world_size: int = 1
     fingerprint: str = ""  # of the training units (content) and the settings that shaped them
+    settings: dict = field(default_factory=dict)  # train.config.result_settings: what else changes the weights
     heldout: list = field(default_factory=list)  # [(input_ids, labels)] evaluated before/after
     output_path: str = ""
 
@@ -51,14 +52,18 @@ class Plan:
 
 
 def plan_mismatch(stored: dict, current: dict) -> str | None:
-    """'steps_per_epoch 12 != 10, ...' (checkpoint vs now) for the keys that differ, else None."""
-    diffs = [f"{key} {stored.get(key)} != {current[key]}" for key in PLAN_KEYS if stored.get(key) != current[key]]
+    """'steps_per_epoch 12 != 10, optim.lr 0.003 != 0.001, ...' (checkpoint vs now) for what differs, else None."""
+    diffs = [f"{key} {stored.get(key)} != {current[key]}" for key in PLAN_KEYS
+             if key != "settings" and stored.get(key) != current[key]]
+    old, new = stored.get("settings") or {}, current["settings"]
+    diffs += [f"{key} {old.get(key, '(unset)')} != {new.get(key, '(unset)')}"
+              for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
     return ", ".join(diffs) or None
 
 
 def resume_error(name: str, diff: str) -> str:
-    return (f"run {name!r} has a checkpoint of another plan (checkpoint vs now: {diff}); rerun with the same "
-            "data and batch settings, or choose another name")
+    return (f"run {name!r} has a checkpoint of other settings (checkpoint vs now: {diff}); rerun with the "
+            "checkpoint's settings to resume it, or choose another name to train from scratch")
 
 
 @dataclass
@@ -67,6 +72,7 @@ class RunState:
     restored_from: int | None = None
     history: list = field(default_factory=list)
     heldout_loss_before: float | None = None
+    checkpoint_stalls: list = field(default_factory=list)  # seconds training waited per checkpoint
 
 
 def say(line: str) -> None:
@@ -148,11 +154,13 @@ def load_units(shard) -> Units:
 
 
 def heldout_loss(engine, examples: list, pad_id: int) -> float | None:
-    """Token-weighted loss on the held-out samples (every rank runs the same forwards)."""
+    """Token-weighted loss on the held-out samples (every rank runs the same forwards); the engine
+    is left in the mode it was in."""
     import torch
 
     if not examples:
         return None
+    training = engine.training
     engine.eval()
     total, count = 0.0, 0
     with torch.no_grad():
@@ -162,7 +170,7 @@ def heldout_loss(engine, examples: list, pad_id: int) -> float | None:
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += float(engine(**batch, use_cache=False).loss) * n
             count += n
-    engine.train()
+    engine.train(training)
     return total / max(count, 1)
 
 
@@ -173,7 +181,9 @@ def restore(engine, cfg: TrainConfig, plan: Plan) -> RunState:
     if checkpoint is None:
         return RunState()
     with local_checkpoint_dir(checkpoint, scratch_dir(cfg)) as folder:
-        _, client = engine.load_checkpoint(folder, load_lr_scheduler_states=True)
+        # LoRA checkpoints hold the adapters only: the frozen base comes from the model folder.
+        _, client = engine.load_checkpoint(folder, load_lr_scheduler_states=True,
+                                           load_module_strict=cfg.lora.method == "none")
     diff = plan_mismatch(client.get("plan", {}), plan.signature())
     if diff:
         raise ValueError(resume_error(cfg.name, diff))
@@ -183,21 +193,27 @@ def restore(engine, cfg: TrainConfig, plan: Plan) -> RunState:
 
 
 def report(engine, cfg: TrainConfig, plan: Plan, state: RunState, metrics: dict, with_checkpoint: bool) -> None:
-    """One `ray.train.report` from every worker; with a checkpoint, each saves its ZeRO shards."""
+    """One `ray.train.report` from every worker; with a checkpoint, each saves its ZeRO shards into
+    the scratch folder, and (checkpoint.upload=async) Ray Train uploads them, then deletes them,
+    while training goes on."""
     import ray.train
 
     if not with_checkpoint:
         ray.train.report(metrics)
         return
-    with tempfile.TemporaryDirectory(prefix="evolray-ckpt-", dir=scratch_dir(cfg)) as folder:
-        run_state = {k: v for k, v in asdict(state).items() if k != "restored_from"}
-        engine.save_checkpoint(folder, tag=f"step{state.step}",
-                               client_state={"run_state": run_state, "plan": plan.signature()})
-        if ray.train.get_context().get_world_rank() == 0:  # read by the driver before a resume
-            with open(os.path.join(folder, PLAN_FILE), "w") as out:
-                json.dump(plan.signature(), out)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                         checkpoint_dir_name=f"checkpoint-step{state.step:07d}")
+    folder = tempfile.mkdtemp(prefix="evolray-ckpt-", dir=scratch_dir(cfg))
+    run_state = {k: v for k, v in asdict(state).items() if k != "restored_from"}
+    engine.save_checkpoint(folder, tag=f"step{state.step}", client_state={"run_state": run_state,
+                                                                          "plan": plan.signature()},
+                           exclude_frozen_parameters=cfg.lora.method != "none")
+    if ray.train.get_context().get_world_rank() == 0:  # read by the driver before a resume
+        with open(os.path.join(folder, PLAN_FILE), "w") as out:
+            json.dump(plan.signature(), out)
+    mode = ray.train.CheckpointUploadMode.ASYNC if cfg.checkpoint.upload == "async" else \
+        ray.train.CheckpointUploadMode.SYNC
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                     checkpoint_dir_name=f"checkpoint-step{state.step:07d}", checkpoint_upload_mode=mode,
+                     delete_local_checkpoint_after_upload=True)
 
 
 def log_metrics(engine, window: Window, step: int, flops_token: float, peak: float | None) -> dict:
@@ -205,12 +221,12 @@ def log_metrics(engine, window: Window, step: int, flops_token: float, peak: flo
     import torch
     import torch.distributed as dist
 
-    sums = torch.tensor([window.loss_sum, window.tokens, window.real_tokens], dtype=torch.float64,
+    sums = torch.tensor([*window.step_losses, window.tokens, window.real_tokens], dtype=torch.float64,
                         device=engine.device)
     dist.all_reduce(sums)
     seconds = time.perf_counter() - window.start
     return {"step": step, "lr": engine.get_lr()[0], "time": time.time()} | window_metrics(
-        sums.tolist(), window.steps, seconds, dist.get_world_size(), flops_token, peak)
+        sums.tolist(), seconds, dist.get_world_size(), flops_token, peak)
 
 
 def model_flops(engine, cfg: TrainConfig) -> tuple[float, float | None]:
@@ -219,9 +235,10 @@ def model_flops(engine, cfg: TrainConfig) -> tuple[float, float | None]:
 
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
     c = engine.module.config
-    flops = flops_per_token(n_params, c.num_hidden_layers, c.hidden_size, cfg.data.max_length)
-    device = torch.cuda.get_device_name() if cfg.scaling.use_gpu else None
-    peak = peak_tflops_per_worker(cfg.metrics.peak_tflops_per_worker, cfg.scaling.use_gpu, device,
+    flops = flops_per_token(n_params, c.num_hidden_layers, c.hidden_size, cfg.data.max_length,
+                            lora=cfg.lora.method != "none")
+    device = torch.cuda.get_device_name() if cfg.scaling.cuda else None
+    peak = peak_tflops_per_worker(cfg.metrics.peak_tflops_per_worker, cfg.scaling.cuda, device,
                                   measure_cpu_peak_tflops)
     return flops, None if peak is None else peak * 1e12
 
@@ -241,24 +258,36 @@ def maybe_kill(cfg: TrainConfig, state: RunState, rank: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def log_line(metrics: dict, plan: Plan) -> str:
+    heldout = metrics.get("heldout_loss")
+    return (f"[train] step {metrics['step']}/{plan.total_steps} epoch {metrics['epoch']} loss {metrics['loss']:.4f} "
+            f"lr {metrics['lr']:.2e} tok/s {metrics['tokens_per_s']:.0f} (real {metrics['real_tokens_per_s']:.0f}) "
+            f"mfu {format_mfu(metrics['mfu'])}" + ("" if heldout is None else f" held-out loss {heldout:.4f}"))
+
+
 def end_of_step(engine, cfg: TrainConfig, plan: Plan, state: RunState, window: Window, epoch: int,
-                flops: tuple[float, float | None], rank: int) -> Window:
-    """Log and/or checkpoint after optimizer step `state.step`; returns the window to go on with.
-    The time of a report or a checkpoint save is never counted in the next window's tokens/s."""
-    log = state.step % cfg.metrics.log_every_steps == 0 or state.step == plan.total_steps
+                flops: tuple[float, float | None], rank: int, pad_id: int) -> Window:
+    """Log (with the held-out loss every metrics.heldout_every_steps) and/or checkpoint after optimizer
+    step `state.step`; returns the window to go on with. The time of an evaluation, a report or a
+    checkpoint save is never counted in the next window's tokens/s."""
+    every = cfg.metrics.heldout_every_steps
+    heldout = bool(every and plan.heldout) and state.step % every == 0 and state.step < plan.total_steps
+    log = heldout or state.step % cfg.metrics.log_every_steps == 0 or state.step == plan.total_steps
     save = state.step % cfg.checkpoint.every_steps == 0 or state.step == plan.total_steps
     metrics = {"step": state.step, "epoch": epoch}
     if log:
         metrics = log_metrics(engine, window, state.step, *flops) | {"epoch": epoch}
+        if heldout:
+            metrics["heldout_loss"] = heldout_loss(engine, plan.heldout, pad_id)
         state.history.append(metrics)
         if rank == 0:
-            say(f"[train] step {state.step}/{plan.total_steps} epoch {epoch} loss {metrics['loss']:.4f} "
-                f"lr {metrics['lr']:.2e} tok/s {metrics['tokens_per_s']:.0f} (real {metrics['real_tokens_per_s']:.0f}) "
-                f"mfu {format_mfu(metrics['mfu'])}")
+            say(log_line(metrics, plan))
     if not (log or save):
         return window
     started = time.perf_counter()
     report(engine, cfg, plan, state, metrics, save)
+    if save:  # what a checkpoint costs the training: the save to scratch (+ the upload when sync)
+        state.checkpoint_stalls.append(round(time.perf_counter() - started, 3))
     if log:
         return Window()
     window.exclude(time.perf_counter() - started)
@@ -276,6 +305,14 @@ def global_step_targets(engine, units: Units, order, cfg: TrainConfig, plan: Pla
     return counts.tolist()
 
 
+def seed_step(seed: int, rank: int, step: int) -> None:
+    """Randomness of one optimizer step (LoRA dropout) from (seed, rank, step): a resumed run draws
+    what an uninterrupted one would."""
+    import torch
+
+    torch.manual_seed(stable_hash(seed, "step", rank, step) % 2**63)
+
+
 def train_step(engine, units: Units, order, step: int, target: int, mode: str, pad_id: int, cfg: TrainConfig,
                world_size: int, window: Window) -> None:
     """One optimizer step of this worker: its grad_accum_steps micro batches of step `step` of the
@@ -290,6 +327,7 @@ def train_step(engine, units: Units, order, step: int, target: int, mode: str, p
         engine.backward(loss, scale_wrt_gas=False)
         engine.step()  # DeepSpeed only updates at the accumulation boundary
         window.add(value, inputs["input_ids"].numel(), real)
+    window.end_step()
 
 
 def run_epochs(engine, cfg: TrainConfig, plan: Plan, state: RunState, pad_id: int) -> None:
@@ -300,15 +338,18 @@ def run_epochs(engine, cfg: TrainConfig, plan: Plan, state: RunState, pad_id: in
     flops = model_flops(engine, cfg)
     units = load_units(ray.train.get_dataset_shard(f"rank{rank}"))
     window = Window()
+    # from_pretrained returns the model in eval mode, where gradient checkpointing and dropout are
+    # off: train mode from the first step on, whether or not a held-out loss ran or a run resumed.
+    engine.train()
     for epoch in range(state.step // plan.steps_per_epoch, cfg.optim.epochs):
         order = epoch_order(len(units), cfg.data.seed, epoch, rank)
         targets = global_step_targets(engine, units, order, cfg, plan)
         for step in range(state.step - epoch * plan.steps_per_epoch, plan.steps_per_epoch):
+            seed_step(cfg.data.seed, rank, state.step)
             train_step(engine, units, order, step, targets[step], mode, pad_id, cfg, plan.world_size, window)
             state.step += 1
-            window.steps += 1
             maybe_kill(cfg, state, rank)
-            window = end_of_step(engine, cfg, plan, state, window, epoch, flops, rank)
+            window = end_of_step(engine, cfg, plan, state, window, epoch, flops, rank, pad_id)
 
 
 def train_loop(loop_config: dict) -> None:
@@ -318,7 +359,9 @@ def train_loop(loop_config: dict) -> None:
 
     cfg = TrainConfig.model_validate(loop_config["config"])
     plan = Plan(**loop_config["plan"])
-    model_path = resolve_model(cfg.model.name)
+    scratch = scratch_dir(cfg)
+    # Onto this node's scratch disk (NVMe), not the root disk's cache: a 7B model is ~13 GB.
+    model_path = resolve_model(cfg.model.name, cfg.checkpoint.scratch_dir and os.path.join(scratch, "models"))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = pad_id_of(tokenizer)
     engine = build_engine(cfg, model_path, plan.total_steps)
@@ -328,10 +371,11 @@ def train_loop(loop_config: dict) -> None:
     started = time.perf_counter()
     run_epochs(engine, cfg, plan, state, pad_id)
     after = heldout_loss(engine, plan.heldout, pad_id)
-    export_hf_model(engine, cfg, tokenizer, plan.output_path, scratch_dir(cfg))
+    export_hf_model(engine, cfg, tokenizer, plan.output_path, scratch, model_path)
     final = {"steps": state.step, "restored_from_step": state.restored_from,
              "heldout_loss_before": state.heldout_loss_before, "heldout_loss_after": after,
-             "train_seconds_last_attempt": round(time.perf_counter() - started, 1), "history": state.history}
+             "train_seconds_last_attempt": round(time.perf_counter() - started, 1),
+             "checkpoint_stalls_s": state.checkpoint_stalls, "history": state.history}
     if ray.train.get_context().get_world_rank() == 0:
         # Result.metrics of Ray Train V2 is the last *checkpoint's*; the driver reads this file instead.
         storage.write_json(storage.join(plan.output_path, METRICS_FILE), final)

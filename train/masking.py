@@ -145,3 +145,17 @@ def tokenize_rows(rows: list[dict], template: str, enc: Encoder, max_length: int
         out["labels"].append(labels)
         out["n_tokens"].append(len(ids))
     return out
+
+
+def reply_stop_ids(tokenizer, template: str) -> list[int]:
+    """Every token a trained reply can end with: the EOS, and for `chat_template` the special tokens
+    the template closes an assistant turn with (Qwen's <|im_end|>, Llama-3's <|eot_id|>), which are
+    often not the tokenizer's EOS. The export's generation config stops on all of them."""
+    stops = [tokenizer.eos_token_id]
+    if template == "chat_template" and tokenizer.chat_template:
+        enc = hf_encoder(tokenizer)
+        probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+        reply = "".join(text for text, trainable in chat_template_segments(probe, enc.render_chat) if trainable)
+        specials = set(tokenizer.convert_tokens_to_ids(sorted(enc.special_texts)))
+        stops += [t for t in enc.encode(reply) if t in specials]
+    return list(dict.fromkeys(t for t in stops if t is not None))

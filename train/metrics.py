@@ -1,7 +1,8 @@
 """Throughput and MFU arithmetic (pure).
 
 FLOPs per trained token follow the PaLM appendix B estimate: 6 N for the dense matmuls
-(forward + backward) plus 12 L H S for attention scores (L layers, hidden H, sequence S).
+(forward + backward) plus 12 L H S for attention scores (L layers, hidden H, sequence S);
+4 N + 8 L H S with LoRA (no weight gradients of the frozen base).
 MFU = achieved model FLOP/s / peak FLOP/s of the devices used; None ("n/a") when the peak
 is unknown (an accelerator not in the table): never a guess.
 """
@@ -24,8 +25,14 @@ _DEVICE_NAMES = (  # full-match patterns of device names (after "NVIDIA "), most
 )
 
 
-def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> float:
-    return 6.0 * n_params + 12.0 * n_layers * hidden * seq_len
+def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int, lora: bool = False) -> float:
+    """Model FLOPs of one trained token (recomputation not counted, as MFU is defined).
+
+    Forward 2N + 4 L H S; the backward pass is twice that for a full fine-tune (gradients of the
+    activations and of the weights: 6N + 12 L H S in all) and once that with LoRA (the frozen
+    base's weight gradients are never formed; the adapters' are negligible: 4N + 8 L H S)."""
+    forward = 2.0 * n_params + 4.0 * n_layers * hidden * seq_len
+    return forward * (2 if lora else 3)
 
 
 def mfu(tokens_per_s: float, flops_token: float, peak_flops: float | None) -> float | None:
@@ -69,32 +76,42 @@ class Window:
     """Sums of one worker over the optimizer steps since the last log line."""
 
     start: float = field(default_factory=time.perf_counter)
-    loss_sum: float = 0.0  # sum of this worker's micro-batch losses, each already divided by the step's tokens
-    steps: int = 0
+    step_losses: list = field(default_factory=list)  # per finished step: sum of its micro-batch losses
+    current: float = 0.0  # the step in progress
     tokens: int = 0  # every position of every sequence fed (padding included)
     real_tokens: int = 0  # non-padding tokens
 
+    @property
+    def steps(self) -> int:
+        return len(self.step_losses)
+
     def add(self, loss: float, tokens: int, real_tokens: int) -> None:
-        self.loss_sum += loss
+        """One micro batch: its loss is its token-sum divided by the whole step's trainable tokens."""
+        self.current += loss
         self.tokens += tokens
         self.real_tokens += real_tokens
+
+    def end_step(self) -> None:
+        self.step_losses.append(self.current)
+        self.current = 0.0
 
     def exclude(self, seconds: float) -> None:
         """Time spent outside training (a checkpoint save) does not count in tokens/s."""
         self.start += seconds
 
 
-def window_metrics(sums: list[float], steps: int, seconds: float, world_size: int, flops_token: float,
+def window_metrics(sums: list[float], seconds: float, world_size: int, flops_token: float,
                    peak_flops_per_worker: float | None) -> dict:
-    """Group-wide metrics from the all-reduced [loss_sum, tokens, real_tokens] of a window.
+    """Group-wide metrics from the all-reduced [step losses..., tokens, real_tokens] of a window.
 
     Each micro-batch loss is its token-sum divided by the whole step's trainable tokens (all
-    workers), so the all-reduced loss_sum of one step is that step's per-token mean loss.
+    workers), so a step's all-reduced loss is that step's per-token mean loss.
     """
-    loss_sum, tokens, real = sums
+    *step_losses, tokens, real = sums
     seconds = max(seconds, 1e-9)
     peak = peak_flops_per_worker * world_size if peak_flops_per_worker else None
-    return {"loss": loss_sum / max(steps, 1), "tokens_per_s": tokens / seconds, "real_tokens_per_s": real / seconds,
+    return {"loss": sum(step_losses) / max(len(step_losses), 1), "step_losses": step_losses,
+            "tokens_per_s": tokens / seconds, "real_tokens_per_s": real / seconds,
             "mfu": mfu(real / seconds, flops_token, peak), "window_s": seconds}
 
 

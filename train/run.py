@@ -8,12 +8,13 @@ import time
 from common import storage
 from common.config import UserError
 from common.models import check_model, pin_local_model
-from common.ray_setup import init_ray
+from common.ray_setup import init_ray, wait_for_room
 from common.tokenizer import load_tokenizer
 from generation.prompts import special_token_texts
-from train.config import TrainConfig
+from train.config import TrainConfig, result_settings
 from train.data import Prepared, check_input, prepare, rank_datasets
 from train.loop import METRICS_FILE, PLAN_FILE, PLAN_KEYS, plan_mismatch, resume_error, train_loop
+from train.estimate import steps_per_epoch as whole_steps
 from train.masking import pad_id_of
 
 
@@ -23,22 +24,24 @@ PAPER_GLOBAL_BATCH = 64  # samples per optimizer step in WizardLM's recipe
 def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Workers run in another folder: local paths must not be relative to the driver's."""
     scratch = cfg.checkpoint.scratch_dir and storage.absolute(cfg.checkpoint.scratch_dir)
+    events = cfg.metrics.tensorboard_dir and storage.absolute(cfg.metrics.tensorboard_dir)
     return cfg.model_copy(update={
         "data": cfg.data.model_copy(update={"path": storage.absolute(cfg.data.path)}),
         "model": cfg.model.model_copy(update={"name": pin_local_model(cfg.model.name)}),
         "output": cfg.output.model_copy(update={"path": storage.absolute(cfg.output.path)}),
         "checkpoint": cfg.checkpoint.model_copy(update={
             "storage_path": storage.absolute(cfg.checkpoint.storage_path), "scratch_dir": scratch}),
+        "metrics": cfg.metrics.model_copy(update={"tensorboard_dir": events}),
     })
 
 
 def make_plan(cfg: TrainConfig, n_units: int, fingerprint: str = "") -> dict:
-    steps_per_epoch = n_units // cfg.optim.global_batch_size
+    steps_per_epoch = whole_steps(n_units, cfg.optim.global_batch_size)
     if steps_per_epoch == 0:
         raise UserError(f"only {n_units} training {cfg.optim.batch_unit}, fewer than one global batch "
                         f"(optim.global_batch_size={cfg.optim.global_batch_size}); lower it or add data")
     return {"steps_per_epoch": steps_per_epoch, "total_steps": steps_per_epoch * cfg.optim.epochs,
-            "world_size": cfg.scaling.num_workers, "fingerprint": fingerprint}
+            "world_size": cfg.scaling.num_workers, "fingerprint": fingerprint, "settings": result_settings(cfg)}
 
 
 def batch_report(cfg: TrainConfig, plan: dict, samples: int, n_units: int) -> str:
@@ -79,19 +82,30 @@ def check_resume(cfg: TrainConfig, plan: dict) -> None:
         raise UserError(resume_error(cfg.name, diff))
 
 
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    s = cfg.scaling
+    return ({"CPU": s.cpus_per_worker} | ({"GPU": 1} if s.use_gpu else {})
+            | ({f"accelerator_type:{s.accelerator_type}": 0.001} if s.accelerator_type else {}))
+
+
 def build_trainer(cfg: TrainConfig, plan: dict, datasets: dict):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from train.live import TensorBoardCallback, tensorboard_dir
 
     s = cfg.scaling
+    callbacks = [TensorBoardCallback(tensorboard_dir(cfg))] if cfg.metrics.tensorboard else []
     return TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "plan": plan},
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, accelerator_type=s.accelerator_type,
                                      resources_per_worker={"CPU": s.cpus_per_worker} | ({"GPU": 1} if s.use_gpu else {})),
+        torch_config=TorchConfig(backend="nccl" if s.cuda else "gloo"),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.checkpoint.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-                             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures)),
+                             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+                             callbacks=callbacks),
         # One dataset per rank, not split by Ray: which units a rank gets must not depend on timing.
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
     )
@@ -107,6 +121,9 @@ def print_data_report(cfg: TrainConfig, prepared: Prepared, plan: dict) -> None:
     if scan.truncated:
         print(f"[train] warning: {scan.truncated} samples truncated to data.max_length={cfg.data.max_length}",
               flush=True)
+    if scan.key_limit is not None:
+        print(f"[train] data.max_samples={cfg.data.max_samples}: {scan.train_rows} of {scan.available_rows} training "
+              f"rows, a uniform sample seeded by data.seed={cfg.data.seed}", flush=True)
     print(f"[train] {scan.train_rows} training samples -> {prepared.n_units} {cfg.optim.batch_unit} "
           f"({prepared.real_tokens} tokens, fingerprint {prepared.fingerprint})", flush=True)
     print(batch_report(cfg, plan, scan.train_rows, prepared.n_units), flush=True)
@@ -137,11 +154,19 @@ def run_train(cfg: TrainConfig) -> dict:
     plan |= {"heldout": heldout, "output_path": cfg.output.path}
     used = plan["steps_per_epoch"] * cfg.optim.global_batch_size
     datasets = rank_datasets(prepared.units, used, cfg.scaling.num_workers)
+    if cfg.metrics.tensorboard:
+        from train.live import tensorboard_dir
+
+        print(f"[train] live metrics: tensorboard --logdir {tensorboard_dir(cfg)}", flush=True)
+    for shard in datasets.values():  # read inside the workers: their bars were printed between the train lines
+        shard.context.enable_progress_bars = False
+    wait_for_room("scaling (one training worker)", worker_resources(cfg))
     result = build_trainer(cfg, plan, datasets).fit()
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
     summary = summarize(cfg, prepared, plan, time.time() - started)
-    if cfg.sample.generate and heldout:
+    adapter_only = cfg.lora.method != "none" and cfg.lora.export == "adapter"
+    if cfg.sample.generate and heldout and not adapter_only:
         summary["sample"] = generate_sample(cfg, tokenizer, heldout[0])
         print(f"[train] held-out sample\n--- prompt ---\n{summary['sample']['prompt']}\n--- reference ---\n"
               f"{summary['sample']['reference']}\n--- fine-tuned model ---\n{summary['sample']['generated']}")
@@ -168,6 +193,10 @@ def summarize(cfg: TrainConfig, prepared: Prepared, plan: dict, seconds: float) 
     print(f"[train] done: {summary['steps']}/{plan['total_steps']} steps in {seconds:.0f} s; train loss "
           f"{_fmt(summary['first_logged_loss'])} -> {_fmt(summary['last_logged_loss'])}; held-out loss "
           f"{_fmt(summary['heldout_loss_before'])} -> {_fmt(summary['heldout_loss_after'])}", flush=True)
+    stalls = final.get("checkpoint_stalls_s") or []
+    if stalls:
+        print(f"[train] {len(stalls)} checkpoints stalled training {sum(stalls) / len(stalls):.1f} s each on average "
+              f"(max {max(stalls):.1f} s; checkpoint.upload={cfg.checkpoint.upload})", flush=True)
     return summary
 
 
