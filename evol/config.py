@@ -44,6 +44,10 @@ class EvolveSettings(StrictModel):
         "constrained", description="constrained: the judge picks Equal or Not Equal (log-probabilities of both "
                                    "answers; an OpenAI-compatible judge: a JSON schema or logprobs where offered, "
                                    "else its text); text: parse the judge's free text")
+    equality_calibration: Literal["none", "content_free"] = Field(
+        "none", description="content_free: a constrained verdict from log-probabilities is corrected by the judge's "
+                            "lean toward one answer on a content-free pair (contextual calibration, Zhao et al. "
+                            "2021), measured once per actor; for small local judges that answer Equal to anything")
     train_on_truncated_responses: bool = Field(
         False, description="put responses cut by respond_sampling.max_tokens in the training set "
                            "(they are flagged `response_truncated` and counted either way)")

@@ -18,7 +18,7 @@ from evol.records import (ELIMINATED, ERROR, KEPT, QUARANTINED, SEED_OP, SURVIVE
                           empty_record)
 from evol.seeds import TOO_MANY_TOKENS
 from evol.templates import equality_prompt, evolve_prompt, user_turn
-from generation.choice import TEXT
+from generation.choice import LOGPROBS, TEXT
 from generation.config import SamplingConfig
 from generation.types import (
     Choice,
@@ -34,11 +34,51 @@ INTERNAL_ERROR = "internal_error"
 WORKER_FAILED = "worker_failed"
 
 
+class EqualityLean:
+    """The judge's lean toward Equal (log P(Equal) - log P(Not Equal)) on content-free pairs, asked
+    once and shared by every chain of the actor: contextual calibration (Zhao et al., "Calibrate
+    Before Use", 2021) for a judge too small to read the pair, whose raw verdict is Equal for anything."""
+    CONTENT_FREE = (("N/A", "N/A"), ("", ""), ("[MASK]", "[MASK]"))
+
+    def __init__(self):
+        self._lean: asyncio.Task | None = None
+
+    async def of(self, judge: Generator, sampling: SamplingConfig) -> float:
+        if self._lean is None:
+            self._lean = asyncio.ensure_future(self._measure(judge, sampling))
+        try:
+            return await asyncio.shield(self._lean)
+        except Exception:
+            self._lean = None  # a failed request: the next check asks again
+            raise
+
+    @staticmethod
+    async def _measure(judge: Generator, sampling: SamplingConfig) -> float:
+        choices = await asyncio.gather(*(judge.choose(equality_prompt(a, b), list(rules.EQUALITY_OPTIONS),
+                                                      SamplingParams.from_config(sampling, 0))
+                                         for a, b in EqualityLean.CONTENT_FREE))
+        return sum(signed_margin(c) for c in choices) / len(choices)
+
+
+def signed_margin(choice: Choice) -> float:
+    """log P(Equal) - log P(Not Equal) of a two-option choice with a margin."""
+    return choice.margin if choice.option == rules.EQUALITY_OPTIONS[0] else -choice.margin
+
+
+def calibrated(choice: Choice, lean: float) -> Choice:
+    """The verdict once the judge's lean is taken off its margin (Equal only when the pair reads as more
+    equal than a content-free one); the margin kept is the corrected one."""
+    corrected = signed_margin(choice) - lean
+    option = rules.EQUALITY_OPTIONS[0] if corrected > 0 else rules.EQUALITY_OPTIONS[1]
+    return replace(choice, option=option, margin=abs(corrected), text=option)
+
+
 @dataclass(frozen=True)
 class Roles:
     """Who answers what: `writer` evolves and responds, `judge` runs the equality check."""
     writer: Generator
     judge: Generator
+    lean: EqualityLean = field(default_factory=EqualityLean)  # for evolve.equality_calibration=content_free
 
 
 @dataclass(frozen=True)
@@ -94,13 +134,16 @@ def request_seed(settings: EvolveSettings, record_id: str, kind: str) -> int:
     return stable_hash(settings.seed, record_id, kind) & 0x7FFFFFFF
 
 
-async def check_equality(step: Step, judge: Generator, parent: str, candidate: str, settings: EvolveSettings,
+async def check_equality(step: Step, roles: Roles, parent: str, candidate: str, settings: EvolveSettings,
                          seed: int) -> dict:
     """Rule 1's record columns: a constrained answer where the judge offers one (generation/choice.py),
-    else (or with evolve.equality_check=text) the strict parse of its free text."""
-    prompt = equality_prompt(parent, candidate)
+    calibrated where evolve.equality_calibration says so, else (or with evolve.equality_check=text)
+    the strict parse of its free text."""
+    prompt, judge = equality_prompt(parent, candidate), roles.judge
     if settings.equality_check == "constrained" and hasattr(judge, "choose"):
         choice = await step.choose(judge, prompt, rules.EQUALITY_OPTIONS, settings.judge_sampling, seed)
+        if settings.equality_calibration == "content_free" and choice.method == LOGPROBS and choice.margin is not None:
+            choice = calibrated(choice, await roles.lean.of(judge, settings.judge_sampling))
     else:
         gen = await step.ask(judge, prompt, settings.judge_sampling, seed)
         choice = Choice(None, TEXT, None, gen.text, gen.prompt_tokens, gen.completion_tokens, gen.finished)
@@ -196,7 +239,7 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles,
             found.update(response=gen.text, response_tokens=gen.completion_tokens, response_truncated=not gen.finished)
             reason = rules.reason_after_response(gen.text)
         if reason is None:
-            found.update(await check_equality(step, roles.judge, item.text, text, settings,
+            found.update(await check_equality(step, roles, item.text, text, settings,
                                               request_seed(settings, new_id, "judge")))
             reason = rules.reason_after_equality(found["equality"])
         outcome = dict(status=KEPT if reason is None else ELIMINATED, reason=reason)

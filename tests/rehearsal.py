@@ -10,7 +10,7 @@ Manager, and submits configs/pipeline_rehearsal.yaml with `ray job submit`. Whil
 runs it kills a generation node's raylet during evolve and a training node's during train. Then
 it runs evolve alone, uninterrupted, for reference, waits for the autoscaler to remove the idle
 nodes, submits a pool that no node type can hold, and writes what happened, read from Ray's own
-state (nodes, actors, jobs), S3 and the job logs, to a JSON report that tests/test_rehearsal.py
+state (nodes, actors, jobs), S3 and the job logs, to a JSON report that tests/rehearsal_checks.py
 checks (and `make rehearse` prints). Every process it started is stopped at the end.
 
 Each fake node has a disk of its own (tests/fake_node.py): a driver-local path read on another

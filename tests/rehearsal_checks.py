@@ -4,7 +4,7 @@ generation node lost during evolve and a training node during train. Every asser
 own state, S3 or the job logs, as the rehearsal recorded them.
 
 Not part of `make test` (the CI size takes longer than the suite's budget for it, see
-docs/_notes/cluster.md): `make rehearse` runs the small-model size and then these checks on its
+docs/cluster.md): `make rehearse` runs the small-model size and then these checks on its
 report; `python -m pytest tests/rehearsal_checks.py` runs the CI size (echo evolve, a tiny Llama)
 and checks it.
 """

@@ -14,11 +14,12 @@ import pytest
 
 from evol import elimination as rules
 from evol.config import EvolveSettings
-from evol.rounds import Step, check_equality
+from evol.rounds import EqualityLean, Roles, Step, calibrated, check_equality
 from evol.summary import SummaryBuilder
 from evol.templates import equality_prompt
 from generation import GenerationConfig, SamplingParams, build_generator
 from generation.choice import JSON_SCHEMA, LOGPROBS, TEXT, first_token_choice, json_answer, pick
+from generation.types import Choice
 from tests.openai_fakes import FlakyOpenAIServer, completion_body, send_json
 
 OPTIONS = list(rules.EQUALITY_OPTIONS)
@@ -64,7 +65,7 @@ def test_the_free_text_path_and_the_summary_count_verdicts_per_method():
             from generation.types import Generation
             return Generation("They are not equal.", 10, 5, True)
 
-    columns = asyncio.run(check_equality(Step(), TextOnly(), *PAIRS["rewrite"], EvolveSettings(), seed=0))
+    columns = asyncio.run(check_equality(Step(), Roles(TextOnly(), TextOnly()), *PAIRS["rewrite"], EvolveSettings(), seed=0))
     assert columns == {"equality": rules.NOT_EQUAL, "equality_method": TEXT, "equality_margin": None,
                        "equality_answer": "They are not equal."}
     builder = SummaryBuilder()
@@ -140,10 +141,10 @@ def test_vllm_constrained_check_on_the_small_model_scores_as_hf_does(hf_small_mo
         assert (verdict, method) == (hf_verdict, LOGPROBS) and math.isclose(margin, hf_margin, abs_tol=0.02)
 
 
-def _judge_pairs(judge) -> dict[str, tuple[str, str, float | None]]:
+def _judge_pairs(judge, settings: EvolveSettings = EvolveSettings()) -> dict[str, tuple[str, str, float | None]]:
     """Each pair through the evolve job's own check; the summary of their records has no unparsed answer."""
     async def run():
-        return await asyncio.gather(*(check_equality(Step(), judge, *pair, EvolveSettings(), seed=0) for pair in PAIRS.values()))
+        return await asyncio.gather(*(check_equality(Step(), Roles(judge, judge), *pair, settings, seed=0) for pair in PAIRS.values()))
 
     columns = asyncio.run(run())
     builder = SummaryBuilder()
@@ -221,3 +222,48 @@ def test_openai_schema_answer_is_read_as_json():
     finally:
         server.close()
     assert (choice.option, choice.method, choice.margin) == ("Equal", JSON_SCHEMA, None)  # no logprobs given
+
+
+# --- contextual calibration (evolve.equality_calibration=content_free) ----------------------------
+
+class LeaningJudge:
+    """Scores "Equal" `lean` nats above "Not Equal" on a content-free pair, and `lean + 0.5` on a copy,
+    `lean - 0.5` on anything else: a judge that says Equal to everything, with a little signal."""
+    model_name = "leaning"
+
+    def __init__(self, lean: float):
+        self.lean, self.prompts = lean, []
+
+    async def choose(self, prompt, options, sampling):
+        from generation.types import Choice
+        self.prompts.append(prompt)
+        first, second = (prompt.split("First instruction:")[1].split("Second instruction:") if "First instruction:"
+                         in prompt else ("", ""))
+        content_free = any(equality_prompt(a, b) == prompt for a, b in EqualityLean.CONTENT_FREE)
+        equal = self.lean + (0.0 if content_free else 0.5 if first.strip() == second.strip() else -0.5)
+        option = options[0] if equal > 0 else options[1]
+        return Choice(option, LOGPROBS, abs(equal), option, prompt_tokens=10, completion_tokens=0)
+
+
+def test_calibration_takes_the_judges_lean_off_its_margin():
+    choice = Choice("Equal", LOGPROBS, 2.0, "Equal", 10, 0)
+    assert calibrated(choice, lean=2.5) == Choice("Not Equal", LOGPROBS, 0.5, "Not Equal", 10, 0)
+    assert calibrated(choice, lean=1.5).option == "Equal" and math.isclose(calibrated(choice, lean=1.5).margin, 0.5)
+    assert calibrated(Choice("Not Equal", LOGPROBS, 1.0, "Not Equal", 10, 0), lean=-2.0).option == "Equal"
+
+
+def test_a_judge_that_leans_equal_gives_both_verdicts_once_calibrated_and_its_lean_is_asked_once():
+    judge = LeaningJudge(lean=3.0)
+    roles = Roles(judge, judge)
+    pairs = [PAIRS["copy"], PAIRS["rewrite"]] * 4
+
+    async def run(settings):
+        return await asyncio.gather(*(check_equality(Step(), roles, *pair, settings, seed=0) for pair in pairs))
+
+    raw = asyncio.run(run(EvolveSettings()))
+    assert {c["equality"] for c in raw} == {rules.EQUAL}  # uncalibrated: Equal to everything
+    judge.prompts.clear()
+    columns = asyncio.run(run(EvolveSettings(equality_calibration="content_free")))
+    assert [c["equality"] for c in columns] == [rules.EQUAL, rules.NOT_EQUAL] * 4
+    assert all(c["equality_method"] == LOGPROBS and math.isclose(c["equality_margin"], 0.5) for c in columns)
+    assert len(judge.prompts) == len(pairs) + len(EqualityLean.CONTENT_FREE)  # the lean: asked once per actor
