@@ -42,6 +42,11 @@ def process_group():
     yield
     if dist.is_initialized():
         dist.destroy_process_group()
+    # DeepSpeed caches the world group and its backend per process; the next module's group is a new one.
+    from deepspeed.comm import comm
+    from deepspeed.utils import groups
+
+    comm.cdb, groups._WORLD_GROUP, groups._DATA_PARALLEL_GROUP = None, None, None
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
