@@ -31,16 +31,15 @@ BUCKET_COUNTS = pa.schema([("bucket", pa.int64()), ("seeds", pa.int64()), ("reco
 
 
 class ChainSlots:
-    """At most `size` chains in flight, first come first served, and the time-weighted mean of how
-    many were in flight from the first chain's start to the last chain's start. The drain after the
-    last start (fewer chains left than slots) is not starvation, so it is left out: a gap in the
-    feed between calls or buckets lowers the mean, the end of the work does not."""
+    """At most `size` chains in flight, first come first served, with the time-weighted mean and the
+    peak of how many were in flight from the first chain's start to the last chain's end. The mean
+    counts the drain at the end (fewer chains left than slots) as well: a run of few seeds, or of
+    chains of very different lengths, keeps fewer chains in flight on average than its peak."""
 
     def __init__(self, size: int):
-        self.size, self.in_flight, self.area = size, 0, 0.0
+        self.size, self.in_flight, self.area, self.peak = size, 0, 0.0, 0
         self.first: float | None = None
         self.last = 0.0
-        self.fed_area, self.fed_until, self.peak = 0.0, 0.0, 0
         self._free = asyncio.Semaphore(size)
 
     def _change(self, delta: int) -> None:
@@ -50,16 +49,12 @@ class ChainSlots:
         self.area += self.in_flight * (now - self.last) if self.in_flight else 0.0
         self.last, self.in_flight = now, self.in_flight + delta
         self.peak = max(self.peak, self.in_flight)
-        if delta > 0:
-            self.fed_area, self.fed_until = self.area, now
 
     def span(self) -> float:
         return self.last - self.first if self.first is not None else 0.0
 
     def mean(self) -> float:
-        """Mean chains in flight while chains were still being started (see the class docstring)."""
-        fed = self.fed_until - self.first if self.first is not None else 0.0
-        return self.fed_area / fed if fed > 0 else float(self.peak)  # every chain started at once
+        return self.area / self.span() if self.span() > 0 else float(self.peak)
 
     @contextlib.asynccontextmanager
     async def slot(self):

@@ -107,7 +107,8 @@ def report(summary: dict, cfg: EvolveConfig) -> str:
     lines = [format_summary(summary)]
     for actor, gauges in summary["actors"].items():
         lines.append(f"actor {actor}: {gauges['seeds']} seeds, {gauges.get('mean_chains_in_flight', 0):.1f} chains "
-                     f"in flight on average while fed (max_chains {cfg.generation.chains_in_flight()}), engine busy "
+                     f"in flight on average, peak {gauges.get('peak_chains_in_flight')} "
+                     f"(max_chains {cfg.generation.chains_in_flight()}), engine busy "
                      f"{100 * gauges.get('engine_busy_share', 0):.0f}% of the time")
     if summary.get("budget"):
         lines.append(format_budget(summary["budget"]))
