@@ -45,6 +45,10 @@ class VllmGenerator:
 
         self.cfg = cfg
         self.model_name = cfg.model
+        # vLLM rewinds a seeded request's generator when a chunked prefill discards a sampled token, which
+        # its CPU generator cannot do ("CPU Generator does not use offset": the engine dies). On CPU the
+        # requests go unseeded; on GPU each keeps its seed (reproducible redone work).
+        self.request_seeds = cuda
         path = resolve_model(cfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(cfg, path, cuda)))
@@ -63,7 +67,8 @@ class VllmGenerator:
         from vllm.sampling_params import RequestOutputKind
 
         ids = await asyncio.to_thread(self.prompt_ids, prompt)  # off the loop that serves the engine's outputs
-        params = VllmSampling(temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
+        params = VllmSampling(temperature=sampling.temperature, top_p=sampling.top_p,
+                              seed=sampling.seed if self.request_seeds else None,
                               max_tokens=sampling.max_tokens, output_kind=RequestOutputKind.FINAL_ONLY)
         final = None
         async for output in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
