@@ -116,14 +116,17 @@ class OpenAIGenerator:
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key != NO_KEY else text
 
-    async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
+    async def _call(self, max_tokens: int, request, prompt: str, *args):
+        """`request(prompt, *args)` within max_in_flight, under a rate-limiter reservation of the prompt's
+        tokens plus `max_tokens` (returned with the result, for the caller to settle with the tokens
+        used); a client error becomes a GenerationError whose detail holds no key."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.cfg.openai.max_in_flight)
         async with self._slots:
-            reservation = Reservation(self.count_tokens([prompt])[0] + sampling.max_tokens) if self.limiter else None
+            reservation = Reservation(self.count_tokens([prompt])[0] + max_tokens) if self.limiter else None
             token = _RESERVATION.set(reservation)
             try:
-                text, finish, usage = await self._request(prompt, sampling)
+                return await request(prompt, *args), reservation
             except GenerationError:
                 raise
             except Exception as exc:
@@ -131,6 +134,9 @@ class OpenAIGenerator:
                 raise GenerationError(error_reason(exc), detail[:300]) from None
             finally:
                 _RESERVATION.reset(token)
+
+    async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
+        (text, finish, usage), reservation = await self._call(sampling.max_tokens, self._request, prompt, sampling)
         prompt_tokens = getattr(usage, "prompt_tokens", None)
         completion_tokens = getattr(usage, "completion_tokens", None)
         gen = Generation(text=text.strip(),
@@ -171,21 +177,8 @@ class OpenAIGenerator:
     async def choose(self, prompt: str, options: list[str], sampling: SamplingParams) -> Choice:
         """One of `options`: a JSON-schema answer where the server supports it, decided by the first
         token's logprobs where it offers them, else its free text (method TEXT, parsed by the caller)."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.cfg.openai.max_in_flight)
-        async with self._slots:
-            reservation = (Reservation(self.count_tokens([prompt])[0] + max(sampling.max_tokens, JSON_TOKENS))
-                           if self.limiter else None)
-            token = _RESERVATION.set(reservation)  # the rate limiter counts equality checks too
-            try:
-                text, finish, usage, tokens = await self._choice_request(prompt, options, sampling)
-            except GenerationError:
-                raise
-            except Exception as exc:
-                detail = self._scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                raise GenerationError(error_reason(exc), detail[:300]) from None
-            finally:
-                _RESERVATION.reset(token)
+        (text, finish, usage, tokens), reservation = await self._call(
+            max(sampling.max_tokens, JSON_TOKENS), self._choice_request, prompt, options, sampling)  # rate-limited too
         counts = dict(prompt_tokens=getattr(usage, "prompt_tokens", None) or self.count_tokens([prompt])[0],
                       completion_tokens=getattr(usage, "completion_tokens", None) or self.count_tokens([text])[0])
         if reservation is not None:

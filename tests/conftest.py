@@ -70,3 +70,16 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A Ray of 2 CPUs that prints its workers' logs, for a module; the suite's shared one if it is up."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield ray
+    if started:
+        ray.shutdown()

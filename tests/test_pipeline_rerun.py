@@ -23,18 +23,6 @@ SMALL = ["evolve.seeds.limit=8", "train.optim.global_batch_size=8", "train.scali
 KILLED_AT_STEP_3 = ["train.debug.kill_at_step=3", "train.debug.kill_worker_rank=0", "train.checkpoint.max_failures=0"]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def run(root: Path, model: str, *overrides: str) -> dict:
     from pipeline.run import run_pipeline
 
