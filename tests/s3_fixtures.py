@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import urllib.request
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -63,6 +64,8 @@ def moto_s3() -> Iterator[MotoS3]:
     _active.update(env)
     s3 = MotoS3(endpoint=env["AWS_ENDPOINT_URL"], bucket=BUCKET)
     try:
+        # moto's backends are global to the process: without a reset, a module sees earlier modules' keys
+        urllib.request.urlopen(urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/moto-api/reset", method="POST"))
         s3.client().create_bucket(Bucket=BUCKET)
         yield s3
     finally:
