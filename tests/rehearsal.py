@@ -52,7 +52,10 @@ GENERATION_TYPE, TRAINING_TYPE = "gpu_generation", "gpu_training"
 # The CI size: echo evolve, the tiny random Llama trained for a few steps, echo baseline and judge.
 # Echo answers after 2.5 s: a bucket (a seed: 7 requests in a row) takes ~18 s, 12 buckets ~3 min on one actor,
 # long enough for Ray Data to measure the pool's rate and grow it onto a second generation node (~1 min).
+# One chain in flight per actor: an actor then holds 2 calls of 1 bucket (plus 2 queued), so 12 buckets keep
+# the pool's utilization at 2 (> Ray Data's 1.75) and it grows; with 8 chains one actor would hold them all.
 TINY = ["evolve.generation.backend=echo", "evolve.generation.model=echo", "evolve.generation.echo_latency_ms=2500",
+        "evolve.generation.max_chains=1",
         "train.model.name=s3://evolray-rehearsal/models/tiny-llama", "train.data.max_length=128",
         "train.optim.global_batch_size=8", "train.checkpoint.every_steps=2",
         "evaluate.baseline.backend=echo", "evaluate.baseline.model=echo", "evaluate.baseline.num_gpus=0",
