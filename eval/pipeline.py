@@ -182,23 +182,23 @@ def judgments_for(run: Run, items: list[dict], answers: dict) -> tuple[list[dict
     """Both verdicts of every item with two answers, their cache counts and each item's fit in the
     judge's prompt. A verdict is cached by its whole prompt, so a changed answer is judged again."""
     rows, fits = judge_rows(items, answers["candidate"], answers["baseline"], run.measure)
-    prompts = [row | {"request": cache.request_key(row["id"], row["order"], row["prompt"])} for row in rows]
-    if not prompts:
-        return [], dict(NO_REQUESTS), fits
-    stored, counts = cached_stage(prompts, run.stage("judge", run.cfg.judge_sampling, "judge", VERDICT_PREFILL),
-                                  run.cfg.output.path)
-    return list(stored.values()), counts, fits
+    return (*judge_stage(run, rows, "order", "judge", VERDICT_PREFILL), fits)
 
 
 def grades_for(run: Run, items: list[dict], answers: dict) -> tuple[list[dict], dict, dict]:
     """The judge's grade of every answer alone (single mode), cached by its whole prompt."""
     rows, fits = grade_rows(items, answers, run.measure)
-    prompts = [row | {"request": cache.request_key(row["id"], row["role"], row["prompt"])} for row in rows]
+    return (*judge_stage(run, rows, "role", "grade", GRADE_PREFILL), fits)
+
+
+def judge_stage(run: Run, rows: list[dict], key: str, kind: str, prefill: str) -> tuple[list[dict], dict]:
+    """The judge's replies to `rows` (cached by id, `key` and the whole prompt) and their cache counts."""
+    prompts = [row | {"request": cache.request_key(row["id"], row[key], row["prompt"])} for row in rows]
     if not prompts:
-        return [], dict(NO_REQUESTS), fits
-    stored, counts = cached_stage(prompts, run.stage("judge", run.cfg.judge_sampling, "grade", GRADE_PREFILL),
+        return [], dict(NO_REQUESTS)
+    stored, counts = cached_stage(prompts, run.stage("judge", run.cfg.judge_sampling, kind, prefill),
                                   run.cfg.output.path)
-    return list(stored.values()), counts, fits
+    return list(stored.values()), counts
 
 
 def evolution_for(run: Run, records: pa.Table) -> dict:
