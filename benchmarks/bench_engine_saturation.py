@@ -7,7 +7,8 @@ For each backend, in one run: (1) the job as a user runs it, `python -m jobs.evo
 configs/local.yaml` (Ray Data, the actor pool, buckets, writes), on the bundled seeds, every seed
 answered in round 0; (2) the exact prompts the job sent, rebuilt from its records, given to the bare
 engine with the same engine settings and nothing depending on anything: all at once for vLLM, sorted
-batches of `batch_size` for hf (its best static batching). Same sampling, same lengths.
+batches of `batch_size` for hf (its best static batching). Same sampling, same lengths; the equality
+checks as the job ran them (with `equality_check: constrained`, both options scored, no tokens).
 
 The job's rate is its generated tokens over its chain seconds (the actor's first chain start to its
 last chain end: the part of the job an engine can be kept busy in); its wall time (Ray start, reading,
@@ -29,21 +30,32 @@ import pyarrow.parquet as pq
 from bench_generation_common import by_sampling, prompts_of
 from common.config import load_config
 from evol.config import EvolveConfig
+from evol.elimination import EQUALITY_OPTIONS
 from generation import build_generator
+from generation.types import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
+SCORING = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16)
 
 
-async def bare_vllm(generator, prompts) -> tuple[int, float]:
+async def judge_all(generator, checks: list[str]) -> None:
+    """The constrained equality checks the job ran (a forward pass scoring both options, no tokens
+    generated), all at once: the engine batches them as it does in the job."""
+    await asyncio.gather(*(generator.choose(p, list(EQUALITY_OPTIONS), SCORING) for p in checks))
+
+
+async def bare_vllm(generator, prompts, checks) -> tuple[int, float]:
     start = time.perf_counter()
-    gens = await asyncio.gather(*(generator.generate(p, params)
-                                  for params, group in by_sampling(prompts).items() for p in group))
+    gens, _ = await asyncio.gather(
+        asyncio.gather(*(generator.generate(p, params) for params, group in by_sampling(prompts).items() for p in group)),
+        judge_all(generator, checks))
     return sum(g.completion_tokens for g in gens), time.perf_counter() - start
 
 
-async def bare_hf(generator, prompts) -> tuple[int, float]:
+async def bare_hf(generator, prompts, checks) -> tuple[int, float]:
     engine, tokens = generator.inner, 0
     start = time.perf_counter()
+    await judge_all(generator, checks)
     for params, group in by_sampling(prompts).items():
         group = sorted(group, key=len)
         for i in range(0, len(group), engine.cfg.batch_size):
@@ -78,7 +90,11 @@ def run_job(backend: str, args, out: Path) -> tuple[dict, list[dict], float]:
 async def bare(backend: str, args, out: Path, prompts) -> tuple[int, float]:
     cfg = load_config(EvolveConfig, str(ROOT / "configs" / "local.yaml"), overrides(backend, args, out))
     generator = build_generator(cfg.generation)
-    tokens, seconds = await (bare_vllm if backend == "vllm" else bare_hf)(generator, prompts)
+    checks = []
+    if cfg.evolve.equality_check == "constrained":  # the job scored its checks: so does the bare engine
+        checks = [p for p, sampling in prompts if sampling == cfg.evolve.judge_sampling]
+        prompts = [(p, sampling) for p, sampling in prompts if sampling != cfg.evolve.judge_sampling]
+    tokens, seconds = await (bare_vllm if backend == "vllm" else bare_hf)(generator, prompts, checks)
     await generator.close()
     return tokens, seconds
 
@@ -95,7 +111,9 @@ def measure(backend: str, args, workdir: Path) -> float:
           f"prefix caching {args.prefix_caching}): {len(prompts)} requests; job {summary['generated_tokens']} tok in "
           f"{gauges['chain_seconds']:.1f} s of chains = {job_rate:.1f} tok/s (wall {wall:.0f} s, "
           f"{gauges['mean_chains_in_flight']:.1f} chains in flight, engine busy "
-          f"{100 * gauges['engine_busy_share']:.0f}%); bare engine {tokens} tok in {seconds:.1f} s = "
+          f"{100 * gauges['engine_busy_share']:.0f}%"
+          + (f", {gauges['mean_batch_rows']:.1f} rows per batch" if gauges.get("mean_batch_rows") else "")
+          + f"); bare engine {tokens} tok in {seconds:.1f} s = "
           f"{tokens / seconds:.1f} tok/s; job/bare = {job_rate / (tokens / seconds):.2f}x", flush=True)
     return job_rate
 

@@ -27,7 +27,7 @@ from generation.types import EngineDown, Secret
 BUCKET_COUNTS = pa.schema([("bucket", pa.int64()), ("seeds", pa.int64()), ("records", pa.int64()),
                            ("kept", pa.int64()), ("errors", pa.int64()), ("actor", pa.string()),
                            ("mean_chains", pa.float64()), ("peak_chains", pa.int64()), ("busy", pa.float64()), ("span", pa.float64()),
-                           ("stopped", pa.string())])
+                           ("batch_rows", pa.float64()), ("stopped", pa.string())])
 
 
 class ChainSlots:
@@ -92,7 +92,7 @@ class EvolveActor:
         if judge is not writer:
             self.breakers.append(CircuitBreaker(judge, limit, "judge"))
         self.roles = Roles(writer=self.breakers[0], judge=self.breakers[-1])
-        self.engine_clock = writer.clock
+        self.engine_clock, self.engine = writer.clock, writer.inner
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
         self.started, self.seeds_done = time.perf_counter(), 0
         self.slots = ChainSlots(cfg.generation.chains_in_flight())
@@ -156,7 +156,7 @@ class EvolveActor:
                 "kept": sum(r["status"] == KEPT and r["round"] > 0 for r in records),
                 "errors": sum(r["status"] == ERROR for r in records),
                 "mean_chains": round(self.slots.mean(), 2), "peak_chains": self.slots.peak, "busy": round(min(busy, 1.0), 3),
-                "span": round(self.slots.span(), 3)}
+                "span": round(self.slots.span(), 3), "batch_rows": _rounded(getattr(self.engine, "mean_batch_rows", None))}
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         done = await asyncio.gather(*(self._bucket(b, rows) for b, rows in seed_rows(batch)))
@@ -166,3 +166,7 @@ class EvolveActor:
                   f"{self.actor} in {time.perf_counter() - self.started:.0f} s, {row['mean_chains']:.1f} chains in "
                   f"flight on average)"), flush=True)
         return pa.Table.from_pylist(done, schema=BUCKET_COUNTS)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)

@@ -109,7 +109,9 @@ def report(summary: dict, cfg: EvolveConfig) -> str:
         lines.append(f"actor {actor}: {gauges['seeds']} seeds, {gauges.get('mean_chains_in_flight', 0):.1f} chains "
                      f"in flight on average, peak {gauges.get('peak_chains_in_flight')} "
                      f"(max_chains {cfg.generation.chains_in_flight()}), engine busy "
-                     f"{100 * gauges.get('engine_busy_share', 0):.0f}% of the time")
+                     f"{100 * gauges.get('engine_busy_share', 0):.0f}% of the time"
+                     + (f", {gauges['mean_batch_rows']:.1f} rows per batch of {cfg.generation.batch_size}"
+                        if gauges.get("mean_batch_rows") is not None else ""))
     if summary.get("budget"):
         lines.append(format_budget(summary["budget"]))
     lines += [f"records: {storage.join(out, 'records')}/bucket-*.parquet",

@@ -46,6 +46,13 @@ class HFGenerator:
         self._pending: deque = deque()
         self._batcher: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
+        self.batches = self.batched_rows = 0  # generate() calls and their rows: is the batch kept full?
+
+    @property
+    def mean_batch_rows(self) -> float | None:
+        """Rows per generate() so far: on CPU a step costs about the same at any batch size, so this
+        over `batch_size` is about the share of the engine's throughput the caller gets."""
+        return self.batched_rows / self.batches if self.batches else None
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in text_token_ids(self.tokenizer, texts)]
@@ -114,6 +121,7 @@ class HFGenerator:
         if ready:
             for i, gen in zip(ready, self._generate_batch([ids[i] for i in ready], [samplings[i] for i in ready])):
                 ids[i] = gen
+            self.batches, self.batched_rows = self.batches + 1, self.batched_rows + len(ready)
         return ids
 
     def _generate_batch(self, prompts: list[list[int]], samplings: list[SamplingParams]) -> list[Generation]:

@@ -8,7 +8,7 @@ from generation import GenerationConfig, SamplingParams, build_generator
 EVOLVE, RESPOND, JUDGE = SamplingParams(1.0, 0.95, 5), SamplingParams(1.0, 0.95, 9), SamplingParams(0.0, 1.0, 3)
 
 
-def generate_logging_batches(model: str, batch_size: int, kinds: list[SamplingParams]) -> tuple[list, list]:
+def generate_logging_batches(model: str, batch_size: int, kinds: list[SamplingParams]) -> tuple[list, list, object]:
     """Every request at once; returns the answers and each generate() call's max_tokens, in order."""
     generator = build_generator(GenerationConfig(model=model, dtype="float32", torch_threads=1,
                                                  batch_size=batch_size, batch_wait_ms=20))
@@ -20,12 +20,14 @@ def generate_logging_batches(model: str, batch_size: int, kinds: list[SamplingPa
     async def run():
         return await asyncio.gather(*(generator.generate(f"question {i}", s) for i, s in enumerate(kinds)))
 
-    return asyncio.run(run()), calls
+    return asyncio.run(run()), calls, engine
 
 
 def test_requests_of_one_temperature_share_a_batch_and_keep_their_own_limits(tiny_llama):
     kinds = [EVOLVE, RESPOND, JUDGE, EVOLVE, RESPOND]
-    answers, calls = generate_logging_batches(tiny_llama, 4, kinds)
+    answers, calls, engine = generate_logging_batches(tiny_llama, 4, kinds)
+    # rows per generate() are counted for the actor's summary: the engine's fill
+    assert (engine.batches, engine.batched_rows, engine.mean_batch_rows) == (2, 5, 2.5)
     # the four T=1 requests (two limits) in one call, the greedy one in another: the largest group first
     assert [sorted(call) for call in calls] == [[5, 5, 9, 9], [3]]
     for answer, sampling in zip(answers, kinds):
@@ -36,7 +38,7 @@ def test_requests_of_one_temperature_share_a_batch_and_keep_their_own_limits(tin
 
 
 def test_a_whole_batch_of_one_kind_runs_alone(tiny_llama):
-    _, calls = generate_logging_batches(tiny_llama, 2, [RESPOND, EVOLVE, JUDGE, EVOLVE])
+    _, calls, _ = generate_logging_batches(tiny_llama, 2, [RESPOND, EVOLVE, JUDGE, EVOLVE])
     # the two evolve requests fill a batch: they run without the respond request's longer limit
     assert calls == [[5, 5], [9], [3]]
 
