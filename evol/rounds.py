@@ -224,7 +224,8 @@ async def start_chain(row: dict, roles: Roles, settings: EvolveSettings,
 
 async def evolve_once(item: PoolItem, round_index: int, roles: Roles,
                       settings: EvolveSettings) -> tuple[dict, PoolItem | None]:
-    """One candidate of one round: rewrite, cheap text rules, answer, answer rules, equality check.
+    """One candidate of one round: rewrite, cheap text rules, then answer and equality check together,
+    answer rules, equality rule.
     Returns its record and the next pool item (the candidate if kept, else the parent; None on error)."""
     op = choose_operation(settings.seed, item.id, round_index, settings.operations)
     new_id = candidate_id(item.id, round_index, op)
@@ -235,13 +236,24 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles,
         found["instruction"] = text = rules.clean_evolved_instruction(gen.text)
         reason = rules.reason_before_response(item.text, text, truncated=not gen.finished)
         if reason is None:
-            gen = await step.ask(roles.writer, text, settings.respond_sampling, request_seed(settings, new_id, "respond"))
+            # The answer and the equality check at once: the chain keeps a request in the engine's
+            # queue while its check is scored (asked one after the other, a batch lost a row to every
+            # chain waiting for its check). Rule 2 still comes first: its elimination keeps `skipped`.
+            gen, equality = await asyncio.gather(
+                step.ask(roles.writer, text, settings.respond_sampling, request_seed(settings, new_id, "respond")),
+                check_equality(step, roles, item.text, text, settings, request_seed(settings, new_id, "judge")),
+                return_exceptions=True)
+            if isinstance(equality, (EngineDown, asyncio.CancelledError)):
+                raise equality  # a dead judge stops the actor whatever the answer says
+            if isinstance(gen, BaseException):
+                raise gen
             found.update(response=gen.text, response_tokens=gen.completion_tokens, response_truncated=not gen.finished)
             reason = rules.reason_after_response(gen.text)
-        if reason is None:
-            found.update(await check_equality(step, roles, item.text, text, settings,
-                                              request_seed(settings, new_id, "judge")))
-            reason = rules.reason_after_equality(found["equality"])
+            if reason is None:
+                if isinstance(equality, BaseException):
+                    raise equality
+                found.update(equality)
+                reason = rules.reason_after_equality(found["equality"])
         outcome = dict(status=KEPT if reason is None else ELIMINATED, reason=reason)
     except EngineDown:
         raise

@@ -54,10 +54,12 @@ GENERATION_TYPE, TRAINING_TYPE = "gpu_generation", "gpu_training"
 # long enough for Ray Data to measure the pool's rate and grow it onto a second generation node (~1 min).
 # One chain in flight per actor: an actor then holds 2 calls of 1 bucket (plus 2 queued), so 12 buckets keep
 # the pool's utilization at 2 (> Ray Data's 1.75) and it grows; with 8 chains one actor would hold them all.
+# Four epochs of checkpoints every 2 steps: the training node is lost after the first checkpoint and before
+# the export, a window of seconds with one epoch (one run's watcher missed it and the node was never lost).
 TINY = ["evolve.generation.backend=echo", "evolve.generation.model=echo", "evolve.generation.echo_latency_ms=2500",
         "evolve.generation.max_chains=1",
         "train.model.name=s3://evolray-rehearsal/models/tiny-llama", "train.data.max_length=128",
-        "train.optim.global_batch_size=8", "train.checkpoint.every_steps=2",
+        "train.optim.global_batch_size=8", "train.checkpoint.every_steps=2", "train.optim.epochs=4",
         "evaluate.baseline.backend=echo", "evaluate.baseline.model=echo", "evaluate.baseline.num_gpus=0",
         "evaluate.baseline.num_cpus=0.25", "evaluate.judge.backend=echo", "evaluate.judge.model=echo",
         "evaluate.judge.num_gpus=0", "evaluate.judge.num_cpus=0.25", "evaluate.judge.prompt_format=chat",

@@ -114,12 +114,42 @@ def test_no_model_call_is_made_for_work_already_lost():
     assert cand["requests"] == 1 and cand["response"] is None and cand["equality"] == rules.SKIPPED
     records, _ = _run(_seeds({"id": "sorry", "instruction": "SORRY", "output": "x"}), rounds=1)
     cand = [x for x in records if x["round"] == 1][0]
-    assert cand["requests"] == 2 and cand["response"] == "Sorry, I cannot."
+    # the equality check was asked with the answer (both in flight at once) and is paid for, but rule 2
+    # comes first: the record says skipped
+    assert cand["requests"] == 3 and cand["response"] == "Sorry, I cannot." and cand["equality"] == rules.SKIPPED
     records, _ = _run(_seeds({"id": "ok", "instruction": "fine", "output": "x"}), rounds=1)
     cand = [x for x in records if x["round"] == 1][0]
     assert cand["requests"] == 3 and cand["equality"] == rules.NOT_EQUAL and cand["generated_tokens"] == 9
     assert cand["gen_seconds"] == 1.5  # the engine-time shares of its three requests
     assert cand["equality_answer"] == "Not Equal"
+
+
+class SlowScriptedGenerator(ScriptedGenerator):
+    """Each request takes a while; counts the requests in flight at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_flight = self.peak = 0
+
+    async def generate(self, prompt, sampling):
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await asyncio.sleep(0.02)
+            return await super().generate(prompt, sampling)
+        finally:
+            self.in_flight -= 1
+
+
+def test_a_chain_asks_for_its_answer_and_its_equality_check_at_once():
+    """One chain keeps a request in the engine's queue while its check is judged: asked one after the
+    other, every chain waiting for its check left a row of the engine's batch empty."""
+    gen = SlowScriptedGenerator()
+    records = evolve(_seeds({"id": "ok", "instruction": "fine", "output": "x"}), gen, rounds=2)
+    assert gen.peak == 2
+    candidates = [x for x in records if x["round"] > 0]
+    assert [x["status"] for x in candidates] == [KEPT, KEPT] and all(x["requests"] == 3 for x in candidates)
+    assert all(x["equality"] == rules.NOT_EQUAL and x["response"] == "A real and useful answer." for x in candidates)
 
 
 def test_seeds_without_response_get_one_generated():
@@ -147,7 +177,8 @@ def test_summary_counts_add_up():
     assert summary["kept"] == 3 and summary["training_rows"] == 5
     assert [r["pass_rate"] for r in summary["rounds"]] == [0.5, 0.5, 0.5]
     assert summary["rounds"][0]["eliminated_by_rule"] == {rules.COULD_NOT_ANSWER: 1}
-    assert summary["requests"] == sum(x["requests"] or 0 for x in records) == 3 * (3 + 2)
+    # per round: 3 for the kept chain, 3 for the sorry one (its check is asked with its answer)
+    assert summary["requests"] == sum(x["requests"] or 0 for x in records) == 3 * (3 + 3)
     # numpy batches carry nulls as NaN: the same rows as columns give the same summary
     import numpy as np
     batch = {name: np.array([float("nan") if (x[name] is None and name in ("requests", "gen_seconds",
@@ -177,7 +208,7 @@ def test_a_failed_request_ends_its_chain_as_an_error_record_and_others_go_on():
     assert [(x["round"], x["status"]) for x in by_root["fail"]] == [(0, KEPT), (1, ERROR)]
     error = by_root["fail"][1]
     assert error["reason"] == "http_500" and error["detail"] == "server error after retries"
-    assert error["instruction"] == "FAIL here Explain why." and error["requests"] == 2
+    assert error["instruction"] == "FAIL here Explain why." and error["requests"] == 3  # the check went with it
     # a seed whose own answer cannot be generated is a round-0 error, never evolved
     assert [(x["round"], x["status"], x["reason"]) for x in by_root["fail0"]] == [(0, ERROR, "http_500")]
     builder = SummaryBuilder()
