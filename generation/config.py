@@ -81,7 +81,7 @@ class GenerationConfig(StrictModel):
     batch_wait_ms: float = Field(5.0, ge=0.0, description="hf: how long a batch waits for more requests")
     max_chains: int | None = Field(
         None, ge=1, description="evolve: seed chains in flight per actor (each asks one request at a time), kept "
-                                "full whenever that many are waiting; None: what fills the engine (hf 2 x batch_size, "
+                                "full whenever that many are waiting; None: what fills the engine (hf 4 x batch_size, "
                                 "vllm vllm.max_num_seqs or 256, openai openai.max_in_flight, echo 16)")
     rows_per_call: int = Field(8, ge=1, description="evaluate: input rows handed to an actor per call")
     calls_per_actor: int = Field(2, ge=1, description="evaluate: calls in flight per actor")
@@ -107,7 +107,7 @@ class GenerationConfig(StrictModel):
         if self.max_chains is not None:
             return self.max_chains
         if self.backend == "hf":
-            return 2 * self.batch_size  # one batch generating, the next one waiting
+            return 4 * self.batch_size  # one batch generating; the next one chosen from three batches' worth by length
         if self.backend == "vllm":
             return self.vllm.max_num_seqs or 256
         return self.openai.max_in_flight if self.backend == "openai" else 16

@@ -72,9 +72,11 @@ class HFGenerator:
     def _take_batch(self) -> list:
         """Requests that can share one generate(). A whole batch of one kind (temperature, top_p and
         max_tokens) goes first: nobody runs past their own limit. Else the largest group of one
-        temperature/top_p, oldest first, whatever their max_tokens (each answer is cut to its own):
-        measured, a step of a full mixed batch yields more tokens than a half-empty exact one, since a
-        CPU decode step costs nearly the same at batch 4 and 8."""
+        temperature/top_p, whatever their max_tokens (each answer is cut to its own): measured, a step
+        of a full mixed batch yields more tokens than a half-empty exact one, since a CPU decode step
+        costs nearly the same at batch 4 and 8. Within the group, the oldest request and those whose
+        prompts are closest to it in length: a batch is padded to its longest prompt, and short answer
+        prompts padded to a long rewrite prompt's length cost more prefill than they decode."""
         kinds = Counter(_kind(sampling) for _, sampling, _ in self._pending)
         full = [kind for kind, n in kinds.items() if n >= self.cfg.batch_size]
         if full:
@@ -82,12 +84,11 @@ class HFGenerator:
         else:
             shared = Counter(_kind(sampling)[:2] for _, sampling, _ in self._pending)
             chosen, width = max(shared, key=shared.get), 2  # counters keep insertion order: oldest wins ties
-        batch, rest = [], deque()
-        while self._pending:
-            item = self._pending.popleft()
-            fits = _kind(item[1])[:width] == chosen and len(batch) < self.cfg.batch_size
-            (batch if fits else rest).append(item)
-        self._pending = rest
+        group = [i for i, (_, sampling, _) in enumerate(self._pending) if _kind(sampling)[:width] == chosen]
+        anchor = len(self._pending[group[0]][0])  # the oldest of the group always goes: nobody waits forever
+        taken = set(sorted(group, key=lambda i: (abs(len(self._pending[i][0]) - anchor), i))[:self.cfg.batch_size])
+        batch = [item for i, item in enumerate(self._pending) if i in taken]
+        self._pending = deque(item for i, item in enumerate(self._pending) if i not in taken)
         return batch
 
     async def _run_batches(self) -> None:

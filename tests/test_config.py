@@ -133,5 +133,5 @@ def test_evolve_names_chains_in_flight_once():
                                 "generation.max_chains (seed chains in flight per actor) instead")
     defaults = {backend: load_config(EvolveConfig, None, [f"generation.backend={backend}", "generation.model=m"])
                 .generation.chains_in_flight() for backend in ("hf", "vllm", "openai", "echo")}
-    assert defaults == {"hf": 16, "vllm": 256, "openai": 32, "echo": 16}
+    assert defaults == {"hf": 32, "vllm": 256, "openai": 32, "echo": 16}  # hf: 4 x batch_size
     assert load_config(EvolveConfig, "configs/evolve_cluster.yaml").generation.chains_in_flight() == 256

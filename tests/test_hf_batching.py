@@ -43,6 +43,26 @@ def test_a_whole_batch_of_one_kind_runs_alone(tiny_llama):
     assert calls == [[5, 5], [9], [3]]
 
 
+def test_a_batch_takes_the_oldest_request_and_the_prompts_closest_to_it_in_length(tiny_llama):
+    """A batch is padded to its longest prompt: short answer prompts and long rewrite prompts go in
+    batches of their own, and the oldest request is always in the next batch."""
+    generator = build_generator(GenerationConfig(model=tiny_llama, dtype="float32", torch_threads=1,
+                                                 batch_size=2, batch_wait_ms=20))
+    engine, calls = generator.inner, []
+    original = engine._generate_batch
+    engine._generate_batch = lambda prompts, samplings: calls.append(sorted(map(len, prompts))) or original(prompts, samplings)
+    short, long = "word", "word " * 60
+    prompts = [long, short, long, short, long]  # all of one kind; the oldest is long
+
+    async def run():
+        return await asyncio.gather(*(generator.generate(p, EVOLVE) for p in prompts))
+
+    asyncio.run(run())
+    lengths = [engine.prompt_ids(p) for p in (short, long)]
+    short_ids, long_ids = (len(ids) for ids in lengths)
+    assert calls == [[long_ids, long_ids], [short_ids, short_ids], [long_ids]]
+
+
 def test_a_row_of_a_mixed_batch_is_done_at_its_own_limit():
     import torch
 
