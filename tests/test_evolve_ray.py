@@ -68,10 +68,11 @@ def _expected_requests(row) -> int:
     """What a record's steps must have asked the model, from its outcome alone."""
     if row["round"] == 0:
         return 0  # the bundled seeds come with answers
-    if row["reason"] in (rules.EMPTY_EVOLUTION, rules.TRUNCATED_EVOLUTION, rules.TEMPLATE_LEAK) or (
+    if row["reason"] in (rules.EMPTY_EVOLUTION, rules.TRUNCATED_EVOLUTION, rules.TEMPLATE_LEAK,
+                         rules.ANSWER_APPENDED) or (
             row["reason"] == rules.NO_INFORMATION_GAIN and row["equality"] == rules.SKIPPED):
-        return 1
-    return 2 if row["reason"] in (rules.COULD_NOT_ANSWER, rules.TRIVIAL_RESPONSE) else 3
+        return 1  # the text rules: no answer asked
+    return 3  # answered and checked at once, whatever then eliminated it
 
 
 def test_two_rounds_on_a_tiny_model_counts_requests_and_training_set(tmp_path, tiny_llama, local_ray):
