@@ -84,8 +84,9 @@ def test_openai_backend_retries_and_records_failures(tmp_path, local_ray, monkey
     hits = {marker: n for (marker, _), n in server.hits.items() if marker}
     assert hits["RATE"] == 3 and hits["BROKEN"] == 3 and hits["SLOW"] == 3  # 1 try + 2 retries each
     assert hits["AUTH"] == 1  # a 401 is final: not retried
-    # each error record still carries its evolve request and the failed answer request
-    assert (round1.loc[list(errors), "requests"] == 2).all()
+    # each error record still carries its evolve request, the failed answer request and the equality
+    # check asked with it
+    assert (round1.loc[list(errors), "requests"] == 3).all()
     out, err = capfd.readouterr()
     _assert_key_nowhere(tmp_path / "out", records, out, err)
 
