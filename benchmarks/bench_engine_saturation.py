@@ -35,27 +35,26 @@ from generation import build_generator
 from generation.types import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
-SCORING = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16)
 
 
-async def judge_all(generator, checks: list[str]) -> None:
+async def judge_all(generator, checks: list[str], sampling: SamplingParams) -> None:
     """The constrained equality checks the job ran (a forward pass scoring both options, no tokens
     generated), all at once: the engine batches them as it does in the job."""
-    await asyncio.gather(*(generator.choose(p, list(EQUALITY_OPTIONS), SCORING) for p in checks))
+    await asyncio.gather(*(generator.choose(p, list(EQUALITY_OPTIONS), sampling) for p in checks))
 
 
-async def bare_vllm(generator, prompts, checks) -> tuple[int, float]:
+async def bare_vllm(generator, prompts, checks, judging) -> tuple[int, float]:
     start = time.perf_counter()
     gens, _ = await asyncio.gather(
         asyncio.gather(*(generator.generate(p, params) for params, group in by_sampling(prompts).items() for p in group)),
-        judge_all(generator, checks))
+        judge_all(generator, checks, judging))
     return sum(g.completion_tokens for g in gens), time.perf_counter() - start
 
 
-async def bare_hf(generator, prompts, checks) -> tuple[int, float]:
+async def bare_hf(generator, prompts, checks, judging) -> tuple[int, float]:
     engine, tokens = generator.inner, 0
     start = time.perf_counter()
-    await judge_all(generator, checks)
+    await judge_all(generator, checks, judging)
     for params, group in by_sampling(prompts).items():
         group = sorted(group, key=len)
         for i in range(0, len(group), engine.cfg.batch_size):
@@ -94,7 +93,8 @@ async def bare(backend: str, args, out: Path, prompts) -> tuple[int, float]:
     if cfg.evolve.equality_check == "constrained":  # the job scored its checks: so does the bare engine
         checks = [p for p, sampling in prompts if sampling == cfg.evolve.judge_sampling]
         prompts = [(p, sampling) for p, sampling in prompts if sampling != cfg.evolve.judge_sampling]
-    tokens, seconds = await (bare_vllm if backend == "vllm" else bare_hf)(generator, prompts, checks)
+    tokens, seconds = await (bare_vllm if backend == "vllm" else bare_hf)(generator, prompts, checks,
+                                                                            SamplingParams.from_config(cfg.evolve.judge_sampling))
     await generator.close()
     return tokens, seconds
 
