@@ -50,14 +50,16 @@ IDLE_TIMEOUT_MINUTES = 0.15
 GENERATION_TYPE, TRAINING_TYPE = "gpu_generation", "gpu_training"
 
 # The CI size: echo evolve, the tiny random Llama trained for a few steps, echo baseline and judge.
-# Echo answers after 2.5 s: a bucket (a seed: 7 requests in a row) takes ~18 s, 12 buckets ~3 min on one actor,
+# Echo answers after 2.5 s: a bucket (a seed: 7 requests in a row) takes ~18 s; 16 seeds (12 non-empty buckets
+# of 16) take ~3 min on one actor,
 # long enough for Ray Data to measure the pool's rate and grow it onto a second generation node (~1 min).
 # One chain in flight per actor: an actor then holds 2 calls of 1 bucket (plus 2 queued), so 12 buckets keep
 # the pool's utilization at 2 (> Ray Data's 1.75) and it grows; with 8 chains one actor would hold them all.
 # Four epochs of checkpoints every 2 steps: the training node is lost after the first checkpoint and before
 # the export, a window of seconds with one epoch (one run's watcher missed it and the node was never lost).
 TINY = ["evolve.generation.backend=echo", "evolve.generation.model=echo", "evolve.generation.echo_latency_ms=2500",
-        "evolve.generation.max_chains=1",
+        "evolve.generation.max_chains=1", "evolve.seeds.limit=16", "evolve.seeds.dedupe_partitions=16",
+        "evolve.output.buckets=16",
         "train.model.name=s3://evolray-rehearsal/models/tiny-llama", "train.data.max_length=128",
         "train.optim.global_batch_size=8", "train.checkpoint.every_steps=2", "train.optim.epochs=4",
         "evaluate.baseline.backend=echo", "evaluate.baseline.model=echo", "evaluate.baseline.num_gpus=0",
@@ -117,12 +119,16 @@ def autoscaling_config(node_types: dict, gcs_address: str, root: str, temp_root:
 # --- S3 (moto), the key, the fake openai endpoint ---
 
 @contextmanager
-def moto_server() -> Iterator[dict]:
+def moto_server(log_file: Path) -> Iterator[dict]:
     """A moto server (S3, Secrets Manager, SSM) on 127.0.0.1; yields the variables that point AWS
-    clients (boto3, pyarrow) at it, which every node of the cluster gets."""
+    clients (boto3, pyarrow) at it, which every node of the cluster gets. The server's own request
+    errors (its tracebacks when a lost node's multipart upload is completed twice) go to `log_file`."""
     from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.setLevel(logging.ERROR)  # one line per request otherwise
+    werkzeug.addHandler(logging.FileHandler(log_file))
+    werkzeug.propagate = False
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -353,6 +359,7 @@ class Watcher:
 
     def __init__(self, cluster: FakeCluster, aws: dict):
         self.cluster, self.aws, self.kills, self.peak_pool = cluster, aws, {}, 0
+        self._buckets_read: int | None = None
 
     def tick(self) -> None:
         if len(self.kills) == 2:
@@ -361,12 +368,20 @@ class Watcher:
         evolve = [k for k in s3_keys(self.aws, "evolve/records/") if "/bucket-" in k]
         pool = alive_on(actors, "EvolveActor", nodes, GENERATION_TYPE)
         self.peak_pool = max(self.peak_pool, len(pool))  # generation nodes with a live pool actor at once
-        if "evolve" not in self.kills and evolve and (len(pool) > 1 or len(evolve) >= 9):  # once it has grown
+        # Once the pool has grown; if it has not with 60% of its buckets written, lose its one node anyway.
+        if "evolve" not in self.kills and evolve and (len(pool) > 1 or len(evolve) >= 0.6 * self.buckets_read()):
             self._kill("evolve", pool, len(evolve))
         # Ray Train writes its snapshot once a checkpoint is uploaded and registered: one to resume from
         registered = s3_keys(self.aws, "train-runs/rehearsal/checkpoint_manager_snapshot.json")
         if "train" not in self.kills and registered and not s3_keys(self.aws, "models/rehearsal/config.json"):
             self._kill("train", alive_on(actors, "RayTrainWorker", nodes, TRAINING_TYPE), len(registered))
+
+    def buckets_read(self) -> int:
+        """Buckets with seeds in them (evolve's read counts), once the read has finished."""
+        if self._buckets_read is None:
+            counts = [json.loads(s3_read(self.aws, k)) for k in s3_keys(self.aws, "evolve/_read/")]
+            self._buckets_read = len(set().union(*(c["buckets"] for c in counts))) or None
+        return self._buckets_read or 10**9
 
     def _kill(self, stage: str, targets: list[str], progress: int) -> None:
         if not targets:
@@ -446,7 +461,7 @@ def rehearse(size: str, root: Path, timeout: float = 1800) -> dict:
 
     node_types = fake_node_types(yaml.safe_load((REPO / "cluster.yaml").read_text()))
     with ExitStack() as stack:
-        aws = stack.enter_context(moto_server())
+        aws = stack.enter_context(moto_server(root / "moto.log"))
         os.environ.update(aws)  # this process's own AWS clients (boto3, pyarrow) too
         key = upload_inputs(aws, model_folders(size, root))
         endpoint = FlakyOpenAIServer()
@@ -466,6 +481,7 @@ def rehearse(size: str, root: Path, timeout: float = 1800) -> dict:
                    "endpoint_authorization": sorted(endpoint.authorization),
                    "records": {name: records(aws, name) for name in ("evolve", "evolve-reference")},
                    "s3": s3_keys(aws, ""), "head_files": local_files(root / "head"),
+                   "moto_request_errors": (root / "moto.log").read_text().count("Error on request"),
                    "violations": (root / "violations.log").read_text().splitlines()
                    if (root / "violations.log").exists() else [],
                    "outputs": {name: json.loads(s3_read(aws, name)) for name in (
@@ -486,7 +502,8 @@ def summary(report: dict) -> list[str]:
             f" ({'equal' if report['records']['evolve'] == report['records']['evolve-reference'] else 'DIFFERENT'}); "
             f"train {metrics.get('steps')}/{metrics.get('total_steps')} steps, resumed from {metrics.get('restored_from_step')}",
             f"unplaceable pool: {report['unplaceable']['status']}; idle nodes removed: {report['scale_down']['all_removed']}; "
-            f"driver-local paths read on workers: {len(report['violations'])}"]
+            f"driver-local paths read on workers: {len(report['violations'])}; "
+            f"moto server request errors: {report.get('moto_request_errors', 0)} (moto.log in the working folder)"]
 
 
 def main(argv: list[str] | None = None) -> int:
