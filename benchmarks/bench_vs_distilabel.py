@@ -9,7 +9,8 @@ distilabel 1.5.3 with TransformersLLM is installed by this script into its own v
 project's. Its side (benchmarks/distilabel_evolinstruct.py) runs the EvolInstruct step alone (no Pipeline):
 every evolution stored and answered. Our side is the real job, `python -m jobs.evolve` (Ray, the actor
 pool, buckets, writes), with the seeds' own answers (like distilabel, only evolutions are answered).
-Our tokens/s: the summary's generated tokens over its wall time (pool start and model load included);
+Our tokens/s: the summary's generated tokens over its wall time (pool start and model load included),
+and over the chains' span (first chain's start to last chain's end: like distilabel's, no model load);
 distilabel's: generated tokens over the step's time (model load excluded). Prints each side, then the
 job/distilabel ratios of tokens/s last.
 """
@@ -57,8 +58,11 @@ def run_job(backend: str, seeds: Path, args, out: str) -> dict:
                    env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     summary = json.loads(Path(out, "summary.json").read_text())
+    # Like distilabel's step time (its model load excluded): the chains' span, first chain's start to the
+    # last one's end over the pool's actors (their start and model load excluded).
+    spans = [actor["chain_seconds"] for actor in summary["actors"].values() if actor.get("chain_seconds")]
     return {"requests": summary["requests"], "generated_tokens": summary["generated_tokens"],
-            "seconds": summary["wall_seconds"], "process_seconds": wall}
+            "seconds": summary["wall_seconds"], "generation_seconds": max(spans, default=None), "process_seconds": wall}
 
 
 def run_distilabel(model: str, seeds: Path, args) -> dict:
@@ -71,8 +75,12 @@ def run_distilabel(model: str, seeds: Path, args) -> dict:
 
 
 def line(name: str, r: dict) -> str:
-    return (f"{name:>18}: {r['requests']} requests, {r['generated_tokens']} tokens in {r['seconds']:.1f} s = "
+    text = (f"{name:>18}: {r['requests']} requests, {r['generated_tokens']} tokens in {r['seconds']:.1f} s = "
             f"{r['generated_tokens'] / r['seconds']:.1f} tok/s (process wall {r['process_seconds']:.1f} s)")
+    if r.get("generation_seconds"):
+        text += (f"; over the chains' span ({r['generation_seconds']:.1f} s, no start or model load): "
+                 f"{r['generated_tokens'] / r['generation_seconds']:.1f} tok/s")
+    return text
 
 
 def main() -> None:
@@ -92,14 +100,17 @@ def main() -> None:
         seeds = Path(tmp) / "seeds.jsonl"
         write_seeds(args.seeds, seeds)
         theirs = run_distilabel(model, seeds, args)
-        print(line("distilabel", theirs), flush=True)
+        print(line("distilabel", theirs) + f"; {theirs['at_token_cap']} of {theirs['requests']} outputs at the token cap",
+              flush=True)
         ours = {}
         for backend in args.backends.split(","):
             ours[backend] = run_job(backend, seeds, args, str(Path(tmp) / f"out-{backend}"))
             print(line(f"evolve job ({backend})", ours[backend]), flush=True)
     rate = theirs["generated_tokens"] / theirs["seconds"]
     for backend, r in ours.items():
-        print(f"{backend}: job/distilabel tokens/s = {r['generated_tokens'] / r['seconds'] / rate:.2f}x; "
+        span = (f"; over the chains' span = {r['generated_tokens'] / r['generation_seconds'] / rate:.2f}x"
+                if r.get("generation_seconds") else "")
+        print(f"{backend}: job/distilabel tokens/s = {r['generated_tokens'] / r['seconds'] / rate:.2f}x{span}; "
               f"process wall job/distilabel = {r['process_seconds'] / theirs['process_seconds']:.2f}x")
 
 

@@ -7,7 +7,7 @@ Runs inside its own venv (distilabel 1.5.3; see bench_vs_distilabel.py), imports
 The EvolInstruct step on its own (no Pipeline: no process spawning or caching, the step's own
 generation loop only), num_evolutions = ROUNDS, every evolution stored and answered (as the evolve
 job answers every candidate), each request capped at MAX_NEW_TOKENS. Prints one JSON line: requests,
-generated tokens (the outputs re-tokenised), seconds for the model load and for the step.
+generated tokens (the outputs re-tokenised), how many reached the token cap, seconds for the model load and for the step.
 
 The model folder was saved by transformers 5, whose tokenizer_config names a class transformers 4.48
 does not have and keeps the chat template in its own file: the same files are linked into a temporary
@@ -60,8 +60,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model)
     texts = [text for row in rows for key in ("evolved_instructions", "answers") for text in (row.get(key) or [])
              if isinstance(text, str)]
-    generated = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    generated = sum(lengths)
     print(json.dumps({"seeds": len(instructions), "requests": len(texts), "generated_tokens": generated,
+                      "at_token_cap": sum(n >= int(max_new_tokens) - 1 for n in lengths),
                       "load_seconds": loaded - start, "step_seconds": done - loaded}))
 
 
