@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 from common import storage
@@ -352,10 +354,25 @@ def run_epochs(engine, cfg: TrainConfig, plan: Plan, state: RunState, pad_id: in
             window = end_of_step(engine, cfg, plan, state, window, epoch, flops, rank, pad_id)
 
 
+def quiet_library_noise() -> None:
+    """What the console would repeat for every rank without telling a user anything: Ray Train logs each
+    report's whole metrics dict (the loop prints its own step line), and ZeRO-3 calls torch.distributed
+    collectives that this torch deprecates (a FutureWarning and its source line per call site and rank:
+    32 lines in one `make run`)."""
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
+    with contextlib.suppress(ImportError):  # Ray Train V2 names its logger after the file
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop(loop_config: dict) -> None:
     """Ray Train entry point of every worker."""
     import ray.train
     from transformers import AutoTokenizer
+
+    quiet_library_noise()
 
     cfg = TrainConfig.model_validate(loop_config["config"])
     plan = Plan(**loop_config["plan"])
