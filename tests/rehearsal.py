@@ -127,7 +127,8 @@ def moto_server(log_file: Path) -> Iterator[dict]:
 
     werkzeug = logging.getLogger("werkzeug")
     werkzeug.setLevel(logging.ERROR)  # one line per request otherwise
-    werkzeug.addHandler(logging.FileHandler(log_file))
+    errors = logging.FileHandler(log_file)
+    werkzeug.addHandler(errors)
     werkzeug.propagate = False
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -138,6 +139,8 @@ def moto_server(log_file: Path) -> Iterator[dict]:
                "AWS_EC2_METADATA_DISABLED": "true"}
     finally:
         server.stop()
+        werkzeug.removeHandler(errors)
+        errors.close()
 
 
 def upload_inputs(aws: dict, models: dict[str, str]) -> str:
@@ -359,7 +362,7 @@ class Watcher:
 
     def __init__(self, cluster: FakeCluster, aws: dict):
         self.cluster, self.aws, self.kills, self.peak_pool = cluster, aws, {}, 0
-        self._buckets_read: int | None = None
+        self._buckets_read = 0
 
     def tick(self) -> None:
         if len(self.kills) == 2:
@@ -377,11 +380,12 @@ class Watcher:
             self._kill("train", alive_on(actors, "RayTrainWorker", nodes, TRAINING_TYPE), len(registered))
 
     def buckets_read(self) -> int:
-        """Buckets with seeds in them (evolve's read counts), once the read has finished."""
-        if self._buckets_read is None:
-            counts = [json.loads(s3_read(self.aws, k)) for k in s3_keys(self.aws, "evolve/_read/")]
-            self._buckets_read = len(set().union(*(c["buckets"] for c in counts))) or None
-        return self._buckets_read or 10**9
+        """Buckets with seeds in them, from evolve's own read counts (written before any bucket is)."""
+        if not self._buckets_read:
+            from evol.reading import READ_COUNTS, read_counts
+
+            self._buckets_read = len(read_counts(f"s3://{BUCKET}/evolve/{READ_COUNTS}")[1])
+        return self._buckets_read or float("inf")  # none counted yet: no fallback kill
 
     def _kill(self, stage: str, targets: list[str], progress: int) -> None:
         if not targets:
