@@ -32,6 +32,7 @@ from common.config import load_config
 from evol.config import EvolveConfig
 from evol.elimination import EQUALITY_OPTIONS
 from generation import build_generator
+from generation.hf import Row
 from generation.types import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ async def bare_hf(generator, prompts, checks, judging) -> tuple[int, float]:
         group = sorted(group, key=len)
         for i in range(0, len(group), engine.cfg.batch_size):
             tokens += sum(g.completion_tokens for g in engine._generate_batch(
-                [engine.prompt_ids(p) for p in group[i:i + engine.cfg.batch_size]],
+                [Row(engine.prompt_ids(p), len(p)) for p in group[i:i + engine.cfg.batch_size]],
                 [params] * len(group[i:i + engine.cfg.batch_size])))
     return tokens, time.perf_counter() - start
 

@@ -24,6 +24,7 @@ from evol.config import EvolveConfig
 from evol.operations import choose_operation
 from evol.templates import equality_prompt, evolve_prompt, user_turn
 from generation import SamplingParams, build_generator
+from generation.hf import Row
 
 
 def batched(engine, prompts: list[str], sampling) -> list:
@@ -32,7 +33,7 @@ def batched(engine, prompts: list[str], sampling) -> list:
     out = [None] * len(prompts)
     for start in range(0, len(order), engine.cfg.batch_size):
         chunk = order[start:start + engine.cfg.batch_size]
-        ids = [engine.prompt_ids(prompts[i]) for i in chunk]
+        ids = [Row(engine.prompt_ids(prompts[i]), len(prompts[i])) for i in chunk]
         for i, gen in zip(chunk, engine._generate_batch(ids, [params] * len(chunk))):
             out[i] = gen
     return out

@@ -27,7 +27,8 @@ from generation.types import EngineDown, Secret
 BUCKET_COUNTS = pa.schema([("bucket", pa.int64()), ("seeds", pa.int64()), ("records", pa.int64()),
                            ("kept", pa.int64()), ("errors", pa.int64()), ("actor", pa.string()),
                            ("mean_chains", pa.float64()), ("peak_chains", pa.int64()), ("busy", pa.float64()), ("span", pa.float64()),
-                           ("batch_rows", pa.float64()), ("stopped", pa.string())])
+                           ("batch_rows", pa.float64()), ("released_rows", pa.int64()),
+                           ("stopped", pa.string())])
 
 
 class ChainSlots:
@@ -156,7 +157,8 @@ class EvolveActor:
                 "kept": sum(r["status"] == KEPT and r["round"] > 0 for r in records),
                 "errors": sum(r["status"] == ERROR for r in records),
                 "mean_chains": round(self.slots.mean(), 2), "peak_chains": self.slots.peak, "busy": round(min(busy, 1.0), 3),
-                "span": round(self.slots.span(), 3), "batch_rows": _rounded(getattr(self.engine, "mean_batch_rows", None))}
+                "span": round(self.slots.span(), 3), "batch_rows": _rounded(getattr(self.engine, "mean_batch_rows", None)),
+                "released_rows": getattr(self.engine, "released_rows", None)}
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         done = await asyncio.gather(*(self._bucket(b, rows) for b, rows in seed_rows(batch)))

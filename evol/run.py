@@ -111,6 +111,7 @@ def report(summary: dict, cfg: EvolveConfig) -> str:
                      f"(max_chains {cfg.generation.chains_in_flight()}), engine busy "
                      f"{100 * gauges.get('engine_busy_share', 0):.0f}% of the time"
                      + (f", {gauges['mean_batch_rows']:.1f} rows per batch of {cfg.generation.batch_size}"
+                        f" ({gauges.get('released_rows') or 0} unfinished rows carried to a later batch)"
                         if gauges.get("mean_batch_rows") is not None else ""))
     if summary.get("budget"):
         lines.append(format_budget(summary["budget"]))

@@ -79,6 +79,9 @@ class GenerationConfig(StrictModel):
                             "'{prompt}\\n\\n### Response:' without BOS; raw: the prompt is already formatted")
     batch_size: int = Field(8, ge=1, description="hf: most prompts per batched generate()")
     batch_wait_ms: float = Field(5.0, ge=0.0, description="hf: how long a batch waits for more requests")
+    batch_refill: bool = Field(True, description="hf: a batch stops once half of its rows are done while a request "
+                                                 "waits; its unfinished rows go on in the next batch (their text so "
+                                                 "far prefilled again)")
     max_chains: int | None = Field(
         None, ge=1, description="evolve: seed chains in flight per actor (each asks one request at a time), kept "
                                 "full whenever that many are waiting; None: what fills the engine (hf 4 x batch_size, "

@@ -3,7 +3,10 @@
 Callers await one request each; a batcher task takes what is queued (up to `batch_size`
 requests of the same sampling, after a short wait for more) and runs one left-padded
 `generate()` in a worker thread (templating and tokenising there too), so the event loop keeps
-taking requests meanwhile.
+taking requests meanwhile. A static batch runs until its longest row ends; once half of its rows
+have ended while requests that could share it wait (`batch_refill`), it stops, and the rows still
+generating go back to the queue with what they generated so far (prefilled again in the next
+batch, as vLLM recomputes a preempted sequence).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import asyncio
 import hashlib
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from common.models import resolve_model
 from generation.config import GenerationConfig
@@ -43,10 +47,12 @@ class HFGenerator:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype)).to(self.device).eval()
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
-        self._pending: deque = deque()
+        self._pending: deque = deque()  # (prompt text or a released Row, sampling, future), oldest first
+        self._waiting = Counter()  # pending requests per (temperature, top_p), read by the worker's stopping rule
         self._batcher: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
         self.batches = self.batched_rows = 0  # generate() calls and their rows: is the batch kept full?
+        self.released_rows = 0  # rows sent back to the queue by a batch that stopped early (batch_refill)
 
     @property
     def mean_batch_rows(self) -> float | None:
@@ -64,10 +70,14 @@ class HFGenerator:
     async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((prompt, sampling, future))  # templated and tokenised in the worker (_serve)
+        self._queue(prompt, sampling, future)  # templated and tokenised in the worker (_serve)
         if self._batcher is None or self._batcher.done():
             self._batcher = loop.create_task(self._run_batches())
         return await future
+
+    def _queue(self, entry, sampling: SamplingParams, future, first: bool = False) -> None:
+        (self._pending.appendleft if first else self._pending.append)((entry, sampling, future))
+        self._waiting[_kind(sampling)[:2]] += 1
 
     def _take_batch(self) -> list:
         """Requests that can share one generate(). A whole batch of one kind (temperature, top_p and
@@ -85,10 +95,11 @@ class HFGenerator:
             shared = Counter(_kind(sampling)[:2] for _, sampling, _ in self._pending)
             chosen, width = max(shared, key=shared.get), 2  # counters keep insertion order: oldest wins ties
         group = [i for i, (_, sampling, _) in enumerate(self._pending) if _kind(sampling)[:width] == chosen]
-        anchor = len(self._pending[group[0]][0])  # the oldest of the group always goes: nobody waits forever
-        taken = set(sorted(group, key=lambda i: (abs(len(self._pending[i][0]) - anchor), i))[:self.cfg.batch_size])
+        anchor = _chars(self._pending[group[0]][0])  # the oldest of the group always goes: nobody waits forever
+        taken = set(sorted(group, key=lambda i: (abs(_chars(self._pending[i][0]) - anchor), i))[:self.cfg.batch_size])
         batch = [item for i, item in enumerate(self._pending) if i in taken]
         self._pending = deque(item for i, item in enumerate(self._pending) if i not in taken)
+        self._waiting.subtract(_kind(sampling)[:2] for _, sampling, _ in batch)
         return batch
 
     async def _run_batches(self) -> None:
@@ -105,17 +116,25 @@ class HFGenerator:
                                                      [p for p, _, _ in batch], [s for _, s, _ in batch])
             except Exception as exc:  # the engine itself failed: every request of the batch learns why
                 results = [exc] * len(batch)
+            released = [(row, sampling, future) for row, (_, sampling, future) in zip(results, batch)
+                        if isinstance(row, Row) and not future.done()]
+            for row, sampling, future in reversed(released):  # first in the queue: the oldest go first
+                self._queue(row, sampling, future, first=True)
+            self.released_rows += len(released)
             for (_, _, future), result in zip(batch, results):
+                if isinstance(result, Row):
+                    continue
                 if not future.done():
                     (future.set_exception if isinstance(result, Exception) else future.set_result)(result)
 
-    def _serve(self, prompts: list[str], samplings: list[SamplingParams]) -> list:
+    def _serve(self, prompts: list, samplings: list[SamplingParams]) -> list:
         """In the worker thread, off the event loop: each prompt templated and tokenised (one that cannot
-        be fails alone, as its exception), then one generate() for the rest."""
+        be fails alone, as its exception; a released row is already), then one generate() for the rest.
+        Returns a Generation per request, or a Row for one that the batch released unfinished."""
         ids = []
         for prompt in prompts:
             try:
-                ids.append(self.prompt_ids(prompt))
+                ids.append(prompt if isinstance(prompt, Row) else Row(self.prompt_ids(prompt), len(prompt)))
             except Exception as exc:
                 ids.append(exc)
         ready = [i for i, item in enumerate(ids) if not isinstance(item, Exception)]
@@ -125,27 +144,37 @@ class HFGenerator:
             self.batches, self.batched_rows = self.batches + 1, self.batched_rows + len(ready)
         return ids
 
-    def _generate_batch(self, prompts: list[list[int]], samplings: list[SamplingParams]) -> list[Generation]:
-        """One left-padded generate() for prompts of one temperature/top_p, up to the largest max_tokens."""
+    def _generate_batch(self, rows: list[Row], samplings: list[SamplingParams]) -> list:
+        """One left-padded generate() for requests of one temperature/top_p, up to the largest max_tokens
+        left to any of them. A row is done at its EOS or its own limit; with `batch_refill` the call ends
+        once half of its rows are done while a request that could take a freed place waits, and each row
+        not done comes back as a Row holding what it generated, to go on in a later batch."""
         torch, sampling = self.torch, samplings[0]
-        enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
+        enc = self.tokenizer.pad({"input_ids": [row.prompt + row.generated for row in rows]}, padding=True,
+                                 return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         greedy = sampling.temperature == 0
         if not greedy and all(s.seed is not None for s in samplings):
             # One random stream per batch: the same requests batched together draw the same samples
             # (always at batch_size 1); per-request streams are not possible inside one generate().
             torch.manual_seed(batch_seed([s.seed for s in samplings]))
-        limits = [s.max_tokens for s in samplings]
-        stop = [OwnLimits(enc["input_ids"].shape[1], limits, self.device)] if len(set(limits)) > 1 else None
+        limits = [s.max_tokens - len(row.generated) for row, s in zip(rows, samplings)]
+        kind = _kind(sampling)[:2]
+        waiting = (lambda: self._waiting.get(kind, 0)) if self.cfg.batch_refill and len(rows) > 1 else None
+        stop = StopRows(enc["input_ids"].shape[1], limits, self.eos_ids, waiting, self.device)
         with torch.inference_mode():
             out = self.model.generate(
-                **enc, do_sample=not greedy, max_new_tokens=max(limits), stopping_criteria=stop,
+                **enc, do_sample=not greedy, max_new_tokens=max(limits), stopping_criteria=[stop],
                 temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
                 top_k=None, pad_token_id=self.tokenizer.pad_token_id)
         new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
-        prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()
-        return [self._to_generation(ids[:s.max_tokens], n_prompt)
-                for ids, n_prompt, s in zip(new_tokens, prompt_lengths, samplings)]
+        results = []
+        for row, ids, limit, released in zip(rows, new_tokens, limits, stop.released_rows()):
+            if released:
+                results.append(Row(row.prompt, row.chars, row.generated + ids))
+            else:
+                results.append(self._to_generation(row.generated + ids[:limit], len(row.prompt)))
+        return results
 
     def _to_generation(self, ids: list[int], prompt_tokens: int) -> Generation:
         end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
@@ -220,22 +249,52 @@ class HFGenerator:
         return [picked[row, longest - n:].sum().item() for row, n in enumerate(lengths)]
 
 
-class OwnLimits:
-    """A transformers stopping criterion: a row is done at its own max_tokens, so a mixed batch
-    ends when every row has reached its EOS or its limit, not the batch's largest limit."""
+@dataclass
+class Row:
+    """A request's prompt ids and what it generated in earlier batches that stopped before it was done."""
+    prompt: list[int]
+    chars: int  # the prompt text's length: batches are formed by it before prompts are tokenised
+    generated: list[int] = field(default_factory=list)
 
-    def __init__(self, prompt_length: int, limits: list[int], device: str = "cpu"):
+
+class StopRows:
+    """A transformers stopping criterion for one batch. A row is done at its EOS or its own max_tokens,
+    so a mixed batch ends when every row is done, not at the batch's largest limit. With `waiting`
+    (how many requests that could share the batch are queued), the whole batch stops once half of
+    its rows are done and one waits: the rest would otherwise decode for the longest row alone."""
+
+    def __init__(self, prompt_length: int, limits: list[int], eos_ids, waiting=None, device: str = "cpu"):
         import torch
 
-        self.prompt_length, self.limits = prompt_length, torch.tensor(limits, device=device)  # no copy per step
+        self.prompt_length, self.waiting = prompt_length, waiting
+        self.limits = torch.tensor(limits, device=device)  # no copy per step
+        self.eos = torch.tensor(sorted(eos_ids), device=device)
+        self.ended = torch.zeros(len(limits), dtype=torch.bool, device=device)
+        self.released = None  # the rows not done when the batch stopped early
 
     def __call__(self, input_ids, scores, **kwargs):
-        return (input_ids.shape[1] - self.prompt_length) >= self.limits
+        import torch
+
+        self.ended |= torch.isin(input_ids[:, -1], self.eos)  # generate() pads a row after its EOS
+        done = self.ended | ((input_ids.shape[1] - self.prompt_length) >= self.limits)
+        live = int((~done).sum())
+        if self.waiting is not None and 0 < live * 2 <= len(done) and self.waiting() > 0:
+            self.released = ~done
+            return torch.ones_like(done)
+        return done
+
+    def released_rows(self) -> list[bool]:
+        return self.released.tolist() if self.released is not None else [False] * len(self.limits)
 
 
 def batch_seed(seeds: list[int]) -> int:
     """One seed for a batch of requests' seeds, the same in every process."""
     return int.from_bytes(hashlib.sha256(",".join(map(str, seeds)).encode()).digest()[:8], "big")
+
+
+def _chars(entry) -> int:
+    """A queued prompt's length in characters; a released row's counts what it generated at ~4 per token."""
+    return entry.chars + 4 * len(entry.generated) if isinstance(entry, Row) else len(entry)
 
 
 def _kind(sampling: SamplingParams) -> tuple:

@@ -50,7 +50,7 @@ def test_a_batch_takes_the_oldest_request_and_the_prompts_closest_to_it_in_lengt
                                                  batch_size=2, batch_wait_ms=20))
     engine, calls = generator.inner, []
     original = engine._generate_batch
-    engine._generate_batch = lambda prompts, samplings: calls.append(sorted(map(len, prompts))) or original(prompts, samplings)
+    engine._generate_batch = lambda prompts, samplings: calls.append(sorted(len(row.prompt) for row in prompts)) or original(prompts, samplings)
     short, long = "word", "word " * 60
     prompts = [long, short, long, short, long]  # all of one kind; the oldest is long
 
@@ -66,12 +66,55 @@ def test_a_batch_takes_the_oldest_request_and_the_prompts_closest_to_it_in_lengt
 def test_a_row_of_a_mixed_batch_is_done_at_its_own_limit():
     import torch
 
-    from generation.hf import OwnLimits
+    from generation.hf import StopRows
 
-    stop = OwnLimits(prompt_length=4, limits=[5, 9])
+    stop = StopRows(prompt_length=4, limits=[5, 9], eos_ids={2})
     assert stop(torch.zeros(2, 4 + 4, dtype=torch.long), None).tolist() == [False, False]
     assert stop(torch.zeros(2, 4 + 5, dtype=torch.long), None).tolist() == [True, False]
     assert stop(torch.zeros(2, 4 + 9, dtype=torch.long), None).tolist() == [True, True]
+    assert stop.released_rows() == [False, False]
+
+
+def test_a_batch_stops_once_half_its_rows_are_done_while_a_request_waits():
+    import torch
+
+    from generation.hf import StopRows
+
+    waiting = [0]
+    stop = StopRows(prompt_length=1, limits=[9, 9, 9, 9], eos_ids={2}, waiting=lambda: waiting[0])
+    step = torch.tensor([[7, 2], [7, 5], [7, 5], [7, 5]])  # row 0 ended with its EOS
+    assert stop(step, None).tolist() == [True, False, False, False]
+    step = torch.cat([step, torch.tensor([[0], [2], [5], [5]])], dim=1)  # row 1 too: half are done
+    assert stop(step, None).tolist() == [True, True, False, False]  # nobody waits: the batch goes on
+    waiting[0] = 1
+    assert stop(step, None).tolist() == [True] * 4  # somebody waits: the whole batch stops
+    assert stop.released_rows() == [False, False, True, True]  # the two rows that go on later
+
+
+def test_rows_still_generating_go_on_in_the_next_batch_with_a_waiting_request(tiny_llama):
+    """Once half of a batch is done and a request of the same sampling waits, the rest of the batch
+    goes back to the queue with what it generated and continues with the waiting request: greedy, its
+    answer is the one it gets alone."""
+    short, long, other = SamplingParams(0.0, 1.0, 3), SamplingParams(0.0, 1.0, 12), SamplingParams(0.0, 1.0, 6)
+    generator = build_generator(GenerationConfig(model=tiny_llama, dtype="float32", torch_threads=1,
+                                                 batch_size=2, batch_wait_ms=20))
+    engine, calls = generator.inner, []
+    original = engine._generate_batch
+    engine._generate_batch = lambda rows, samplings: calls.append(
+        [(s.max_tokens, len(r.generated)) for r, s in zip(rows, samplings)]) or original(rows, samplings)
+
+    async def together():
+        return await asyncio.gather(*(generator.generate(f"question {i}", s)
+                                      for i, s in enumerate([short, long, other])))
+
+    answers = asyncio.run(together())
+    alone = build_generator(GenerationConfig(model=tiny_llama, dtype="float32", torch_threads=1, batch_size=1))
+    by_itself = asyncio.run(alone.generate("question 1", long))
+    assert [a.completion_tokens for a in answers] == [3, 12, 6]  # nobody's answer is cut short or lost
+    # the first batch stopped when the 3-token answer was done: the 12-token one went on (3 made) with the 6
+    assert calls == [[(3, 0), (12, 0)], [(12, 3), (6, 0)]]
+    assert engine.released_rows == 1
+    assert answers[1].text == by_itself.text and answers[1].prompt_tokens == by_itself.prompt_tokens
 
 
 def test_a_seeded_request_draws_the_same_answer_again(tiny_llama):
