@@ -50,6 +50,8 @@ class HFGenerator:
         self._pending: deque = deque()  # (prompt text or a released Row, sampling, future), oldest first
         self._waiting = Counter()  # pending requests per (temperature, top_p), read by the worker's stopping rule
         self._batcher: asyncio.Task | None = None
+        self._scoring: deque = deque()  # (rows, option lengths, future) of the choices waiting
+        self._scorer: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
         self.batches = self.batched_rows = 0  # generate() calls and their rows: is the batch kept full?
         self.released_rows = 0  # rows sent back to the queue by a batch that stopped early (batch_refill)
@@ -186,7 +188,7 @@ class HFGenerator:
     async def close(self) -> None:
         if self._batcher is not None:
             self._batcher.cancel()
-        if getattr(self, "_scorer", None) is not None:
+        if self._scorer is not None:
             self._scorer.cancel()
         self._worker.shutdown(wait=False)
 
@@ -197,28 +199,23 @@ class HFGenerator:
         prompt + option for every option, batched with the other choices in flight and run on the
         generate thread (the model is never used by two threads at once)."""
         loop = asyncio.get_running_loop()
-        if getattr(self, "_scorer", None) is None:
-            self._scoring, self._scoring_wakeup = deque(), asyncio.Event()
-            self._scorer = loop.create_task(self._run_scoring())
         ids = self.prompt_ids(prompt)
         rows = [ids + option for option in option_token_ids(self.tokenizer, options, self.cfg.prompt_format)]
         future = loop.create_future()
         self._scoring.append((rows, [len(row) - len(ids) for row in rows], future))
-        self._scoring_wakeup.set()
+        if self._scorer is None or self._scorer.done():
+            self._scorer = loop.create_task(self._run_scoring())
         scores = await future
         option, margin = pick(options, scores)
         return Choice(option, LOGPROBS, margin, option, prompt_tokens=sum(map(len, rows)), completion_tokens=0)
 
     async def _run_scoring(self) -> None:
-        """Like `_run_batches`: up to batch_size choices per forward pass, run on the generate thread."""
+        """Like `_run_batches` (and ends like it when nothing waits): up to batch_size choices per
+        forward pass, run on the generate thread."""
         loop = asyncio.get_running_loop()
-        while True:
-            await self._scoring_wakeup.wait()
+        while self._scoring:
             if len(self._scoring) < self.cfg.batch_size and self.cfg.batch_wait_ms:
                 await asyncio.sleep(self.cfg.batch_wait_ms / 1000)
-            if not self._scoring:
-                self._scoring_wakeup.clear()
-                continue
             batch = [self._scoring.popleft() for _ in range(min(self.cfg.batch_size, len(self._scoring)))]
             rows = [row for request in batch for row in request[0]]
             lengths = [n for request in batch for n in request[1]]

@@ -10,7 +10,8 @@ SHUTDOWN_NOISE = "Task was destroyed but it is pending"
 def test_an_hf_actor_that_ends_without_close_prints_no_pending_task(local_ray, tiny_llama):
     """Ray Data ends a pool's actors when its stage is done and nothing calls the generator's
     close(): every hf actor printed SHUTDOWN_NOISE for its batcher task as its process exited
-    (seen in each EvalActor's log), and Ray forwards that to the driver's console."""
+    (seen in each EvalActor's log), and Ray forwards that to the driver's console; an actor that
+    had scored an equality check printed it for its scoring task too (every evolve actor)."""
     ray = local_ray
 
     @ray.remote(num_cpus=0)
@@ -25,6 +26,8 @@ def test_an_hf_actor_that_ends_without_close_prints_no_pending_task(local_ray, t
             from generation import SamplingParams
 
             answer = await self.generator.generate(prompt, SamplingParams(0.0, 1.0, 2))
+            choice = await self.generator.choose(prompt, ["Equal", "Not Equal"], SamplingParams(0.0, 1.0, 16))
+            assert choice.text in ("Equal", "Not Equal")
             return os.getpid(), answer.completion_tokens
 
     actor = Answerer.remote(tiny_llama)
