@@ -52,7 +52,10 @@ def run_job(backend: str, seeds: Path, args, out: str) -> dict:
                  f"generation.dtype={args.dtype}", f"generation.torch_threads={args.threads}",
                  f"output.path={out}", "output.overwrite=true"]
     if backend == "vllm":
-        overrides += ["generation.vllm.enforce_eager=true", "generation.vllm.max_model_len=2048"]
+        # vLLM sized by its own rule (docs/evolve.md, "Sizing chains in flight"): max_chains null means
+        # vllm.max_num_seqs, every seed in flight; configs/local.yaml's 32 is the hf sizing (4 x batch_size).
+        overrides += ["generation.vllm.enforce_eager=true", "generation.vllm.max_model_len=2048",
+                      "generation.max_chains=null"]
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "jobs.evolve", "--config", "configs/local.yaml", *overrides], cwd=ROOT,
                    env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True, stdout=subprocess.DEVNULL)
