@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--greedy", action="store_true", help="rewrites and answers at temperature 0: the same work")
     args = parser.parse_args()
     job = argparse.Namespace(seeds=args.seeds, rounds=args.rounds, evolve_tokens=args.tokens, respond_tokens=args.tokens,
-                             threads=args.threads, prefix_caching="default", override=[f"generation.dtype={args.dtype}"])
+                             threads=args.threads, prefix_caching="default")  # overrides set per run below
     sampling = (["evolve.evolve_sampling.temperature=0", "evolve.respond_sampling.temperature=0"]
                 if args.greedy else [])
     rates, seconds = {}, {}

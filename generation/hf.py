@@ -270,14 +270,13 @@ class StopRows:
         self.released = None  # the rows not done when the batch stopped early
 
     def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        self.ended |= torch.isin(input_ids[:, -1], self.eos)  # generate() pads a row after its EOS
+        self.ended |= (input_ids[:, -1:] == self.eos).any(dim=1)  # generate() pads a row after its EOS
         done = self.ended | ((input_ids.shape[1] - self.prompt_length) >= self.limits)
-        live = int((~done).sum())
-        if self.waiting is not None and 0 < live * 2 <= len(done) and self.waiting() > 0:
-            self.released = ~done
-            return torch.ones_like(done)
+        if self.waiting is not None and self.waiting() > 0:  # counting live rows reads the device: only then
+            live = int((~done).sum())
+            if 0 < live * 2 <= len(done):
+                self.released = ~done
+                return done.new_ones(done.shape)
         return done
 
     def released_rows(self) -> list[bool]:
