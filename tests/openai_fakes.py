@@ -40,7 +40,13 @@ class FlakyOpenAIServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.handle(self, body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        # A real endpoint's listen backlog is hundreds; socketserver's default of 5 drops connections when a
+        # burst of requests meets a moment when this process does not accept (a GC pause in a long pytest
+        # run), and a dropped SYN costs the client a second: a timeout that no server error caused.
+        self.httpd.request_queue_size = 128
+        self.httpd.server_bind()
+        self.httpd.server_activate()
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

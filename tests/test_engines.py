@@ -54,7 +54,7 @@ def test_vllm_backend_two_rounds(tmp_path, local_ray):
 
 
 def test_openai_backend_retries_and_records_failures(tmp_path, local_ray, monkeypatch, capfd):
-    server = FlakyOpenAIServer(slow_seconds=3.0)
+    server = FlakyOpenAIServer(slow_seconds=10.0)
     seeds = tmp_path / "seeds.jsonl"
     rows = [{"id": "plain", "instruction": "Name three rivers of Europe."},  # answered in round 0
             {"id": "rate", "instruction": "RATE: list the inner planets.", "output": "Mercury, Venus, Earth, Mars"},
@@ -68,7 +68,7 @@ def test_openai_backend_retries_and_records_failures(tmp_path, local_ray, monkey
         summary, records = _run(tmp_path, f"seeds.path={seeds}", "seeds.limit=null", "evolve.rounds=1",
                                 "generation.backend=openai", "generation.model=fake-model",
                                 f"generation.openai.base_url={server.url}", f"generation.openai.api_key_env={KEY_ENV}",
-                                "generation.openai.max_retries=2", "generation.openai.timeout_s=1.0")
+                                "generation.openai.max_retries=2", "generation.openai.timeout_s=3.0")
     finally:
         server.close()
     assert server.authorization == {f"Bearer {PLANTED_KEY}"}  # the driver's key reached the actor
