@@ -40,14 +40,7 @@ class FlakyOpenAIServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.handle(self, body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
-        # A real endpoint's listen backlog is hundreds; socketserver's default of 5 drops connections when a
-        # burst of requests meets a moment when this process does not accept (a GC pause in a long pytest
-        # run), and a dropped SYN costs the client a second: a timeout that no server error caused.
-        self.httpd.request_queue_size = 128
-        self.httpd.server_bind()
-        self.httpd.server_activate()
-        self.httpd.daemon_threads = True
+        self.httpd = _Listener(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -88,6 +81,14 @@ def _answer(prompt: str) -> str:
     if "First instruction:" in prompt:
         return "Not Equal"
     return "Here is a careful answer with several useful words about the question."
+
+
+class _Listener(ThreadingHTTPServer):
+    # A real endpoint's listen backlog is hundreds; socketserver's default of 5 drops connections when a
+    # burst of requests meets a moment when this process does not accept (a pause of a long pytest run,
+    # such as a GC), and a dropped SYN costs the client a second: a timeout that no server error caused.
+    request_queue_size = 128
+    daemon_threads = True
 
 
 def completion_body(body: dict, text: str, prompt_tokens: int = 11) -> dict:
