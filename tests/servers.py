@@ -45,3 +45,25 @@ def vllm_openai_server(model_dir: str, served_name: str, api_key: str, log: Path
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+VLLM_SHUTDOWN_NOISE = ("output_handler failed", "EngineDeadError: EngineCore encountered an issue")
+
+
+def assert_vllm_actors_ended_quietly(ray, timeout_s: float = 60.0) -> None:
+    """Every Ray worker of this session that ran a vLLM engine has exited, and none logged its engine
+    as dead on the way out (vLLM 0.32 does when the engine is left to its finaliser: vllm-project/vllm#48745)."""
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    ran_vllm = {path.stem.rsplit("-", 1)[1] for path in logs.glob("worker-*.out")
+                if b"Initializing a V1 LLM engine" in path.read_bytes()}
+    assert ran_vllm, f"no worker log in {logs} shows a vLLM engine starting"
+    deadline = time.time() + timeout_s
+    while any(os.path.exists(f"/proc/{pid}") for pid in ran_vllm) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in ran_vllm), "a vLLM actor did not exit"
+    time.sleep(1)  # its last lines are flushed as the process exits
+    for pid in ran_vllm:
+        for path in logs.glob(f"worker-*-{pid}.*"):
+            text = path.read_text(errors="replace")
+            for noise in VLLM_SHUTDOWN_NOISE:
+                assert noise not in text, f"{path.name}: {noise!r} as the actor ended"

@@ -14,7 +14,7 @@ from evol.output import read_records
 from evol.run import run_evolve
 from tests.evolve_checks import assert_counts_and_lineage
 from tests.openai_fakes import FlakyOpenAIServer
-from tests.servers import vllm_openai_server
+from tests.servers import assert_vllm_actors_ended_quietly, vllm_openai_server
 
 PLANTED_KEY = "sk-evolray-planted-4e1d9c0b7a5f"
 KEY_ENV = "EVOLRAY_TEST_API_KEY"
@@ -51,6 +51,7 @@ def test_vllm_backend_two_rounds(tmp_path, local_ray):
     assert (candidates["model"] == SMALL_MODEL_ALIAS).all()
     assert all(len(text.split()) >= 2 for text in candidates["instruction"])  # real rewrites came back
     assert (candidates["gen_seconds"] > 0).all()
+    assert_vllm_actors_ended_quietly(local_ray)  # the pool closed its engine, not the finaliser
 
 
 def test_openai_backend_retries_and_records_failures(tmp_path, local_ray, monkeypatch, capfd):

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 from common.config import load_config
 from eval.config import EvaluateConfig
 from eval.pipeline import run_evaluate
+from tests.servers import assert_vllm_actors_ended_quietly
 
 
 def config(out):
@@ -27,3 +28,4 @@ def test_vllm_judge_in_the_actor_and_its_verdicts_reused(local_ray, tmp_path):
     again = run_evaluate(config(tmp_path / "eval"))
     assert again["verdicts"]["reused"] == 8 and again["verdicts"]["generated"] == 0
     assert again["aggregates"] == summary["aggregates"]
+    assert_vllm_actors_ended_quietly(local_ray)  # the pool closed its engine, not the finaliser
