@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -183,6 +184,12 @@ def rank_step(rank: int, port: int, model_dir: str, units, stages: tuple, out: s
             torch.save({k: v.detach().float().clone() for k, v in state.items()}, f"{out}/stage{stage}.pt")
         engine.destroy()
     dist.destroy_process_group()
+    # Done: leave without the interpreter's teardown. About 1 run in 10, a native thread still joinable
+    # when C++ destructors ran aborted a rank after its work and its last line ("terminate called
+    # without an active exception", SIGABRT), and mp.spawn failed the test for it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def test_two_gloo_ranks_with_unequal_tokens_update_by_the_global_token_mean(model_dir, units, tmp_path):
