@@ -50,18 +50,24 @@ def vllm_openai_server(model_dir: str, served_name: str, api_key: str, log: Path
 VLLM_SHUTDOWN_NOISE = ("output_handler failed", "EngineDeadError: EngineCore encountered an issue")
 
 
-def assert_vllm_actors_ended_quietly(ray, timeout_s: float = 60.0) -> None:
+def wait_for_exit(pids, timeout_s: float = 60.0) -> None:
+    """Each process has exited (asserted), and a moment has passed for its last log lines to be flushed."""
+    deadline = time.time() + timeout_s
+    while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids), "an actor did not exit"
+    time.sleep(1)
+
+
+def assert_vllm_actors_ended_quietly(ray) -> None:
     """Every Ray worker of this session that ran a vLLM engine has exited, and none logged its engine
-    as dead on the way out (vLLM 0.32 does when the engine is left to its finaliser: vllm-project/vllm#48745)."""
+    as dead on the way out (vLLM 0.32 does once Ray kills the exiting actor's engine core:
+    vllm-project/vllm#48745; generation/vllm.py's EngineEndAsWarning)."""
     logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     ran_vllm = {path.stem.rsplit("-", 1)[1] for path in logs.glob("worker-*.out")
                 if b"Initializing a V1 LLM engine" in path.read_bytes()}
     assert ran_vllm, f"no worker log in {logs} shows a vLLM engine starting"
-    deadline = time.time() + timeout_s
-    while any(os.path.exists(f"/proc/{pid}") for pid in ran_vllm) and time.time() < deadline:
-        time.sleep(0.5)
-    assert not any(os.path.exists(f"/proc/{pid}") for pid in ran_vllm), "a vLLM actor did not exit"
-    time.sleep(1)  # its last lines are flushed as the process exits
+    wait_for_exit(ran_vllm)
     for pid in ran_vllm:
         for path in logs.glob(f"worker-*-{pid}.*"):
             text = path.read_text(errors="replace")

@@ -28,4 +28,4 @@ def test_vllm_judge_in_the_actor_and_its_verdicts_reused(local_ray, tmp_path):
     again = run_evaluate(config(tmp_path / "eval"))
     assert again["verdicts"]["reused"] == 8 and again["verdicts"]["generated"] == 0
     assert again["aggregates"] == summary["aggregates"]
-    assert_vllm_actors_ended_quietly(local_ray)  # the pool closed its engine, not the finaliser
+    assert_vllm_actors_ended_quietly(local_ray)  # no ERROR traceback as the pool's actors end

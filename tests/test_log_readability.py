@@ -2,7 +2,8 @@
 in front of a stage's own lines."""
 import glob
 import os
-import time
+
+from tests.servers import wait_for_exit
 
 SHUTDOWN_NOISE = "Task was destroyed but it is pending"
 
@@ -35,10 +36,6 @@ def test_an_hf_actor_that_ends_without_close_prints_no_pending_task(local_ray, t
     assert tokens > 0
     actor.__ray_terminate__.remote()  # a graceful end, as Ray Data ends its pool's actors
     logs = ray._private.worker._global_node.get_logs_dir_path()
-    deadline = time.time() + 60
-    while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
-        time.sleep(0.5)
-    assert not os.path.exists(f"/proc/{pid}"), "the actor did not exit"
+    wait_for_exit([pid])
     [err] = glob.glob(os.path.join(logs, f"worker-*-{pid}.err"))
-    time.sleep(1)  # its last lines are flushed as the process exits
     assert SHUTDOWN_NOISE not in open(err).read()
