@@ -82,6 +82,9 @@ class GenerationConfig(StrictModel):
     batch_refill: bool = Field(True, description="hf: a batch stops once half of its rows are done while a request "
                                                  "waits; its unfinished rows go on in the next batch (their text so "
                                                  "far prefilled again)")
+    attn_implementation: Literal["auto", "grouped_decode", "sdpa", "eager"] = Field(
+        "auto", description="hf: the attention kernel; auto: grouped_decode on CPU (SDPA for prefill, one matrix "
+                            "product per KV head for each decode step: 1.9x SDPA's bf16 decode here), sdpa on GPUs")
     max_chains: int | None = Field(
         None, ge=1, description="evolve: seed chains in flight per actor (each asks one request at a time), kept "
                                 "full whenever that many are waiting; None: what fills the engine (hf 4 x batch_size, "

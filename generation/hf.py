@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from common.models import resolve_model
+from generation import attention
 from generation.config import GenerationConfig
 from generation.devices import resolve_dtype, use_cuda
 from generation.prompts import prompt_token_ids, text_token_ids
@@ -44,7 +45,10 @@ class HFGenerator:
         cuda = use_cuda(cfg.device)
         self.device = "cuda" if cuda else "cpu"
         self.dtype = resolve_dtype(cfg.dtype, cuda)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype)).to(self.device).eval()
+        self.attn_implementation = attention_kernel(cfg.attn_implementation, cuda)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype),
+                                                          attn_implementation=self.attn_implementation)
+        self.model = self.model.to(self.device).eval()
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
         self._pending: deque = deque()  # (prompt text or a released Row, sampling, future), oldest first
@@ -281,6 +285,14 @@ class StopRows:
 
     def released_rows(self) -> list[bool]:
         return self.released.tolist() if self.released is not None else [False] * len(self.limits)
+
+
+def attention_kernel(setting: str, cuda: bool) -> str:
+    """The `attn_implementation` transformers loads the model with: on CPU, SDPA's kernel for one decode
+    token is the slow part of a step (generation/attention.py)."""
+    if setting == "auto":
+        setting = "sdpa" if cuda else "grouped_decode"
+    return attention.register() if setting == "grouped_decode" else setting
 
 
 def batch_seed(seeds: list[int]) -> int:
