@@ -2,7 +2,7 @@
 model, seeds, rounds and token caps: generated tokens/s and wall time.
 
     python benchmarks/bench_vs_distilabel.py [--seeds 8] [--rounds 2] [--max-tokens 256] [--dtype float32]
-                                             [--backends hf,vllm] [--threads 2]
+                                             [--backends hf,vllm] [--threads 2] [--override KEY=VALUE ...]
 
 distilabel 1.5.3 with TransformersLLM is installed by this script into its own venv
 (~/.cache/evolray/distilabel-1.5.3; torch from pip's own index, transformers 4.48.3), never into the
@@ -56,6 +56,7 @@ def run_job(backend: str, seeds: Path, args, out: str) -> dict:
         # vllm.max_num_seqs, every seed in flight; configs/local.yaml's 32 is the hf sizing (4 x batch_size).
         overrides += ["generation.vllm.enforce_eager=true", "generation.vllm.max_model_len=2048",
                       "generation.max_chains=null"]
+    overrides += args.override
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "jobs.evolve", "--config", "configs/local.yaml", *overrides], cwd=ROOT,
                    env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True, stdout=subprocess.DEVNULL)
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--backends", default="hf,vllm")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--override", action="append", default=[], help="a dotted override for the job (repeatable)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from common.models import ensure_small_model

@@ -22,6 +22,7 @@ from generation.config import GenerationConfig
 from generation.devices import resolve_dtype, use_cuda
 from generation.prompts import prompt_token_ids, text_token_ids
 from generation.choice import LOGPROBS, option_token_ids, pick
+from generation.sampling import nucleus_sampler
 from generation.types import Choice, Generation, SamplingParams
 
 
@@ -169,10 +170,10 @@ class HFGenerator:
         waiting = (lambda: self._waiting.get(kind, 0)) if self.cfg.batch_refill and len(rows) > 1 else None
         stop = StopRows(enc["input_ids"].shape[1], limits, self.eos_ids, waiting, self.device)
         with torch.inference_mode():
-            out = self.model.generate(
-                **enc, do_sample=not greedy, max_new_tokens=max(limits), stopping_criteria=[stop],
-                temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
-                top_k=None, pad_token_id=self.tokenizer.pad_token_id)
+            out = self.model.generate(  # sampled by our processor (generation/sampling.py), then taken by argmax
+                **enc, do_sample=False, max_new_tokens=max(limits), stopping_criteria=[stop],
+                logits_processor=[] if greedy else [nucleus_sampler(sampling.temperature, sampling.top_p)],
+                temperature=None, top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id)
         new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
         results = []
         for row, ids, limit, released in zip(rows, new_tokens, limits, stop.released_rows()):

@@ -1,10 +1,11 @@
-"""The hf backend's attention kernels side by side: SDPA vs grouped_decode (generation/attention.py).
+"""The hf backend's decode, step by step: SDPA + transformers' top-p sampling (the backend before),
+grouped_decode attention (generation/attention.py), then also our sampler (generation/sampling.py).
 
-    python benchmarks/bench_hf_attention.py [--dtype bfloat16] [--batch 8 16] [--tokens 128] [--job-seeds 16]
+    python benchmarks/bench_hf_decode.py [--dtype bfloat16] [--batch 8 16] [--tokens 128] [--job-seeds 16]
 
 1. The bare model: left-padded batches of the job's real rewrite prompts (bundled seeds, the chat
-   template), `generate()` at T=1/top_p 0.95 for exactly `--tokens` new tokens, per kernel and batch
-   size: prefill seconds, decode ms per step, tokens/s. The same work for both kernels.
+   template), `generate()` at T=1/top_p 0.95 for exactly `--tokens` new tokens, per setting and batch
+   size: prefill seconds, decode ms per step, tokens/s. The same work in every setting.
 2. With `--job-seeds N` (0: skip): the evolve job through Ray (`configs/local.yaml`, as
    bench_engine_saturation.py's job side runs it), with `generation.attn_implementation=sdpa`, then
    `auto` (grouped_decode on CPU): generated tokens over the actor's chain seconds. Sampled texts
@@ -26,9 +27,13 @@ from evol.operations import OPERATIONS
 from evol.templates import evolve_prompt
 from generation.hf import attention_kernel
 from generation.prompts import prompt_token_ids
+from generation.sampling import nucleus_sampler
+
+SETTINGS = {"sdpa + transformers sampling": ("sdpa", False), "grouped_decode + transformers sampling": ("auto", False),
+            "grouped_decode + our sampler": ("auto", True)}
 
 
-def bare(kernel: str, dtype: str, batches: list[int], tokens: int, threads: int) -> dict[int, float]:
+def bare(name: str, dtype: str, batches: list[int], tokens: int, threads: int) -> dict[int, float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -36,6 +41,7 @@ def bare(kernel: str, dtype: str, batches: list[int], tokens: int, threads: int)
     path = resolve_model(SMALL_MODEL_ALIAS)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
+    kernel, ours = SETTINGS[name]
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
                                                  attn_implementation=attention_kernel(kernel, cuda=False)).eval()
     rng = random.Random(0)
@@ -45,7 +51,9 @@ def bare(kernel: str, dtype: str, batches: list[int], tokens: int, threads: int)
     rates = {}
     for batch in batches:
         enc = tokenizer.pad({"input_ids": prompts[:batch]}, return_tensors="pt")
-        args = dict(do_sample=True, temperature=1.0, top_p=0.95, top_k=None, pad_token_id=tokenizer.pad_token_id)
+        args = dict(do_sample=False, logits_processor=[nucleus_sampler(1.0, 0.95)]) if ours else dict(
+            do_sample=True, temperature=1.0, top_p=0.95)
+        args.update(top_k=None, pad_token_id=tokenizer.pad_token_id)
         with torch.inference_mode():
             torch.manual_seed(0)
             model.generate(**enc, max_new_tokens=2, **args)  # warm-up
@@ -56,7 +64,7 @@ def bare(kernel: str, dtype: str, batches: list[int], tokens: int, threads: int)
             model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, **args)
             total = time.perf_counter() - start
         rates[batch] = batch * tokens / total
-        print(f"{kernel:>6} {dtype} batch {batch:>2} ({enc['input_ids'].shape[1]} prompt tokens, padded): prefill "
+        print(f"{name}, {dtype}, batch {batch:>2} ({enc['input_ids'].shape[1]} prompt tokens, padded): prefill "
               f"{prefill:.2f} s, decode {1000 * (total - prefill) / (tokens - 1):.0f} ms/step, {rates[batch]:.1f} tok/s",
               flush=True)
     return rates
@@ -71,17 +79,18 @@ def main() -> None:
     parser.add_argument("--job-seeds", type=int, default=16, help="0: the bare model only")
     parser.add_argument("--job-tokens", type=int, default=256)
     args = parser.parse_args()
-    sdpa = bare("sdpa", args.dtype, args.batch, args.tokens, args.threads)
-    grouped = bare("auto", args.dtype, args.batch, args.tokens, args.threads)
+    rates = {name: bare(name, args.dtype, args.batch, args.tokens, args.threads) for name in SETTINGS}
+    before = rates["sdpa + transformers sampling"]
     for batch in args.batch:
-        print(f"bare model, batch {batch}: grouped_decode/sdpa = {grouped[batch] / sdpa[batch]:.2f}x tokens/s")
+        print(f"bare model, batch {batch}: " + ", ".join(
+            f"{name} {rates[name][batch] / before[batch]:.2f}x" for name in list(SETTINGS)[1:]) + " the tokens/s before")
     if not args.job_seeds:
         return
     job = argparse.Namespace(seeds=args.job_seeds, rounds=2, evolve_tokens=args.job_tokens,
                              respond_tokens=args.job_tokens, threads=args.threads, prefix_caching="default")
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kernel in ("sdpa", "auto"):
+        for kernel in ("sdpa", "auto"):  # both with our sampler: it has no setting
             job.override = [f"generation.dtype={args.dtype}", f"generation.attn_implementation={kernel}"]
             summary, _, wall = run_job("hf", job, Path(tmp) / kernel)
             [gauges] = summary["actors"].values()
