@@ -6,7 +6,7 @@ SDPA sends that to its flash-attention kernel, which measured 5.3 ms a call in b
 (`repeat_kv`: 3x the cache for SmolLM2's 9 heads over 3 KV heads). Here each KV head's query heads
 are stacked into one matrix and multiplied with that head's cache as it is: no copy, no kernel
 dispatch. Prefill (more than one query token) still goes to SDPA, whose kernel is right for it.
-`benchmarks/bench_hf_attention.py` measures it against SDPA.
+`benchmarks/bench_hf_decode.py` measures it against SDPA.
 """
 from __future__ import annotations
 

@@ -46,9 +46,8 @@ class HFGenerator:
         cuda = use_cuda(cfg.device)
         self.device = "cuda" if cuda else "cpu"
         self.dtype = resolve_dtype(cfg.dtype, cuda)
-        self.attn_implementation = attention_kernel(cfg.attn_implementation, cuda)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype),
-                                                          attn_implementation=self.attn_implementation)
+                                                          attn_implementation=attention_kernel(cfg.attn_implementation, cuda))
         self.model = self.model.to(self.device).eval()
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
