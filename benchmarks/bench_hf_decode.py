@@ -2,6 +2,7 @@
 grouped_decode attention (generation/attention.py), then also our sampler (generation/sampling.py).
 
     python benchmarks/bench_hf_decode.py [--dtype bfloat16] [--batch 8 16] [--tokens 128] [--job-seeds 16]
+                                         [--job-batches 8 32]
 
 1. The bare model: left-padded batches of the job's real rewrite prompts (bundled seeds, the chat
    template), `generate()` at T=1/top_p 0.95 for exactly `--tokens` new tokens, per setting and batch
@@ -10,6 +11,8 @@ grouped_decode attention (generation/attention.py), then also our sampler (gener
    bench_engine_saturation.py's job side runs it), with `generation.attn_implementation=sdpa`, then
    `auto` (grouped_decode on CPU): generated tokens over the actor's chain seconds. Sampled texts
    differ between the runs, so this part is noisier than part 1.
+3. With `--job-seeds N`: the same job with `auto` at each of `--job-batches` (`batch_size`, with
+   `max_chains` 4 x batch_size as in `configs/local.yaml`): tokens/s and the ratio to the first.
 """
 from __future__ import annotations
 
@@ -78,6 +81,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--job-seeds", type=int, default=16, help="0: the bare model only")
     parser.add_argument("--job-tokens", type=int, default=256)
+    parser.add_argument("--job-batches", type=int, nargs="+", default=[8, 32], help="batch sizes for part 3")
     args = parser.parse_args()
     rates = {name: bare(name, args.dtype, args.batch, args.tokens, args.threads) for name in SETTINGS}
     before = rates["sdpa + transformers sampling"]
@@ -88,17 +92,31 @@ def main() -> None:
         return
     job = argparse.Namespace(seeds=args.job_seeds, rounds=2, evolve_tokens=args.job_tokens,
                              respond_tokens=args.job_tokens, threads=args.threads, prefix_caching="default")
-    rates = {}
+    dtype = f"generation.dtype={args.dtype}"
     with tempfile.TemporaryDirectory() as tmp:
-        for kernel in ("sdpa", "auto"):  # both with our sampler: it has no setting
-            job.override = [f"generation.dtype={args.dtype}", f"generation.attn_implementation={kernel}"]
-            summary, _, wall = run_job("hf", job, Path(tmp) / kernel)
-            [gauges] = summary["actors"].values()
-            rates[kernel] = summary["generated_tokens"] / gauges["chain_seconds"]
-            print(f"job, attn_implementation={kernel}: {summary['requests']} requests, {summary['generated_tokens']} "
-                  f"tokens in {gauges['chain_seconds']:.1f} s of chains = {rates[kernel]:.1f} tok/s (wall {wall:.1f} s, "
-                  f"{gauges['mean_batch_rows']:.2f} rows per batch)", flush=True)
-    print(f"job ({args.job_seeds} seeds x 2 rounds): grouped_decode/sdpa = {rates['auto'] / rates['sdpa']:.2f}x tokens/s")
+        kernels = {kernel: job_rate(job, [dtype, f"generation.attn_implementation={kernel}"], Path(tmp) / kernel,
+                                    f"attn_implementation={kernel}")
+                   for kernel in ("sdpa", "auto")}  # both with our sampler: it has no setting
+        batches = {batch: job_rate(job, [dtype, f"generation.batch_size={batch}", f"generation.max_chains={4 * batch}"],
+                                   Path(tmp) / f"batch-{batch}", f"batch_size={batch}")
+                   for batch in args.job_batches}
+    print(f"job ({args.job_seeds} seeds x 2 rounds): grouped_decode/sdpa = {kernels['auto'] / kernels['sdpa']:.2f}x tokens/s")
+    first = args.job_batches[0]
+    for batch in args.job_batches[1:]:
+        print(f"job ({args.job_seeds} seeds x 2 rounds): batch_size {batch}/{first} = "
+              f"{batches[batch] / batches[first]:.2f}x tokens/s")
+
+
+def job_rate(job, overrides: list[str], out: Path, label: str) -> float:
+    """The job through Ray with these overrides: generated tokens over the actor's chain seconds."""
+    job.override = overrides
+    summary, _, wall = run_job("hf", job, out)
+    [gauges] = summary["actors"].values()
+    rate = summary["generated_tokens"] / gauges["chain_seconds"]
+    print(f"job, {label}: {summary['requests']} requests, {summary['generated_tokens']} tokens in "
+          f"{gauges['chain_seconds']:.1f} s of chains = {rate:.1f} tok/s (wall {wall:.1f} s, "
+          f"{gauges['mean_batch_rows']:.2f} rows per batch)", flush=True)
+    return rate
 
 
 if __name__ == "__main__":
