@@ -79,7 +79,11 @@ class GenerationConfig(StrictModel):
                             "'{prompt}\\n\\n### Response:' without BOS; raw: the prompt is already formatted")
     batch_size: int = Field(8, ge=1, description="hf: most prompts per batched generate()")
     batch_wait_ms: float = Field(5.0, ge=0.0, description="hf: how long a batch waits for more requests")
-    batch_refill: bool = Field(True, description="hf: a batch stops once half of its rows are done while a request "
+    batching: Literal["continuous", "static"] = Field(
+        "continuous", description="hf: continuous: rows join and leave a running batch between decode steps, its "
+                                  "KV cache kept (generation/continuous.py; LLaMA-family caches); static: one "
+                                  "left-padded generate() per batch")
+    batch_refill: bool = Field(True, description="hf, batching static: a batch stops once half of its rows are done while a request "
                                                  "waits; its unfinished rows go on in the next batch (their text so "
                                                  "far prefilled again)")
     attn_implementation: Literal["auto", "grouped_decode", "sdpa", "eager"] = Field(

@@ -1,17 +1,19 @@
-"""transformers backend: requests from every chain in flight gathered into batched generate() calls.
+"""transformers backend: requests from every chain in flight decoded together in one worker thread.
 
-Callers await one request each; a batcher task takes what is queued (up to `batch_size`
-requests of the same sampling, after a short wait for more) and runs one left-padded
-`generate()` in a worker thread (templating and tokenising there too), so the event loop keeps
-taking requests meanwhile. A static batch runs until its longest row ends; once half of its rows
-have ended while requests that could share it wait (`batch_refill`), it stops, and the rows still
-generating go back to the queue with what they generated so far (prefilled again in the next
-batch, as vLLM recomputes a preempted sequence).
+Callers await one request each; a batcher task on the event loop hands the worker what is queued
+(templating, tokenising and the model all run there), so the event loop keeps taking requests.
+`batching: continuous` (the default): one decode step at a time over a running batch of up to
+`batch_size` rows; between steps finished rows leave and queued requests are prefilled and join
+(generation/continuous.py). `batching: static`: one left-padded `generate()` per batch of up to
+`batch_size` requests of the same sampling; a static batch runs until its longest row ends, or, once
+half of its rows have ended while requests that could share it wait (`batch_refill`), it stops and
+the rows still generating go back to the queue with what they generated so far (prefilled again).
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from generation.config import GenerationConfig
 from generation.devices import resolve_dtype, use_cuda
 from generation.prompts import prompt_token_ids, text_token_ids
 from generation.choice import LOGPROBS, option_token_ids, pick
+from generation.continuous import Live, RunningBatch, row_rng
 from generation.sampling import nucleus_sampler
 from generation.types import Choice, Generation, SamplingParams
 
@@ -57,13 +60,15 @@ class HFGenerator:
         self._scoring: deque = deque()  # (rows, option lengths, future) of the choices waiting
         self._scorer: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
-        self.batches = self.batched_rows = 0  # generate() calls and their rows: is the batch kept full?
+        self._running = RunningBatch(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.device) \
+            if cfg.batching == "continuous" else None
+        self.batches = self.batched_rows = 0  # decode steps (static: generate() calls) and their rows: kept full?
         self.released_rows = 0  # rows sent back to the queue by a batch that stopped early (batch_refill)
+        self.worker_seconds = 0.0  # the worker thread's time computing (prefill, decode, scoring): is it ever idle?
 
     @property
     def mean_batch_rows(self) -> float | None:
-        """Rows per generate() so far: on CPU a step costs about the same at any batch size, so this
-        over `batch_size` is about the share of the engine's throughput the caller gets."""
+        """Rows per decode step (static: per generate()) so far: is the engine's batch kept full?"""
         return self.batched_rows / self.batches if self.batches else None
 
     def count_tokens(self, texts: list[str]) -> list[int]:
@@ -78,7 +83,8 @@ class HFGenerator:
         future = loop.create_future()
         self._queue(prompt, sampling, future)  # templated and tokenised in the worker (_serve)
         if self._batcher is None or self._batcher.done():
-            self._batcher = loop.create_task(self._run_batches())
+            run = self._run_continuous if self.cfg.batching == "continuous" else self._run_batches
+            self._batcher = loop.create_task(run())
         return await future
 
     def _queue(self, entry, sampling: SamplingParams, future, first: bool = False) -> None:
@@ -118,7 +124,7 @@ class HFGenerator:
                 await asyncio.sleep(self.cfg.batch_wait_ms / 1000)  # let chains that just got answers ask again
             batch = self._take_batch()
             try:
-                results = await loop.run_in_executor(self._worker, self._serve,
+                results = await loop.run_in_executor(self._worker, self._timed, self._serve,
                                                      [p for p, _, _ in batch], [s for _, s, _ in batch])
             except Exception as exc:  # the engine itself failed: every request of the batch learns why
                 results = [exc] * len(batch)
@@ -132,6 +138,59 @@ class HFGenerator:
                     continue
                 if not future.done():
                     (future.set_exception if isinstance(result, Exception) else future.set_result)(result)
+
+    async def _run_continuous(self) -> None:
+        """Runs while requests wait or rows decode (and ends like `_run_batches`): each turn hands the
+        worker the queued requests that fit in the running batch, and it prefills them and decodes one
+        step for all rows; the rows that finished are answered."""
+        loop, batch = asyncio.get_running_loop(), self._running
+        while self._pending or len(batch):
+            if not len(batch) and len(self._pending) < self.cfg.batch_size and self.cfg.batch_wait_ms:
+                await asyncio.sleep(self.cfg.batch_wait_ms / 1000)  # an idle engine waits for a batch to form
+            admitted = [self._pending.popleft() for _ in range(min(self.cfg.batch_size - len(batch), len(self._pending)))]
+            self._waiting.subtract(_kind(sampling)[:2] for _, sampling, _ in admitted)
+            cancelled = {row.handle for row in batch.rows if row.handle.done()}  # the worker is idle between turns
+            try:
+                results = await loop.run_in_executor(self._worker, self._timed, self._continue, admitted, cancelled)
+            except Exception as exc:  # the engine itself failed: every request in it learns why
+                results = [(future, exc) for future in batch.fail_all() + [future for _, _, future in admitted]]
+            for future, result in results:
+                if not future.done():
+                    (future.set_exception if isinstance(result, Exception) else future.set_result)(result)
+
+    def _timed(self, work, *args):
+        """Runs `work` on the worker thread, its seconds counted in `worker_seconds`."""
+        start = time.perf_counter()
+        try:
+            return work(*args)
+        finally:
+            self.worker_seconds += time.perf_counter() - start
+
+    def _continue(self, admitted: list, cancelled: set) -> list:
+        """In the worker thread: the admitted requests templated, tokenised and prefilled into the running
+        batch (one that cannot be tokenised fails alone), then one decode step. Returns (future, Generation
+        or exception) for every request that ended."""
+        batch, ended, joining = self._running, [], []
+        waiting = [row.handle for row in batch.rows if row.handle not in cancelled]
+        try:
+            batch.drop(cancelled)
+            for prompt, sampling, future in admitted:
+                try:
+                    joining.append(Live(future, self.prompt_ids(prompt), sampling, row_rng(sampling)))
+                except Exception as exc:
+                    ended.append((future, exc))
+            done = batch.admit(joining) if joining else []
+            if len(batch):
+                self.batches, self.batched_rows = self.batches + 1, self.batched_rows + len(batch)
+                done += batch.step()
+            return ended + [(row.handle, self._answer(row.tokens, row.prompt_tokens, row.finished)) for row in done]
+        except Exception as exc:  # the engine failed mid-turn: every request it held or took learns why
+            batch.fail_all()
+            return ended + [(future, exc) for future in waiting + [row.handle for row in joining]]
+
+    def _answer(self, ids: list[int], prompt_tokens: int, finished: bool) -> Generation:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return Generation(text=text, prompt_tokens=int(prompt_tokens), completion_tokens=len(ids), finished=finished)
 
     def _serve(self, prompts: list, samplings: list[SamplingParams]) -> list:
         """In the worker thread, off the event loop: each prompt templated and tokenised (one that cannot
@@ -184,10 +243,7 @@ class HFGenerator:
 
     def _to_generation(self, ids: list[int], prompt_tokens: int) -> Generation:
         end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
-        kept = ids if end is None else ids[:end]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
-        return Generation(text=text, prompt_tokens=int(prompt_tokens), completion_tokens=len(kept),
-                          finished=end is not None)
+        return self._answer(ids if end is None else ids[:end], prompt_tokens, end is not None)
 
     async def close(self) -> None:
         if self._batcher is not None:
@@ -224,7 +280,7 @@ class HFGenerator:
             rows = [row for request in batch for row in request[0]]
             lengths = [n for request in batch for n in request[1]]
             try:
-                scores = await loop.run_in_executor(self._worker, self._score_rows, rows, lengths)
+                scores = await loop.run_in_executor(self._worker, self._timed, self._score_rows, rows, lengths)
             except Exception as exc:
                 for *_, future in batch:
                     if not future.done():

@@ -13,37 +13,40 @@ from __future__ import annotations
 CANDIDATES = 256  # most likely tokens looked at first; a row whose nucleus is larger is sorted in full
 
 
-def sample_tokens(logits, temperature: float, top_p: float, candidates: int = CANDIDATES):
+def sample_tokens(logits, temperature: float, top_p: float, candidates: int = CANDIDATES, uniforms=None):
     """One token id per row of `logits` (rows, vocab), from softmax(logits / temperature) kept to the
     row's nucleus: the most likely tokens, each kept while the tokens ranked before it hold less
     than `top_p` of the probability (the first is always kept), as transformers keeps them. Draws
-    from torch's global generator."""
+    one uniform per row: `uniforms` (rows,) where given, else from torch's global generator."""
     import torch
 
     logits = logits.float() / temperature
     rows, vocab = logits.shape
+    if uniforms is None:
+        uniforms = torch.rand(rows, device=logits.device)
     if top_p >= 1.0:
-        return _draw(torch.softmax(logits, dim=-1), torch.arange(vocab, device=logits.device).expand(rows, vocab), 1.0)
+        return _draw(torch.softmax(logits, dim=-1), torch.arange(vocab, device=logits.device).expand(rows, vocab), 1.0,
+                     uniforms)
     log_total = torch.logsumexp(logits, dim=-1, keepdim=True)
     values, ids = logits.topk(min(candidates, vocab), dim=-1)  # sorted, most likely first
     probs = (values - log_total).exp()
-    tokens = _draw(probs, ids, top_p)
+    tokens = _draw(probs, ids, top_p, uniforms)
     wide = probs.sum(dim=-1) < top_p  # the nucleus is larger than the candidates
     if wide.any():
         values, ids = logits[wide].sort(dim=-1, descending=True)
-        tokens[wide] = _draw((values - log_total[wide]).exp(), ids, top_p)
+        tokens[wide] = _draw((values - log_total[wide]).exp(), ids, top_p, uniforms[wide])
     return tokens
 
 
-def _draw(probs, ids, top_p: float):
+def _draw(probs, ids, top_p: float, uniforms):
     """probs: each row's probabilities, most likely first (ids: their token ids); one token per row
-    from those ranked inside the nucleus, by inverse CDF."""
+    from those ranked inside the nucleus, by inverse CDF at the row's uniform."""
     import torch
 
     if top_p < 1.0:
         probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, 0.0)
     cdf = probs.cumsum(dim=-1)
-    targets = torch.rand(len(probs), 1, device=probs.device) * cdf[:, -1:]
+    targets = uniforms[:, None].to(cdf.dtype) * cdf[:, -1:]
     picked = torch.searchsorted(cdf, targets).clamp(max=probs.shape[-1] - 1)
     return ids.gather(-1, picked).squeeze(-1)
 

@@ -65,7 +65,7 @@ def test_left_padded_greedy_batches_answer_as_sdpa_does(tiny_llama):
     answers, logits = {}, {}
     for kernel in ("auto", "sdpa"):
         generator = build_generator(GenerationConfig(model=tiny_llama, dtype="float32", torch_threads=1, batch_size=3,
-                                                     batch_wait_ms=50, attn_implementation=kernel))
+                                                     batch_wait_ms=50, attn_implementation=kernel, batching="static"))
         engine = generator.inner
         assert engine.model.config._attn_implementation == attention_kernel(kernel, cuda=False)
 

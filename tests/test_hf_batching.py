@@ -1,6 +1,7 @@
-"""The hf backend batches requests of every chain in flight: a whole batch of one kind (sampling
-and max_tokens) runs alone; otherwise the same temperature/top_p share a generate() call whatever
-their max_tokens, and each answer is cut to its own limit."""
+"""The hf backend's static batching (`generation.batching: static`) batches requests of every chain in
+flight: a whole batch of one kind (sampling and max_tokens) runs alone; otherwise the same
+temperature/top_p share a generate() call whatever their max_tokens, and each answer is cut to its
+own limit. Continuous batching (the default): tests/test_hf_continuous.py."""
 import asyncio
 
 from generation import GenerationConfig, SamplingParams, build_generator
@@ -11,7 +12,7 @@ EVOLVE, RESPOND, JUDGE = SamplingParams(1.0, 0.95, 5), SamplingParams(1.0, 0.95,
 def generate_logging_batches(model: str, batch_size: int, kinds: list[SamplingParams]) -> tuple[list, list, object]:
     """Every request at once; returns the answers and each generate() call's max_tokens, in order."""
     generator = build_generator(GenerationConfig(model=model, dtype="float32", torch_threads=1,
-                                                 batch_size=batch_size, batch_wait_ms=20))
+                                                 batch_size=batch_size, batch_wait_ms=20, batching="static"))
     engine, calls = generator.inner, []
     original = engine._generate_batch
     engine._generate_batch = lambda prompts, samplings: calls.append(
@@ -47,7 +48,7 @@ def test_a_batch_takes_the_oldest_request_and_the_prompts_closest_to_it_in_lengt
     """A batch is padded to its longest prompt: short answer prompts and long rewrite prompts go in
     batches of their own, and the oldest request is always in the next batch."""
     generator = build_generator(GenerationConfig(model=tiny_llama, dtype="float32", torch_threads=1,
-                                                 batch_size=2, batch_wait_ms=20))
+                                                 batch_size=2, batch_wait_ms=20, batching="static"))
     engine, calls = generator.inner, []
     original = engine._generate_batch
     engine._generate_batch = lambda prompts, samplings: calls.append(sorted(len(row.prompt) for row in prompts)) or original(prompts, samplings)
@@ -97,7 +98,7 @@ def test_rows_still_generating_go_on_in_the_next_batch_with_a_waiting_request(ti
     answer is the one it gets alone."""
     short, long, other = SamplingParams(0.0, 1.0, 3), SamplingParams(0.0, 1.0, 12), SamplingParams(0.0, 1.0, 6)
     generator = build_generator(GenerationConfig(model=tiny_llama, dtype="float32", torch_threads=1,
-                                                 batch_size=2, batch_wait_ms=20))
+                                                 batch_size=2, batch_wait_ms=20, batching="static"))
     engine, calls = generator.inner, []
     original = engine._generate_batch
     engine._generate_batch = lambda rows, samplings: calls.append(

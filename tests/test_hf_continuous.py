@@ -1,0 +1,151 @@
+"""The hf backend's continuous batching (generation/continuous.py): rows join and leave a running batch
+between decode steps with their KV cache kept, and every answer is the one the request gets alone."""
+import asyncio
+
+import pytest
+
+from generation import GenerationConfig, SamplingParams, build_generator
+from generation.continuous import Live, RunningBatch, prefill_groups, row_rng
+
+LIMITS = (3, 12, 6, 9, 20, 1, 15)
+PROMPTS = [f"question {i} " + "word " * (7 * i) for i in range(len(LIMITS))]  # unlike lengths: rows are padded
+
+
+def engine_of(model: str, **settings):
+    return build_generator(GenerationConfig(model=model, dtype="float32", torch_threads=1, **settings))
+
+
+def answers(generator, prompts, samplings):
+    async def run():  # one event loop: the engine's batcher lives in it
+        return await asyncio.gather(*(generator.generate(p, s) for p, s in zip(prompts, samplings)))
+
+    return asyncio.run(run())
+
+
+def test_prefill_groups_keep_padding_within_a_quarter_of_the_real_tokens():
+    assert prefill_groups([100]) == [[0]]
+    # 10 and 12 share a prefill (24 padded tokens for 22 real); 40 and 48 too; 300 goes alone
+    assert prefill_groups([300, 12, 40, 10, 48]) == [[3, 1], [2, 4], [0]]
+    for lengths in ([5, 500, 7, 6, 480, 9], list(range(1, 40)), [64] * 9):
+        groups = prefill_groups(lengths)
+        assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+        for group in groups:
+            real = sum(lengths[i] for i in group)
+            assert len(group) * max(lengths[i] for i in group) <= 1.25 * real
+
+
+def test_greedy_answers_in_a_running_batch_are_the_answers_alone(tiny_llama):
+    """Seven requests of unlike prompt lengths and limits through a batch of 3: rows leave at their
+    limits and queued ones join mid-flight, left-padded to the batch's cache; each answer (fp32, greedy)
+    is token for token the one its request gets by itself."""
+    samplings = [SamplingParams(0.0, 1.0, n) for n in LIMITS]
+    alone = [answers(engine_of(tiny_llama, batch_size=1), [p], [s])[0] for p, s in zip(PROMPTS, samplings)]
+    generator = engine_of(tiny_llama, batch_size=3, batch_wait_ms=20)
+    together = answers(generator, PROMPTS, samplings)
+    assert [(a.text, a.prompt_tokens, a.completion_tokens, a.finished) for a in together] == [
+        (a.text, a.prompt_tokens, a.completion_tokens, a.finished) for a in alone]
+    assert [a.completion_tokens for a in together] == list(LIMITS)  # the tiny model never says EOS here
+    engine = generator.inner
+    # rows shared decode steps: fewer steps than tokens, and the batch was kept full while requests waited
+    assert engine.batches < sum(LIMITS) - len(LIMITS)
+    assert engine.mean_batch_rows > 2.0
+    assert len(engine._running) == 0 and engine._running.cache is None  # nothing left behind
+
+
+def test_a_seeded_request_draws_the_same_answer_whatever_it_is_batched_with(tiny_llama):
+    """Each row samples from its own stream (its request's seed): at T=1 a seeded request gets the same
+    text alone and in a batch with others, as a redone chain asks with the same seeds."""
+    seeded = SamplingParams(1.0, 0.9, 12, seed=1234)
+    alone = answers(engine_of(tiny_llama, batch_size=1), ["question"], [seeded])[0]
+    others = [SamplingParams(1.0, 0.9, n) for n in (4, 16, 7)]
+    with_others = answers(engine_of(tiny_llama, batch_size=4), ["long question " * 9, "question", "q", "x y z"],
+                          [others[0], seeded, *others[1:]])[1]
+    assert with_others.text == alone.text and with_others.completion_tokens == 12
+
+
+def test_greedy_and_sampled_rows_share_a_batch(tiny_llama):
+    greedy, sampled = SamplingParams(0.0, 1.0, 10), SamplingParams(1.0, 0.95, 10, seed=7)
+    alone = answers(engine_of(tiny_llama, batch_size=1), ["a greedy one"], [greedy])[0]
+    generator = engine_of(tiny_llama, batch_size=4)
+    mixed = answers(generator, ["a greedy one", "a sampled one", "another"], [greedy, sampled, sampled])
+    assert mixed[0].text == alone.text
+    assert generator.inner.batches == 9  # one prefill gives the first token, nine steps the rest, all rows at once
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama):
+    return engine_of(tiny_llama, batch_size=4).inner
+
+
+def live(engine, prompt: str, max_tokens: int, handle) -> Live:
+    sampling = SamplingParams(0.0, 1.0, max_tokens)
+    return Live(handle, engine.prompt_ids(prompt), sampling, row_rng(sampling))
+
+
+def test_a_row_ends_at_its_eos_without_it(engine):
+    """The EOS is not part of the answer and the row is marked finished; the other row goes on."""
+    probe = RunningBatch(engine.model, set(), engine.tokenizer.pad_token_id, "cpu")
+    probe.admit([live(engine, "question", 8, "probe")])
+    while len(probe):
+        [*finished] = probe.step()
+    tokens = finished[0].tokens
+    eos = tokens[3]  # the greedy answer's fourth token stands in for an EOS
+    first = tokens.index(eos)
+    batch = RunningBatch(engine.model, {eos}, engine.tokenizer.pad_token_id, "cpu")
+    done = batch.admit([live(engine, "question", 8, "a"), live(engine, "a longer question " * 4, 40, "b")])
+    while not any(d.handle == "a" for d in done):
+        done += batch.step()
+    [ended] = [d for d in done if d.handle == "a"]
+    assert ended.finished and ended.tokens == tokens[:first] and eos not in ended.tokens
+    # the other row is still decoding, or it ended at its own EOS (the tiny model repeats itself)
+    assert all(d.finished and eos not in d.tokens for d in done if d.handle == "b")
+    assert [row.handle for row in batch.rows] == ([] if len(done) == 2 else ["b"])
+
+
+def test_the_cache_loses_the_padding_of_rows_that_left(engine):
+    """A long prompt pads a short one to its length; once the long row leaves, the columns only it used
+    go, so the short row no longer attends over padding."""
+    short, long = engine.prompt_ids("hi"), engine.prompt_ids("a long prompt " * 20)
+    batch = RunningBatch(engine.model, set(), engine.tokenizer.pad_token_id, "cpu")
+    batch.admit([live(engine, "a long prompt " * 20, 2, "long"), live(engine, "hi", 10, "short")])
+    short_row = [row.handle for row in batch.rows].index("short")  # prefilled apart (unlike lengths), then joined
+    assert batch.mask.shape[1] == len(long) and int(batch.mask[short_row].sum()) == len(short)
+    done = batch.step()  # the long row makes its second token and leaves
+    assert [d.handle for d in done] == ["long"] and [row.handle for row in batch.rows] == ["short"]
+    assert batch.mask.shape[1] == len(short) + 1 and bool(batch.mask.all())
+    assert all(layer.keys.shape[0] == 1 and layer.keys.shape[2] == len(short) + 1 for layer in batch.cache.layers)
+
+
+def test_a_cancelled_request_leaves_the_batch(engine):
+    batch = RunningBatch(engine.model, set(), engine.tokenizer.pad_token_id, "cpu")
+    batch.admit([live(engine, "one", 30, "kept"), live(engine, "two", 30, "cancelled")])
+    batch.drop({"cancelled"})
+    assert [row.handle for row in batch.rows] == ["kept"] and batch.next_tokens.shape == (1,)
+    assert all(layer.keys.shape[0] == 1 for layer in batch.cache.layers)
+    batch.step()
+    assert len(batch.rows[0].generated) == 2
+
+
+def test_an_engine_failure_mid_step_reaches_every_request_and_the_engine_goes_on(tiny_llama):
+    """A failure after a step took finished rows out of the batch (here: decoding their text) must still
+    answer every request the batch held, not leave them waiting forever; the next request runs."""
+    generator = engine_of(tiny_llama, batch_size=3)
+    engine, calls = generator.inner, []
+    original = engine._answer
+
+    def broken(*args):
+        calls.append(args)
+        raise RuntimeError("decode broke")
+
+    engine._answer = broken
+    samplings = [SamplingParams(0.0, 1.0, n) for n in (3, 10, 10)]  # the first ends a turn after it joined
+
+    async def run():
+        return await asyncio.wait_for(asyncio.gather(*(generator.generate(f"q{i}", s) for i, s in enumerate(samplings)),
+                                                     return_exceptions=True), timeout=60)
+
+    results = asyncio.run(run())
+    assert len(calls) == 1 and [str(r) for r in results] == ["decode broke"] * 3
+    assert len(engine._running) == 0 and engine.worker_seconds > 0
+    engine._answer = original
+    assert answers(generator, ["again"], [SamplingParams(0.0, 1.0, 4)])[0].completion_tokens == 4
