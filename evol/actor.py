@@ -27,7 +27,7 @@ from generation.types import EngineDown, Secret
 BUCKET_COUNTS = pa.schema([("bucket", pa.int64()), ("seeds", pa.int64()), ("records", pa.int64()),
                            ("kept", pa.int64()), ("errors", pa.int64()), ("actor", pa.string()),
                            ("mean_chains", pa.float64()), ("peak_chains", pa.int64()), ("busy", pa.float64()), ("span", pa.float64()),
-                           ("batch_rows", pa.float64()), ("released_rows", pa.int64()),
+                           ("batch_rows", pa.float64()), ("released_rows", pa.int64()), ("computing", pa.float64()),
                            ("stopped", pa.string())])
 
 
@@ -152,13 +152,16 @@ class EvolveActor:
         return self._counts(bucket, seeds=sum(todo), records=records)
 
     def _counts(self, bucket: int, seeds: int, records: list[dict]) -> dict:
-        busy = self.engine_clock.busy / self.slots.span() if self.slots.span() else 0.0
+        span = self.slots.span()
+        busy = self.engine_clock.busy / span if span else 0.0
+        computing = getattr(self.engine, "worker_seconds", None)  # hf: its worker thread's compute time
         return {"bucket": bucket, "seeds": seeds, "records": len(records), "actor": self.actor,
                 "kept": sum(r["status"] == KEPT and r["round"] > 0 for r in records),
                 "errors": sum(r["status"] == ERROR for r in records),
                 "mean_chains": round(self.slots.mean(), 2), "peak_chains": self.slots.peak, "busy": round(min(busy, 1.0), 3),
                 "span": round(self.slots.span(), 3), "batch_rows": _rounded(getattr(self.engine, "mean_batch_rows", None)),
-                "released_rows": getattr(self.engine, "released_rows", None)}
+                "released_rows": getattr(self.engine, "released_rows", None),
+                "computing": round(min(computing / span, 1.0), 3) if computing is not None and span else None}
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         done = await asyncio.gather(*(self._bucket(b, rows) for b, rows in seed_rows(batch)))

@@ -101,7 +101,8 @@ def collect(rows: list[dict], run: PoolRun) -> PoolRun:
             run.gauges[row["actor"]] = {"mean_chains_in_flight": row["mean_chains"], "peak_chains_in_flight": row["peak_chains"],
                                         "engine_busy_share": row["busy"], "chain_seconds": row["span"]}
             if row.get("batch_rows") is not None:  # hf: rows per batched generate(), rows it carried to a later one
-                run.gauges[row["actor"]] |= {"mean_batch_rows": row["batch_rows"], "released_rows": row.get("released_rows")}
+                run.gauges[row["actor"]] |= {"mean_batch_rows": row["batch_rows"], "released_rows": row.get("released_rows"),
+                                             "engine_computing_share": row.get("computing")}
     return run
 
 

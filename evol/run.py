@@ -101,6 +101,18 @@ def run_evolve(cfg: EvolveConfig) -> dict:
         raise RuntimeError(problem)
     return summary
 
+def batch_fill(gauges: dict, generation) -> str:
+    """hf: how full its batch was kept (rows per decode step, or per static generate())."""
+    if gauges.get("mean_batch_rows") is None:
+        return ""
+    computing = gauges.get("engine_computing_share")
+    computing = f", the model computing {100 * computing:.0f}% of the time" if computing is not None else ""
+    if generation.batching == "continuous":
+        return f", {gauges['mean_batch_rows']:.1f} rows per decode step of {generation.batch_size}{computing}"
+    return (f", {gauges['mean_batch_rows']:.1f} rows per batch of {generation.batch_size}"
+            f" ({gauges.get('released_rows') or 0} unfinished rows carried to a later batch){computing}")
+
+
 def report(summary: dict, cfg: EvolveConfig) -> str:
     """The summary, each actor's gauges (is the engine kept full?) and where the outputs are."""
     out = cfg.output.path
@@ -110,9 +122,7 @@ def report(summary: dict, cfg: EvolveConfig) -> str:
                      f"in flight on average, peak {gauges.get('peak_chains_in_flight')} "
                      f"(max_chains {cfg.generation.chains_in_flight()}), engine busy "
                      f"{100 * gauges.get('engine_busy_share', 0):.0f}% of the time"
-                     + (f", {gauges['mean_batch_rows']:.1f} rows per batch of {cfg.generation.batch_size}"
-                        f" ({gauges.get('released_rows') or 0} unfinished rows carried to a later batch)"
-                        if gauges.get("mean_batch_rows") is not None else ""))
+                     + batch_fill(gauges, cfg.generation))
     if summary.get("budget"):
         lines.append(format_budget(summary["budget"]))
     lines += [f"records: {storage.join(out, 'records')}/bucket-*.parquet",

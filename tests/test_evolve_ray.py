@@ -86,6 +86,9 @@ def test_two_rounds_on_a_tiny_model_counts_requests_and_training_set(tmp_path, t
     training, lines = _training(tmp_path)
     assert len(training) == len(lines) == 10 == summary["training_rows"]
     assert sorted(t["id"] for t in training) == sorted(_bundled_ids(10))
+    # the hf engine's gauges reach the summary: rows per decode step of batch_size 4, its model's compute share
+    [gauges] = summary["actors"].values()
+    assert 1.0 < gauges["mean_batch_rows"] <= 4 and 0.1 < gauges["engine_computing_share"] <= 1.0, gauges
 
 
 def test_failed_evolutions_send_their_parent_back(tmp_path, sorry_llama, local_ray, monkeypatch):
