@@ -1,15 +1,19 @@
-"""hf batches with and without `generation.batch_refill`, through the evolve job, one after the other.
+"""hf batching through the evolve job, one run after the other: static batches without and with
+`generation.batch_refill`, then continuous batching (`generation.batching`, the default).
 
-    python benchmarks/bench_hf_batch_refill.py [--seeds 16] [--rounds 2] [--tokens 256] [--dtype bfloat16] [--greedy]
+    python benchmarks/bench_hf_batching.py [--seeds 16] [--rounds 2] [--tokens 256] [--dtype bfloat16] [--greedy]
+        [--modes static,refill,continuous]
 
 A static batch runs until its longest row ends; with batch_refill it stops once half of its rows are
-done while a request waits, and the unfinished rows go on in the next batch (prefilled again). Both
-runs are the job as a user runs it (`python -m jobs.evolve --config configs/local.yaml`, the same
-seeds, sampling and token caps as bench_engine_saturation.py's job side). Prints each run's generated
-tokens/s over the actor's chain seconds, its wall, rows per batch and rows carried over, then on/off.
-Sampled at T=1 the two runs write different texts (different eliminations, lengths and request counts),
-and a static batch's tokens/s grows with its rows' lengths; `--greedy` gives both runs the same work
-(a released row's greedy text equals the one it writes alone), so seconds compare like for like.
+done while a request waits, and the unfinished rows go on in the next batch (prefilled again). Continuous
+batching decodes one step at a time and lets rows leave and join between steps, the KV cache kept
+(generation/continuous.py). Every run is the job as a user runs it (`python -m jobs.evolve --config
+configs/local.yaml`, the same seeds, sampling and token caps as bench_engine_saturation.py's job side).
+Prints each run's generated tokens/s over the actor's chain seconds, its wall and rows per batch (per
+decode step when continuous), then each mode against static + refill (the hf default before continuous).
+Sampled at T=1 the runs write different texts (different eliminations, lengths and request counts);
+`--greedy` gives them nearly the same work (a greedy row's text depends on its batch only through
+bf16 rounding with the padding), so seconds compare like for like.
 """
 from __future__ import annotations
 
@@ -18,6 +22,10 @@ import tempfile
 from pathlib import Path
 
 from bench_engine_saturation import run_job
+
+MODES = {"static": ["generation.batching=static", "generation.batch_refill=false"],
+         "refill": ["generation.batching=static", "generation.batch_refill=true"],
+         "continuous": ["generation.batching=continuous"]}
 
 
 def main() -> None:
@@ -28,6 +36,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--greedy", action="store_true", help="rewrites and answers at temperature 0: the same work")
+    parser.add_argument("--modes", default="static,refill,continuous")
     args = parser.parse_args()
     job = argparse.Namespace(seeds=args.seeds, rounds=args.rounds, evolve_tokens=args.tokens, respond_tokens=args.tokens,
                              threads=args.threads, prefix_caching="default")  # overrides set per run below
@@ -35,18 +44,21 @@ def main() -> None:
                 if args.greedy else [])
     rates, seconds = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for refill in ("false", "true"):
-            job.override = [f"generation.dtype={args.dtype}", f"generation.batch_refill={refill}", *sampling]
-            summary, _, wall = run_job("hf", job, Path(tmp) / f"refill-{refill}")
+        for mode in args.modes.split(","):
+            job.override = [f"generation.dtype={args.dtype}", *MODES[mode], *sampling]
+            summary, _, wall = run_job("hf", job, Path(tmp) / mode)
             [gauges] = summary["actors"].values()
-            rates[refill] = summary["generated_tokens"] / gauges["chain_seconds"]
-            seconds[refill] = gauges["chain_seconds"]
-            print(f"batch_refill={refill}: {summary['requests']} requests, {summary['generated_tokens']} tokens in "
-                  f"{gauges['chain_seconds']:.1f} s of chains = {rates[refill]:.1f} tok/s (wall {wall:.1f} s), "
-                  f"{gauges['mean_batch_rows']:.2f} rows per batch, {gauges.get('released_rows') or 0} rows "
+            rates[mode] = summary["generated_tokens"] / gauges["chain_seconds"]
+            seconds[mode] = gauges["chain_seconds"]
+            print(f"{mode}: {summary['requests']} requests, {summary['generated_tokens']} tokens in "
+                  f"{gauges['chain_seconds']:.1f} s of chains = {rates[mode]:.1f} tok/s (wall {wall:.1f} s), "
+                  f"{gauges['mean_chains_in_flight']:.1f} chains in flight, {gauges['mean_batch_rows']:.2f} rows per "
+                  f"{'decode step' if mode == 'continuous' else 'batch'}, {gauges.get('released_rows') or 0} rows "
                   f"carried to a later batch", flush=True)
-    print(f"batch_refill on/off: {rates['true'] / rates['false']:.2f}x tokens/s, "
-          f"{seconds['true'] / seconds['false']:.2f}x the chains' seconds")
+    if "refill" in rates:
+        for mode in rates.keys() - {"refill"}:
+            print(f"{mode} / static + refill: {rates[mode] / rates['refill']:.2f}x tokens/s, "
+                  f"{seconds[mode] / seconds['refill']:.2f}x the chains' seconds")
 
 
 if __name__ == "__main__":
