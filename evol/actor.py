@@ -159,7 +159,7 @@ class EvolveActor:
                 "kept": sum(r["status"] == KEPT and r["round"] > 0 for r in records),
                 "errors": sum(r["status"] == ERROR for r in records),
                 "mean_chains": round(self.slots.mean(), 2), "peak_chains": self.slots.peak, "busy": round(min(busy, 1.0), 3),
-                "span": round(self.slots.span(), 3), "batch_rows": _rounded(getattr(self.engine, "mean_batch_rows", None)),
+                "span": round(span, 3), "batch_rows": _rounded(getattr(self.engine, "mean_batch_rows", None)),
                 "released_rows": getattr(self.engine, "released_rows", None),
                 "computing": round(min(computing / span, 1.0), 3) if computing is not None and span else None}
 

@@ -101,6 +101,7 @@ def run_evolve(cfg: EvolveConfig) -> dict:
         raise RuntimeError(problem)
     return summary
 
+
 def batch_fill(gauges: dict, generation) -> str:
     """hf: how full its batch was kept (rows per decode step, or per static generate())."""
     if gauges.get("mean_batch_rows") is None:

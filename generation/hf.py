@@ -134,10 +134,8 @@ class HFGenerator:
                 self._queue(row, sampling, future, first=True)
             self.released_rows += len(released)
             for (_, _, future), result in zip(batch, results):
-                if isinstance(result, Row):
-                    continue
-                if not future.done():
-                    (future.set_exception if isinstance(result, Exception) else future.set_result)(result)
+                if not isinstance(result, Row):
+                    _settle(future, result)
 
     async def _run_continuous(self) -> None:
         """Runs while requests wait or rows decode (and ends like `_run_batches`): each turn hands the
@@ -155,8 +153,7 @@ class HFGenerator:
             except Exception as exc:  # the engine itself failed: every request in it learns why
                 results = [(future, exc) for future in batch.fail_all() + [future for _, _, future in admitted]]
             for future, result in results:
-                if not future.done():
-                    (future.set_exception if isinstance(result, Exception) else future.set_result)(result)
+                _settle(future, result)
 
     def _timed(self, work, *args):
         """Runs `work` on the worker thread, its seconds counted in `worker_seconds`."""
@@ -349,6 +346,12 @@ def attention_kernel(setting: str, cuda: bool) -> str:
     if setting == "auto":
         setting = "sdpa" if cuda else "grouped_decode"
     return attention.register() if setting == "grouped_decode" else setting
+
+
+def _settle(future, result) -> None:
+    """Answers a request still waiting with its Generation, or its exception."""
+    if not future.done():
+        (future.set_exception if isinstance(result, Exception) else future.set_result)(result)
 
 
 def batch_seed(seeds: list[int]) -> int:
