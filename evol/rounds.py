@@ -73,21 +73,6 @@ def calibrated(choice: Choice, lean: float) -> Choice:
     return replace(choice, option=option, margin=abs(corrected), text=option)
 
 
-@dataclass(frozen=True)
-class Roles:
-    """Who answers what: `writer` evolves and responds, `judge` runs the equality check."""
-    writer: Generator
-    judge: Generator
-    lean: EqualityLean = field(default_factory=EqualityLean)  # for evolve.equality_calibration=content_free
-
-
-@dataclass(frozen=True)
-class PoolItem:
-    id: str
-    root_id: str
-    text: str  # the full user turn (instruction + context) that the next round evolves
-
-
 @dataclass
 class Cost:
     """What the model spent on one record, summed over its requests."""
@@ -99,6 +84,28 @@ class Cost:
     def columns(self) -> dict:
         return dict(prompt_tokens=self.prompt_tokens, generated_tokens=self.generated_tokens,
                     requests=self.requests, gen_seconds=round(self.seconds, 6))
+
+    def add(self, other: Cost) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.generated_tokens += other.generated_tokens
+        self.requests += other.requests
+        self.seconds += other.seconds
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Who answers what: `writer` evolves and responds, `judge` runs the equality check."""
+    writer: Generator
+    judge: Generator
+    lean: EqualityLean = field(default_factory=EqualityLean)  # for evolve.equality_calibration=content_free
+    unused: Cost = field(default_factory=Cost)  # rewrites asked ahead and not used, for the gauges
+
+
+@dataclass(frozen=True)
+class PoolItem:
+    id: str
+    root_id: str
+    text: str  # the full user turn (instruction + context) that the next round evolves
 
 
 @dataclass
@@ -132,6 +139,49 @@ def request_seed(settings: EvolveSettings, record_id: str, kind: str) -> int:
     record it makes: a redone chain asks with the same seeds, so an engine that honours them
     (vLLM, an OpenAI endpoint) draws the same samples."""
     return stable_hash(settings.seed, record_id, kind) & 0x7FFFFFFF
+
+
+@dataclass
+class Rewrite:
+    """One round's rewrite of a pool item, in flight: asked once its parent was decided, or, with
+    evolve.rewrite_ahead, as soon as the parent passed the text rules, while the parent's own answer and
+    equality check still ran. The request and its seed are the same either way, so are the records."""
+    item: PoolItem
+    round_index: int
+    op: str
+    new_id: str
+    step: Step
+    task: asyncio.Future  # the rewrite's Generation
+
+
+def start_rewrite(item: PoolItem, round_index: int, roles: Roles, settings: EvolveSettings) -> Rewrite:
+    op = choose_operation(settings.seed, item.id, round_index, settings.operations)
+    new_id, step = candidate_id(item.id, round_index, op), Step()
+
+    async def ask() -> Generation:
+        return await step.ask(roles.writer, evolve_prompt(op, item.text), settings.evolve_sampling,
+                              request_seed(settings, new_id, "evolve"))
+    return Rewrite(item, round_index, op, new_id, step, asyncio.ensure_future(ask()))
+
+
+def rewrite_ahead(item: PoolItem, round_index: int, roles: Roles, settings: EvolveSettings) -> Rewrite | None:
+    """The next round's rewrite of `item`, started now if evolve.rewrite_ahead says so and a round is left."""
+    if settings.rewrite_ahead and round_index <= settings.rounds:
+        return start_rewrite(item, round_index, roles, settings)
+    return None
+
+
+def cancel(rewrites) -> None:
+    for rewrite in rewrites:
+        if rewrite is not None:
+            rewrite.task.cancel()
+
+
+def with_cost(record: dict, cost: Cost) -> dict:
+    """`record` with the cost of a rewrite started ahead of its verdict and then not used added."""
+    spent = {name: (record[name] or 0) + value for name, value in cost.columns().items()}
+    spent["gen_seconds"] = round(spent["gen_seconds"], 6)
+    return dict(record, **spent)
 
 
 async def check_equality(step: Step, roles: Roles, parent: str, candidate: str, settings: EvolveSettings,
@@ -189,11 +239,12 @@ def worker_failed_chain(row: dict, earlier: list[dict] = (), settings: EvolveSet
 
 
 async def start_chain(row: dict, roles: Roles, settings: EvolveSettings,
-                      max_instruction_tokens: int) -> tuple[dict, PoolItem | None]:
+                      max_instruction_tokens: int) -> tuple[dict, PoolItem | None, Rewrite | None]:
     """Round 0: quarantine a bad seed, answer a seed that came without a response.
 
     A generated answer that fails rule 2 or 3 is recorded in `response_reason` and stays out
-    of the training set; the seed's instruction still evolves. Answers from the seed file are
+    of the training set; the seed's instruction still evolves, so its round-1 rewrite is asked
+    with the answer (evolve.rewrite_ahead) and returned. Answers from the seed file are
     the user's own and are not judged."""
     if row["error"] is None:
         text = user_turn(row["instruction"], row["input"])
@@ -201,44 +252,60 @@ async def start_chain(row: dict, roles: Roles, settings: EvolveSettings,
         if length > max_instruction_tokens:
             row = dict(row, error=TOO_MANY_TOKENS, detail=f"{length} tokens > limit {max_instruction_tokens}")
     if row["error"] is not None:
-        return quarantine_record(row), None
+        return quarantine_record(row), None, None
     seed = dict(id=row["seed_id"], root_id=row["seed_id"], round=0, op=SEED_OP, instruction=row["instruction"],
                 input=row["input"], instruction_tokens=length, source=row["source"], line=row["line"])
     step = Step()
     if row["response"]:
         record = empty_record(**seed, response=row["response"], status=KEPT,
                               response_tokens=roles.writer.count_tokens([row["response"]])[0], **step.cost.columns())
-        return record, PoolItem(row["seed_id"], row["seed_id"], text)
+        return record, PoolItem(row["seed_id"], row["seed_id"], text), None
+    item = PoolItem(row["seed_id"], row["seed_id"], text)
+    ahead = rewrite_ahead(item, 1, roles, settings)
     try:
         gen = await step.ask(roles.writer, text, settings.respond_sampling,
                              request_seed(settings, row["seed_id"], "respond"))
-    except EngineDown:
-        raise
-    except Exception as exc:
-        return empty_record(**seed, **error_columns(exc), model=roles.writer.model_name, **step.cost.columns()), None
+    except BaseException as exc:
+        if isinstance(exc, (EngineDown, asyncio.CancelledError)) or not isinstance(exc, Exception):
+            cancel([ahead])
+            raise
+        record = empty_record(**seed, **error_columns(exc), model=roles.writer.model_name, **step.cost.columns())
+        return record, None, ahead  # the chain ends here: the caller settles the rewrite asked ahead
     record = empty_record(**seed, response=gen.text, status=KEPT, response_tokens=gen.completion_tokens,
                           response_truncated=not gen.finished, response_reason=rules.reason_after_response(gen.text),
                           model=roles.writer.model_name, **step.cost.columns())
-    return record, PoolItem(row["seed_id"], row["seed_id"], text)
+    return record, item, ahead
 
 
-async def evolve_once(item: PoolItem, round_index: int, roles: Roles,
-                      settings: EvolveSettings) -> tuple[dict, PoolItem | None]:
-    """One candidate of one round: rewrite, cheap text rules, then answer and equality check together,
-    answer rules, equality rule.
-    Returns its record and the next pool item (the candidate if kept, else the parent; None on error)."""
-    op = choose_operation(settings.seed, item.id, round_index, settings.operations)
-    new_id = candidate_id(item.id, round_index, op)
-    step, found = Step(), dict(instruction=None, response=None, equality=rules.SKIPPED)
+@dataclass
+class Candidate:
+    """One round's outcome: its record, what the next round evolves (None: the chain ends), and the
+    next round's rewrite started ahead: `ahead` if it is the one to use, else `discarded` (the
+    candidate was not kept: the rewrite's cost belongs to this record once it has finished)."""
+    record: dict
+    next_item: PoolItem | None
+    ahead: Rewrite | None = None
+    discarded: Rewrite | None = None
+
+
+async def evolve_once(item: PoolItem, round_index: int, roles: Roles, settings: EvolveSettings,
+                      rewrite: Rewrite | None = None) -> Candidate:
+    """One candidate of one round: rewrite (or take the one asked ahead), cheap text rules, then answer
+    and equality check together (and, with evolve.rewrite_ahead, the next round's rewrite of the
+    candidate), answer rules, equality rule. The next item is the candidate if kept, else the parent;
+    None on error."""
+    rewrite = rewrite or start_rewrite(item, round_index, roles, settings)
+    op, new_id, step = rewrite.op, rewrite.new_id, rewrite.step
+    found, ahead = dict(instruction=None, response=None, equality=rules.SKIPPED), None
     try:
-        gen = await step.ask(roles.writer, evolve_prompt(op, item.text), settings.evolve_sampling,
-                             request_seed(settings, new_id, "evolve"))
+        gen = await rewrite.task
         found["instruction"] = text = rules.clean_evolved_instruction(gen.text)
         reason = rules.reason_before_response(item.text, text, truncated=not gen.finished)
         if reason is None:
             # The answer and the equality check at once: the chain keeps a request in the engine's
             # queue while its check is scored (asked one after the other, a batch lost a row to every
             # chain waiting for its check). Rule 2 still comes first: its elimination keeps `skipped`.
+            ahead = rewrite_ahead(PoolItem(new_id, item.root_id, text), round_index + 1, roles, settings)
             gen, equality = await asyncio.gather(
                 step.ask(roles.writer, text, settings.respond_sampling, request_seed(settings, new_id, "respond")),
                 check_equality(step, roles, item.text, text, settings, request_seed(settings, new_id, "judge")),
@@ -255,17 +322,18 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles,
                 found.update(equality)
                 reason = rules.reason_after_equality(found["equality"])
         outcome = dict(status=KEPT if reason is None else ELIMINATED, reason=reason)
-    except EngineDown:
-        raise
-    except Exception as exc:
+    except BaseException as exc:
+        if isinstance(exc, (EngineDown, asyncio.CancelledError)) or not isinstance(exc, Exception):
+            cancel([ahead])
+            raise
         outcome = error_columns(exc)
     tokens = roles.writer.count_tokens([found["instruction"]])[0] if found["instruction"] is not None else None
     record = empty_record(id=new_id, root_id=item.root_id, parent_id=item.id, round=round_index, op=op,
                           instruction_tokens=tokens, model=roles.writer.model_name, **found, **outcome,
                           **step.cost.columns())
-    if outcome["status"] == ERROR:
-        return record, None
-    return record, (PoolItem(new_id, item.root_id, found["instruction"]) if outcome["status"] == KEPT else item)
+    if outcome["status"] == KEPT:
+        return Candidate(record, PoolItem(new_id, item.root_id, found["instruction"]), ahead=ahead)
+    return Candidate(record, item if outcome["status"] == ELIMINATED else None, discarded=ahead)
 
 
 async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instruction_tokens: int,
@@ -274,25 +342,42 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
     EngineDown when the engine is down (nothing of the chain is to be recorded then).
 
     `earlier`: this seed's records from an earlier attempt that ended in an error: the records of its
-    finished rounds are kept as they are and the chain goes on from the last good one."""
-    records = finished_part(earlier)
-    if records:
-        item = pool_item(records)
-    else:
-        try:
-            record, item = await start_chain(row, roles, settings, max_instruction_tokens)
-        except EngineDown:
-            raise
-        except Exception as exc:  # e.g. a tokenizer that fails on this row: the row is still accounted for
-            return [empty_record(id=row["seed_id"], root_id=row["seed_id"], round=0, op=SEED_OP,
-                                 instruction=row["instruction"], source=row["source"], line=row["line"],
-                                 **error_columns(exc))]
-        records = [record]
-    for round_index in range(len(records), settings.rounds + 1):
-        if item is None:
-            break
-        record, item = await evolve_once(item, round_index, roles, settings)
-        records.append(record)
+    finished rounds are kept as they are and the chain goes on from the last good one.
+
+    A rewrite asked ahead for a candidate that was then eliminated is not waited for: it finishes beside
+    the chain's later rounds, and its cost is added to that candidate's record at the end."""
+    records, ahead, discarded = finished_part(earlier), None, []  # discarded: (record index, rewrite)
+    try:
+        if records:
+            item = pool_item(records)
+        else:
+            try:
+                record, item, ahead = await start_chain(row, roles, settings, max_instruction_tokens)
+            except EngineDown:
+                raise
+            except Exception as exc:  # e.g. a tokenizer that fails on this row: the row is still accounted for
+                return [empty_record(id=row["seed_id"], root_id=row["seed_id"], round=0, op=SEED_OP,
+                                     instruction=row["instruction"], source=row["source"], line=row["line"],
+                                     **error_columns(exc))]
+            records = [record]
+            if item is None and ahead is not None:
+                discarded.append((0, ahead))
+                ahead = None
+        for round_index in range(len(records), settings.rounds + 1):
+            if item is None:
+                break
+            candidate = await evolve_once(item, round_index, roles, settings, ahead)
+            records.append(candidate.record)
+            item, ahead = candidate.next_item, candidate.ahead
+            if candidate.discarded is not None:
+                discarded.append((len(records) - 1, candidate.discarded))
+        for index, rewrite in discarded:
+            await asyncio.gather(rewrite.task, return_exceptions=True)
+            records[index] = with_cost(records[index], rewrite.step.cost)
+            roles.unused.add(rewrite.step.cost)
+    except BaseException:
+        cancel([ahead, *(rewrite for _, rewrite in discarded)])
+        raise
     return records
 
 

@@ -114,6 +114,14 @@ def batch_fill(gauges: dict, generation) -> str:
             f" ({gauges.get('released_rows') or 0} unfinished rows carried to a later batch){computing}")
 
 
+def unused_rewrites(gauges: dict) -> str:
+    """evolve.rewrite_ahead's waste: rewrites asked for candidates that were then not kept."""
+    if not gauges.get("unused_rewrites"):
+        return ""
+    return (f"; {gauges['unused_rewrites']} rewrites asked ahead went unused ({gauges['unused_rewrite_tokens']} "
+            "tokens, counted in the eliminated candidates' cost)")
+
+
 def report(summary: dict, cfg: EvolveConfig) -> str:
     """The summary, each actor's gauges (is the engine kept full?) and where the outputs are."""
     out = cfg.output.path
@@ -123,7 +131,7 @@ def report(summary: dict, cfg: EvolveConfig) -> str:
                      f"in flight on average, peak {gauges.get('peak_chains_in_flight')} "
                      f"(max_chains {cfg.generation.chains_in_flight()}), engine busy "
                      f"{100 * gauges.get('engine_busy_share', 0):.0f}% of the time"
-                     + batch_fill(gauges, cfg.generation))
+                     + batch_fill(gauges, cfg.generation) + unused_rewrites(gauges))
     if summary.get("budget"):
         lines.append(format_budget(summary["budget"]))
     lines += [f"records: {storage.join(out, 'records')}/bucket-*.parquet",

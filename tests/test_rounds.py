@@ -1,6 +1,8 @@
 """The evolve chains on a scripted generator: every path of the paper's rules, without Ray."""
 import asyncio
 
+import pytest
+
 from evol import elimination as rules
 from evol.config import EvolveSettings
 from evol.records import ELIMINATED, ERROR, KEPT, QUARANTINED, in_training_set, records_table
@@ -63,8 +65,8 @@ def _seeds(*objs) -> list[dict]:
     return mark_duplicates(parse_jsonl("\n".join(json.dumps(o) for o in objs).encode(), "s.jsonl", FIELDS))
 
 
-def evolve(seeds, gen, rounds=2, max_tokens=50):
-    return asyncio.run(evolve_rows(seeds, Roles(gen, gen), EvolveSettings(rounds=rounds), max_tokens))
+def evolve(seeds, gen, rounds=2, max_tokens=50, **settings):
+    return asyncio.run(evolve_rows(seeds, Roles(gen, gen), EvolveSettings(rounds=rounds, **settings), max_tokens))
 
 
 def _run(seeds, rounds=2, max_tokens=50):
@@ -141,12 +143,14 @@ class SlowScriptedGenerator(ScriptedGenerator):
             self.in_flight -= 1
 
 
-def test_a_chain_asks_for_its_answer_and_its_equality_check_at_once():
+@pytest.mark.parametrize("ahead", [False, True])
+def test_a_chain_asks_for_its_answer_and_its_equality_check_at_once(ahead):
     """One chain keeps a request in the engine's queue while its check is judged: asked one after the
-    other, every chain waiting for its check left a row of the engine's batch empty."""
+    other, every chain waiting for its check left a row of the engine's batch empty. With rewrite_ahead
+    the next round's rewrite goes with them: three requests of one chain at once."""
     gen = SlowScriptedGenerator()
-    records = evolve(_seeds({"id": "ok", "instruction": "fine", "output": "x"}), gen, rounds=2)
-    assert gen.peak == 2
+    records = evolve(_seeds({"id": "ok", "instruction": "fine", "output": "x"}), gen, rounds=2, rewrite_ahead=ahead)
+    assert gen.peak == (3 if ahead else 2)
     candidates = [x for x in records if x["round"] > 0]
     assert [x["status"] for x in candidates] == [KEPT, KEPT] and all(x["requests"] == 3 for x in candidates)
     assert all(x["equality"] == rules.NOT_EQUAL and x["response"] == "A real and useful answer." for x in candidates)
@@ -177,8 +181,9 @@ def test_summary_counts_add_up():
     assert summary["kept"] == 3 and summary["training_rows"] == 5
     assert [r["pass_rate"] for r in summary["rounds"]] == [0.5, 0.5, 0.5]
     assert summary["rounds"][0]["eliminated_by_rule"] == {rules.COULD_NOT_ANSWER: 1}
-    # per round: 3 for the kept chain, 3 for the sorry one (its check is asked with its answer)
-    assert summary["requests"] == sum(x["requests"] or 0 for x in records) == 3 * (3 + 3)
+    # per round: 3 for the kept chain, 3 for the sorry one (its check is asked with its answer), and the
+    # sorry chain's rewrites asked ahead of its round-1 and round-2 verdicts, then not used
+    assert summary["requests"] == sum(x["requests"] or 0 for x in records) == 3 * (3 + 3) + 2
     # numpy batches carry nulls as NaN: the same rows as columns give the same summary
     import numpy as np
     batch = {name: np.array([float("nan") if (x[name] is None and name in ("requests", "gen_seconds",
@@ -208,7 +213,8 @@ def test_a_failed_request_ends_its_chain_as_an_error_record_and_others_go_on():
     assert [(x["round"], x["status"]) for x in by_root["fail"]] == [(0, KEPT), (1, ERROR)]
     error = by_root["fail"][1]
     assert error["reason"] == "http_500" and error["detail"] == "server error after retries"
-    assert error["instruction"] == "FAIL here Explain why." and error["requests"] == 3  # the check went with it
+    # the check went with it, and the round-2 rewrite asked ahead
+    assert error["instruction"] == "FAIL here Explain why." and error["requests"] == 4
     # a seed whose own answer cannot be generated is a round-0 error, never evolved
     assert [(x["round"], x["status"], x["reason"]) for x in by_root["fail0"]] == [(0, ERROR, "http_500")]
     builder = SummaryBuilder()
@@ -395,3 +401,85 @@ def test_model_text_with_lone_surrogates_is_cleaned_and_the_bucket_is_written(tm
     assert [r["status"] for r in written] == [KEPT, KEPT]
     assert written[0]["response"] == "A real and useful answer. \U0001F600 \ufffd"
     assert all("\ufffd" in r["response"] for r in written)
+
+
+COST = ("requests", "generated_tokens", "prompt_tokens", "gen_seconds")
+
+
+def test_rewrite_ahead_writes_the_same_records_and_charges_every_request_to_one():
+    """The next round's rewrite asked while a candidate is judged is the same request as the one asked
+    after it, so the records are the same; one asked for a candidate then not kept is charged to that
+    candidate, so the cost columns still add up to every request the engine served."""
+    seeds = _seeds({"id": "ok", "instruction": "Name rivers", "output": "x"},
+                   {"id": "sorry", "instruction": "SORRY", "output": "x"},
+                   {"id": "same", "instruction": "SAME thing", "output": "x"},
+                   {"id": "leak", "instruction": "LEAK this", "output": "x"},
+                   {"id": "fail", "instruction": "FAIL here", "output": "x"},
+                   {"id": "fresh", "instruction": "Name lakes"},
+                   {"id": "fail0", "instruction": "FAIL without answer"})
+    runs = {}
+    for ahead in (False, True):
+        gen = ScriptedGenerator()
+        runs[ahead] = (evolve(seeds, gen, rounds=3, rewrite_ahead=ahead), gen)
+        assert sum(r["requests"] or 0 for r in runs[ahead][0]) == len(gen.calls)
+    (before, gen_before), (after, gen_after) = runs[False], runs[True]
+    assert [{k: v for k, v in r.items() if k not in COST} for r in after] == \
+           [{k: v for k, v in r.items() if k not in COST} for r in before]
+    extra = {r["id"]: a["requests"] - r["requests"] for r, a in zip(before, after) if a["requests"] != r["requests"]}
+    by_id = {r["id"]: r for r in after}
+    # one unused rewrite each: the sorry chain's round-1 and round-2 candidates (answered, then eliminated),
+    # the same chain's (equal to its parent), the failed answer (error), and fail0's seed whose own
+    # answer failed while its round-1 rewrite was asked; never a kept record or a round-3 one
+    assert all(n == 1 for n in extra.values())
+    assert sorted((by_id[i]["root_id"], by_id[i]["round"], by_id[i]["status"]) for i in extra) == [
+        ("fail", 1, ERROR), ("fail0", 0, ERROR), ("same", 1, ELIMINATED), ("same", 2, ELIMINATED),
+        ("sorry", 1, ELIMINATED), ("sorry", 2, ELIMINATED)]
+    for i in extra:
+        old = next(r for r in before if r["id"] == i)
+        assert by_id[i]["generated_tokens"] - old["generated_tokens"] == 3
+        assert by_id[i]["gen_seconds"] == pytest.approx(old["gen_seconds"] + 0.5)
+    # the extra requests are exactly those rewrites: every other request was asked either way
+    from collections import Counter
+    assert sum((Counter(gen_after.calls) - Counter(gen_before.calls)).values()) == len(extra)
+    assert not Counter(gen_before.calls) - Counter(gen_after.calls)
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_a_seed_is_answered_while_its_first_rewrite_runs(ahead):
+    """A seed evolves whatever its generated answer says, so its round-1 rewrite need not wait for it."""
+    gen = InterleavingGenerator()
+    records = evolve(_seeds({"id": "a", "instruction": "seed-00 Name rivers"}), gen, rounds=1, rewrite_ahead=ahead)
+    assert [x["status"] for x in records] == [KEPT, KEPT] and [x["requests"] for x in records] == [1, 3]
+    together = any({("00", "respond", 0), ("00", "evolve", 0)} <= moment for moment in gen.overlaps)
+    assert together == ahead
+
+
+def test_an_engine_that_goes_down_cancels_the_rewrite_asked_ahead():
+    from evol.rounds import run_chain
+    from generation.types import EngineDown
+
+    class DownOnAnswer(ScriptedGenerator):
+        cancelled = 0
+
+        async def generate(self, prompt, sampling):
+            if ORIGINAL_MARKER in prompt:
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    self.cancelled += 1
+                    raise
+            elif "First instruction:" not in prompt:  # answering the round-1 candidate
+                await asyncio.sleep(0.01)
+                raise EngineDown("engine crashed")
+            return await super().generate(prompt, sampling)
+
+    async def chain():
+        gen = DownOnAnswer()
+        with pytest.raises(EngineDown):
+            await run_chain(_seeds({"id": "a", "instruction": "fine", "output": "x"})[0], Roles(gen, gen),
+                            EvolveSettings(rounds=3), 50)
+        await asyncio.sleep(0)
+        return gen.cancelled, asyncio.all_tasks() - {asyncio.current_task()}
+
+    cancelled, left = asyncio.run(chain())
+    assert cancelled == 1 and not left  # the round-2 rewrite was stopped, nothing of the chain runs on
