@@ -10,13 +10,13 @@ engine with the same engine settings and nothing depending on anything: all at o
 both all at once through its continuous batching and in length-sorted static batches of `batch_size`
 (its best static batching), and the job is compared with the faster of the two. Same sampling, same
 lengths; the equality checks as the job ran them (with `equality_check: constrained`, both options
-scored, no tokens). When the job's chains could not fill hf's `batch_size`, it also prints the bare engine
-all at once with at most as many rows as they could: a chain decodes one request at a time, two with
-`evolve.rewrite_ahead` (an answer and the next rewrite), so that is the most the job's chains could
-ever give the engine (the ratio's ceiling for so few seeds, not its target).
+scored, no tokens). With `evolve.rounds_ahead=0` and fewer chains than hf's `batch_size`, it also
+prints the bare engine all at once with at most that many rows: such a chain decodes one request at a
+time, so that is the most the job's chains could ever give the engine (the ratio's ceiling for so few
+seeds, not its target).
 
-The job's rate is the tokens its records kept (its generated tokens less those of rewrites asked ahead
-for candidates then eliminated, which the bare engine is not given) over its chain seconds (the actor's
+The job's rate is the tokens its records kept (its generated tokens less those of rounds started ahead
+and cancelled, which the bare engine is not given) over its chain seconds (the actor's
 first chain start to its last chain end: the part of the job an engine can be kept busy in); its wall
 time (Ray start, reading, model load) is printed beside it. Prints job/bare per backend, and the job's mean chains in flight.
 """
@@ -116,27 +116,25 @@ def measure(backend: str, args, workdir: Path) -> float:
     out = workdir / backend
     summary, records, wall = run_job(backend, args, out)
     [gauges] = summary["actors"].values()
-    # Tokens of rewrites asked ahead for candidates then eliminated are spent, but not work the bare engine is
-    # given (it runs the records' prompts): the job is credited only with the tokens its records kept.
-    useful = summary["generated_tokens"] - gauges.get("unused_rewrite_tokens", 0)
+    # Tokens of rounds started ahead and then cancelled are spent, but not work the bare engine is given (it
+    # runs the records' prompts): the job is credited only with the tokens its records kept.
+    useful = summary["generated_tokens"] - gauges.get("unused_tokens", 0)
     job_rate = useful / gauges["chain_seconds"]
     cfg = load_config(EvolveConfig, str(ROOT / "configs" / "local.yaml"), overrides(backend, args, out))
     prompts = prompts_of(records, cfg.evolve)
     ways = asyncio.run(bare(backend, args, out, prompts))
     for way, (tokens, seconds) in ways.items():
         print(f"  bare {backend}, {way}: {tokens} tok in {seconds:.1f} s = {tokens / seconds:.1f} tok/s", flush=True)
-    per_chain = 2 if cfg.evolve.rewrite_ahead else 1  # requests a chain decodes at once (plus a scored check)
-    peak = gauges["peak_chains_in_flight"] * per_chain
-    if backend == "hf" and peak < cfg.generation.batch_size:
-        # The job can never offer its engine more rows than this
+    peak = gauges["peak_chains_in_flight"]
+    if backend == "hf" and peak < cfg.generation.batch_size and cfg.evolve.rounds_ahead == 0:
+        # A chain decodes one request at a time: the job can never offer its engine more rows than this
         [(tokens, seconds)] = asyncio.run(bare(backend, args, out, prompts, rows=peak)).values()
-        print(f"  bare {backend}, all at once, at most {peak} rows (the job's peak chains in flight x {per_chain}): "
-              f"{tokens} tok in "
+        print(f"  bare {backend}, all at once, at most {peak} rows (the job's peak chains in flight): {tokens} tok in "
               f"{seconds:.1f} s = {tokens / seconds:.1f} tok/s; job/this = {job_rate / (tokens / seconds):.2f}x",
               flush=True)
     tokens, seconds = max(ways.values(), key=lambda ts: ts[0] / ts[1])  # the job against the bare engine's best
     print(f"{backend} ({args.seeds} seeds, {args.rounds} rounds, max_chains {cfg.generation.chains_in_flight()}, "
-          f"prefix caching {args.prefix_caching}, rewrite ahead {cfg.evolve.rewrite_ahead}): {len(prompts)} requests; job "
+          f"prefix caching {args.prefix_caching}, rounds ahead {cfg.evolve.rounds_ahead}): {len(prompts)} requests; job "
           f"{useful} tok kept of {summary['generated_tokens']} generated in "
           f"{gauges['chain_seconds']:.1f} s of chains = {job_rate:.1f} tok/s (wall {wall:.0f} s, "
           f"{gauges['mean_chains_in_flight']:.1f} chains in flight, engine busy "

@@ -25,7 +25,7 @@ _GENERATION_EXECUTION = ("concurrency", "max_chains", "rows_per_call", "calls_pe
                          "vllm.enforce_eager", "vllm.enable_prefix_caching", "echo_latency_ms", "echo_crash_on",
                          "echo_crash_at_start", "echo_fail_after")
 EXECUTION_KEYS = ("ray.", "cost.", "output.overwrite", "seeds.dedupe_partitions", "seeds.piece_bytes",
-                  "evolve.retry_errors", "evolve.engine_failure_limit", "evolve.rewrite_ahead",
+                  "evolve.retry_errors", "evolve.engine_failure_limit", "evolve.rounds_ahead",
                   *(f"{role}.{key}" for role in ("generation", "judge") for key in _GENERATION_EXECUTION))
 INPUTS = "inputs"  # the section of fingerprints a run's saved config holds (evol/identity.py)
 

@@ -98,7 +98,7 @@ class Roles:
     writer: Generator
     judge: Generator
     lean: EqualityLean = field(default_factory=EqualityLean)  # for evolve.equality_calibration=content_free
-    unused: Cost = field(default_factory=Cost)  # rewrites asked ahead and not used, for the gauges
+    unused: Cost = field(default_factory=Cost)  # rounds started ahead and cancelled, for the gauges
 
 
 @dataclass(frozen=True)
@@ -141,47 +141,18 @@ def request_seed(settings: EvolveSettings, record_id: str, kind: str) -> int:
     return stable_hash(settings.seed, record_id, kind) & 0x7FFFFFFF
 
 
-@dataclass
-class Rewrite:
-    """One round's rewrite of a pool item, in flight: asked once its parent was decided, or, with
-    evolve.rewrite_ahead, as soon as the parent passed the text rules, while the parent's own answer and
-    equality check still ran. The request and its seed are the same either way, so are the records."""
-    item: PoolItem
-    round_index: int
-    op: str
-    new_id: str
-    step: Step
-    task: asyncio.Future  # the rewrite's Generation
-
-
-def start_rewrite(item: PoolItem, round_index: int, roles: Roles, settings: EvolveSettings) -> Rewrite:
-    op = choose_operation(settings.seed, item.id, round_index, settings.operations)
-    new_id, step = candidate_id(item.id, round_index, op), Step()
-
-    async def ask() -> Generation:
-        return await step.ask(roles.writer, evolve_prompt(op, item.text), settings.evolve_sampling,
-                              request_seed(settings, new_id, "evolve"))
-    return Rewrite(item, round_index, op, new_id, step, asyncio.ensure_future(ask()))
-
-
-def rewrite_ahead(item: PoolItem, round_index: int, roles: Roles, settings: EvolveSettings) -> Rewrite | None:
-    """The next round's rewrite of `item`, started now if evolve.rewrite_ahead says so and a round is left."""
-    if settings.rewrite_ahead and round_index <= settings.rounds:
-        return start_rewrite(item, round_index, roles, settings)
-    return None
-
-
-def cancel(rewrites) -> None:
-    for rewrite in rewrites:
-        if rewrite is not None:
-            rewrite.task.cancel()
-
-
 def with_cost(record: dict, cost: Cost) -> dict:
-    """`record` with the cost of a rewrite started ahead of its verdict and then not used added."""
+    """`record` with the cost of work asked ahead of its verdict and then not used added."""
     spent = {name: (record[name] or 0) + value for name, value in cost.columns().items()}
     spent["gen_seconds"] = round(spent["gen_seconds"], 6)
     return dict(record, **spent)
+
+
+def presume(presumed: asyncio.Future | None, item: PoolItem | None) -> None:
+    """Tell the chain what the next round will evolve if this candidate is kept as its text rules
+    suggest (None: the chain ends here); said once."""
+    if presumed is not None and not presumed.done():
+        presumed.set_result(item)
 
 
 async def check_equality(step: Step, roles: Roles, parent: str, candidate: str, settings: EvolveSettings,
@@ -238,74 +209,76 @@ def worker_failed_chain(row: dict, earlier: list[dict] = (), settings: EvolveSet
                                 round=round_index, op=op, **failed)]
 
 
-async def start_chain(row: dict, roles: Roles, settings: EvolveSettings,
-                      max_instruction_tokens: int) -> tuple[dict, PoolItem | None, Rewrite | None]:
+@dataclass
+class Candidate:
+    """One round's outcome: its record and what the next round evolves (None: the chain ends)."""
+    record: dict
+    next_item: PoolItem | None
+
+
+async def start_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instruction_tokens: int,
+                      step: Step, presumed: asyncio.Future | None = None) -> Candidate:
     """Round 0: quarantine a bad seed, answer a seed that came without a response.
 
     A generated answer that fails rule 2 or 3 is recorded in `response_reason` and stays out
-    of the training set; the seed's instruction still evolves, so its round-1 rewrite is asked
-    with the answer (evolve.rewrite_ahead) and returned. Answers from the seed file are
-    the user's own and are not judged."""
-    if row["error"] is None:
-        text = user_turn(row["instruction"], row["input"])
-        length = roles.writer.count_tokens([text])[0]
-        if length > max_instruction_tokens:
-            row = dict(row, error=TOO_MANY_TOKENS, detail=f"{length} tokens > limit {max_instruction_tokens}")
-    if row["error"] is not None:
-        return quarantine_record(row), None, None
-    seed = dict(id=row["seed_id"], root_id=row["seed_id"], round=0, op=SEED_OP, instruction=row["instruction"],
-                input=row["input"], instruction_tokens=length, source=row["source"], line=row["line"])
-    step = Step()
-    if row["response"]:
-        record = empty_record(**seed, response=row["response"], status=KEPT,
-                              response_tokens=roles.writer.count_tokens([row["response"]])[0], **step.cost.columns())
-        return record, PoolItem(row["seed_id"], row["seed_id"], text), None
-    item = PoolItem(row["seed_id"], row["seed_id"], text)
-    ahead = rewrite_ahead(item, 1, roles, settings)
+    of the training set; the seed's instruction still evolves, so the next round may start before
+    the answer is back. Answers from the seed file are the user's own and are not judged."""
     try:
-        gen = await step.ask(roles.writer, text, settings.respond_sampling,
-                             request_seed(settings, row["seed_id"], "respond"))
-    except BaseException as exc:
-        if isinstance(exc, (EngineDown, asyncio.CancelledError)) or not isinstance(exc, Exception):
-            cancel([ahead])
+        if row["error"] is None:
+            text = user_turn(row["instruction"], row["input"])
+            length = roles.writer.count_tokens([text])[0]
+            if length > max_instruction_tokens:
+                row = dict(row, error=TOO_MANY_TOKENS, detail=f"{length} tokens > limit {max_instruction_tokens}")
+        if row["error"] is not None:
+            return Candidate(quarantine_record(row), None)
+        item = PoolItem(row["seed_id"], row["seed_id"], text)
+        presume(presumed, item)
+        seed = dict(id=row["seed_id"], root_id=row["seed_id"], round=0, op=SEED_OP, instruction=row["instruction"],
+                    input=row["input"], instruction_tokens=length, source=row["source"], line=row["line"])
+        if row["response"]:
+            return Candidate(empty_record(**seed, response=row["response"], status=KEPT,
+                                          response_tokens=roles.writer.count_tokens([row["response"]])[0],
+                                          **step.cost.columns()), item)
+        try:
+            gen = await step.ask(roles.writer, text, settings.respond_sampling,
+                                 request_seed(settings, row["seed_id"], "respond"))
+        except EngineDown:
             raise
-        record = empty_record(**seed, **error_columns(exc), model=roles.writer.model_name, **step.cost.columns())
-        return record, None, ahead  # the chain ends here: the caller settles the rewrite asked ahead
-    record = empty_record(**seed, response=gen.text, status=KEPT, response_tokens=gen.completion_tokens,
-                          response_truncated=not gen.finished, response_reason=rules.reason_after_response(gen.text),
-                          model=roles.writer.model_name, **step.cost.columns())
-    return record, item, ahead
-
-
-@dataclass
-class Candidate:
-    """One round's outcome: its record, what the next round evolves (None: the chain ends), and the
-    next round's rewrite started ahead: `ahead` if it is the one to use, else `discarded` (the
-    candidate was not kept: the rewrite's cost belongs to this record once it has finished)."""
-    record: dict
-    next_item: PoolItem | None
-    ahead: Rewrite | None = None
-    discarded: Rewrite | None = None
+        except Exception as exc:
+            return Candidate(empty_record(**seed, **error_columns(exc), model=roles.writer.model_name,
+                                          **step.cost.columns()), None)
+        return Candidate(empty_record(**seed, response=gen.text, status=KEPT, response_tokens=gen.completion_tokens,
+                                      response_truncated=not gen.finished,
+                                      response_reason=rules.reason_after_response(gen.text),
+                                      model=roles.writer.model_name, **step.cost.columns()), item)
+    except EngineDown:
+        raise
+    except Exception as exc:  # e.g. a tokenizer that fails on this row: the row is still accounted for
+        return Candidate(empty_record(id=row["seed_id"], root_id=row["seed_id"], round=0, op=SEED_OP,
+                                      instruction=row["instruction"], source=row["source"], line=row["line"],
+                                      **error_columns(exc)), None)
+    finally:
+        presume(presumed, None)
 
 
 async def evolve_once(item: PoolItem, round_index: int, roles: Roles, settings: EvolveSettings,
-                      rewrite: Rewrite | None = None) -> Candidate:
-    """One candidate of one round: rewrite (or take the one asked ahead), cheap text rules, then answer
-    and equality check together (and, with evolve.rewrite_ahead, the next round's rewrite of the
-    candidate), answer rules, equality rule. The next item is the candidate if kept, else the parent;
-    None on error."""
-    rewrite = rewrite or start_rewrite(item, round_index, roles, settings)
-    op, new_id, step = rewrite.op, rewrite.new_id, rewrite.step
-    found, ahead = dict(instruction=None, response=None, equality=rules.SKIPPED), None
+                      step: Step | None = None, presumed: asyncio.Future | None = None) -> Candidate:
+    """One candidate of one round: rewrite, cheap text rules, then answer and equality check together,
+    answer rules, equality rule. The next item is the candidate if kept, else the parent; None on error.
+    `presumed` learns the next item as soon as the text rules have spoken (the candidate if they pass)."""
+    op = choose_operation(settings.seed, item.id, round_index, settings.operations)
+    new_id, step = candidate_id(item.id, round_index, op), step or Step()
+    found = dict(instruction=None, response=None, equality=rules.SKIPPED)
     try:
-        gen = await rewrite.task
+        gen = await step.ask(roles.writer, evolve_prompt(op, item.text), settings.evolve_sampling,
+                             request_seed(settings, new_id, "evolve"))
         found["instruction"] = text = rules.clean_evolved_instruction(gen.text)
         reason = rules.reason_before_response(item.text, text, truncated=not gen.finished)
+        presume(presumed, item if reason is not None else PoolItem(new_id, item.root_id, text))
         if reason is None:
             # The answer and the equality check at once: the chain keeps a request in the engine's
             # queue while its check is scored (asked one after the other, a batch lost a row to every
             # chain waiting for its check). Rule 2 still comes first: its elimination keeps `skipped`.
-            ahead = rewrite_ahead(PoolItem(new_id, item.root_id, text), round_index + 1, roles, settings)
             gen, equality = await asyncio.gather(
                 step.ask(roles.writer, text, settings.respond_sampling, request_seed(settings, new_id, "respond")),
                 check_equality(step, roles, item.text, text, settings, request_seed(settings, new_id, "judge")),
@@ -322,18 +295,28 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles, settings: 
                 found.update(equality)
                 reason = rules.reason_after_equality(found["equality"])
         outcome = dict(status=KEPT if reason is None else ELIMINATED, reason=reason)
-    except BaseException as exc:
-        if isinstance(exc, (EngineDown, asyncio.CancelledError)) or not isinstance(exc, Exception):
-            cancel([ahead])
-            raise
+    except EngineDown:
+        raise
+    except Exception as exc:
         outcome = error_columns(exc)
+    finally:
+        presume(presumed, None)
     tokens = roles.writer.count_tokens([found["instruction"]])[0] if found["instruction"] is not None else None
     record = empty_record(id=new_id, root_id=item.root_id, parent_id=item.id, round=round_index, op=op,
                           instruction_tokens=tokens, model=roles.writer.model_name, **found, **outcome,
                           **step.cost.columns())
     if outcome["status"] == KEPT:
-        return Candidate(record, PoolItem(new_id, item.root_id, found["instruction"]), ahead=ahead)
-    return Candidate(record, item if outcome["status"] == ELIMINATED else None, discarded=ahead)
+        return Candidate(record, PoolItem(new_id, item.root_id, found["instruction"]))
+    return Candidate(record, item if outcome["status"] == ELIMINATED else None)
+
+
+@dataclass
+class Pending:
+    """A round of a chain in flight, perhaps evolving a candidate whose own verdict is not back yet."""
+    round_index: int
+    step: Step
+    presumed: asyncio.Future  # the next item if this round's candidate is kept as its text rules suggest
+    task: asyncio.Future  # its Candidate
 
 
 async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instruction_tokens: int,
@@ -344,41 +327,60 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
     `earlier`: this seed's records from an earlier attempt that ended in an error: the records of its
     finished rounds are kept as they are and the chain goes on from the last good one.
 
-    A rewrite asked ahead for a candidate that was then eliminated is not waited for: it finishes beside
-    the chain's later rounds, and its cost is added to that candidate's record at the end."""
-    records, ahead, discarded = finished_part(earlier), None, []  # discarded: (record index, rewrite)
+    Rounds ahead (evolve.rounds_ahead): a round's rewrite needs only its parent's text, so up to that
+    many later rounds start as soon as the text rules presume what they evolve (a candidate that passed
+    them, presumed kept), while the earlier candidates' answers and checks run. Verdicts are taken in
+    round order; one that differs from the presumption (answered, then eliminated; an error) cancels the
+    rounds started after it, whose cost so far is added to its record, and the chain goes on from what
+    the verdict says. The requests and their seeds are those of one round after the other, and so are
+    the records, cost columns aside."""
+    records, line = finished_part(earlier), []
+
+    def launch(round_index: int, item: PoolItem | None) -> None:
+        step, presumed = Step(), asyncio.get_running_loop().create_future()
+        work = (start_chain(row, roles, settings, max_instruction_tokens, step, presumed) if round_index == 0
+                else evolve_once(item, round_index, roles, settings, step, presumed))
+        line.append(Pending(round_index, step, presumed, asyncio.ensure_future(work)))
+
     try:
-        if records:
-            item = pool_item(records)
-        else:
-            try:
-                record, item, ahead = await start_chain(row, roles, settings, max_instruction_tokens)
-            except EngineDown:
-                raise
-            except Exception as exc:  # e.g. a tokenizer that fails on this row: the row is still accounted for
-                return [empty_record(id=row["seed_id"], root_id=row["seed_id"], round=0, op=SEED_OP,
-                                     instruction=row["instruction"], source=row["source"], line=row["line"],
-                                     **error_columns(exc))]
-            records = [record]
-            if item is None and ahead is not None:
-                discarded.append((0, ahead))
-                ahead = None
-        for round_index in range(len(records), settings.rounds + 1):
-            if item is None:
-                break
-            candidate = await evolve_once(item, round_index, roles, settings, ahead)
-            records.append(candidate.record)
-            item, ahead = candidate.next_item, candidate.ahead
-            if candidate.discarded is not None:
-                discarded.append((len(records) - 1, candidate.discarded))
-        for index, rewrite in discarded:
-            await asyncio.gather(rewrite.task, return_exceptions=True)
-            records[index] = with_cost(records[index], rewrite.step.cost)
-            roles.unused.add(rewrite.step.cost)
+        launch(len(records), pool_item(records) if records else None)
+        while line:
+            head, tail = line[0], line[-1]
+            ahead_room = tail.round_index < settings.rounds and len(line) <= settings.rounds_ahead
+            if ahead_room and tail.presumed.done() and tail.presumed.result() is not None:
+                launch(tail.round_index + 1, tail.presumed.result())
+                continue
+            waits = {head.task} | ({tail.presumed} if ahead_room and not tail.presumed.done() else set())
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if not head.task.done():
+                continue
+            line.pop(0)
+            candidate = head.task.result()
+            record = candidate.record
+            if line and candidate.next_item != head.presumed.result():
+                record = with_cost(record, await cancel_rounds(line, roles))
+            records.append(record)
+            if not line and candidate.next_item is not None and head.round_index < settings.rounds:
+                launch(head.round_index + 1, candidate.next_item)
     except BaseException:
-        cancel([ahead, *(rewrite for _, rewrite in discarded)])
+        for pending in line:
+            pending.task.cancel()
         raise
     return records
+
+
+async def cancel_rounds(line: list[Pending], roles: Roles) -> Cost:
+    """Cancel the rounds started on a presumption that did not hold; what they had cost (requests asked,
+    tokens of those that finished)."""
+    for pending in line:
+        pending.task.cancel()
+    await asyncio.gather(*(pending.task for pending in line), return_exceptions=True)
+    spent = Cost()
+    for pending in line:
+        spent.add(pending.step.cost)
+    roles.unused.add(spent)
+    line.clear()
+    return spent
 
 
 def finished_part(chain: list[dict]) -> list[dict]:

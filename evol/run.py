@@ -114,12 +114,12 @@ def batch_fill(gauges: dict, generation) -> str:
             f" ({gauges.get('released_rows') or 0} unfinished rows carried to a later batch){computing}")
 
 
-def unused_rewrites(gauges: dict) -> str:
-    """evolve.rewrite_ahead's waste: rewrites asked for candidates that were then not kept."""
-    if not gauges.get("unused_rewrites"):
+def unused_requests(gauges: dict) -> str:
+    """evolve.rounds_ahead's waste: requests of rounds started on a candidate that was then not kept."""
+    if not gauges.get("unused_requests"):
         return ""
-    return (f"; {gauges['unused_rewrites']} rewrites asked ahead went unused ({gauges['unused_rewrite_tokens']} "
-            "tokens, counted in the eliminated candidates' cost)")
+    return (f"; {gauges['unused_requests']} requests of rounds started ahead were cancelled ({gauges['unused_tokens']} "
+            "tokens, in the eliminated candidates' cost)")
 
 
 def report(summary: dict, cfg: EvolveConfig) -> str:
@@ -131,7 +131,7 @@ def report(summary: dict, cfg: EvolveConfig) -> str:
                      f"in flight on average, peak {gauges.get('peak_chains_in_flight')} "
                      f"(max_chains {cfg.generation.chains_in_flight()}), engine busy "
                      f"{100 * gauges.get('engine_busy_share', 0):.0f}% of the time"
-                     + batch_fill(gauges, cfg.generation) + unused_rewrites(gauges))
+                     + batch_fill(gauges, cfg.generation) + unused_requests(gauges))
     if summary.get("budget"):
         lines.append(format_budget(summary["budget"]))
     lines += [f"records: {storage.join(out, 'records')}/bucket-*.parquet",
