@@ -53,8 +53,8 @@ class EvolveSettings(StrictModel):
                                      "equality check run, evolving it as if kept (its rewrite passed the text "
                                      "rules): a chain keeps more requests in the engine and the records are the "
                                      "same; when the candidate is then eliminated the rounds started after it are "
-                                     "cancelled and their cost added to its record. 0: one round after the other "
-                                     "(a paid endpoint that eliminates often)")
+                                     "cancelled and their cost added to its record. 20 (rounds are at most 20): no "
+                                     "limit; 0: one round after the other (a paid endpoint that eliminates often)")
     train_on_truncated_responses: bool = Field(
         False, description="put responses cut by respond_sampling.max_tokens in the training set "
                            "(they are flagged `response_truncated` and counted either way)")
