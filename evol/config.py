@@ -49,12 +49,12 @@ class EvolveSettings(StrictModel):
                             "lean toward one answer on a content-free pair (contextual calibration, Zhao et al. "
                             "2021), measured once per actor; for small local judges that answer Equal to anything")
     rounds_ahead: int = Field(
-        20, ge=0, le=20, description="later rounds of a chain that may start while a candidate's answer and "
+        1, ge=0, le=20, description="later rounds of a chain that may start while a candidate's answer and "
                                      "equality check run, evolving it as if kept (its rewrite passed the text "
                                      "rules): a chain keeps more requests in the engine and the records are the "
                                      "same; when the candidate is then eliminated the rounds started after it are "
-                                     "cancelled and their cost added to its record. 20 (rounds are at most 20): no "
-                                     "limit; 0: one round after the other (a paid endpoint that eliminates often)")
+                                     "cancelled and their cost added to its record. 0: one round after the other (a "
+                                     "paid endpoint that eliminates often); 20: no limit")
     train_on_truncated_responses: bool = Field(
         False, description="put responses cut by respond_sampling.max_tokens in the training set "
                            "(they are flagged `response_truncated` and counted either way)")

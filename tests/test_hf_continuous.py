@@ -149,3 +149,28 @@ def test_an_engine_failure_mid_step_reaches_every_request_and_the_engine_goes_on
     assert len(engine._running) == 0 and engine.worker_seconds > 0
     engine._answer = original
     assert answers(generator, ["again"], [SamplingParams(0.0, 1.0, 4)])[0].completion_tokens == 4
+
+
+def test_a_request_cancelled_while_queued_is_never_decoded(tiny_llama):
+    """A chain's round started ahead and cancelled (evol/rounds.py) may still be queued: it takes no row.
+    One row at a time: the second request waits in the queue while the first decodes, then a third
+    request, asked after the first is answered, queues behind it."""
+    def rows_decoded(second: str | None):
+        generator = engine_of(tiny_llama, batch_size=1)
+
+        async def run():
+            first = asyncio.ensure_future(generator.generate("q0", SamplingParams(0.0, 1.0, 12)))
+            if second is not None:
+                other = asyncio.ensure_future(generator.generate("q1", SamplingParams(0.0, 1.0, 12)))
+                await asyncio.sleep(0)
+                if second == "cancelled":
+                    other.cancel()
+            answer = await first
+            last = await generator.generate("q2", SamplingParams(0.0, 1.0, 12))
+            return answer.text, last.text
+
+        texts = asyncio.run(run())
+        return generator.inner.batched_rows, texts
+
+    (alone, texts), (both, _), (cancelled, texts_beside) = rows_decoded(None), rows_decoded("kept"), rows_decoded("cancelled")
+    assert cancelled == alone < both and texts_beside == texts
