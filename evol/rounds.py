@@ -346,13 +346,13 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
         launch(len(records), pool_item(records) if records else None)
         while line:
             head, tail = line[0], line[-1]
-            ahead_room = tail.round_index < settings.rounds and len(line) <= settings.rounds_ahead
-            if ahead_room and tail.presumed.done() and tail.presumed.result() is not None:
-                launch(tail.round_index + 1, tail.presumed.result())
-                continue
-            waits = {head.task} | ({tail.presumed} if ahead_room and not tail.presumed.done() else set())
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if not head.task.done():
+            if not head.task.done():  # a verdict already in goes first: nothing is started on a settled guess
+                ahead_room = tail.round_index < settings.rounds and len(line) <= settings.rounds_ahead
+                if ahead_room and tail.presumed.done() and tail.presumed.result() is not None:
+                    launch(tail.round_index + 1, tail.presumed.result())
+                    continue
+                waits = {head.task} | ({tail.presumed} if ahead_room and not tail.presumed.done() else set())
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 continue
             line.pop(0)
             candidate = head.task.result()
@@ -364,7 +364,7 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
                 launch(head.round_index + 1, candidate.next_item)
     except BaseException:
         for pending in line:
-            pending.task.cancel()
+            pending.task.cancel()  # on a task already failed, this also keeps asyncio from logging its error
         raise
     return records
 

@@ -145,9 +145,12 @@ class HFGenerator:
         while self._pending or len(batch):
             if not len(batch) and len(self._pending) < self.cfg.batch_size and self.cfg.batch_wait_ms:
                 await asyncio.sleep(self.cfg.batch_wait_ms / 1000)  # an idle engine waits for a batch to form
-            admitted = [self._pending.popleft() for _ in range(min(self.cfg.batch_size - len(batch), len(self._pending)))]
-            self._waiting.subtract(_kind(sampling)[:2] for _, sampling, _ in admitted)
-            admitted = [request for request in admitted if not request[2].done()]  # not cancelled while queued
+            admitted = []
+            while self._pending and len(batch) + len(admitted) < self.cfg.batch_size:
+                request = self._pending.popleft()
+                self._waiting.subtract([_kind(request[1])[:2]])
+                if not request[2].done():  # one cancelled while queued takes no row
+                    admitted.append(request)
             cancelled = {row.handle for row in batch.rows if row.handle.done()}  # the worker is idle between turns
             try:
                 results = await loop.run_in_executor(self._worker, self._timed, self._continue, admitted, cancelled)

@@ -478,3 +478,4 @@ def test_an_engine_that_goes_down_cancels_the_rewrite_asked_ahead():
 
     cancelled, left = asyncio.run(chain())
     assert cancelled == 1 and not left  # the round-2 rewrite was stopped, nothing of the chain runs on
+
