@@ -91,6 +91,14 @@ class HFGenerator:
         (self._pending.appendleft if first else self._pending.append)((entry, sampling, future))
         self._waiting[_kind(sampling)[:2]] += 1
 
+    def _drop_cancelled(self) -> None:
+        """Requests cancelled while queued (a round started ahead and then not needed, evol/rounds.py)
+        take no row and no place in a batch."""
+        cancelled = [request for request in self._pending if request[2].done()]
+        if cancelled:
+            self._pending = deque(request for request in self._pending if not request[2].done())
+            self._waiting.subtract(_kind(sampling)[:2] for _, sampling, _ in cancelled)
+
     def _take_batch(self) -> list:
         """Requests that can share one generate(). A whole batch of one kind (temperature, top_p and
         max_tokens) goes first: nobody runs past their own limit. Else the largest group of one
@@ -122,6 +130,9 @@ class HFGenerator:
         while self._pending:
             if len(self._pending) < self.cfg.batch_size and self.cfg.batch_wait_ms:
                 await asyncio.sleep(self.cfg.batch_wait_ms / 1000)  # let chains that just got answers ask again
+            self._drop_cancelled()
+            if not self._pending:
+                break
             batch = self._take_batch()
             try:
                 results = await loop.run_in_executor(self._worker, self._timed, self._serve,
@@ -145,12 +156,9 @@ class HFGenerator:
         while self._pending or len(batch):
             if not len(batch) and len(self._pending) < self.cfg.batch_size and self.cfg.batch_wait_ms:
                 await asyncio.sleep(self.cfg.batch_wait_ms / 1000)  # an idle engine waits for a batch to form
-            admitted = []
-            while self._pending and len(batch) + len(admitted) < self.cfg.batch_size:
-                request = self._pending.popleft()
-                self._waiting.subtract([_kind(request[1])[:2]])
-                if not request[2].done():  # one cancelled while queued takes no row
-                    admitted.append(request)
+            self._drop_cancelled()
+            admitted = [self._pending.popleft() for _ in range(min(self.cfg.batch_size - len(batch), len(self._pending)))]
+            self._waiting.subtract(_kind(sampling)[:2] for _, sampling, _ in admitted)
             cancelled = {row.handle for row in batch.rows if row.handle.done()}  # the worker is idle between turns
             try:
                 results = await loop.run_in_executor(self._worker, self._timed, self._continue, admitted, cancelled)

@@ -151,12 +151,13 @@ def test_an_engine_failure_mid_step_reaches_every_request_and_the_engine_goes_on
     assert answers(generator, ["again"], [SamplingParams(0.0, 1.0, 4)])[0].completion_tokens == 4
 
 
-def test_a_request_cancelled_while_queued_is_never_decoded(tiny_llama):
+@pytest.mark.parametrize("batching", ["continuous", "static"])
+def test_a_request_cancelled_while_queued_is_never_decoded(tiny_llama, batching):
     """A chain's round started ahead and cancelled (evol/rounds.py) may still be queued: it takes no row.
     One row at a time: the second request waits in the queue while the first decodes, then a third
     request, asked after the first is answered, queues behind it."""
     def rows_decoded(second: str | None):
-        generator = engine_of(tiny_llama, batch_size=1)
+        generator = engine_of(tiny_llama, batch_size=1, batching=batching)
 
         async def run():
             first = asyncio.ensure_future(generator.generate("q0", SamplingParams(0.0, 1.0, 12)))
