@@ -148,10 +148,10 @@ def with_cost(record: dict, cost: Cost) -> dict:
     return dict(record, **spent)
 
 
-def presume(presumed: asyncio.Future | None, item: PoolItem | None) -> None:
+def presume(presumed: asyncio.Future, item: PoolItem | None) -> None:
     """Tell the chain what the next round will evolve if this candidate is kept as its text rules
     suggest (None: the chain ends here); said once."""
-    if presumed is not None and not presumed.done():
+    if not presumed.done():
         presumed.set_result(item)
 
 
@@ -217,7 +217,7 @@ class Candidate:
 
 
 async def start_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instruction_tokens: int,
-                      step: Step, presumed: asyncio.Future | None = None) -> Candidate:
+                      step: Step, presumed: asyncio.Future) -> Candidate:
     """Round 0: quarantine a bad seed, answer a seed that came without a response.
 
     A generated answer that fails rule 2 or 3 is recorded in `response_reason` and stays out
@@ -262,12 +262,12 @@ async def start_chain(row: dict, roles: Roles, settings: EvolveSettings, max_ins
 
 
 async def evolve_once(item: PoolItem, round_index: int, roles: Roles, settings: EvolveSettings,
-                      step: Step | None = None, presumed: asyncio.Future | None = None) -> Candidate:
+                      step: Step, presumed: asyncio.Future) -> Candidate:
     """One candidate of one round: rewrite, cheap text rules, then answer and equality check together,
     answer rules, equality rule. The next item is the candidate if kept, else the parent; None on error.
     `presumed` learns the next item as soon as the text rules have spoken (the candidate if they pass)."""
     op = choose_operation(settings.seed, item.id, round_index, settings.operations)
-    new_id, step = candidate_id(item.id, round_index, op), step or Step()
+    new_id = candidate_id(item.id, round_index, op)
     found = dict(instruction=None, response=None, equality=rules.SKIPPED)
     try:
         gen = await step.ask(roles.writer, evolve_prompt(op, item.text), settings.evolve_sampling,
@@ -333,7 +333,7 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
     round order; one that differs from the presumption (answered, then eliminated; an error) cancels the
     rounds started after it, whose cost so far is added to its record, and the chain goes on from what
     the verdict says. The requests and their seeds are those of one round after the other, and so are
-    the records, cost columns aside."""
+    the records, cost columns aside, where the engine's samples depend only on the request."""
     records, line = finished_part(earlier), []
 
     def launch(round_index: int, item: PoolItem | None) -> None:

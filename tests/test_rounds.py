@@ -147,7 +147,7 @@ class SlowScriptedGenerator(ScriptedGenerator):
 @pytest.mark.parametrize("ahead", [False, True])
 def test_a_chain_asks_for_its_answer_and_its_equality_check_at_once(ahead):
     """One chain keeps a request in the engine's queue while its check is judged: asked one after the
-    other, every chain waiting for its check left a row of the engine's batch empty. With rewrite_ahead
+    other, every chain waiting for its check left a row of the engine's batch empty. With rounds_ahead
     the next round's rewrite goes with them: three requests of one chain at once."""
     gen = SlowScriptedGenerator()
     records = evolve(_seeds({"id": "ok", "instruction": "fine", "output": "x"}), gen, rounds=2, rounds_ahead=20 if ahead else 0)
