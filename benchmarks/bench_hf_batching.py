@@ -2,15 +2,19 @@
 `generation.batch_refill`, then continuous batching (`generation.batching`, the default).
 
     python benchmarks/bench_hf_batching.py [--seeds 16] [--rounds 2] [--tokens 256] [--dtype bfloat16] [--greedy]
-        [--modes static,refill,continuous]
+        [--modes static,refill,continuous] [--baseline refill]
+    python benchmarks/bench_hf_batching.py --seeds 16 --rounds 4 --tokens 128 --greedy --modes ahead0,ahead1 --baseline ahead0
 
 A static batch runs until its longest row ends; with batch_refill it stops once half of its rows are
 done while a request waits, and the unfinished rows go on in the next batch (prefilled again). Continuous
 batching decodes one step at a time and lets rows leave and join between steps, the KV cache kept
 (generation/continuous.py). Every run is the job as a user runs it (`python -m jobs.evolve --config
 configs/local.yaml`, the same seeds, sampling and token caps as bench_engine_saturation.py's job side).
-Prints each run's generated tokens/s over the actor's chain seconds, its wall and rows per batch (per
-decode step when continuous), then each mode against static + refill (the hf default before continuous).
+`ahead0` / `ahead1`: continuous, with `evolve.rounds_ahead` 0 (one round after the other) and 1 (the
+next round started while a candidate is judged); the other modes run the default (1). Prints each
+run's tokens/s (those its records kept: rounds started ahead and cancelled are not counted) over the
+actor's chain seconds, its wall and rows per batch (per decode step when continuous), then each mode
+against `--baseline` (static + refill by default, the hf default before continuous).
 Sampled at T=1 the runs write different texts (different eliminations, lengths and request counts);
 `--greedy` gives them nearly the same work (a greedy row's text depends on its batch only through
 bf16 rounding with the padding), so seconds compare like for like.
@@ -25,7 +29,10 @@ from bench_engine_saturation import run_job
 
 MODES = {"static": ["generation.batching=static", "generation.batch_refill=false"],
          "refill": ["generation.batching=static", "generation.batch_refill=true"],
-         "continuous": ["generation.batching=continuous"]}
+         "continuous": ["generation.batching=continuous"],
+         # continuous, one round after the other vs the next round started while a candidate is judged
+         "ahead0": ["generation.batching=continuous", "evolve.rounds_ahead=0"],
+         "ahead1": ["generation.batching=continuous", "evolve.rounds_ahead=1"]}
 
 
 def main() -> None:
@@ -36,7 +43,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--greedy", action="store_true", help="rewrites and answers at temperature 0: the same work")
-    parser.add_argument("--modes", default="static,refill,continuous")
+    parser.add_argument("--modes", default="static,refill,continuous", help=f"of {', '.join(MODES)}")
+    parser.add_argument("--baseline", default="refill", help="the mode the others are compared with")
     args = parser.parse_args()
     job = argparse.Namespace(seeds=args.seeds, rounds=args.rounds, evolve_tokens=args.tokens, respond_tokens=args.tokens,
                              threads=args.threads, prefix_caching="default")  # overrides set per run below
@@ -48,17 +56,19 @@ def main() -> None:
             job.override = [f"generation.dtype={args.dtype}", *MODES[mode], *sampling]
             summary, _, wall = run_job("hf", job, Path(tmp) / mode)
             [gauges] = summary["actors"].values()
-            rates[mode] = summary["generated_tokens"] / gauges["chain_seconds"]
+            # tokens of rounds started ahead and cancelled are not the work the records kept
+            rates[mode] = (summary["generated_tokens"] - gauges.get("unused_tokens", 0)) / gauges["chain_seconds"]
             seconds[mode] = gauges["chain_seconds"]
             print(f"{mode}: {summary['requests']} requests, {summary['generated_tokens']} tokens in "
                   f"{gauges['chain_seconds']:.1f} s of chains = {rates[mode]:.1f} tok/s (wall {wall:.1f} s), "
                   f"{gauges['mean_chains_in_flight']:.1f} chains in flight, {gauges['mean_batch_rows']:.2f} rows per "
-                  f"{'decode step' if mode == 'continuous' else 'batch'}, {gauges.get('released_rows') or 0} rows "
-                  f"carried to a later batch", flush=True)
-    if "refill" in rates:
-        for mode in rates.keys() - {"refill"}:
-            print(f"{mode} / static + refill: {rates[mode] / rates['refill']:.2f}x tokens/s, "
-                  f"{seconds[mode] / seconds['refill']:.2f}x the chains' seconds")
+                  f"{'decode step' if 'generation.batching=continuous' in MODES[mode] else 'batch'}, "
+                  f"{gauges.get('released_rows') or 0} rows carried to a later batch, "
+                  f"{gauges.get('unused_tokens', 0)} tokens in cancelled rounds", flush=True)
+    if args.baseline in rates:
+        for mode in rates.keys() - {args.baseline}:
+            print(f"{mode} / {args.baseline}: {rates[mode] / rates[args.baseline]:.2f}x tokens/s, "
+                  f"{seconds[mode] / seconds[args.baseline]:.2f}x the chains' seconds")
 
 
 if __name__ == "__main__":
