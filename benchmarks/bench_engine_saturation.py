@@ -19,6 +19,8 @@ The job's rate is the tokens its records kept (its generated tokens less those o
 and cancelled, which the bare engine is not given) over its chain seconds (the actor's
 first chain start to its last chain end: the part of the job an engine can be kept busy in); its wall
 time (Ray start, reading, model load) is printed beside it. Prints job/bare per backend, and the job's mean chains in flight.
+For hf it also prints the bound the chains' order sets: the longest chain's tokens that must decode one after
+another, at the job's mean step, against the job's span (with few seeds, that chain is the job's span).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from bench_generation_common import by_sampling, prompts_of
+from bench_generation_common import by_sampling, longest_sequence, prompts_of
 from common.config import load_config
 from evol.config import EvolveConfig
 from evol.elimination import EQUALITY_OPTIONS
@@ -133,6 +135,15 @@ def measure(backend: str, args, workdir: Path) -> float:
               f"{seconds:.1f} s = {tokens / seconds:.1f} tok/s; job/this = {job_rate / (tokens / seconds):.2f}x",
               flush=True)
     tokens, seconds = max(ways.values(), key=lambda ts: ts[0] / ts[1])  # the job against the bare engine's best
+    if gauges.get("mean_batch_rows"):
+        # Steps of a continuous batch make one token per row: a mean step's seconds, then what the
+        # longest chain's sequential tokens alone take at that pace (the job's span cannot be shorter)
+        step = gauges["chain_seconds"] * gauges["mean_batch_rows"] / summary["generated_tokens"]
+        root, sequential = longest_sequence(records, cfg.evolve.evolve_sampling.max_tokens)
+        print(f"  longest chain ({root}): {sequential} tokens decode one after another (its rewrites and its last "
+              f"answer); at the job's mean step of {1000 * step:.0f} ms that is {sequential * step:.1f} s of its "
+              f"{gauges['chain_seconds']:.1f} s of chains, so job/bare <= {seconds / (sequential * step):.2f}x "
+              f"at this pace", flush=True)
     print(f"{backend} ({args.seeds} seeds, {args.rounds} rounds, max_chains {cfg.generation.chains_in_flight()}, "
           f"prefix caching {args.prefix_caching}, rounds ahead {cfg.evolve.rounds_ahead}): {len(prompts)} requests; job "
           f"{useful} tok kept of {summary['generated_tokens']} generated in "

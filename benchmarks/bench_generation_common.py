@@ -6,7 +6,7 @@ import time
 from importlib import resources
 
 from evol.config import EvolveSettings
-from evol.elimination import SKIPPED
+from evol.elimination import SKIPPED, TRUNCATED_EVOLUTION
 from evol.rounds import Roles, evolve_rows
 from evol.seeds import SeedFields, parse_seed_file
 from evol.templates import equality_prompt, evolve_prompt, user_turn
@@ -53,6 +53,25 @@ def prompts_of(records: list[dict], cfg: EvolveSettings) -> list[tuple[str, Samp
         if r["equality"] != SKIPPED:
             prompts.append((equality_prompt(parent, r["instruction"]), cfg.judge_sampling))
     return prompts
+
+
+def longest_sequence(records: list[dict], evolve_max_tokens: int) -> tuple[str, int]:
+    """(root_id, tokens) of the chain with the most tokens that must decode one after another: its
+    rewrites (each rewrites the text before it) and its last round's answer. Rounds ahead overlap the
+    rest of its work with these; no scheduling makes a chain take fewer decode steps. A rewrite counts
+    its cleaned text's tokens, or the whole limit where it was cut at it."""
+    sequence: dict[str, int] = {}
+    last: dict[str, dict] = {}
+    for r in records:
+        if r["round"] == 0:
+            continue
+        rewrite = evolve_max_tokens if r["reason"] == TRUNCATED_EVOLUTION else (r["instruction_tokens"] or 0)
+        sequence[r["root_id"]] = sequence.get(r["root_id"], 0) + rewrite
+        if r["root_id"] not in last or r["round"] > last[r["root_id"]]["round"]:
+            last[r["root_id"]] = r
+    for root, r in last.items():
+        sequence[root] += r["response_tokens"] or 0
+    return max(sequence.items(), key=lambda item: item[1], default=("", 0))
 
 
 def generated_tokens(records: list[dict]) -> int:

@@ -49,7 +49,10 @@ def test_vllm_backend_two_rounds(tmp_path, local_ray):
     assert summary["errors"] == 0 and summary["generated_tokens"] > 0
     candidates = records[records["round"] > 0]
     assert (candidates["model"] == SMALL_MODEL_ALIAS).all()
-    assert all(len(text.split()) >= 2 for text in candidates["instruction"])  # real rewrites came back
+    # Real rewrites came back. Sampled from a 135M model, the odd one is a word ("No.": 1 of 72 rewrites in
+    # six runs of this config, evolve.seed 0-5; eliminated), and which one depends on vLLM's batches: so the median, not each
+    words = candidates["instruction"].str.split().str.len()
+    assert candidates["instruction"].notna().all() and words.median() >= 5, candidates["instruction"].tolist()
     assert (candidates["gen_seconds"] > 0).all()
     assert_vllm_actors_ended_quietly(local_ray)  # no ERROR traceback as the pool's actors end
 
