@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from statistics import median
 
 import pytest
 
@@ -51,8 +52,8 @@ def test_vllm_backend_two_rounds(tmp_path, local_ray):
     assert (candidates["model"] == SMALL_MODEL_ALIAS).all()
     # Real rewrites came back. Sampled from a 135M model, the odd one is a word ("No.": 1 of 72 rewrites in
     # six runs of this config, evolve.seed 0-5; eliminated), and which one depends on vLLM's batches: so the median, not each
-    words = candidates["instruction"].str.split().str.len()
-    assert candidates["instruction"].notna().all() and words.median() >= 5, candidates["instruction"].tolist()
+    texts = candidates["instruction"].tolist()
+    assert all(isinstance(text, str) for text in texts) and median(len(text.split()) for text in texts) >= 5, texts
     assert (candidates["gen_seconds"] > 0).all()
     assert_vllm_actors_ended_quietly(local_ray)  # no ERROR traceback as the pool's actors end
 
