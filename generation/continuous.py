@@ -2,10 +2,12 @@
 
 Why: a static batch (one `generate()` call) decodes until its longest row ends, and the chains'
 next requests wait for it; stopping it early (batch refill) sends the unfinished rows back to be
-prefilled again. Here the batch's KV cache is kept across steps: a finished row is dropped from it,
-a new request is prefilled on its own (with others of like length) and its cache is joined to the
-batch's, left-padded to the batch's length. Every prompt is prefilled once and no row decodes past
-its end, as vLLM schedules (without paged memory: padding is trimmed when the rows that needed it leave).
+prefilled again. Here the batch's KV cache is kept across steps: a finished row leaves it, a new
+request is prefilled on its own (with others of like length) and joins it, left-padded to the
+batch's length. Every prompt is prefilled once and no row decodes past its end, as vLLM schedules
+(without paged memory: padding is trimmed when the rows that needed it leave). The cache lives in
+buffers with spare row slots and columns (`SlotLayer`): a decode step, a joining row and a leaving
+one write only their own part of it, where transformers' DynamicLayer copies all of it each time.
 
 Runs on the hf backend's worker thread only; the event loop hands it requests and takes results
 between steps (generation/hf.py). Needs a model whose cache is transformers' DynamicCache of plain
@@ -13,6 +15,7 @@ DynamicLayers (the LLaMA family); others batch statically (`generation.batching:
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 
@@ -20,6 +23,7 @@ from generation.sampling import sample_tokens
 from generation.types import SamplingParams
 
 PREFILL_PADDING = 1.25  # a prefill group's padded tokens over its real ones, at most
+SPARE_COLUMNS = 16  # the least spare columns on each side of the batch's cache (see _spare)
 
 
 @dataclass
@@ -68,9 +72,52 @@ def row_rng(sampling: SamplingParams) -> random.Random:
     return random.Random(seed)
 
 
+@functools.cache
+def _slot_layer_class():
+    """`SlotLayer`, made on first use (transformers is imported lazily; its DynamicLayer is the base)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class SlotLayer(DynamicLayer):
+        """One layer's KV cache in buffers of (row slots, kv_heads, columns, dim) with room to spare; the
+        running batch's rows attend over every column, the mask hiding the unused ones, so that `keys`
+        and `values` (the first `rows` slots) stay contiguous: torch's bf16 CPU matmul copies a view
+        that leaves out columns first (4x the time of a contiguous one, measured). A decode step writes
+        its new column in place at `write_at`; the RunningBatch owns the geometry."""
+
+        def __init__(self, keys, values):
+            super().__init__()
+            self.key_slots, self.value_slots = keys, values
+            self.dtype, self.device = keys.dtype, keys.device
+            self.is_initialized = True
+            self.write_at = 0
+
+        def bind(self, rows: int, write_at: int) -> None:
+            self.keys, self.values, self.write_at = self.key_slots[:rows], self.value_slots[:rows], write_at
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            self.keys[:, :, self.write_at:self.write_at + 1] = key_states
+            self.values[:, :, self.write_at:self.write_at + 1] = value_states
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.key_slots.shape[2] - 1  # the step's own column is one of the buffer's
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.key_slots.shape[2], 0
+
+    return SlotLayer
+
+
 class RunningBatch:
     """The rows decoding together and their KV cache: `admit` prefills new rows into it, `step`
-    decodes one token for every row; both return the rows that finished."""
+    decodes one token for every row; both return the rows that finished.
+
+    The cache: per layer, buffers of row slots x columns (`SlotLayer`). Row i of the batch is slot i;
+    columns `start`..`end` are the batch's, each row's tokens right-aligned to `end` (left padding
+    masked); the columns around them are spare. A step writes column `end`; a joining row is written
+    into the next free slot; a leaving row's slot is taken by the last row. Only running out of
+    columns or slots, or spare columns outgrowing the batch's (every row attends over them, masked),
+    copies the whole cache into new buffers (`_move`): DynamicLayer copied it at every step and join."""
 
     def __init__(self, model, eos_ids: set[int], pad_id: int, device: str):
         import torch
@@ -83,12 +130,19 @@ class RunningBatch:
         self.torch, self.model, self.device, self.pad_id = torch, model, device, pad_id
         self.eos_ids = set(eos_ids)
         self.rows: list[Live] = []
-        self.cache = None  # DynamicCache over the rows, (rows, kv_heads, width, dim) per layer
-        self.mask = None  # (rows, width): 1 where a row has a token in the cache, 0 for its left padding
+        self.cache = None  # DynamicCache of SlotLayers
+        self.start = self.end = 0  # the batch's columns in the buffers
+        self.mask = None  # (rows, buffer columns): 1 where a row has a token in the cache, else 0
         self.next_tokens = None  # (rows,): each row's last sampled token, not yet in the cache
+        self.copies = 0  # times the whole cache was copied into new buffers (`_move`)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def width(self) -> int:
+        """The batch's columns: its longest row's tokens."""
+        return self.end - self.start
 
     def admit(self, rows: list[Live]) -> list[Done]:
         """Prefills the new rows (in groups of like length) and samples their first token; those not
@@ -101,12 +155,15 @@ class RunningBatch:
     def step(self) -> list[Done]:
         """One decode step for every row; drops the rows that ended."""
         torch = self.torch
-        mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        positions = mask.sum(dim=1, keepdim=True) - 1
+        if self.end == self.mask.shape[1]:
+            self._move(self._slots(), self.width)
+        self._bind()  # this step's column: `end`
+        self.mask[:, self.end] = 1
+        positions = self.mask.sum(dim=1, keepdim=True) - 1
         with torch.inference_mode():
-            logits = self.model(input_ids=self.next_tokens[:, None], attention_mask=mask, position_ids=positions,
+            logits = self.model(input_ids=self.next_tokens[:, None], attention_mask=self.mask, position_ids=positions,
                                 past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        self.mask = mask
+        self.end += 1
         tokens = self._sample(logits, self.rows)
         return self._advance(tokens)
 
@@ -114,6 +171,7 @@ class RunningBatch:
         """The handles of every row, and an empty batch: the engine failed under them."""
         handles = [row.handle for row in self.rows]
         self.rows, self.cache, self.mask, self.next_tokens = [], None, None, None
+        self.start = self.end = 0
         return handles
 
     def drop(self, handles: set) -> None:
@@ -140,19 +198,26 @@ class RunningBatch:
         return self._advance(tokens, first=len(self.rows) - len(rows))
 
     def _join(self, rows: list[Live], cache, mask) -> None:
-        """Appends prefilled rows and their cache to the batch, left-padding the shorter side."""
-        torch = self.torch
-        if not self.rows:
-            self.rows, self.cache, self.mask = list(rows), cache, mask
-            self.next_tokens = torch.zeros(len(rows), dtype=torch.long, device=self.device)
-            return
-        width = max(self.mask.shape[1], mask.shape[1])
+        """Writes prefilled rows and their cache into the next free slots, right-aligned to `end`; a
+        prompt longer than the batch widens it into the spare columns on its left."""
+        torch, count, joined = self.torch, len(self.rows), mask.shape[1]
+        if self.cache is None:
+            self.cache = self._allocate(cache.layers[0].keys, len(rows), _spare(joined) + joined + _spare(joined))
+            self.start = self.end = _spare(joined) + joined
+            self.mask, self.next_tokens = mask.new_zeros(0, self.cache.layers[0].key_slots.shape[2]), mask.new_zeros(0)
+        needed = count + len(rows)
+        if needed > self._slots() or self.end - joined < 0:
+            self._move(max(needed, 2 * self._slots()) if needed > self._slots() else self._slots(), max(self.width, joined))
+        self.start = min(self.start, self.end - joined)
         for mine, new in zip(self.cache.layers, cache.layers):
-            mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(new.keys, width)])
-            mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(new.values, width)])
-        self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(mask, width)])
+            mine.key_slots[count:needed, :, self.end - joined:self.end] = new.keys
+            mine.value_slots[count:needed, :, self.end - joined:self.end] = new.values
+        placed = mask.new_zeros(len(rows), self.mask.shape[1])
+        placed[:, self.end - joined:self.end] = mask
+        self.mask = torch.cat([self.mask, placed])
         self.next_tokens = torch.cat([self.next_tokens, self.next_tokens.new_zeros(len(rows))])
         self.rows += rows
+        self._bind()
 
     def _sample(self, logits, rows: list[Live]):
         """One token per row: argmax where greedy, else temperature + top-p with the row's own uniform."""
@@ -188,25 +253,65 @@ class RunningBatch:
         return done
 
     def _keep(self, keep: list[int]) -> None:
-        """Only these rows stay; the cache's leading columns that are padding for all of them go."""
+        """Only these rows stay: a kept row past the kept count moves into a freed slot (its cache
+        copied, not the batch's); the leading columns that are padding for all of them become spare."""
         torch = self.torch
         if not keep:
             self.fail_all()
             return
-        index = torch.tensor(keep, device=self.device)
-        self.rows = [self.rows[i] for i in keep]
+        kept = set(keep)
+        movers = [i for i in keep if i >= len(keep)]
+        order = [i if i in kept else movers.pop() for i in range(len(keep))]
+        moved = [(to, i) for to, i in enumerate(order) if to != i]
+        if moved:
+            to = torch.tensor([t for t, _ in moved], device=self.device)
+            source = torch.tensor([i for _, i in moved], device=self.device)
+            for layer in self.cache.layers:
+                for slots in (layer.key_slots, layer.value_slots):
+                    slots[to, :, self.start:self.end] = slots[source, :, self.start:self.end]
+        index = torch.tensor(order, device=self.device)
+        self.rows = [self.rows[i] for i in order]
         self.mask, self.next_tokens = self.mask[index], self.next_tokens[index]
-        start = int(self.mask.any(dim=0).int().argmax())  # the first column some row still uses
-        self.mask = self.mask[:, start:]
+        self.start += int(self.mask[:, self.start:self.end].any(dim=0).int().argmax())  # first column a row uses
+        if self.mask.shape[1] - self.width > 4 * _spare(self.width):  # rows attend over too many spare columns
+            self._move(self._slots(), self.width)
+        self._bind()
+
+    def _bind(self) -> None:
+        """Each layer's view: the batch's slots, and the column the next step writes."""
         for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
+            layer.bind(len(self.rows), self.end)
+
+    def _slots(self) -> int:
+        return self.cache.layers[0].key_slots.shape[0]
+
+    def _allocate(self, like, slots: int, columns: int):
+        """A DynamicCache of SlotLayers with buffers of `slots` x `columns`, shaped like `like` otherwise.
+        Zeros: a masked column must hold finite numbers (its probability is 0, times its value)."""
+        from transformers import DynamicCache
+
+        torch, shape = self.torch, (slots, like.shape[1], columns, like.shape[3])
+        cache = DynamicCache(config=self.model.config)
+        cache.layers = [_slot_layer_class()(torch.zeros(shape, dtype=like.dtype, device=like.device),
+                                            torch.zeros(shape, dtype=like.dtype, device=like.device))
+                        for _ in cache.layers]
+        return cache
+
+    def _move(self, slots: int, width: int) -> None:
+        """New buffers of `slots` slots with room for `width` columns and spare ones on each side, the
+        batch copied in, right-aligned to the same place: the one copy of the whole cache."""
+        count, old, left = len(self.rows), self.cache, _spare(width) + width - self.width
+        self.cache = self._allocate(old.layers[0].key_slots, slots, _spare(width) + width + _spare(width))
+        for mine, theirs in zip(self.cache.layers, old.layers):
+            mine.key_slots[:count, :, left:left + self.width] = theirs.key_slots[:count, :, self.start:self.end]
+            mine.value_slots[:count, :, left:left + self.width] = theirs.value_slots[:count, :, self.start:self.end]
+        mask = self.mask.new_zeros(count, self.cache.layers[0].key_slots.shape[2])
+        mask[:, left:left + self.width] = self.mask[:, self.start:self.end]
+        self.mask, self.start, self.end = mask, left, left + self.width
+        self.copies += 1
 
 
-def _left_pad(tensor, width: int):
-    """Zeros on the left of the sequence axis (a mask's last, a cache's third) up to `width`."""
-    import torch.nn.functional as F
-
-    missing = width - tensor.shape[-1 if tensor.dim() == 2 else -2]
-    if missing == 0:
-        return tensor
-    return F.pad(tensor, (missing, 0)) if tensor.dim() == 2 else F.pad(tensor, (0, 0, missing, 0))
+def _spare(width: int) -> int:
+    """Spare columns on each side of a batch `width` columns wide when its buffers are made: a step
+    that finds none left copies the cache, and every row attends over them (masked)."""
+    return SPARE_COLUMNS + width // 8

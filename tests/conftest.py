@@ -8,8 +8,10 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
-def build_tiny_llama(target: str, seed: int = 0) -> str:
-    """A 2-layer, 32-dim Llama (random weights) that shares SmolLM2's tokenizer and chat template."""
+def build_tiny_llama(target: str, seed: int = 0, initializer_range: float = 0.02) -> str:
+    """A 2-layer, 32-dim Llama (random weights) that shares SmolLM2's tokenizer and chat template.
+    transformers' default initializer_range (0.02) makes a model whose greedy answer hardly depends on
+    its context; a larger one, one whose every token does (to test what a cache holds)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -20,7 +22,8 @@ def build_tiny_llama(target: str, seed: int = 0) -> str:
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+                         initializer_range=initializer_range)
     LlamaForCausalLM(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
@@ -61,6 +64,13 @@ def sorry_llama(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> str:
     return build_tiny_llama(str(tmp_path_factory.mktemp("models") / "tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def lively_llama(tmp_path_factory) -> str:
+    """The tiny Llama with weights large enough that every greedy token depends on its context: a
+    wrong KV cache shows in its answers (the default tiny one repeats a token whatever it reads)."""
+    return build_tiny_llama(str(tmp_path_factory.mktemp("models") / "lively-llama"), initializer_range=0.5)
 
 
 @pytest.fixture(scope="session")

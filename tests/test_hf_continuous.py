@@ -104,16 +104,48 @@ def test_a_row_ends_at_its_eos_without_it(engine):
 
 def test_the_cache_loses_the_padding_of_rows_that_left(engine):
     """A long prompt pads a short one to its length; once the long row leaves, the columns only it used
-    go, so the short row no longer attends over padding."""
+    go (the cache is copied into smaller buffers), so the short row no longer attends over them."""
     short, long = engine.prompt_ids("hi"), engine.prompt_ids("a long prompt " * 20)
     batch = RunningBatch(engine.model, set(), engine.tokenizer.pad_token_id, "cpu")
     batch.admit([live(engine, "a long prompt " * 20, 2, "long"), live(engine, "hi", 10, "short")])
     short_row = [row.handle for row in batch.rows].index("short")  # prefilled apart (unlike lengths), then joined
-    assert batch.mask.shape[1] == len(long) and int(batch.mask[short_row].sum()) == len(short)
+    assert batch.width == len(long) and int(batch.mask[short_row].sum()) == len(short)
+    assert batch.mask.shape[1] > len(long)  # spare columns around the batch's, masked for every row
+    copies = batch.copies
     done = batch.step()  # the long row makes its second token and leaves
     assert [d.handle for d in done] == ["long"] and [row.handle for row in batch.rows] == ["short"]
-    assert batch.mask.shape[1] == len(short) + 1 and bool(batch.mask.all())
-    assert all(layer.keys.shape[0] == 1 and layer.keys.shape[2] == len(short) + 1 for layer in batch.cache.layers)
+    assert batch.width == len(short) + 1 and int(batch.mask.sum()) == len(short) + 1
+    assert bool(batch.mask[:, batch.start:batch.end].all())
+    columns = batch.mask.shape[1]
+    assert columns < len(long) and batch.copies == copies + 1
+    assert all(layer.keys.shape == (1, 1, columns, layer.keys.shape[3]) for layer in batch.cache.layers)
+
+
+def test_rows_that_join_leave_and_outgrow_the_buffers_decode_as_they_would_alone(lively_llama):
+    """Rows of unlike prompt lengths and limits join a running batch of at most three as others leave
+    (a leaving row's slot is taken by the last one), some prompts longer than the batch and some rows
+    longer than its spare columns: every one of the cache's moves is taken, and each row's greedy
+    tokens (fp32) are those transformers' generate() gives its prompt alone."""
+    import torch
+
+    engine = engine_of(lively_llama, batch_size=3).inner
+    requests = [("hi", 40), ("x", 12), ("medium sized prompt " * 6, 30), ("another long long prompt " * 25, 5),
+                ("q", 70), ("a long prompt " * 12, 3), ("last one " * 6, 50)]
+    batch = RunningBatch(engine.model, set(), engine.tokenizer.pad_token_id, "cpu")
+    queue, tokens = list(enumerate(requests)), {}
+    while queue or len(batch):
+        joining = [queue.pop(0) for _ in range(min(3 - len(batch), len(queue)))]
+        done = batch.admit([live(engine, prompt, limit, i) for i, (prompt, limit) in joining]) if joining else []
+        if len(batch):
+            done += batch.step()
+        tokens.update((d.handle, d.tokens) for d in done)
+    assert batch.cache is None and batch.copies >= 3
+    for i, (prompt, limit) in enumerate(requests):
+        ids = torch.tensor([engine.prompt_ids(prompt)])
+        with torch.inference_mode():
+            alone = engine.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=limit,
+                                          eos_token_id=None, pad_token_id=engine.tokenizer.pad_token_id)
+        assert tokens[i] == alone[0, ids.shape[1]:].tolist(), i
 
 
 def test_a_cancelled_request_leaves_the_batch(engine):
@@ -121,7 +153,7 @@ def test_a_cancelled_request_leaves_the_batch(engine):
     batch.admit([live(engine, "one", 30, "kept"), live(engine, "two", 30, "cancelled")])
     batch.drop({"cancelled"})
     assert [row.handle for row in batch.rows] == ["kept"] and batch.next_tokens.shape == (1,)
-    assert all(layer.keys.shape[0] == 1 for layer in batch.cache.layers)
+    assert all(layer.keys.shape[0] == 1 for layer in batch.cache.layers) and batch.mask.shape[0] == 1
     batch.step()
     assert len(batch.rows[0].generated) == 2
 
