@@ -23,7 +23,7 @@ from generation.sampling import sample_tokens
 from generation.types import SamplingParams
 
 PREFILL_PADDING = 1.25  # a prefill group's padded tokens over its real ones, at most
-SPARE_COLUMNS = 16  # the least spare columns on each side of the batch's cache (see _spare)
+SPARE_COLUMNS = 16  # spare columns left of the batch's cache when its buffers are made (the right: _spare)
 
 
 @dataclass
@@ -119,7 +119,7 @@ class RunningBatch:
     columns or slots, or spare columns outgrowing the batch's (every row attends over them, masked),
     copies the whole cache into new buffers (`_move`): DynamicLayer copied it at every step and join."""
 
-    def __init__(self, model, eos_ids: set[int], pad_id: int, device: str):
+    def __init__(self, model, eos_ids: set[int], pad_id: int, device: str, max_rows: int | None = None):
         import torch
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
@@ -129,6 +129,7 @@ class RunningBatch:
                              f"(the LLaMA family); {type(model).__name__}'s is not: set generation.batching=static")
         self.torch, self.model, self.device, self.pad_id = torch, model, device, pad_id
         self.eos_ids = set(eos_ids)
+        self.max_rows = max_rows  # the most rows the caller admits: the buffers' slots grow (doubling) to no more
         self.rows: list[Live] = []
         self.cache = None  # DynamicCache of SlotLayers
         self.start = self.end = 0  # the batch's columns in the buffers
@@ -202,12 +203,13 @@ class RunningBatch:
         prompt longer than the batch widens it into the spare columns on its left."""
         torch, count, joined = self.torch, len(self.rows), mask.shape[1]
         if self.cache is None:
-            self.cache = self._allocate(cache.layers[0].keys, len(rows), _spare(joined) + joined + _spare(joined))
-            self.start = self.end = _spare(joined) + joined
+            self.cache = self._allocate(cache.layers[0].keys, len(rows), SPARE_COLUMNS + joined + _spare(joined))
+            self.start = self.end = SPARE_COLUMNS + joined
             self.mask, self.next_tokens = mask.new_zeros(0, self.cache.layers[0].key_slots.shape[2]), mask.new_zeros(0)
         needed = count + len(rows)
         if needed > self._slots() or self.end - joined < 0:
-            self._move(max(needed, 2 * self._slots()) if needed > self._slots() else self._slots(), max(self.width, joined))
+            grown = max(needed, min(2 * self._slots(), self.max_rows or 2 * self._slots()))
+            self._move(grown if needed > self._slots() else self._slots(), max(self.width, joined))
         self.start = min(self.start, self.end - joined)
         for mine, new in zip(self.cache.layers, cache.layers):
             mine.key_slots[count:needed, :, self.end - joined:self.end] = new.keys
@@ -222,7 +224,7 @@ class RunningBatch:
     def _sample(self, logits, rows: list[Live]):
         """One token per row: argmax where greedy, else temperature + top-p with the row's own uniform."""
         torch = self.torch
-        tokens = logits.argmax(dim=-1)
+        tokens = logits.float().argmax(dim=-1)  # torch's bf16 argmax is 2x slower than converting first (CPU)
         kinds: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
             if row.sampling.temperature > 0:
@@ -273,7 +275,7 @@ class RunningBatch:
         self.rows = [self.rows[i] for i in order]
         self.mask, self.next_tokens = self.mask[index], self.next_tokens[index]
         self.start += int(self.mask[:, self.start:self.end].any(dim=0).int().argmax())  # first column a row uses
-        if self.mask.shape[1] - self.width > 4 * _spare(self.width):  # rows attend over too many spare columns
+        if self.mask.shape[1] - self.width > 3 * _spare(self.width):  # rows attend over too many spare columns
             self._move(self._slots(), self.width)
         self._bind()
 
@@ -300,8 +302,8 @@ class RunningBatch:
     def _move(self, slots: int, width: int) -> None:
         """New buffers of `slots` slots with room for `width` columns and spare ones on each side, the
         batch copied in, right-aligned to the same place: the one copy of the whole cache."""
-        count, old, left = len(self.rows), self.cache, _spare(width) + width - self.width
-        self.cache = self._allocate(old.layers[0].key_slots, slots, _spare(width) + width + _spare(width))
+        count, old, left = len(self.rows), self.cache, SPARE_COLUMNS + width - self.width
+        self.cache = self._allocate(old.layers[0].key_slots, slots, SPARE_COLUMNS + width + _spare(width))
         for mine, theirs in zip(self.cache.layers, old.layers):
             mine.key_slots[:count, :, left:left + self.width] = theirs.key_slots[:count, :, self.start:self.end]
             mine.value_slots[:count, :, left:left + self.width] = theirs.value_slots[:count, :, self.start:self.end]
@@ -312,6 +314,7 @@ class RunningBatch:
 
 
 def _spare(width: int) -> int:
-    """Spare columns on each side of a batch `width` columns wide when its buffers are made: a step
-    that finds none left copies the cache, and every row attends over them (masked)."""
+    """Spare columns right of a batch `width` columns wide when its buffers are made, for the steps to
+    come: a step that finds none left copies the cache, and until then every row attends over them
+    (masked). Few on the left: a prompt longer than the batch is rarer than a step."""
     return SPARE_COLUMNS + width // 8

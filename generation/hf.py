@@ -60,7 +60,7 @@ class HFGenerator:
         self._scoring: deque = deque()  # (rows, option lengths, future) of the choices waiting
         self._scorer: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
-        self._running = RunningBatch(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.device) \
+        self._running = RunningBatch(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.device, cfg.batch_size) \
             if cfg.batching == "continuous" else None
         self.batches = self.batched_rows = 0  # decode steps (static: generate() calls) and their rows: kept full?
         self.released_rows = 0  # rows sent back to the queue by a batch that stopped early (batch_refill)

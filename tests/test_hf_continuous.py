@@ -131,15 +131,16 @@ def test_rows_that_join_leave_and_outgrow_the_buffers_decode_as_they_would_alone
     engine = engine_of(lively_llama, batch_size=3).inner
     requests = [("hi", 40), ("x", 12), ("medium sized prompt " * 6, 30), ("another long long prompt " * 25, 5),
                 ("q", 70), ("a long prompt " * 12, 3), ("last one " * 6, 50)]
-    batch = RunningBatch(engine.model, set(), engine.tokenizer.pad_token_id, "cpu")
-    queue, tokens = list(enumerate(requests)), {}
+    batch = RunningBatch(engine.model, set(), engine.tokenizer.pad_token_id, "cpu", max_rows=3)
+    queue, tokens, slots = list(enumerate(requests)), {}, set()
     while queue or len(batch):
         joining = [queue.pop(0) for _ in range(min(3 - len(batch), len(queue)))]
         done = batch.admit([live(engine, prompt, limit, i) for i, (prompt, limit) in joining]) if joining else []
         if len(batch):
+            slots.add(batch.cache.layers[0].key_slots.shape[0])
             done += batch.step()
         tokens.update((d.handle, d.tokens) for d in done)
-    assert batch.cache is None and batch.copies >= 3
+    assert batch.cache is None and batch.copies >= 3 and slots == {3}  # 1, 2, then 3 (doubling, up to max_rows)
     for i, (prompt, limit) in enumerate(requests):
         ids = torch.tensor([engine.prompt_ids(prompt)])
         with torch.inference_mode():
