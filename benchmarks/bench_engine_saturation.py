@@ -74,8 +74,11 @@ async def sorted_static_batches(generator, prompts, checks, judging) -> tuple[in
 
 
 def overrides(backend: str, args, out: Path) -> list[str]:
+    # vLLM's own switch; hf's prefix cache (generation.prefix_cache_tokens) is on by default, off with "off"
     caching = [] if args.prefix_caching == "default" else [
         f"generation.vllm.enable_prefix_caching={str(args.prefix_caching == 'on').lower()}"]
+    if args.prefix_caching == "off":
+        caching.append("generation.prefix_cache_tokens=0")
     return [f"generation.backend={backend}", f"seeds.limit={args.seeds}", f"evolve.rounds={args.rounds}",
             "seeds.response_field=null", f"evolve.evolve_sampling.max_tokens={args.evolve_tokens}",
             f"evolve.respond_sampling.max_tokens={args.respond_tokens}", f"generation.torch_threads={args.threads}",
@@ -153,6 +156,8 @@ def measure(backend: str, args, workdir: Path) -> float:
           + (f", {gauges['mean_batch_rows']:.1f} rows per batch" if gauges.get("mean_batch_rows") else "")
           + (f", model computing {100 * gauges['engine_computing_share']:.0f}%"
              if gauges.get("engine_computing_share") is not None else "")
+          + (f", {100 * gauges['prefix_cached_share']:.0f}% of prompt tokens from the prefix cache"
+             if gauges.get("prefix_cached_share") is not None else "")
           + f"); bare engine at its best {tokens} tok in {seconds:.1f} s = "
           f"{tokens / seconds:.1f} tok/s; job/bare = {job_rate / (tokens / seconds):.2f}x", flush=True)
     return job_rate

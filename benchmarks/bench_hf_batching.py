@@ -4,6 +4,7 @@
     python benchmarks/bench_hf_batching.py [--seeds 16] [--rounds 2] [--tokens 256] [--dtype bfloat16] [--greedy]
         [--modes static,refill,continuous] [--baseline refill]
     python benchmarks/bench_hf_batching.py --seeds 16 --rounds 4 --tokens 128 --greedy --modes ahead0,ahead1 --baseline ahead0
+    python benchmarks/bench_hf_batching.py --seeds 16 --rounds 4 --tokens 128 --greedy --modes prefix_off,prefix_on --baseline prefix_off
 
 A static batch runs until its longest row ends; with batch_refill it stops once half of its rows are
 done while a request waits, and the unfinished rows go on in the next batch (prefilled again). Continuous
@@ -11,7 +12,8 @@ batching decodes one step at a time and lets rows leave and join between steps, 
 (generation/continuous.py). Every run is the job as a user runs it (`python -m jobs.evolve --config
 configs/local.yaml`, the same seeds, sampling and token caps as bench_engine_saturation.py's job side).
 `ahead0` / `ahead1`: continuous, with `evolve.rounds_ahead` 0 (one round after the other) and 1 (the
-next round started while a candidate is judged); the other modes run the default (1). Prints each
+next round started while a candidate is judged); the other modes run the default (1). `prefix_off` /
+`prefix_on`: continuous, without and with the prompt-prefix cache (`generation.prefix_cache_tokens`). Prints each
 run's tokens/s (those its records kept: rounds started ahead and cancelled are not counted) over the
 actor's chain seconds, its wall and rows per batch (per decode step when continuous), then each mode
 against `--baseline` (static + refill by default, the hf default before continuous).
@@ -32,7 +34,10 @@ MODES = {"static": ["generation.batching=static", "generation.batch_refill=false
          "continuous": ["generation.batching=continuous"],
          # continuous, one round after the other vs the next round started while a candidate is judged
          "ahead0": ["generation.batching=continuous", "evolve.rounds_ahead=0"],
-         "ahead1": ["generation.batching=continuous", "evolve.rounds_ahead=1"]}
+         "ahead1": ["generation.batching=continuous", "evolve.rounds_ahead=1"],
+         # continuous, hf's prompt-prefix cache off vs on (the default)
+         "prefix_off": ["generation.batching=continuous", "generation.prefix_cache_tokens=0"],
+         "prefix_on": ["generation.batching=continuous"]}
 
 
 def main() -> None:
@@ -64,7 +69,9 @@ def main() -> None:
                   f"{gauges['mean_chains_in_flight']:.1f} chains in flight, {gauges['mean_batch_rows']:.2f} rows per "
                   f"{'decode step' if 'generation.batching=continuous' in MODES[mode] else 'batch'}, "
                   f"{gauges.get('released_rows') or 0} rows carried to a later batch, "
-                  f"{gauges.get('unused_tokens', 0)} tokens in cancelled rounds", flush=True)
+                  f"{gauges.get('unused_tokens', 0)} tokens in cancelled rounds"
+                  + (f", {100 * gauges['prefix_cached_share']:.0f}% of prompt tokens from the prefix cache"
+                     if gauges.get("prefix_cached_share") is not None else ""), flush=True)
     if args.baseline in rates:
         for mode in rates.keys() - {args.baseline}:
             print(f"{mode} / {args.baseline}: {rates[mode] / rates[args.baseline]:.2f}x tokens/s, "

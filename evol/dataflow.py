@@ -104,7 +104,8 @@ def collect(rows: list[dict], run: PoolRun) -> PoolRun:
                                         "unused_tokens": row.get("unused_tokens") or 0}
             if row.get("batch_rows") is not None:  # hf: rows per batched generate(), rows it carried to a later one
                 run.gauges[row["actor"]] |= {"mean_batch_rows": row["batch_rows"], "released_rows": row.get("released_rows"),
-                                             "engine_computing_share": row.get("computing")}
+                                             "engine_computing_share": row.get("computing"),
+                                             "prefix_cached_share": row.get("prefix_cached")}
     return run
 
 

@@ -109,7 +109,9 @@ def batch_fill(gauges: dict, generation) -> str:
     computing = gauges.get("engine_computing_share")
     computing = f", the model computing {100 * computing:.0f}% of the time" if computing is not None else ""
     if generation.batching == "continuous":
-        return f", {gauges['mean_batch_rows']:.1f} rows per decode step of {generation.batch_size}{computing}"
+        cached = gauges.get("prefix_cached_share")
+        cached = f", {100 * cached:.0f}% of prompt tokens from the prefix cache" if cached is not None else ""
+        return f", {gauges['mean_batch_rows']:.1f} rows per decode step of {generation.batch_size}{computing}{cached}"
     return (f", {gauges['mean_batch_rows']:.1f} rows per batch of {generation.batch_size}"
             f" ({gauges.get('released_rows') or 0} unfinished rows carried to a later batch){computing}")
 

@@ -83,6 +83,11 @@ class GenerationConfig(StrictModel):
         "continuous", description="hf: continuous: rows join and leave a running batch between decode steps, its "
                                   "KV cache kept (generation/continuous.py; LLaMA-family caches); static: one "
                                   "left-padded generate() per batch")
+    prefix_cache_tokens: int = Field(
+        8192, ge=0, description="hf, batching continuous: prompt-prefix tokens whose KV cache is kept, so that a prompt "
+                                "beginning like an earlier one (the evolution templates, the chat header) prefills "
+                                "only the rest (2 x layers x kv_heads x head_dim x 2 bytes each in bf16: 23 KB for "
+                                "SmolLM2-135M, 128 KB for a 7B Llama); 0: off")
     batch_refill: bool = Field(True, description="hf, batching static: a batch stops once half of its rows are done while a request "
                                                  "waits; its unfinished rows go on in the next batch (their text so "
                                                  "far prefilled again)")

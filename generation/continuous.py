@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from generation.sampling import sample_tokens
@@ -24,6 +25,7 @@ from generation.types import SamplingParams
 
 PREFILL_PADDING = 1.25  # a prefill group's padded tokens over its real ones, at most
 SPARE_COLUMNS = 16  # spare columns left of the batch's cache when its buffers are made (the right: _spare)
+PREFIX_BLOCK = 16  # tokens per block of a cached prompt prefix: a prompt reuses the whole blocks it shares
 
 
 @dataclass
@@ -70,6 +72,73 @@ def row_rng(sampling: SamplingParams) -> random.Random:
 
     seed = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2 ** 62, (1,)))
     return random.Random(seed)
+
+
+@dataclass
+class Prefix:
+    """A prompt's first tokens (whole blocks) and their KV per layer, (1, kv_heads, tokens, dim) each."""
+    tokens: list[int]
+    layers: list[tuple]
+
+
+class PrefixCache:
+    """The KV of prompt prefixes prefilled before, so that a prompt beginning like an earlier one (the
+    six evolution templates share long openings; every chat prompt shares its header) prefills only the
+    rest, as vLLM's prefix caching does. Keyed like vLLM's: by blocks of PREFIX_BLOCK tokens, each
+    block's key the hash of the key before it and its own tokens, so a key names a whole prefix. One
+    entry per prompt stored (its whole blocks but the last token: the one prefilled to sample from);
+    the least recently used go once more than `max_tokens` are held. A hit is checked token for token."""
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+        self.entries: OrderedDict[int, Prefix] = OrderedDict()  # by the key of an entry's last block
+        self.blocks: dict[int, tuple[int, int]] = {}  # block key -> (entry key, the prefix's tokens to it)
+        self.tokens = 0  # held in entries
+        self.prompt_tokens = self.reused_tokens = 0  # looked up, and found cached: the hit rate
+
+    @staticmethod
+    def block_keys(prompt: list[int]) -> list[int]:
+        """One key per whole block of the prompt but its last token (which is always prefilled)."""
+        keys, key = [], 0
+        for end in range(PREFIX_BLOCK, len(prompt), PREFIX_BLOCK):
+            key = hash((key, tuple(prompt[end - PREFIX_BLOCK:end])))
+            keys.append(key)
+        return keys
+
+    def lookup(self, prompt: list[int]) -> tuple[Prefix, int] | None:
+        """The entry holding the longest cached prefix of `prompt`, and that prefix's length."""
+        found = None
+        for key in self.block_keys(prompt):
+            if key not in self.blocks:
+                break
+            found = self.blocks[key]
+        self.prompt_tokens += len(prompt)
+        if found is None:
+            return None
+        entry_key, length = found
+        entry = self.entries[entry_key]
+        if entry.tokens[:length] != prompt[:length]:  # two prefixes of one hash: never reuse the wrong one
+            return None
+        self.entries.move_to_end(entry_key)
+        self.reused_tokens += length
+        return entry, length
+
+    def store(self, prompt: list[int], layers) -> None:
+        """Keeps `prompt`'s whole blocks; `layers(length)` gives their KV per layer (called only when kept)."""
+        keys = self.block_keys(prompt)
+        length = len(keys) * PREFIX_BLOCK
+        if not keys or keys[-1] in self.entries or length > self.max_tokens:
+            return
+        self.entries[keys[-1]] = Prefix(prompt[:length], layers(length))
+        for i, key in enumerate(keys):
+            self.blocks[key] = (keys[-1], (i + 1) * PREFIX_BLOCK)
+        self.tokens += length
+        while self.tokens > self.max_tokens:
+            old_key, old = self.entries.popitem(last=False)
+            self.tokens -= len(old.tokens)
+            for key in self.block_keys(old.tokens + [0]):  # the blocks that still name this entry go with it
+                if self.blocks.get(key, (None,))[0] == old_key:
+                    del self.blocks[key]
 
 
 @functools.cache
@@ -119,7 +188,8 @@ class RunningBatch:
     columns or slots, or spare columns outgrowing the batch's (every row attends over them, masked),
     copies the whole cache into new buffers (`_move`): DynamicLayer copied it at every step and join."""
 
-    def __init__(self, model, eos_ids: set[int], pad_id: int, device: str, max_rows: int | None = None):
+    def __init__(self, model, eos_ids: set[int], pad_id: int, device: str, max_rows: int | None = None,
+                 prefix_cache_tokens: int = 0):
         import torch
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
@@ -130,6 +200,7 @@ class RunningBatch:
         self.torch, self.model, self.device, self.pad_id = torch, model, device, pad_id
         self.eos_ids = set(eos_ids)
         self.max_rows = max_rows  # the most rows the caller admits: the buffers' slots grow (doubling) to no more
+        self.prefixes = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
         self.rows: list[Live] = []
         self.cache = None  # DynamicCache of SlotLayers
         self.start = self.end = 0  # the batch's columns in the buffers
@@ -146,11 +217,18 @@ class RunningBatch:
         return self.end - self.start
 
     def admit(self, rows: list[Live]) -> list[Done]:
-        """Prefills the new rows (in groups of like length) and samples their first token; those not
-        done at it join the batch."""
+        """Prefills the new rows (those with the same cached prefix together, in groups of like length)
+        and samples their first token; those not done at it join the batch."""
         done: list[Done] = []
-        for group in prefill_groups([len(row.prompt) for row in rows]):
-            done += self._prefill([rows[i] for i in group])
+        sharing: dict[tuple, list] = {}
+        for row in rows:
+            found = self.prefixes.lookup(row.prompt) if self.prefixes else None
+            sharing.setdefault((id(found[0]), found[1]) if found else None, []).append((row, found))
+        for members in sharing.values():
+            found = members[0][1]
+            cached = found[1] if found else 0
+            for group in prefill_groups([len(row.prompt) - cached for row, _ in members]):
+                done += self._prefill([members[i][0] for i in group], found)
         return done
 
     def step(self) -> list[Done]:
@@ -183,17 +261,32 @@ class RunningBatch:
 
     # --- internals -------------------------------------------------------------------------------
 
-    def _prefill(self, rows: list[Live]) -> list[Done]:
+    def _prefill(self, rows: list[Live], found: tuple[Prefix, int] | None = None) -> list[Done]:
+        """One forward over the rows' prompts, left-padded; with `found` (a cached prefix they all
+        begin with, and its length) only what follows it, the prefix's KV in the cache before them."""
         from transformers import DynamicCache
 
-        torch = self.torch
-        width = max(len(row.prompt) for row in rows)
-        ids = torch.tensor([[self.pad_id] * (width - len(row.prompt)) + row.prompt for row in rows], device=self.device)
-        mask = torch.tensor([[0] * (width - len(row.prompt)) + [1] * len(row.prompt) for row in rows], device=self.device)
+        torch, cached = self.torch, found[1] if found else 0
+        rest = [row.prompt[cached:] for row in rows]
+        width = max(len(tokens) for tokens in rest)
+        ids = torch.tensor([[self.pad_id] * (width - len(tokens)) + tokens for tokens in rest], device=self.device)
+        mask = torch.tensor([[0] * (width - len(tokens)) + [1] * len(tokens) for tokens in rest], device=self.device)
         cache = DynamicCache(config=self.model.config)
+        if found:
+            for index, (keys, values) in enumerate(found[0].layers):
+                cache.update(keys[:, :, :cached].expand(len(rows), -1, -1, -1).contiguous(),
+                             values[:, :, :cached].expand(len(rows), -1, -1, -1).contiguous(), index)
+            mask = torch.cat([mask.new_ones(len(rows), cached), mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, cached:]
         with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                 past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        if self.prefixes:
+            for i, row in enumerate(rows):  # row i's cache: the prefix, its padding, then the rest of its prompt
+                columns = list(range(cached)) + list(range(cached + width - len(rest[i]), mask.shape[1]))
+                self.prefixes.store(row.prompt, lambda length: [
+                    (layer.keys[i:i + 1, :, columns[:length]], layer.values[i:i + 1, :, columns[:length]])
+                    for layer in cache.layers])
         tokens = self._sample(logits, rows)
         self._join(rows, cache, mask)
         return self._advance(tokens, first=len(self.rows) - len(rows))

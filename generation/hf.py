@@ -60,8 +60,8 @@ class HFGenerator:
         self._scoring: deque = deque()  # (rows, option lengths, future) of the choices waiting
         self._scorer: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
-        self._running = RunningBatch(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.device, cfg.batch_size) \
-            if cfg.batching == "continuous" else None
+        self._running = RunningBatch(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.device, cfg.batch_size,
+                                     cfg.prefix_cache_tokens) if cfg.batching == "continuous" else None
         self.batches = self.batched_rows = 0  # decode steps (static: generate() calls) and their rows: kept full?
         self.released_rows = 0  # rows sent back to the queue by a batch that stopped early (batch_refill)
         self.worker_seconds = 0.0  # the worker thread's time computing (prefill, decode, scoring): is it ever idle?
@@ -70,6 +70,12 @@ class HFGenerator:
     def mean_batch_rows(self) -> float | None:
         """Rows per decode step (static: per generate()) so far: is the engine's batch kept full?"""
         return self.batched_rows / self.batches if self.batches else None
+
+    @property
+    def prefix_cached_share(self) -> float | None:
+        """The share of prompt tokens whose KV came from the prefix cache (continuous batching)."""
+        prefixes = self._running.prefixes if self._running is not None else None
+        return prefixes.reused_tokens / prefixes.prompt_tokens if prefixes and prefixes.prompt_tokens else None
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in text_token_ids(self.tokenizer, texts)]

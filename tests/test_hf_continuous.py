@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from generation import GenerationConfig, SamplingParams, build_generator
-from generation.continuous import Live, RunningBatch, prefill_groups, row_rng
+from generation.continuous import PREFIX_BLOCK, Live, PrefixCache, RunningBatch, prefill_groups, row_rng
 
 LIMITS = (3, 12, 6, 9, 20, 1, 15)
 PROMPTS = [f"question {i} " + "word " * (7 * i) for i in range(len(LIMITS))]  # unlike lengths: rows are padded
@@ -208,3 +208,52 @@ def test_a_request_cancelled_while_queued_is_never_decoded(tiny_llama, batching)
 
     (alone, texts), (both, _), (cancelled, texts_beside) = rows_decoded(None), rows_decoded("kept"), rows_decoded("cancelled")
     assert cancelled == alone < both and texts_beside == texts
+
+
+def test_the_prefix_cache_finds_the_longest_cached_prefix_in_whole_blocks_and_forgets_the_least_recent():
+    block = PREFIX_BLOCK
+    cache = PrefixCache(max_tokens=4 * block)
+    first = list(range(3 * block + 5))
+    cache.store(first, lambda length: [("kv of", length)])
+    assert cache.tokens == 3 * block and len(cache.entries) == 1  # whole blocks only
+    entry, length = cache.lookup(first[:2 * block] + [-1] * (block + 3))  # two blocks in common
+    assert length == 2 * block and entry.tokens == first[:3 * block] and entry.layers == [("kv of", 3 * block)]
+    assert cache.lookup(first)[1] == 3 * block and cache.lookup(first[:3 * block])[1] == 2 * block  # the last token
+    assert cache.lookup([-1] * 40) is None and cache.lookup(first[:block]) is None  # is always prefilled
+    cache.store(first, lambda length: [("again", length)])
+    assert cache.tokens == 3 * block  # a prefix kept once
+    other = [-2] * (3 * block + 1)
+    cache.store(other, lambda length: [("other", length)])  # 6 blocks > 4: the least recently used goes
+    assert cache.tokens == 3 * block and cache.lookup(first) is None and cache.lookup(other)[1] == 3 * block
+    cache.entries[next(iter(cache.entries))].tokens[0] = -3  # as if two prefixes had one hash
+    assert cache.lookup(other) is None
+    assert cache.reused_tokens == 2 * block + 3 * block + 2 * block + 3 * block
+
+
+def test_prompts_that_share_an_opening_prefill_only_the_rest_and_answer_as_without_the_cache(lively_llama):
+    """The first prompt is prefilled whole and its blocks kept; the next two, which begin like it, reuse
+    them and prefill what follows, together (the shorter one padded), and are kept in turn; the last
+    begins like the second and reuses its blocks past the opening. Greedy answers (fp32) are those of
+    an engine without the cache."""
+    opening = "Rewrite the prompt below into a more complex version that a person can still answer well. " * 2
+    second = opening + "What is 2 + 2? Show each step of the sum."
+    prompts = [opening + "Name three rivers.", second,
+               opening + "Write a haiku about rain today, then explain each of its images in one sentence.",
+               second + " Then do 3 + 3 the same way."]
+    samplings = [SamplingParams(0.0, 1.0, 16)] * 4
+    without = answers(engine_of(lively_llama, batch_size=4, prefix_cache_tokens=0), prompts, samplings)
+    generator = engine_of(lively_llama, batch_size=3, batch_wait_ms=50, prefix_cache_tokens=4096)
+    cached = [answer for batch in (prompts[:1], prompts[1:3], prompts[3:])
+              for answer in answers(generator, batch, samplings[:len(batch)])]
+    assert [(a.text, a.prompt_tokens, a.completion_tokens) for a in cached] == [
+        (a.text, a.prompt_tokens, a.completion_tokens) for a in without]
+    engine = generator.inner
+    ids = [engine.prompt_ids(p) for p in prompts]
+
+    def shared(a, b):
+        return next(i for i, (x, y) in enumerate(zip(a, b)) if x != y) // PREFIX_BLOCK * PREFIX_BLOCK
+
+    reused = [shared(ids[0], ids[1]), shared(ids[0], ids[2]), shared(ids[1], ids[3])]
+    assert reused[0] >= 3 * PREFIX_BLOCK and reused[2] > reused[0]  # the last reuses the second's own blocks
+    assert engine._running.prefixes.reused_tokens == sum(reused)
+    assert engine.prefix_cached_share == sum(reused) / sum(len(i) for i in ids)
