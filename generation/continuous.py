@@ -217,18 +217,12 @@ class RunningBatch:
         return self.end - self.start
 
     def admit(self, rows: list[Live]) -> list[Done]:
-        """Prefills the new rows (those with the same cached prefix together, in groups of like length)
-        and samples their first token; those not done at it join the batch."""
+        """Prefills the new rows (in groups of like length, each row only what follows its longest
+        cached prefix) and samples their first token; those not done at it join the batch."""
+        found = [self.prefixes.lookup(row.prompt) if self.prefixes else None for row in rows]
         done: list[Done] = []
-        sharing: dict[tuple, list] = {}
-        for row in rows:
-            found = self.prefixes.lookup(row.prompt) if self.prefixes else None
-            sharing.setdefault((id(found[0]), found[1]) if found else None, []).append((row, found))
-        for members in sharing.values():
-            found = members[0][1]
-            cached = found[1] if found else 0
-            for group in prefill_groups([len(row.prompt) - cached for row, _ in members]):
-                done += self._prefill([members[i][0] for i in group], found)
+        for group in prefill_groups([len(row.prompt) - (hit[1] if hit else 0) for row, hit in zip(rows, found)]):
+            done += self._prefill([rows[i] for i in group], [found[i] for i in group])
         return done
 
     def step(self) -> list[Done]:
@@ -261,29 +255,37 @@ class RunningBatch:
 
     # --- internals -------------------------------------------------------------------------------
 
-    def _prefill(self, rows: list[Live], found: tuple[Prefix, int] | None = None) -> list[Done]:
-        """One forward over the rows' prompts, left-padded; with `found` (a cached prefix they all
-        begin with, and its length) only what follows it, the prefix's KV in the cache before them."""
+    def _prefill(self, rows: list[Live], found: list[tuple[Prefix, int] | None]) -> list[Done]:
+        """One forward over the rows' prompts: for each, what follows its cached prefix (`found`: the
+        entry and the prefix's length, or None), left-padded; the prefixes' KV, left-padded too, in the
+        cache before them. A row's columns: padding, its prefix, padding, the rest of its prompt."""
         from transformers import DynamicCache
 
-        torch, cached = self.torch, found[1] if found else 0
-        rest = [row.prompt[cached:] for row in rows]
-        width = max(len(tokens) for tokens in rest)
+        torch = self.torch
+        cached = [hit[1] if hit else 0 for hit in found]
+        rest = [row.prompt[n:] for row, n in zip(rows, cached)]
+        width, before = max(len(tokens) for tokens in rest), max(cached)
         ids = torch.tensor([[self.pad_id] * (width - len(tokens)) + tokens for tokens in rest], device=self.device)
-        mask = torch.tensor([[0] * (width - len(tokens)) + [1] * len(tokens) for tokens in rest], device=self.device)
+        mask = torch.tensor([[0] * (before - n) + [1] * n + [0] * (width - len(tokens)) + [1] * len(tokens)
+                             for n, tokens in zip(cached, rest)], device=self.device)
         cache = DynamicCache(config=self.model.config)
-        if found:
-            for index, (keys, values) in enumerate(found[0].layers):
-                cache.update(keys[:, :, :cached].expand(len(rows), -1, -1, -1).contiguous(),
-                             values[:, :, :cached].expand(len(rows), -1, -1, -1).contiguous(), index)
-            mask = torch.cat([mask.new_ones(len(rows), cached), mask], dim=1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, cached:]
+        if before:
+            held = next(hit[0] for hit in found if hit).layers  # per layer (keys, values), (1, kv_heads, tokens, dim)
+            for index in range(len(held)):
+                keys = held[index][0].new_zeros(len(rows), held[index][0].shape[1], before, held[index][0].shape[3])
+                values = torch.zeros_like(keys)
+                for i, (hit, n) in enumerate(zip(found, cached)):
+                    if hit:
+                        keys[i, :, before - n:] = hit[0].layers[index][0][0, :, :n]
+                        values[i, :, before - n:] = hit[0].layers[index][1][0, :, :n]
+                cache.update(keys, values, index)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, before:]
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                 past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         if self.prefixes:
-            for i, row in enumerate(rows):  # row i's cache: the prefix, its padding, then the rest of its prompt
-                columns = list(range(cached)) + list(range(cached + width - len(rest[i]), mask.shape[1]))
+            for i, row in enumerate(rows):  # the row's own columns, in order: its prefix, then the rest
+                columns = torch.nonzero(mask[i]).flatten()
                 self.prefixes.store(row.prompt, lambda length: [
                     (layer.keys[i:i + 1, :, columns[:length]], layer.values[i:i + 1, :, columns[:length]])
                     for layer in cache.layers])

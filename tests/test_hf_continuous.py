@@ -257,3 +257,31 @@ def test_prompts_that_share_an_opening_prefill_only_the_rest_and_answer_as_witho
     assert reused[0] >= 3 * PREFIX_BLOCK and reused[2] > reused[0]  # the last reuses the second's own blocks
     assert engine._running.prefixes.reused_tokens == sum(reused)
     assert engine.prefix_cached_share == sum(reused) / sum(len(i) for i in ids)
+
+
+def test_rows_with_unlike_cached_prefixes_or_none_prefill_in_one_forward(lively_llama):
+    """One prefill of three rows: one reusing a short cached prefix, one a longer one, one none; each
+    row's prefix and the rest of its prompt are left-padded apart. Greedy tokens (fp32) are those
+    transformers' generate() gives each prompt alone."""
+    import torch
+
+    engine = engine_of(lively_llama, batch_size=4, prefix_cache_tokens=4096).inner
+    batch = engine._running
+    opening = "Rewrite the prompt below into a more complex version that a person can still answer well. " * 2
+    first = opening + "Name three rivers and say where each one of them meets the sea."
+    batch.admit([live(engine, first, 1, "first")])  # prefilled whole; its blocks kept
+    prompts = [opening + "What is 2 + 2?", first + " Then two lakes.", "Something else, a prompt of its own."]
+    rows = [live(engine, prompt, 12, i) for i, prompt in enumerate(prompts)]
+    found = [batch.prefixes.lookup(row.prompt) for row in rows[:2]] + [None]  # the third as if nothing were cached
+    cached = [hit[1] if hit else 0 for hit in found]
+    assert cached[0] >= 3 * PREFIX_BLOCK and cached[1] > cached[0]
+    done = batch._prefill(rows, found)
+    while len(batch):
+        done += batch.step()
+    tokens = {d.handle: d.tokens for d in done}
+    for i, prompt in enumerate(prompts):
+        ids = torch.tensor([engine.prompt_ids(prompt)])
+        with torch.inference_mode():
+            alone = engine.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                                          eos_token_id=None, pad_token_id=engine.tokenizer.pad_token_id)
+        assert tokens[i] == alone[0, ids.shape[1]:].tolist(), i
