@@ -18,7 +18,7 @@ BUCKET_FILE = re.compile(r"bucket-(\d{5})\.parquet")
 # Keys that change how fast the job runs, where, or how its cost is priced, not what it writes: a rerun
 # may change them (lowering vllm.gpu_memory_utilization after an out-of-memory must not block a resume).
 _GENERATION_EXECUTION = ("concurrency", "max_chains", "rows_per_call", "calls_per_actor", "num_cpus", "num_gpus",
-                         "torch_threads", "batch_size", "batch_wait_ms", "batching", "batch_refill",
+                         "torch_threads", "batch_size", "batch_wait_ms", "batching", "batch_refill", "prefix_cache_tokens",
                          "attn_implementation", "openai.max_in_flight", "openai.timeout_s",
                          "openai.max_retries", "openai.base_url", "openai.requests_per_minute",
                          "openai.tokens_per_minute", "vllm.gpu_memory_utilization", "vllm.max_num_seqs",

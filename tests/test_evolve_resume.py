@@ -318,3 +318,21 @@ def test_an_actor_that_dies_while_starting_fails_the_job_with_its_cause(tmp_path
         "times while starting (the echo engine of smollm2-135m-instruct), without a Python error: out of memory or a "
         "crash in native code; see the actor's log in the Ray session's logs folder") in proc.stderr.splitlines()
     assert not bucket_files(tmp_path / "out")
+
+
+def test_a_rerun_may_change_the_hf_prefix_cache_or_resume_a_run_saved_before_it_existed():
+    """generation.prefix_cache_tokens changes how fast prompts are prefilled, not what is written."""
+    import copy
+
+    from evol.config import EvolveConfig
+    from evol.resume import config_changes
+
+    saved = EvolveConfig().model_dump(mode="json")
+    older = copy.deepcopy(saved)
+    del older["generation"]["prefix_cache_tokens"]  # a run from before the key existed
+    off = copy.deepcopy(saved)
+    off["generation"]["prefix_cache_tokens"] = 0
+    assert config_changes(older, saved) == [] and config_changes(saved, off) == []
+    reseeded = copy.deepcopy(saved)
+    reseeded["generation"]["seed"] = 7
+    assert config_changes(saved, reseeded) == ["generation.seed"]  # what changes the output still counts
