@@ -142,9 +142,10 @@ def measure(backend: str, args, workdir: Path) -> float:
         # Steps of a continuous batch make one token per row: a mean step's seconds, then what the
         # longest chain's sequential tokens alone take at that pace (the job's span cannot be shorter)
         step = gauges["chain_seconds"] * gauges["mean_batch_rows"] / summary["generated_tokens"]
-        root, sequential = longest_sequence(records, cfg.evolve.evolve_sampling.max_tokens)
+        root, sequential = longest_sequence(records, cfg.evolve.evolve_sampling.max_tokens,
+                                            cfg.evolve.fallback_rewrites)
         print(f"  longest chain ({root}): {sequential} tokens decode one after another (its rewrites and its last "
-              f"answer); at the job's mean step of {1000 * step:.0f} ms that is {sequential * step:.1f} s of its "
+              f"answer{'; rewrites of one parent overlap as fallback rewrites run them' if cfg.evolve.fallback_rewrites else ''}); at the job's mean step of {1000 * step:.0f} ms that is {sequential * step:.1f} s of its "
               f"{gauges['chain_seconds']:.1f} s of chains, so job/bare <= {seconds / (sequential * step):.2f}x "
               f"at this pace", flush=True)
     print(f"{backend} ({args.seeds} seeds, {args.rounds} rounds, max_chains {cfg.generation.chains_in_flight()}, "

@@ -55,23 +55,39 @@ def prompts_of(records: list[dict], cfg: EvolveSettings) -> list[tuple[str, Samp
     return prompts
 
 
-def longest_sequence(records: list[dict], evolve_max_tokens: int) -> tuple[str, int]:
+def longest_sequence(records: list[dict], evolve_max_tokens: int, fallbacks: bool = False) -> tuple[str, int]:
     """(root_id, tokens) of the chain with the most tokens that must decode one after another: its
     rewrites (each rewrites the text before it) and its last round's answer. Rounds ahead overlap the
-    rest of its work with these; no scheduling makes a chain take fewer decode steps. A rewrite counts
-    its cleaned text's tokens, or the whole limit where it was cut at it."""
-    sequence: dict[str, int] = {}
-    last: dict[str, dict] = {}
+    rest of its work with these. A rewrite counts its cleaned text's tokens, or the whole limit where it
+    was cut at it. With `fallbacks` (evolve.fallback_rewrites, the engine never short of rows), rounds that
+    evolve the same parent again overlap as run_chain overlaps them (`same_parent_path`)."""
+    rounds: dict[str, list[dict]] = {}
     for r in records:
-        if r["round"] == 0:
-            continue
-        rewrite = evolve_max_tokens if r["reason"] == TRUNCATED_EVOLUTION else (r["instruction_tokens"] or 0)
-        sequence[r["root_id"]] = sequence.get(r["root_id"], 0) + rewrite
-        if r["root_id"] not in last or r["round"] > last[r["root_id"]]["round"]:
-            last[r["root_id"]] = r
-    for root, r in last.items():
-        sequence[root] += r["response_tokens"] or 0
+        if r["round"] > 0:
+            rounds.setdefault(r["root_id"], []).append(r)
+    sequence: dict[str, int] = {}
+    for root, chain in rounds.items():
+        chain.sort(key=lambda r: r["round"])
+        runs: list[list[int]] = []  # rewrites of one parent, one after the other
+        for i, r in enumerate(chain):
+            rewrite = evolve_max_tokens if r["reason"] == TRUNCATED_EVOLUTION else (r["instruction_tokens"] or 0)
+            if i and fallbacks and r["parent_id"] == chain[i - 1]["parent_id"]:
+                runs[-1].append(rewrite)
+            else:
+                runs.append([rewrite])
+        sequence[root] = sum(same_parent_path(run) for run in runs) + (chain[-1]["response_tokens"] or 0)
     return max(sequence.items(), key=lambda item: item[1], default=("", 0))
+
+
+def same_parent_path(lengths: list[int]) -> int:
+    """Decode steps for rewrites of one parent, each round after an eliminated one, with fallback rewrites:
+    round j+1 starts when round j becomes the chain's oldest round (its fallback), and round j+1 becomes
+    the oldest when round j's verdict is in (its rewrite done)."""
+    start, oldest = [0], [0]
+    for j in range(1, len(lengths)):
+        start.append(oldest[j - 1])
+        oldest.append(max(oldest[j - 1], start[j - 1] + lengths[j - 1]))
+    return max(oldest[-1], start[-1] + lengths[-1])
 
 
 def generated_tokens(records: list[dict]) -> int:

@@ -5,6 +5,7 @@
         [--modes static,refill,continuous] [--baseline refill]
     python benchmarks/bench_hf_batching.py --seeds 16 --rounds 4 --tokens 128 --greedy --modes ahead0,ahead1 --baseline ahead0
     python benchmarks/bench_hf_batching.py --seeds 16 --rounds 4 --tokens 128 --greedy --modes prefix_off,prefix_on --baseline prefix_off
+    python benchmarks/bench_hf_batching.py --seeds 16 --rounds 4 --tokens 128 --greedy --modes fallback_off,fallback_on --baseline fallback_off
 
 A static batch runs until its longest row ends; with batch_refill it stops once half of its rows are
 done while a request waits, and the unfinished rows go on in the next batch (prefilled again). Continuous
@@ -13,7 +14,8 @@ batching decodes one step at a time and lets rows leave and join between steps, 
 configs/local.yaml`, the same seeds, sampling and token caps as bench_engine_saturation.py's job side).
 `ahead0` / `ahead1`: continuous, with `evolve.rounds_ahead` 0 (one round after the other) and 1 (the
 next round started while a candidate is judged); the other modes run the default (1). `prefix_off` /
-`prefix_on`: continuous, without and with the prompt-prefix cache (`generation.prefix_cache_tokens`). Prints each
+`prefix_on`: continuous, without and with the prompt-prefix cache (`generation.prefix_cache_tokens`);
+`fallback_off` / `fallback_on`: without and with `evolve.fallback_rewrites`. Prints each
 run's tokens/s (those its records kept: rounds started ahead and cancelled are not counted) over the
 actor's chain seconds, its wall and rows per batch (per decode step when continuous), then each mode
 against `--baseline` (static + refill by default, the hf default before continuous).
@@ -37,7 +39,10 @@ MODES = {"static": ["generation.batching=static", "generation.batch_refill=false
          "ahead1": ["generation.batching=continuous", "evolve.rounds_ahead=1"],
          # continuous, hf's prompt-prefix cache off vs on (the default)
          "prefix_off": ["generation.batching=continuous", "generation.prefix_cache_tokens=0"],
-         "prefix_on": ["generation.batching=continuous"]}
+         "prefix_on": ["generation.batching=continuous"],
+         # continuous, without and with fallback rewrites (the default)
+         "fallback_off": ["generation.batching=continuous", "evolve.fallback_rewrites=false"],
+         "fallback_on": ["generation.batching=continuous"]}
 
 
 def main() -> None:

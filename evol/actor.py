@@ -30,6 +30,7 @@ BUCKET_COUNTS = pa.schema([("bucket", pa.int64()), ("seeds", pa.int64()), ("reco
                            ("batch_rows", pa.float64()), ("released_rows", pa.int64()), ("computing", pa.float64()),
                            ("prefix_cached", pa.float64()),
                            ("unused_requests", pa.int64()), ("unused_tokens", pa.int64()),
+                           ("fallbacks_started", pa.int64()), ("fallbacks_taken", pa.int64()),
                            ("stopped", pa.string())])
 
 
@@ -165,7 +166,8 @@ class EvolveActor:
                 "released_rows": getattr(self.engine, "released_rows", None),
                 "computing": round(min(computing / span, 1.0), 3) if computing is not None and span else None,
                 "prefix_cached": _rounded(getattr(self.engine, "prefix_cached_share", None)),
-                "unused_requests": self.roles.unused.requests, "unused_tokens": self.roles.unused.generated_tokens}
+                "unused_requests": self.roles.unused.requests, "unused_tokens": self.roles.unused.generated_tokens,
+                "fallbacks_started": self.roles.fallbacks.started, "fallbacks_taken": self.roles.fallbacks.taken}
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         done = await asyncio.gather(*(self._bucket(b, rows) for b, rows in seed_rows(batch)))

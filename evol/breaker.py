@@ -66,6 +66,11 @@ class CircuitBreaker:
         self.failures = 0
         return result
 
+    def spare_rows(self) -> int:
+        """The engine's free rows (evolve.fallback_rewrites asks); none once the breaker is open."""
+        spare = getattr(self.inner, "spare_rows", None)
+        return spare() if spare and self.cause is None else 0
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         return self.inner.count_tokens(texts)
 

@@ -55,6 +55,11 @@ class EvolveSettings(StrictModel):
                                      "same; when the candidate is then eliminated the rounds started after it are "
                                      "cancelled and their cost added to its record. 0: one round after the other (a "
                                      "paid endpoint that eliminates often); 20: no limit")
+    fallback_rewrites: bool = Field(
+        True, description="while the engine has rows free (hf, vLLM: never a paid endpoint), a chain also starts "
+                          "the next round's rewrite of the instruction it is evolving, in case the candidate is "
+                          "eliminated and the parent evolves again; the same request, so the records are the same. "
+                          "Cancelled when not needed, its cost added to the record that made it so")
     train_on_truncated_responses: bool = Field(
         False, description="put responses cut by respond_sampling.max_tokens in the training set "
                            "(they are flagged `response_truncated` and counted either way)")

@@ -101,7 +101,9 @@ def collect(rows: list[dict], run: PoolRun) -> PoolRun:
             run.gauges[row["actor"]] = {"mean_chains_in_flight": row["mean_chains"], "peak_chains_in_flight": row["peak_chains"],
                                         "engine_busy_share": row["busy"], "chain_seconds": row["span"],
                                         "unused_requests": row.get("unused_requests") or 0,
-                                        "unused_tokens": row.get("unused_tokens") or 0}
+                                        "unused_tokens": row.get("unused_tokens") or 0,
+                                        "fallbacks_started": row.get("fallbacks_started") or 0,
+                                        "fallbacks_taken": row.get("fallbacks_taken") or 0}
             if row.get("batch_rows") is not None:  # hf: rows per batched generate(), rows it carried to a later one
                 run.gauges[row["actor"]] |= {"mean_batch_rows": row["batch_rows"], "released_rows": row.get("released_rows"),
                                              "engine_computing_share": row.get("computing"),

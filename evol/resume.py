@@ -26,6 +26,7 @@ _GENERATION_EXECUTION = ("concurrency", "max_chains", "rows_per_call", "calls_pe
                          "echo_crash_at_start", "echo_fail_after")
 EXECUTION_KEYS = ("ray.", "cost.", "output.overwrite", "seeds.dedupe_partitions", "seeds.piece_bytes",
                   "evolve.retry_errors", "evolve.engine_failure_limit", "evolve.rounds_ahead",
+                  "evolve.fallback_rewrites",
                   *(f"{role}.{key}" for role in ("generation", "judge") for key in _GENERATION_EXECUTION))
 INPUTS = "inputs"  # the section of fingerprints a run's saved config holds (evol/identity.py)
 

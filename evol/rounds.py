@@ -92,6 +92,14 @@ class Cost:
         self.seconds += other.seconds
 
 
+@dataclass
+class Fallbacks:
+    """evolve.fallback_rewrites, for the gauges: rewrites started in case a candidate is eliminated, and
+    those the chain then took up."""
+    started: int = 0
+    taken: int = 0
+
+
 @dataclass(frozen=True)
 class Roles:
     """Who answers what: `writer` evolves and responds, `judge` runs the equality check."""
@@ -99,6 +107,7 @@ class Roles:
     judge: Generator
     lean: EqualityLean = field(default_factory=EqualityLean)  # for evolve.equality_calibration=content_free
     unused: Cost = field(default_factory=Cost)  # rounds started ahead and cancelled, for the gauges
+    fallbacks: Fallbacks = field(default_factory=Fallbacks)
 
 
 @dataclass(frozen=True)
@@ -314,9 +323,17 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles, settings: 
 class Pending:
     """A round of a chain in flight, perhaps evolving a candidate whose own verdict is not back yet."""
     round_index: int
+    item: PoolItem | None  # what it evolves (None for round 0: the seed row)
     step: Step
     presumed: asyncio.Future  # the next item if this round's candidate is kept as its text rules suggest
     task: asyncio.Future  # its Candidate
+
+
+def engine_has_room(generator: Generator) -> bool:
+    """Whether the engine would decode a request now beside the ones it has, at no cost to them (hf and
+    vLLM say how many rows they have free; an endpoint that bills by the token never says)."""
+    spare_rows = getattr(generator, "spare_rows", None)
+    return spare_rows is not None and spare_rows() > 0
 
 
 async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instruction_tokens: int,
@@ -333,19 +350,46 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
     round order; one that differs from the presumption (answered, then eliminated; an error) cancels the
     rounds started after it, whose cost so far is added to its record, and the chain goes on from what
     the verdict says. The requests and their seeds are those of one round after the other, and so are
-    the records, cost columns aside, where the engine's samples depend only on the request."""
-    records, line = finished_part(earlier), []
+    the records, cost columns aside, where the engine's samples depend only on the request.
 
-    def launch(round_index: int, item: PoolItem | None) -> None:
+    Fallback rewrites (evolve.fallback_rewrites): while the engine has rows free, the next round's
+    rewrite of the head round's own item starts beside it, in case the head's candidate is eliminated
+    (the parent goes back to the pool and the next round evolves it again: the same request). A round
+    then taken up goes on as if launched then; one not needed is cancelled, its cost added to the
+    record of the verdict that made it so. On a small model nearly half the rewrites run to their
+    limit and are eliminated, and each is a whole rewrite on its chain's path."""
+    records, line = finished_part(earlier), []
+    fallback: Pending | None = None
+
+    def start(round_index: int, item: PoolItem | None) -> Pending:
         step, presumed = Step(), asyncio.get_running_loop().create_future()
         work = (start_chain(row, roles, settings, max_instruction_tokens, step, presumed) if round_index == 0
                 else evolve_once(item, round_index, roles, settings, step, presumed))
-        line.append(Pending(round_index, step, presumed, asyncio.ensure_future(work)))
+        return Pending(round_index, item, step, presumed, asyncio.ensure_future(work))
+
+    def launch(round_index: int, item: PoolItem | None) -> None:
+        nonlocal fallback
+        if fallback is not None and (fallback.round_index, fallback.item) == (round_index, item):
+            line.append(fallback)  # the same request, started earlier
+            fallback = None
+            roles.fallbacks.taken += 1
+        else:
+            line.append(start(round_index, item))
+
+    async def drop_fallback() -> Cost:
+        nonlocal fallback
+        spent, fallback = (await cancel_rounds([fallback], roles) if fallback else Cost()), None
+        return spent
 
     try:
         launch(len(records), pool_item(records) if records else None)
         while line:
             head, tail = line[0], line[-1]
+            if (fallback is None and settings.fallback_rewrites and 0 < head.round_index < settings.rounds
+                    and not head.task.done() and all(p.round_index != head.round_index + 1 for p in line)
+                    and engine_has_room(roles.writer)):
+                fallback = start(head.round_index + 1, head.item)
+                roles.fallbacks.started += 1
             if not head.task.done():  # a verdict already in goes first: nothing is started on a settled guess
                 ahead_room = tail.round_index < settings.rounds and len(line) <= settings.rounds_ahead
                 if ahead_room and tail.presumed.done() and tail.presumed.result() is not None:
@@ -359,11 +403,15 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
             record = candidate.record
             if line and candidate.next_item != head.presumed.result():
                 record = with_cost(record, await cancel_rounds(line, roles))
+            if fallback is not None and (candidate.next_item != fallback.item or head.round_index >= settings.rounds):
+                record = with_cost(record, await drop_fallback())
             records.append(record)
             if not line and candidate.next_item is not None and head.round_index < settings.rounds:
                 launch(head.round_index + 1, candidate.next_item)
+        if fallback is not None:  # the chain ended on an error
+            records[-1] = with_cost(records[-1], await drop_fallback())
     except BaseException:
-        for pending in line:
+        for pending in line + ([fallback] if fallback else []):
             pending.task.cancel()  # on a task already failed, this also keeps asyncio from logging its error
         raise
     return records

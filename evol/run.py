@@ -117,11 +117,14 @@ def batch_fill(gauges: dict, generation) -> str:
 
 
 def unused_requests(gauges: dict) -> str:
-    """evolve.rounds_ahead's waste: requests of rounds started on a candidate that was then not kept."""
+    """The waste of evolve.rounds_ahead and evolve.fallback_rewrites: requests started on a guess about a
+    candidate's verdict that did not hold."""
+    fallbacks = (f"; {gauges['fallbacks_started']} fallback rewrites started, {gauges.get('fallbacks_taken') or 0} "
+                 "taken up" if gauges.get("fallbacks_started") else "")
     if not gauges.get("unused_requests"):
-        return ""
-    return (f"; {gauges['unused_requests']} requests of rounds started ahead were cancelled ({gauges['unused_tokens']} "
-            "tokens, in the eliminated candidates' cost)")
+        return fallbacks
+    return (fallbacks + f"; {gauges['unused_requests']} requests started ahead of a verdict were cancelled "
+            f"({gauges['unused_tokens']} tokens, in the cost of the records whose verdicts made them moot)")
 
 
 def report(summary: dict, cfg: EvolveConfig) -> str:

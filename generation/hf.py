@@ -77,6 +77,10 @@ class HFGenerator:
         prefixes = self._running.prefixes if self._running is not None else None
         return prefixes.reused_tokens / prefixes.prompt_tokens if prefixes and prefixes.prompt_tokens else None
 
+    def spare_rows(self) -> int:
+        """Rows a request would find free now: the batch less those decoding and those queued."""
+        return self.cfg.batch_size - (len(self._running) if self._running is not None else 0) - len(self._pending)
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in text_token_ids(self.tokenizer, texts)]
 

@@ -66,6 +66,12 @@ class Metered:
     def count_tokens(self, texts: list[str]) -> list[int]:
         return self.inner.count_tokens(texts)
 
+    def spare_rows(self) -> int:
+        """Rows the engine has free now; 0 from a backend that does not say (an endpoint that bills by the
+        token: nothing is asked of it on speculation)."""
+        spare = getattr(self.inner, "spare_rows", None)
+        return spare() if spare else 0
+
     async def close(self) -> None:
         await self.inner.close()
 

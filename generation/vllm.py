@@ -71,12 +71,17 @@ class VllmGenerator:
         path = resolve_model(cfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(cfg, path, cuda)))
+        self.in_flight = 0  # requests given to the engine and not yet answered
         handler_log = logging.getLogger(AsyncLLM.__module__)
         if not any(isinstance(f, EngineEndAsWarning) for f in handler_log.filters):
             handler_log.addFilter(EngineEndAsWarning())
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in text_token_ids(self.tokenizer, texts)]
+
+    def spare_rows(self) -> int:
+        """Sequences the engine would schedule beside those it has (max_num_seqs, vLLM's default 256)."""
+        return (self.cfg.vllm.max_num_seqs or 256) - self.in_flight
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Rendered and tokenised here (user text as plain text), cut from the left like the hf
@@ -93,9 +98,13 @@ class VllmGenerator:
                               seed=sampling.seed if self.request_seeds else None,
                               max_tokens=sampling.max_tokens, output_kind=RequestOutputKind.FINAL_ONLY)
         final = None
-        async for output in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
-                                                 request_id=uuid.uuid4().hex):
-            final = output
+        self.in_flight += 1
+        try:
+            async for output in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
+                                                     request_id=uuid.uuid4().hex):
+                final = output
+        finally:
+            self.in_flight -= 1
         if final is None or not final.outputs:
             raise GenerationError("no_output", "the engine returned no completion")
         completion = final.outputs[0]
@@ -124,9 +133,13 @@ class VllmGenerator:
         params = VllmSampling(temperature=0.0, max_tokens=1, prompt_logprobs=0,
                               output_kind=RequestOutputKind.FINAL_ONLY)
         final = None
-        async for output in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
-                                                 request_id=uuid.uuid4().hex):
-            final = output
+        self.in_flight += 1
+        try:
+            async for output in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
+                                                     request_id=uuid.uuid4().hex):
+                final = output
+        finally:
+            self.in_flight -= 1
         if final is None or final.prompt_logprobs is None:
             raise GenerationError("no_output", "the engine returned no prompt logprobs")
         positions = range(len(ids) - tail, len(ids))

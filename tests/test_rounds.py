@@ -479,3 +479,90 @@ def test_an_engine_that_goes_down_cancels_the_rewrite_asked_ahead():
     cancelled, left = asyncio.run(chain())
     assert cancelled == 1 and not left  # the round-2 rewrite was stopped, nothing of the chain runs on
 
+
+
+class RoomyGenerator(SlowScriptedGenerator):
+    """An engine that says it has rows free (hf, vLLM): chains may ask for fallback rewrites."""
+
+    def __init__(self, rows: int = 64):
+        super().__init__()
+        self.rows = rows
+        self.evolving = self.peak_evolving = 0
+
+    def spare_rows(self) -> int:
+        return self.rows - self.in_flight
+
+    async def generate(self, prompt, sampling):
+        rewrite = ORIGINAL_MARKER in prompt
+        self.evolving += rewrite
+        self.peak_evolving = max(self.peak_evolving, self.evolving)
+        try:
+            return await super().generate(prompt, sampling)
+        finally:
+            self.evolving -= rewrite
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 20])
+def test_fallback_rewrites_write_the_same_records_and_charge_every_request_to_one(ahead):
+    """A fallback rewrite is the request the next round asks if the candidate is eliminated (its parent
+    evolves again), so the records are those of rounds one after the other; one not needed is charged
+    to the record whose verdict made it so, and the cost columns add up to every request asked."""
+    seeds = _seeds({"id": "ok", "instruction": "Name rivers", "output": "x"},
+                   {"id": "cut", "instruction": "CUT this", "output": "x"},
+                   {"id": "sorry", "instruction": "SORRY", "output": "x"},
+                   {"id": "same", "instruction": "SAME thing", "output": "x"},
+                   {"id": "leak", "instruction": "LEAK this", "output": "x"},
+                   {"id": "fail", "instruction": "FAIL here", "output": "x"},
+                   {"id": "fresh", "instruction": "Name lakes"},
+                   {"id": "fail0", "instruction": "FAIL without answer"})
+    plain = SlowScriptedGenerator()
+    before = evolve(seeds, plain, rounds=3, rounds_ahead=0)
+    gen = RoomyGenerator()
+    after = evolve(seeds, gen, rounds=3, rounds_ahead=ahead)
+    assert sum(r["requests"] or 0 for r in after) == gen.asked
+    assert [{k: v for k, v in r.items() if k not in COST} for r in after] == \
+           [{k: v for k, v in r.items() if k not in COST} for r in before]
+    from collections import Counter
+    assert not Counter(plain.calls) - Counter(gen.calls)  # every request of one round after the other is asked
+    assert gen.asked > plain.asked  # and fallbacks beside them: the kept chains' were not needed
+    by_id = {r["id"]: r for r in after}
+    extra = {i for i, r in by_id.items() if r["requests"] != next(b for b in before if b["id"] == i)["requests"]}
+    # charged to candidates; a seed's record only where rounds ahead charge it (its own answer failed)
+    assert all(by_id[i]["round"] >= 1 or (ahead and i == "fail0") for i in extra)
+    assert gen.peak_evolving >= 2  # a chain's next rewrite ran beside the one it may replace
+
+
+def test_fallback_rewrites_take_a_truncating_chain_two_rounds_at_a_time():
+    """Every rewrite of CUT runs to its limit and is eliminated, and each next round evolves the same
+    parent: with fallbacks the next round's rewrite runs beside the current one, so the chain is done in
+    about half the time of one rewrite after the other; never on an engine that does not say it has room."""
+    import time
+
+    seeds = _seeds({"id": "cut", "instruction": "CUT this", "output": "x"})
+    spans, gens = {}, {}
+    for name, gen in (("plain", SlowScriptedGenerator()), ("roomy", RoomyGenerator()), ("full", RoomyGenerator(0))):
+        start = time.perf_counter()
+        records = evolve(seeds, gen, rounds=6, rounds_ahead=0)
+        spans[name], gens[name] = time.perf_counter() - start, gen
+        assert [(x["round"], x["reason"]) for x in records][1:] == [(i, rules.TRUNCATED_EVOLUTION) for i in range(1, 7)]
+        assert sum(x["requests"] for x in records) == gen.asked
+    assert gens["roomy"].peak_evolving == 2 and gens["full"].peak_evolving == 1
+    assert gens["full"].asked == gens["plain"].asked == 6
+    assert spans["roomy"] < 0.75 * spans["plain"], spans
+
+
+def test_only_an_engine_that_says_it_has_rows_free_is_asked_for_fallbacks():
+    """The actor's writer is the backend metered and behind a circuit breaker: both pass on what the
+    backend says; a backend that says nothing (an endpoint billed by the token) has no room, and an
+    engine whose breaker opened has none either."""
+    from evol.breaker import CircuitBreaker
+    from evol.rounds import engine_has_room
+    from generation.registry import Metered
+
+    roomy, silent = RoomyGenerator(rows=5), ScriptedGenerator()
+    writer = CircuitBreaker(Metered(roomy), limit=3, role="generation")
+    assert writer.spare_rows() == 5 and engine_has_room(writer)
+    assert not engine_has_room(CircuitBreaker(Metered(silent), limit=3, role="generation"))
+    assert not engine_has_room(CircuitBreaker(Metered(RoomyGenerator(rows=0)), limit=3, role="generation"))
+    writer.cause = "the generation engine failed 3 requests in a row"
+    assert writer.spare_rows() == 0 and not engine_has_room(writer)
