@@ -90,13 +90,23 @@ class VllmGenerator:
 
     async def generate(self, prompt: str, sampling: SamplingParams) -> Generation:
         from vllm import SamplingParams as VllmSampling
-        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         ids = await asyncio.to_thread(self.prompt_ids, prompt)  # off the loop that serves the engine's outputs
         params = VllmSampling(temperature=sampling.temperature, top_p=sampling.top_p,
                               seed=sampling.seed if self.request_seeds else None,
                               max_tokens=sampling.max_tokens, output_kind=RequestOutputKind.FINAL_ONLY)
+        final = await self._final(ids, params)
+        if final is None or not final.outputs:
+            raise GenerationError("no_output", "the engine returned no completion")
+        completion = final.outputs[0]
+        return Generation(text=completion.text.strip(), prompt_tokens=len(ids),
+                          completion_tokens=len(completion.token_ids), finished=completion.finish_reason != "length")
+
+    async def _final(self, ids: list[int], params):
+        """The engine's last output for one request (FINAL_ONLY: its only one), counted in flight meanwhile."""
+        from vllm.inputs import TokensPrompt
+
         final = None
         self.in_flight += 1
         try:
@@ -105,11 +115,7 @@ class VllmGenerator:
                 final = output
         finally:
             self.in_flight -= 1
-        if final is None or not final.outputs:
-            raise GenerationError("no_output", "the engine returned no completion")
-        completion = final.outputs[0]
-        return Generation(text=completion.text.strip(), prompt_tokens=len(ids),
-                          completion_tokens=len(completion.token_ids), finished=completion.finish_reason != "length")
+        return final
 
     async def close(self) -> None:
         self.engine.shutdown()
@@ -127,19 +133,11 @@ class VllmGenerator:
     async def _logprob_of_tail(self, ids: list[int], tail: int) -> float:
         """log P(the last `tail` tokens | the ones before), from the prompt logprobs of one request."""
         from vllm import SamplingParams as VllmSampling
-        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         params = VllmSampling(temperature=0.0, max_tokens=1, prompt_logprobs=0,
                               output_kind=RequestOutputKind.FINAL_ONLY)
-        final = None
-        self.in_flight += 1
-        try:
-            async for output in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
-                                                     request_id=uuid.uuid4().hex):
-                final = output
-        finally:
-            self.in_flight -= 1
+        final = await self._final(ids, params)
         if final is None or final.prompt_logprobs is None:
             raise GenerationError("no_output", "the engine returned no prompt logprobs")
         positions = range(len(ids) - tail, len(ids))

@@ -403,19 +403,21 @@ def test_model_text_with_lone_surrogates_is_cleaned_and_the_bucket_is_written(tm
 
 
 COST = ("requests", "generated_tokens", "prompt_tokens", "gen_seconds")
+# seeds whose chains take every path of the rules: kept, eliminated by each rule, failed, answered in round 0
+RULE_PATHS = ({"id": "ok", "instruction": "Name rivers", "output": "x"},
+              {"id": "sorry", "instruction": "SORRY", "output": "x"},
+              {"id": "same", "instruction": "SAME thing", "output": "x"},
+              {"id": "leak", "instruction": "LEAK this", "output": "x"},
+              {"id": "fail", "instruction": "FAIL here", "output": "x"},
+              {"id": "fresh", "instruction": "Name lakes"},
+              {"id": "fail0", "instruction": "FAIL without answer"})
 
 
 def test_rounds_ahead_write_the_same_records_and_charge_every_request_to_one():
     """Later rounds started while a candidate is judged ask the same requests as rounds one after the
     other, so the records are the same; those cancelled when the candidate is then not kept are charged
     to that candidate, so the cost columns still add up to every request the engine was asked."""
-    seeds = _seeds({"id": "ok", "instruction": "Name rivers", "output": "x"},
-                   {"id": "sorry", "instruction": "SORRY", "output": "x"},
-                   {"id": "same", "instruction": "SAME thing", "output": "x"},
-                   {"id": "leak", "instruction": "LEAK this", "output": "x"},
-                   {"id": "fail", "instruction": "FAIL here", "output": "x"},
-                   {"id": "fresh", "instruction": "Name lakes"},
-                   {"id": "fail0", "instruction": "FAIL without answer"})
+    seeds = _seeds(*RULE_PATHS)
     runs = {}
     for ahead in (0, 1, 20):
         gen = SlowScriptedGenerator()
@@ -507,14 +509,7 @@ def test_fallback_rewrites_write_the_same_records_and_charge_every_request_to_on
     """A fallback rewrite is the request the next round asks if the candidate is eliminated (its parent
     evolves again), so the records are those of rounds one after the other; one not needed is charged
     to the record whose verdict made it so, and the cost columns add up to every request asked."""
-    seeds = _seeds({"id": "ok", "instruction": "Name rivers", "output": "x"},
-                   {"id": "cut", "instruction": "CUT this", "output": "x"},
-                   {"id": "sorry", "instruction": "SORRY", "output": "x"},
-                   {"id": "same", "instruction": "SAME thing", "output": "x"},
-                   {"id": "leak", "instruction": "LEAK this", "output": "x"},
-                   {"id": "fail", "instruction": "FAIL here", "output": "x"},
-                   {"id": "fresh", "instruction": "Name lakes"},
-                   {"id": "fail0", "instruction": "FAIL without answer"})
+    seeds = _seeds(*RULE_PATHS, {"id": "cut", "instruction": "CUT this", "output": "x"})
     plain = SlowScriptedGenerator()
     before = evolve(seeds, plain, rounds=3, rounds_ahead=0)
     gen = RoomyGenerator()
