@@ -336,3 +336,21 @@ def test_a_rerun_may_change_the_hf_prefix_cache_or_resume_a_run_saved_before_it_
     reseeded = copy.deepcopy(saved)
     reseeded["generation"]["seed"] = 7
     assert config_changes(saved, reseeded) == ["generation.seed"]  # what changes the output still counts
+
+
+def test_a_rerun_may_turn_fallback_rewrites_off_or_resume_a_run_saved_before_they_existed():
+    """evolve.fallback_rewrites changes which requests run at once, not what is written."""
+    import copy
+
+    from evol.config import EvolveConfig
+    from evol.resume import config_changes
+
+    saved = EvolveConfig().model_dump(mode="json")
+    older = copy.deepcopy(saved)
+    del older["evolve"]["fallback_rewrites"]  # a run from before the key existed
+    off = copy.deepcopy(saved)
+    off["evolve"]["fallback_rewrites"] = False
+    assert config_changes(older, saved) == [] and config_changes(saved, off) == []
+    more_rounds = copy.deepcopy(saved)
+    more_rounds["evolve"]["rounds"] = 5
+    assert config_changes(saved, more_rounds) == ["evolve.rounds"]
