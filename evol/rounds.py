@@ -376,17 +376,12 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
         else:
             line.append(start(round_index, item))
 
-    async def drop_fallback() -> Cost:
-        nonlocal fallback
-        spent, fallback = (await cancel_rounds([fallback], roles) if fallback else Cost()), None
-        return spent
-
     try:
         launch(len(records), pool_item(records) if records else None)
         while line:
             head, tail = line[0], line[-1]
             if (fallback is None and settings.fallback_rewrites and 0 < head.round_index < settings.rounds
-                    and not head.task.done() and all(p.round_index != head.round_index + 1 for p in line)
+                    and not head.task.done() and len(line) == 1  # the line is consecutive rounds: none is next yet
                     and engine_has_room(roles.writer)):
                 fallback = start(head.round_index + 1, head.item)
                 roles.fallbacks.started += 1
@@ -403,13 +398,12 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
             record = candidate.record
             if line and candidate.next_item != head.presumed.result():
                 record = with_cost(record, await cancel_rounds(line, roles))
-            if fallback is not None and (candidate.next_item != fallback.item or head.round_index >= settings.rounds):
-                record = with_cost(record, await drop_fallback())
+            if fallback is not None and candidate.next_item != fallback.item:  # kept, or an error: not needed
+                record = with_cost(record, await cancel_rounds([fallback], roles))
+                fallback = None
             records.append(record)
             if not line and candidate.next_item is not None and head.round_index < settings.rounds:
-                launch(head.round_index + 1, candidate.next_item)
-        if fallback is not None:  # the chain ended on an error
-            records[-1] = with_cost(records[-1], await drop_fallback())
+                launch(head.round_index + 1, candidate.next_item)  # takes up the fallback when it is this round
     except BaseException:
         for pending in line + ([fallback] if fallback else []):
             pending.task.cancel()  # on a task already failed, this also keeps asyncio from logging its error

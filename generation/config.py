@@ -29,6 +29,10 @@ class VllmConfig(StrictModel):
                                                                  "default")
     extra: dict[str, Any] = Field(default_factory=dict, description="more AsyncEngineArgs, passed through as is")
 
+    def scheduled_seqs(self) -> int:
+        """The sequences one engine batches at once: max_num_seqs, or vLLM's default (256 on GPU)."""
+        return self.max_num_seqs or 256
+
 
 class OpenAIConfig(StrictModel):
     """An OpenAI-compatible endpoint (ChatGPT, a vLLM server, a Ray Serve LLM app)."""
@@ -125,7 +129,7 @@ class GenerationConfig(StrictModel):
         if self.backend == "hf":
             return 4 * self.batch_size  # one batch generating; the next one chosen from three batches' worth by length
         if self.backend == "vllm":
-            return self.vllm.max_num_seqs or 256
+            return self.vllm.scheduled_seqs()
         return self.openai.max_in_flight if self.backend == "openai" else 16
 
     @model_validator(mode="after")

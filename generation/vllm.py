@@ -80,8 +80,8 @@ class VllmGenerator:
         return [len(ids) for ids in text_token_ids(self.tokenizer, texts)]
 
     def spare_rows(self) -> int:
-        """Sequences the engine would schedule beside those it has (max_num_seqs, vLLM's default 256)."""
-        return (self.cfg.vllm.max_num_seqs or 256) - self.in_flight
+        """Sequences the engine would schedule beside those it has."""
+        return self.cfg.vllm.scheduled_seqs() - self.in_flight
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Rendered and tokenised here (user text as plain text), cut from the left like the hf
