@@ -55,6 +55,10 @@ def test_vllm_backend_two_rounds(tmp_path, local_ray):
     texts = candidates["instruction"].tolist()
     assert all(isinstance(text, str) for text in texts) and median(len(text.split()) for text in texts) >= 5, texts
     assert (candidates["gen_seconds"] > 0).all()
+    # vLLM says it has sequences free (max_num_seqs less those it holds): each chain's round 1 ran with a
+    # fallback rewrite beside it (round 2 evolving the seed again, in case round 1 is eliminated)
+    [gauges] = summary["actors"].values()
+    assert gauges["fallbacks_started"] >= 6 and gauges["fallbacks_taken"] <= gauges["fallbacks_started"], gauges
     assert_vllm_actors_ended_quietly(local_ray)  # no ERROR traceback as the pool's actors end
 
 
