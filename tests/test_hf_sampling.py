@@ -67,3 +67,27 @@ def test_the_same_seed_draws_the_same_tokens_and_the_processor_leaves_one_finite
     scores = nucleus_sampler(1.0, 0.95)(None, logits.clone())
     assert torch.equal(scores.argmax(dim=-1), first)
     assert (torch.isfinite(scores).sum(dim=-1) == 1).all()
+
+
+def nucleus_size(row: torch.Tensor, top_p: float) -> int:
+    return int((transformers_probs(row[None], 1.0, top_p)[0] > 0).sum())
+
+
+def test_a_nucleus_wider_than_the_candidates_is_looked_for_among_wider_candidates_before_a_full_sort():
+    """Three rows, three paths: a nucleus within the 10 candidates, one within 10 x 8 = 80 (a second
+    topk), and one wider still (the sorted vocabulary); each row's draws follow its own nucleus."""
+    torch.manual_seed(3)
+    sharp, medium, flat = torch.randn(300) * 6, torch.randn(300) * 2.5, torch.randn(300) * 0.3
+    assert nucleus_size(sharp, 0.9) <= 10 < nucleus_size(medium, 0.9) <= 80 < nucleus_size(flat, 0.9)
+    rows = torch.stack([sharp, medium, flat])
+    torch.manual_seed(0)
+    tokens = sample_tokens(rows.repeat(DRAWS // 3, 1), 1.0, 0.9, candidates=10, wider=8).view(-1, 3)
+    for i in range(3):
+        expected = transformers_probs(rows[i:i + 1], 1.0, 0.9)[0]
+        seen = torch.bincount(tokens[:, i], minlength=300).float() / len(tokens)
+        assert seen[expected == 0].sum() == 0  # nothing outside the nucleus, ever
+        torch.testing.assert_close(seen, expected, atol=0.03, rtol=0)
+    # the same uniforms draw the same tokens whatever the tiers: a row's tier only narrows where it looks
+    uniforms = torch.rand(3)
+    assert torch.equal(sample_tokens(rows, 1.0, 0.9, candidates=10, wider=8, uniforms=uniforms),
+                       sample_tokens(rows, 1.0, 0.9, candidates=300, uniforms=uniforms))
