@@ -64,7 +64,7 @@ def main() -> None:
     print(f"{len(sizes)} rows of real logits (vocab {vocab}): nucleus median {sizes[len(sizes) // 2]} tokens, "
           f"90th percentile {sizes[9 * len(sizes) // 10]}, over 256: {sum(s > 256 for s in sizes) / len(sizes):.0%}, "
           f"over 4,096: {sum(s > 4096 for s in sizes) / len(sizes):.1%}", flush=True)
-    ways = {"full sort after 256 (before)": dict(wider=vocab), "4,096 first (now)": {}}
+    ways = {"full sort after 256 (before)": dict(wider=vocab), "256, then 4,096, then a full sort (now)": {}}
     for rows in args.rows:
         batches = [logits[i:i + rows] for i in range(0, len(logits) - rows + 1, rows)]
         uniforms = [torch.rand(rows, generator=torch.Generator().manual_seed(i)) for i in range(len(batches))]
