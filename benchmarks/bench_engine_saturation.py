@@ -98,9 +98,9 @@ def run_job(backend: str, args, out: Path) -> tuple[dict, list[dict], float]:
     return json.loads((out / "summary.json").read_text()), records, wall
 
 
-async def bare(backend: str, args, out: Path, prompts, rows: int | None = None) -> dict[str, tuple[int, float]]:
-    """{way: (tokens, seconds)} of the bare engine on the job's prompts, each way it can batch them; with
-    `rows`, hf all at once but never more than that many rows decoding."""
+async def bare(backend: str, args, out: Path, prompts, rows: int | None = None) -> dict[str, tuple[int, float, int]]:
+    """{way: (tokens, seconds, decode steps)} of the bare engine on the job's prompts, each way it can batch
+    them (steps: hf's, else 0); with `rows`, hf all at once but never more than that many rows decoding."""
     cfg = load_config(EvolveConfig, str(ROOT / "configs" / "local.yaml"),
                       overrides(backend, args, out) + ([f"generation.batch_size={rows}"] if rows else []))
     generator = build_generator(cfg.generation)
@@ -112,7 +112,11 @@ async def bare(backend: str, args, out: Path, prompts, rows: int | None = None) 
     ways = {"all at once": all_at_once}
     if backend == "hf" and rows is None:
         ways["sorted static batches"] = sorted_static_batches
-    results = {way: await run(generator, prompts, checks, judging) for way, run in ways.items()}
+    results = {}
+    for way, run in ways.items():
+        before = getattr(generator.inner, "batches", 0)
+        tokens, seconds = await run(generator, prompts, checks, judging)
+        results[way] = tokens, seconds, getattr(generator.inner, "batches", 0) - before
     await generator.close()
     return results
 
@@ -128,16 +132,17 @@ def measure(backend: str, args, workdir: Path) -> float:
     cfg = load_config(EvolveConfig, str(ROOT / "configs" / "local.yaml"), overrides(backend, args, out))
     prompts = prompts_of(records, cfg.evolve)
     ways = asyncio.run(bare(backend, args, out, prompts))
-    for way, (tokens, seconds) in ways.items():
+    for way, (tokens, seconds, _) in ways.items():
         print(f"  bare {backend}, {way}: {tokens} tok in {seconds:.1f} s = {tokens / seconds:.1f} tok/s", flush=True)
     peak = gauges["peak_chains_in_flight"]
     if backend == "hf" and peak < cfg.generation.batch_size and cfg.evolve.rounds_ahead == 0:
         # A chain decodes one request at a time: the job can never offer its engine more rows than this
-        [(tokens, seconds)] = asyncio.run(bare(backend, args, out, prompts, rows=peak)).values()
+        [(tokens, seconds, _)] = asyncio.run(bare(backend, args, out, prompts, rows=peak)).values()
         print(f"  bare {backend}, all at once, at most {peak} rows (the job's peak chains in flight): {tokens} tok in "
               f"{seconds:.1f} s = {tokens / seconds:.1f} tok/s; job/this = {job_rate / (tokens / seconds):.2f}x",
               flush=True)
-    tokens, seconds = max(ways.values(), key=lambda ts: ts[0] / ts[1])  # the job against the bare engine's best
+    tokens, seconds, _ = max(ways.values(), key=lambda ts: ts[0] / ts[1])  # the job against the bare engine's best
+    continuous = cfg.generation.batching == "continuous"
     if gauges.get("mean_batch_rows"):
         # Steps of a continuous batch make one token per row: a mean step's seconds, then what the
         # longest chain's sequential tokens alone take at that pace (the job's span cannot be shorter)
@@ -148,6 +153,14 @@ def measure(backend: str, args, workdir: Path) -> float:
               f"answer{'; rewrites of one parent overlap as fallback rewrites run them' if cfg.evolve.fallback_rewrites else ''}); at the job's mean step of {1000 * step:.0f} ms that is {sequential * step:.1f} s of its "
               f"{gauges['chain_seconds']:.1f} s of chains, so job/bare <= {seconds / (sequential * step):.2f}x "
               f"at this pace", flush=True)
+        # The same chain against the bare engine's own steps (each costs about the same at 20 rows as at 32,
+        # so a step is the unit): whatever order the job gave the requests, even knowing every chain's
+        # length ahead, its span is at least `sequential` steps, while the bare engine took this many
+        bare_tokens, _, bare_steps = ways["all at once"]
+        if bare_steps and continuous:
+            print(f"  any order of the job's requests, at the bare engine's own pace: the bare engine took {bare_steps} "
+                  f"decode steps (all at once) and the longest chain needs {sequential}, so job/bare <= "
+                  f"{bare_steps / sequential * useful / bare_tokens:.2f}x", flush=True)
     print(f"{backend} ({args.seeds} seeds, {args.rounds} rounds, max_chains {cfg.generation.chains_in_flight()}, "
           f"prefix caching {args.prefix_caching}, rounds ahead {cfg.evolve.rounds_ahead}): {len(prompts)} requests; job "
           f"{useful} tok kept of {summary['generated_tokens']} generated in "
