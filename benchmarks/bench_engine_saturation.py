@@ -20,7 +20,9 @@ and cancelled, which the bare engine is not given) over its chain seconds (the a
 first chain start to its last chain end: the part of the job an engine can be kept busy in); its wall
 time (Ray start, reading, model load) is printed beside it. Prints job/bare per backend, and the job's mean chains in flight.
 For hf it also prints the bound the chains' order sets: the longest chain's tokens that must decode one after
-another, at the job's mean step, against the job's span (with few seeds, that chain is the job's span).
+another, at the job's mean step, against the job's span (with few seeds, that chain is the job's span);
+and the same chain against the bare engine's own decode steps: the most any order of the job's requests
+could reach at the bare engine's pace, even knowing every chain's length ahead.
 """
 from __future__ import annotations
 
