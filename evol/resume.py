@@ -12,22 +12,16 @@ from __future__ import annotations
 import re
 
 from evol.operations import stable_hash
+from generation.config import GENERATION_EXECUTION_KEYS
 
 BUCKET_FILE = re.compile(r"bucket-(\d{5})\.parquet")
 
 # Keys that change how fast the job runs, where, or how its cost is priced, not what it writes: a rerun
 # may change them (lowering vllm.gpu_memory_utilization after an out-of-memory must not block a resume).
-_GENERATION_EXECUTION = ("concurrency", "max_chains", "rows_per_call", "calls_per_actor", "num_cpus", "num_gpus",
-                         "torch_threads", "batch_size", "batch_wait_ms", "batching", "batch_refill", "prefix_cache_tokens",
-                         "attn_implementation", "openai.max_in_flight", "openai.timeout_s",
-                         "openai.max_retries", "openai.base_url", "openai.requests_per_minute",
-                         "openai.tokens_per_minute", "vllm.gpu_memory_utilization", "vllm.max_num_seqs",
-                         "vllm.enforce_eager", "vllm.enable_prefix_caching", "echo_latency_ms", "echo_crash_on",
-                         "echo_crash_at_start", "echo_fail_after")
 EXECUTION_KEYS = ("ray.", "cost.", "output.overwrite", "seeds.dedupe_partitions", "seeds.piece_bytes",
                   "evolve.retry_errors", "evolve.engine_failure_limit", "evolve.rounds_ahead",
                   "evolve.fallback_rewrites",
-                  *(f"{role}.{key}" for role in ("generation", "judge") for key in _GENERATION_EXECUTION))
+                  *(f"{role}.{key}" for role in ("generation", "judge") for key in GENERATION_EXECUTION_KEYS))
 INPUTS = "inputs"  # the section of fingerprints a run's saved config holds (evol/identity.py)
 
 

@@ -9,6 +9,17 @@ from common.config import StrictModel
 from common.models import SMALL_MODEL_ALIAS
 from common.secrets import reference_problem
 
+# A GenerationConfig's keys that change how fast or where an engine runs, not what it is asked: the
+# evolve job's resume and the pipeline's stage fingerprints leave them out (batch composition may move
+# a bf16 logit by a rounding step, as any timing can; that is not a different request).
+GENERATION_EXECUTION_KEYS = ("concurrency", "max_chains", "rows_per_call", "calls_per_actor", "num_cpus", "num_gpus",
+                             "torch_threads", "batch_size", "batch_wait_ms", "batching", "batch_refill",
+                             "prefix_cache_tokens", "attn_implementation", "openai.max_in_flight", "openai.timeout_s",
+                             "openai.max_retries", "openai.base_url", "openai.requests_per_minute",
+                             "openai.tokens_per_minute", "vllm.gpu_memory_utilization", "vllm.max_num_seqs",
+                             "vllm.enforce_eager", "vllm.enable_prefix_caching", "echo_latency_ms", "echo_crash_on",
+                             "echo_crash_at_start", "echo_fail_after")
+
 
 class SamplingConfig(StrictModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 means greedy decoding")

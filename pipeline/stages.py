@@ -18,6 +18,7 @@ from common.config import UserError
 from common.s3 import redact
 from evol.resume import EXECUTION_KEYS as EVOLVE_EXECUTION_KEYS
 from evol.resume import flatten
+from generation.config import GENERATION_EXECUTION_KEYS
 from pipeline.config import STAGES, PipelineConfig
 
 SKIP, RESUME, FRESH = "skip", "resume", "fresh"
@@ -28,7 +29,9 @@ RUNNING, DONE, STALE = "running", "done", "stale"
 EXECUTION_KEYS = {"evolve": EVOLVE_EXECUTION_KEYS,
                   "train": ("checkpoint.keep", "checkpoint.max_failures", "checkpoint.scratch_dir",
                             "metrics.", "debug."),
-                  "evaluate": ()}
+                  # its answers and verdicts are cached by what changes them, never by resources (eval/cache.py)
+                  "evaluate": tuple(f"{role}.{key}" for role in ("candidate", "baseline", "judge")
+                                    for key in GENERATION_EXECUTION_KEYS)}
 
 
 def fingerprints(cfg: PipelineConfig) -> dict[str, str]:

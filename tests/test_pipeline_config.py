@@ -105,6 +105,17 @@ def test_execution_only_train_keys_leave_every_fingerprint_alone():
     assert fingerprints(load("train.checkpoint.every_steps=1"))["train"] != base["train"]
 
 
+def test_execution_only_evaluate_keys_leave_every_fingerprint_alone():
+    """Batch sizes, actors and threads of the models evaluate asks change how fast it runs, not what it
+    writes (its cache keys leave them out too): a rerun that changes only them skips the stage."""
+    base = fingerprints(load())
+    assert fingerprints(load("evaluate.candidate.batch_size=2", "evaluate.candidate.prefix_cache_tokens=0",
+                             "evaluate.baseline.concurrency=[1,3]", "evaluate.judge.torch_threads=1",
+                             "evaluate.judge.max_chains=2")) == base
+    assert fingerprints(load("evaluate.judge_sampling.max_tokens=7"))["evaluate"] != base["evaluate"]
+    assert fingerprints(load("evaluate.candidate.dtype=float32"))["evaluate"] != base["evaluate"]
+
+
 def test_the_pipeline_decides_overwrite_whatever_the_job_presets_say():
     assert yaml_of("configs/local.yaml")["output"]["overwrite"] is True  # the evolve preset starts over
     assert load().evolve.output.overwrite is False  # inside the pipeline an interrupted evolve resumes
