@@ -29,9 +29,11 @@ RUNNING, DONE, STALE = "running", "done", "stale"
 EXECUTION_KEYS = {"evolve": EVOLVE_EXECUTION_KEYS,
                   "train": ("checkpoint.keep", "checkpoint.max_failures", "checkpoint.scratch_dir",
                             "metrics.", "debug."),
-                  # its answers and verdicts are cached by what changes them, never by resources (eval/cache.py)
+                  # its answers and verdicts are cached by what changes them, never by resources; but by the
+                  # endpoint asked and the device that num_gpus picks (eval/cache.py: generation_settings)
                   "evaluate": tuple(f"{role}.{key}" for role in ("candidate", "baseline", "judge")
-                                    for key in GENERATION_EXECUTION_KEYS)}
+                                    for key in GENERATION_EXECUTION_KEYS
+                                    if key not in ("openai.base_url", "num_gpus"))}
 
 
 def fingerprints(cfg: PipelineConfig) -> dict[str, str]:

@@ -114,6 +114,9 @@ def test_execution_only_evaluate_keys_leave_every_fingerprint_alone():
                              "evaluate.judge.max_chains=2")) == base
     assert fingerprints(load("evaluate.judge_sampling.max_tokens=7"))["evaluate"] != base["evaluate"]
     assert fingerprints(load("evaluate.candidate.dtype=float32"))["evaluate"] != base["evaluate"]
+    # evaluate's caches key an endpoint and the device num_gpus picks: so does the stage
+    assert fingerprints(load("evaluate.judge.openai.base_url=http://other:8000/v1"))["evaluate"] != base["evaluate"]
+    assert fingerprints(load("evaluate.candidate.num_gpus=1"))["evaluate"] != base["evaluate"]
 
 
 def test_the_pipeline_decides_overwrite_whatever_the_job_presets_say():
