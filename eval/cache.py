@@ -26,8 +26,17 @@ from common import storage
 from common.models import model_files
 from eval.budget import TRUNCATING_BACKENDS
 from eval.calls import GENERATION_FAILED
-from generation.config import GenerationConfig, SamplingConfig
+from generation.config import (
+    GENERATION_EXECUTION_KEYS,
+    GenerationConfig,
+    SamplingConfig,
+)
 from generation.prompts import PLAIN_TEMPLATE, TRAINED_FORMATS
+
+# A model's generation keys that no cached row depends on: the resource keys, less the two that
+# `generation_settings` reads (the endpoint asked; num_gpus picks the device vllm takes). The
+# pipeline's evaluate fingerprint leaves them out, so it changes exactly when these caches do.
+UNCACHED_KEYS = tuple(key for key in GENERATION_EXECUTION_KEYS if key not in ("openai.base_url", "num_gpus"))
 
 
 def model_signature(model: str, key: str = "model") -> list | None:

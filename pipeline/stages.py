@@ -16,9 +16,9 @@ import time
 from common import storage
 from common.config import UserError
 from common.s3 import redact
+from eval.cache import UNCACHED_KEYS as EVALUATE_UNCACHED_KEYS
 from evol.resume import EXECUTION_KEYS as EVOLVE_EXECUTION_KEYS
 from evol.resume import flatten
-from generation.config import GENERATION_EXECUTION_KEYS
 from pipeline.config import STAGES, PipelineConfig
 
 SKIP, RESUME, FRESH = "skip", "resume", "fresh"
@@ -29,11 +29,8 @@ RUNNING, DONE, STALE = "running", "done", "stale"
 EXECUTION_KEYS = {"evolve": EVOLVE_EXECUTION_KEYS,
                   "train": ("checkpoint.keep", "checkpoint.max_failures", "checkpoint.scratch_dir",
                             "metrics.", "debug."),
-                  # its answers and verdicts are cached by what changes them, never by resources; but by the
-                  # endpoint asked and the device that num_gpus picks (eval/cache.py: generation_settings)
                   "evaluate": tuple(f"{role}.{key}" for role in ("candidate", "baseline", "judge")
-                                    for key in GENERATION_EXECUTION_KEYS
-                                    if key not in ("openai.base_url", "num_gpus"))}
+                                    for key in EVALUATE_UNCACHED_KEYS)}
 
 
 def fingerprints(cfg: PipelineConfig) -> dict[str, str]:
