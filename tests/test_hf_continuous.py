@@ -184,6 +184,38 @@ def test_an_engine_failure_mid_step_reaches_every_request_and_the_engine_goes_on
     assert answers(generator, ["again"], [SamplingParams(0.0, 1.0, 4)])[0].completion_tokens == 4
 
 
+
+def test_a_request_asked_as_soon_as_the_one_before_it_is_answered_joins_the_next_step(tiny_llama):
+    """An evolve chain asks its next request once the one before is answered, its answer handed on
+    through tasks (evol/rounds.py starts a round as a task and waits on it). That request must join the
+    engine's next decode step, not the one after: along a chain, a lost step per request adds up. A long
+    request keeps the batch stepping while a chain asks six requests of two tokens, one after the other:
+    each is prefilled (its first token) and decoded (its second) in the turn it joins."""
+    generator = engine_of(tiny_llama, batch_size=4)
+    engine = generator.inner
+
+    async def handed_on(prompt: str):
+        task = asyncio.ensure_future(generator.generate(prompt, SamplingParams(0.0, 1.0, 2)))
+        await asyncio.wait({task})
+        return task.result()
+
+    async def chain():
+        await asyncio.sleep(0)  # the long request is queued first
+        start = engine.batches
+        for hop in range(6):
+            assert (await handed_on(f"hop {hop}")).completion_tokens == 2
+        return engine.batches - start
+
+    async def run():
+        long = asyncio.ensure_future(generator.generate("long", SamplingParams(0.0, 1.0, 40)))
+        steps = await chain()
+        assert not long.done()  # the batch was stepping for the long request throughout
+        await long
+        return steps
+
+    assert asyncio.run(run()) == 6
+
+
 @pytest.mark.parametrize("batching", ["continuous", "static"])
 def test_a_request_cancelled_while_queued_is_never_decoded(tiny_llama, batching):
     """A chain's round started ahead and cancelled (evol/rounds.py) may still be queued: it takes no row.
