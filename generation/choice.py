@@ -1,8 +1,8 @@
 """Constrained answers: how each backend picks one of a fixed set of options, as pure functions.
 
 - hf and vllm score every option as a continuation of the prompt and pick the likeliest:
-  log P(option | prompt), summed over the option's tokens (hf: one forward pass over all options;
-  vllm: prompt logprobs). No decoding loop; the margin is exact.
+  log P(option | prompt), summed over the option's tokens (hf: one forward pass, options that
+  extend one another sharing a row: `shared_rows`; vllm: prompt logprobs). No decoding loop; the margin is exact.
 - openai asks for a JSON object whose `answer` is one of the options (`response_format` with a
   JSON schema) where the server supports it, with `top_logprobs` where it offers them (the margin
   is then read at the answer's first token); a server that offers logprobs but no schema answers
@@ -35,6 +35,24 @@ def option_text(option: str, prompt_format: str) -> str:
 def option_token_ids(tokenizer, options: Sequence[str], prompt_format: str) -> list[list[int]]:
     """Each option's ids as the continuation of a rendered prompt (plain text, like user text)."""
     return text_token_ids(tokenizer, [option_text(o, prompt_format) for o in options])
+
+
+def shared_rows(tails: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
+    """How to score options after one prompt in as few rows as one forward pass needs: a row is the
+    prompt and then some option's tokens but its last (those predict its tokens), and an option whose
+    tokens but its last begin that row's is read off it. Returns each row's tokens after the prompt and,
+    per option, its row. The equality check's ["Equal"] and ["Not", " Equal"]: one row, ["Not"] (a row
+    per option read the prompt twice)."""
+    rows: list[list[int]] = []
+    where = [0] * len(tails)
+    for i in sorted(range(len(tails)), key=lambda i: -len(tails[i])):  # longest first: shorter ones ride on it
+        context = list(tails[i][:-1])
+        found = next((r for r, row in enumerate(rows) if row[:len(context)] == context), None)
+        if found is None:
+            found = len(rows)
+            rows.append(context)
+        where[i] = found
+    return rows, where
 
 
 def pick(options: Sequence[str], scores: Sequence[float]) -> tuple[str, float | None]:

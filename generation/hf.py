@@ -23,7 +23,7 @@ from generation import attention
 from generation.config import GenerationConfig
 from generation.devices import resolve_dtype, use_cuda
 from generation.prompts import prompt_token_ids, text_token_ids
-from generation.choice import LOGPROBS, option_token_ids, pick
+from generation.choice import LOGPROBS, option_token_ids, pick, shared_rows
 from generation.continuous import Live, RunningBatch, row_rng
 from generation.sampling import nucleus_sampler
 from generation.types import Choice, Generation, SamplingParams
@@ -289,9 +289,11 @@ class HFGenerator:
         generate thread (the model is never used by two threads at once)."""
         loop = asyncio.get_running_loop()
         ids = self.prompt_ids(prompt)
-        rows = [ids + option for option in option_token_ids(self.tokenizer, options, self.cfg.prompt_format)]
+        tails = option_token_ids(self.tokenizer, options, self.cfg.prompt_format)
+        contexts, where = shared_rows(tails)
+        rows = [ids + context for context in contexts]
         future = loop.create_future()
-        self._scoring.append((rows, [len(row) - len(ids) for row in rows], future))
+        self._scoring.append((rows, [len(context) for context in contexts], list(zip(where, tails)), future))
         if self._scorer is None or self._scorer.done():
             self._scorer = loop.create_task(self._run_scoring())
         scores = await future
@@ -306,33 +308,41 @@ class HFGenerator:
             if len(self._scoring) < self.cfg.batch_size and self.cfg.batch_wait_ms:
                 await asyncio.sleep(self.cfg.batch_wait_ms / 1000)
             batch = [self._scoring.popleft() for _ in range(min(self.cfg.batch_size, len(self._scoring)))]
-            rows = [row for request in batch for row in request[0]]
-            lengths = [n for request in batch for n in request[1]]
+            rows, extra, options, offset = [], [], [], 0
+            for rows_of, extra_of, options_of, _ in batch:  # one list for the batch: option rows shift
+                rows += rows_of
+                extra += extra_of
+                options += [(offset + row, tail) for row, tail in options_of]
+                offset += len(rows_of)
             try:
-                scores = await loop.run_in_executor(self._worker, self._timed, self._score_rows, rows, lengths)
+                scores = await loop.run_in_executor(self._worker, self._timed, self._score_rows, rows, extra, options)
             except Exception as exc:
                 for *_, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for rows_of, _, future in batch:
+            for *_, options_of, future in batch:
                 if not future.done():
-                    future.set_result(scores[:len(rows_of)])
-                scores = scores[len(rows_of):]
+                    future.set_result(scores[:len(options_of)])
+                scores = scores[len(options_of):]
 
-    def _score_rows(self, rows: list[list[int]], lengths: list[int]) -> list[float]:
-        """Sum of the log-probabilities of each row's last `lengths[i]` tokens given the tokens
-        before them: one left-padded forward pass, logits kept only where the options are."""
+    def _score_rows(self, rows: list[list[int]], extra: list[int], options: list[tuple[int, list[int]]]) -> list[float]:
+        """log P(option | prompt), summed over the option's tokens, for each (row, option tokens) of
+        `options`: one left-padded forward pass, logits kept only at the rows' ends. Row r is a prompt
+        and then `extra[r]` tokens, which begin with each of its options' tokens but the last
+        (generation/choice.py `shared_rows`): an option's tokens are predicted at its prompt's last
+        position and the ones after it."""
         torch = self.torch
         enc = self.tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first token
-        longest = max(lengths)
+        keep = max(extra) + 1  # the prompts' last positions and what follows them
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                logits_to_keep=longest + 1).logits[:, :-1].float()
-            picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -longest:].unsqueeze(-1)).squeeze(-1)
-        return [picked[row, longest - n:].sum().item() for row, n in enumerate(lengths)]
+                                logits_to_keep=keep).logits.float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+        return [sum(logprobs[row, keep - 1 - extra[row] + t, token].item() for t, token in enumerate(tail))
+                for row, tail in options]
 
 
 @dataclass

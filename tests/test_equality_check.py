@@ -18,7 +18,7 @@ from evol.rounds import EqualityLean, Roles, Step, calibrated, check_equality
 from evol.summary import SummaryBuilder
 from evol.templates import equality_prompt
 from generation import GenerationConfig, SamplingParams, build_generator
-from generation.choice import JSON_SCHEMA, LOGPROBS, TEXT, first_token_choice, json_answer, pick
+from generation.choice import JSON_SCHEMA, LOGPROBS, TEXT, first_token_choice, json_answer, pick, shared_rows
 from generation.types import Choice
 from tests.openai_fakes import FlakyOpenAIServer, completion_body, send_json
 
@@ -111,6 +111,55 @@ def test_hf_scores_match_each_option_scored_alone_and_generation_goes_on_beside_
         assert choice.engine_seconds > 0 and choice.completion_tokens == 0
     asyncio.run(generator.close())
 
+
+
+def test_options_that_extend_one_another_share_a_row():
+    """A row is a prompt and an option's tokens but its last; every option whose tokens but its last
+    begin a row is read off it, so a row per option is needed only where options part ways early."""
+    assert shared_rows([[5], [7, 5]]) == ([[7]], [0, 0])  # "Equal", "Not Equal": one row, the prompt + "Not"
+    assert shared_rows([[1], [2], [3]]) == ([[]], [0, 0, 0])  # single tokens: the prompt alone
+    assert shared_rows([[1, 2, 3, 4], [1, 2, 9], [1, 8], [6, 2]]) == ([[1, 2, 3], [6]], [0, 0, 0, 1])
+    assert shared_rows([]) == ([], [])
+
+
+def test_hf_scores_prompts_once_for_options_of_any_count_and_length(tiny_llama):
+    """Choices batched together whose option lists differ in count and in token length: each prompt is
+    read once and its options scored after it, and every score is log P(option | prompt) as defined
+    (prompt + option alone, no padding). The prompts differ in length, so their rows are left-padded."""
+    import torch
+
+    generator = build_generator(GenerationConfig(model=tiny_llama, dtype="float32", batch_size=8, torch_threads=1))
+    hf = generator.inner
+    asked = [("Is this a question?", ["yes", "no"]),
+             ("Pick the colour of the sky on a clear day, please, in one word " * 3, ["blue", "a deep shade of red", "x"]),
+             ("Short", ["Not Equal", "Equal", "neither of the two options given here"])]
+
+    shapes, forward = [], hf.model.forward
+    hf.model.forward = lambda *args, **kwargs: shapes.append(tuple(kwargs["input_ids"].shape)) or forward(*args, **kwargs)
+
+    async def together():
+        return await asyncio.gather(*(generator.choose(p, options, GREEDY) for p, options in asked))
+
+    choices = asyncio.run(together())
+    hf.model.forward = forward
+    # one row per prompt, but the last one's "Not Equal" and the long option part ways after the prompt
+    # (8 rows with a row per option); the widest row is the long option's prompt and its tokens but the last
+    tails = hf.tokenizer(asked[1][1][1], add_special_tokens=False)["input_ids"]
+    assert shapes[0] == (4, len(hf.prompt_ids(asked[1][0])) + len(tails) - 1)
+    for (prompt, options), choice in zip(asked, choices):
+        ids = hf.prompt_ids(prompt)
+        alone = []
+        for tail in hf.tokenizer(options, add_special_tokens=False)["input_ids"]:
+            with torch.inference_mode():
+                logits = hf.model(torch.tensor([ids + tail])).logits[0, len(ids) - 1:-1].float()
+            alone.append(torch.log_softmax(logits, -1)[range(len(tail)), tail].sum().item())
+        best = max(range(len(options)), key=lambda i: (alone[i], -i))
+        assert choice.option == options[best]
+        assert math.isclose(choice.margin, alone[best] - max(a for i, a in enumerate(alone) if i != best), abs_tol=1e-4)
+    neither = hf.tokenizer(asked[2][1][2], add_special_tokens=False)["input_ids"]
+    assert [c.prompt_tokens for c in choices] == [len(hf.prompt_ids(asked[0][0])), shapes[0][1],  # the rows read
+                                                  2 * len(hf.prompt_ids("Short")) + len(neither) - 1 + 1]
+    asyncio.run(generator.close())
 
 @pytest.fixture(scope="module")
 def hf_small_model_verdicts():
