@@ -164,8 +164,8 @@ def measure(backend: str, args, workdir: Path) -> float:
             print(f"  any order of the job's requests, at the bare engine's own pace: the bare engine took {bare_steps} "
                   f"decode steps (all at once) and the longest chain needs {sequential}, so job/bare <= "
                   f"{bare_steps / sequential * useful / bare_tokens:.2f}x; the job took {job_steps:.0f} "
-                  f"({job_steps / bare_steps:.2f}x the bare engine's: a figure steadier than tokens/s on a noisy "
-                  f"machine, though the work itself moves from run to run)", flush=True)
+                  f"({job_steps / bare_steps:.2f}x the bare engine's: the job's own loss, before any step costs more)",
+                  flush=True)
     print(f"{backend} ({args.seeds} seeds, {args.rounds} rounds, max_chains {cfg.generation.chains_in_flight()}, "
           f"prefix caching {args.prefix_caching}, rounds ahead {cfg.evolve.rounds_ahead}): {len(prompts)} requests; job "
           f"{useful} tok kept of {summary['generated_tokens']} generated in "
