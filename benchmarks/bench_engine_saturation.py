@@ -159,8 +159,8 @@ def measure(backend: str, args, workdir: Path) -> float:
         # so a step is the unit): whatever order the job gave the requests, even knowing every chain's
         # length ahead, its span is at least `sequential` steps, while the bare engine took this many
         bare_tokens, _, bare_steps = ways["all at once"]
-        job_steps = summary["generated_tokens"] / gauges["mean_batch_rows"]
         if bare_steps and continuous:
+            job_steps = summary["generated_tokens"] / gauges["mean_batch_rows"]
             print(f"  any order of the job's requests, at the bare engine's own pace: the bare engine took {bare_steps} "
                   f"decode steps (all at once) and the longest chain needs {sequential}, so job/bare <= "
                   f"{bare_steps / sequential * useful / bare_tokens:.2f}x; the job took {job_steps:.0f} "

@@ -284,9 +284,10 @@ class HFGenerator:
     # --- constrained answers (generation/choice.py): every option scored, no decoding -------------
 
     async def choose(self, prompt: str, options: list[str], sampling: SamplingParams) -> Choice:
-        """The likeliest option after the prompt: log P(option | prompt) from one forward pass over
-        prompt + option for every option, batched with the other choices in flight and run on the
-        generate thread (the model is never used by two threads at once)."""
+        """The likeliest option after the prompt: log P(option | prompt) from one forward pass over the
+        prompt and the options' tokens, options that extend one another sharing a row (`shared_rows`),
+        batched with the other choices in flight and run on the generate thread (the model is never used
+        by two threads at once)."""
         loop = asyncio.get_running_loop()
         ids = self.prompt_ids(prompt)
         tails = option_token_ids(self.tokenizer, options, self.cfg.prompt_format)
@@ -341,8 +342,15 @@ class HFGenerator:
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                 logits_to_keep=keep).logits.float()
             logprobs = torch.log_softmax(logits, dim=-1)
-        return [sum(logprobs[row, keep - 1 - extra[row] + t, token].item() for t, token in enumerate(tail))
-                for row, tail in options]
+            # every option token's log-probability in one gather and one copy off the device
+            picked = logprobs[[row for row, tail in options for _ in tail],
+                              [keep - 1 - extra[row] + t for row, tail in options for t in range(len(tail))],
+                              [token for _, tail in options for token in tail]].tolist()
+        scores, at = [], 0
+        for _, tail in options:
+            scores.append(sum(picked[at:at + len(tail)]))
+            at += len(tail)
+        return scores
 
 
 @dataclass

@@ -112,7 +112,6 @@ def test_hf_scores_match_each_option_scored_alone_and_generation_goes_on_beside_
     asyncio.run(generator.close())
 
 
-
 def test_options_that_extend_one_another_share_a_row():
     """A row is a prompt and an option's tokens but its last; every option whose tokens but its last
     begin a row is read off it, so a row per option is needed only where options part ways early."""
@@ -160,6 +159,7 @@ def test_hf_scores_prompts_once_for_options_of_any_count_and_length(tiny_llama):
     assert [c.prompt_tokens for c in choices] == [len(hf.prompt_ids(asked[0][0])), shapes[0][1],  # the rows read
                                                   2 * len(hf.prompt_ids("Short")) + len(neither) - 1 + 1]
     asyncio.run(generator.close())
+
 
 @pytest.fixture(scope="module")
 def hf_small_model_verdicts():

@@ -184,7 +184,6 @@ def test_an_engine_failure_mid_step_reaches_every_request_and_the_engine_goes_on
     assert answers(generator, ["again"], [SamplingParams(0.0, 1.0, 4)])[0].completion_tokens == 4
 
 
-
 def test_a_request_asked_as_soon_as_the_one_before_it_is_answered_joins_the_next_step(tiny_llama):
     """An evolve chain asks its next request once the one before is answered, its answer handed on
     through tasks (evol/rounds.py starts a round as a task and waits on it). That request must join the
