@@ -100,9 +100,11 @@ def run_job(backend: str, args, out: Path) -> tuple[dict, list[dict], float]:
     return json.loads((out / "summary.json").read_text()), records, wall
 
 
-async def bare(backend: str, args, out: Path, prompts, rows: int | None = None) -> dict[str, tuple[int, float, int]]:
-    """{way: (tokens, seconds, decode steps)} of the bare engine on the job's prompts, each way it can batch
-    them (steps: hf's, else 0); with `rows`, hf all at once but never more than that many rows decoding."""
+async def bare(backend: str, args, out: Path, prompts,
+               rows: int | None = None) -> dict[str, tuple[int, float, int, float | None]]:
+    """{way: (tokens, seconds, decode steps, on-core share)} of the bare engine on the job's prompts, each
+    way it can batch them (steps and the share of its computing time the worker thread held a core: hf's,
+    else 0 and None); with `rows`, hf all at once but never more than that many rows decoding."""
     cfg = load_config(EvolveConfig, str(ROOT / "configs" / "local.yaml"),
                       overrides(backend, args, out) + ([f"generation.batch_size={rows}"] if rows else []))
     generator = build_generator(cfg.generation)
@@ -115,10 +117,14 @@ async def bare(backend: str, args, out: Path, prompts, rows: int | None = None) 
     if backend == "hf" and rows is None:
         ways["sorted static batches"] = sorted_static_batches
     results = {}
+    engine = generator.inner
     for way, run in ways.items():
-        before = getattr(generator.inner, "batches", 0)
+        before = [getattr(engine, key, 0) for key in ("batches", "worker_seconds", "worker_cpu_seconds")]
         tokens, seconds = await run(generator, prompts, checks, judging)
-        results[way] = tokens, seconds, getattr(generator.inner, "batches", 0) - before
+        steps, computing, on_core = (getattr(engine, key, 0) - was for key, was in
+                                     zip(("batches", "worker_seconds", "worker_cpu_seconds"), before))
+        on_core = on_core / computing if computing and getattr(engine, "device", None) == "cpu" else None
+        results[way] = tokens, seconds, steps, on_core
     await generator.close()
     return results
 
@@ -134,16 +140,16 @@ def measure(backend: str, args, workdir: Path) -> float:
     cfg = load_config(EvolveConfig, str(ROOT / "configs" / "local.yaml"), overrides(backend, args, out))
     prompts = prompts_of(records, cfg.evolve)
     ways = asyncio.run(bare(backend, args, out, prompts))
-    for way, (tokens, seconds, _) in ways.items():
+    for way, (tokens, seconds, *_) in ways.items():
         print(f"  bare {backend}, {way}: {tokens} tok in {seconds:.1f} s = {tokens / seconds:.1f} tok/s", flush=True)
     peak = gauges["peak_chains_in_flight"]
     if backend == "hf" and peak < cfg.generation.batch_size and cfg.evolve.rounds_ahead == 0:
         # A chain decodes one request at a time: the job can never offer its engine more rows than this
-        [(tokens, seconds, _)] = asyncio.run(bare(backend, args, out, prompts, rows=peak)).values()
+        [(tokens, seconds, *_)] = asyncio.run(bare(backend, args, out, prompts, rows=peak)).values()
         print(f"  bare {backend}, all at once, at most {peak} rows (the job's peak chains in flight): {tokens} tok in "
               f"{seconds:.1f} s = {tokens / seconds:.1f} tok/s; job/this = {job_rate / (tokens / seconds):.2f}x",
               flush=True)
-    tokens, seconds, _ = max(ways.values(), key=lambda ts: ts[0] / ts[1])  # the job against the bare engine's best
+    tokens, seconds, *_ = max(ways.values(), key=lambda ts: ts[0] / ts[1])  # the job against the bare engine's best
     continuous = cfg.generation.batching == "continuous"
     if gauges.get("mean_batch_rows"):
         # Steps of a continuous batch make one token per row: a mean step's seconds, then what the
@@ -158,7 +164,7 @@ def measure(backend: str, args, workdir: Path) -> float:
         # The same chain against the bare engine's own steps (each costs about the same at 20 rows as at 32,
         # so a step is the unit): whatever order the job gave the requests, even knowing every chain's
         # length ahead, its span is at least `sequential` steps, while the bare engine took this many
-        bare_tokens, _, bare_steps = ways["all at once"]
+        bare_tokens, _, bare_steps, _ = ways["all at once"]
         if bare_steps and continuous:
             job_steps = summary["generated_tokens"] / gauges["mean_batch_rows"]
             print(f"  any order of the job's requests, at the bare engine's own pace: the bare engine took {bare_steps} "
@@ -166,6 +172,13 @@ def measure(backend: str, args, workdir: Path) -> float:
                   f"{bare_steps / sequential * useful / bare_tokens:.2f}x; the job took {job_steps:.0f} "
                   f"({job_steps / bare_steps:.2f}x the bare engine's: the job's own loss, before any step costs more)",
                   flush=True)
+    job_on_core, bare_on_core = gauges.get("engine_on_cpu_share"), ways["all at once"][3]
+    if job_on_core is not None and bare_on_core is not None:
+        # The same work computes slower when the engine's thread waits for a core: on a small machine
+        # Ray's other processes (driver, GCS, raylet, Ray Data's actors) take some, and the bare engine
+        # runs with Ray gone. Equal work, unequal cores: that part of the gap is the machine, not the job.
+        print(f"  the engine's worker thread held a core {100 * job_on_core:.1f}% of its computing time in the job, "
+              f"{100 * bare_on_core:.1f}% in the bare engine (all at once)", flush=True)
     print(f"{backend} ({args.seeds} seeds, {args.rounds} rounds, max_chains {cfg.generation.chains_in_flight()}, "
           f"prefix caching {args.prefix_caching}, rounds ahead {cfg.evolve.rounds_ahead}): {len(prompts)} requests; job "
           f"{useful} tok kept of {summary['generated_tokens']} generated in "

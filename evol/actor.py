@@ -28,6 +28,7 @@ BUCKET_COUNTS = pa.schema([("bucket", pa.int64()), ("seeds", pa.int64()), ("reco
                            ("kept", pa.int64()), ("errors", pa.int64()), ("actor", pa.string()),
                            ("mean_chains", pa.float64()), ("peak_chains", pa.int64()), ("busy", pa.float64()), ("span", pa.float64()),
                            ("batch_rows", pa.float64()), ("released_rows", pa.int64()), ("computing", pa.float64()),
+                           ("on_cpu", pa.float64()),
                            ("prefix_cached", pa.float64()),
                            ("unused_requests", pa.int64()), ("unused_tokens", pa.int64()),
                            ("fallbacks_started", pa.int64()), ("fallbacks_taken", pa.int64()),
@@ -165,6 +166,7 @@ class EvolveActor:
                 "span": round(span, 3), "batch_rows": _rounded(getattr(self.engine, "mean_batch_rows", None)),
                 "released_rows": getattr(self.engine, "released_rows", None),
                 "computing": round(min(computing / span, 1.0), 3) if computing is not None and span else None,
+                "on_cpu": _rounded(getattr(self.engine, "on_cpu_share", None)),
                 "prefix_cached": _rounded(getattr(self.engine, "prefix_cached_share", None)),
                 "unused_requests": self.roles.unused.requests, "unused_tokens": self.roles.unused.generated_tokens,
                 "fallbacks_started": self.roles.fallbacks.started, "fallbacks_taken": self.roles.fallbacks.taken}

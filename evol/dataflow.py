@@ -107,6 +107,7 @@ def collect(rows: list[dict], run: PoolRun) -> PoolRun:
             if row.get("batch_rows") is not None:  # hf: rows per batched generate(), rows it carried to a later one
                 run.gauges[row["actor"]] |= {"mean_batch_rows": row["batch_rows"], "released_rows": row.get("released_rows"),
                                              "engine_computing_share": row.get("computing"),
+                                             "engine_on_cpu_share": row.get("on_cpu"),
                                              "prefix_cached_share": row.get("prefix_cached")}
     return run
 

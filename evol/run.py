@@ -108,6 +108,9 @@ def batch_fill(gauges: dict, generation) -> str:
         return ""
     computing = gauges.get("engine_computing_share")
     computing = f", the model computing {100 * computing:.0f}% of the time" if computing is not None else ""
+    on_cpu = gauges.get("engine_on_cpu_share")
+    if computing and on_cpu is not None:  # on CPU: did other processes take cores from it?
+        computing += f" (its thread on a core {100 * on_cpu:.0f}% of that)"
     if generation.batching == "continuous":
         cached = gauges.get("prefix_cached_share")
         cached = f", {100 * cached:.0f}% of prompt tokens from the prefix cache" if cached is not None else ""

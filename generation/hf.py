@@ -72,11 +72,20 @@ class HFGenerator:
         self.batches = self.batched_rows = 0  # decode steps (static: generate() calls) and their rows: kept full?
         self.released_rows = 0  # rows sent back to the queue by a batch that stopped early (batch_refill)
         self.worker_seconds = 0.0  # the worker thread's time computing (prefill, decode, scoring): is it ever idle?
+        self.worker_cpu_seconds = 0.0  # the CPU time its thread had in those seconds (see on_cpu_share)
 
     @property
     def mean_batch_rows(self) -> float | None:
         """Rows per decode step (static: per generate()) so far: is the engine's batch kept full?"""
         return self.batched_rows / self.batches if self.batches else None
+
+    @property
+    def on_cpu_share(self) -> float | None:
+        """On CPU: the share of the worker's computing time its thread was running on a core, not waiting
+        for one that another process (Ray's own, on a small machine) held; on CUDA its waits are the GPU's."""
+        if self.device != "cpu" or not self.worker_seconds:
+            return None
+        return min(self.worker_cpu_seconds / self.worker_seconds, 1.0)
 
     @property
     def prefix_cached_share(self) -> float | None:
@@ -188,12 +197,14 @@ class HFGenerator:
                     await asyncio.sleep(0)
 
     def _timed(self, work, *args):
-        """Runs `work` on the worker thread, its seconds counted in `worker_seconds`."""
-        start = time.perf_counter()
+        """Runs `work` on the worker thread, its seconds counted in `worker_seconds` (and its thread's CPU
+        time in `worker_cpu_seconds`)."""
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return work(*args)
         finally:
             self.worker_seconds += time.perf_counter() - start
+            self.worker_cpu_seconds += time.thread_time() - cpu
 
     def _continue(self, admitted: list, cancelled: set) -> list:
         """In the worker thread: the admitted requests templated, tokenised and prefilled into the running

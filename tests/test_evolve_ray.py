@@ -97,6 +97,7 @@ def test_two_rounds_on_a_tiny_model_counts_requests_and_training_set(tmp_path, t
     # the hf engine's gauges reach the summary: rows per decode step of batch_size 4, its model's compute share
     [gauges] = summary["actors"].values()
     assert 1.0 < gauges["mean_batch_rows"] <= 4 and 0.1 < gauges["engine_computing_share"] <= 1.0, gauges
+    assert 0.1 < gauges["engine_on_cpu_share"] <= 1.0, gauges  # its thread held a core most of that time
     # the six templates' openings and the chat header come from the prefix cache after their first prompt
     assert 0.3 < gauges["prefix_cached_share"] < 1.0, gauges
     # the rounds started ahead of an answered candidate then not kept were cancelled and charged to it

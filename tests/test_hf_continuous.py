@@ -1,6 +1,7 @@
 """The hf backend's continuous batching (generation/continuous.py): rows join and leave a running batch
 between decode steps with their KV cache kept, and every answer is the one the request gets alone."""
 import asyncio
+import time
 
 import pytest
 
@@ -316,3 +317,25 @@ def test_rows_with_unlike_cached_prefixes_or_none_prefill_in_one_forward(lively_
             alone = engine.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
                                           eos_token_id=None, pad_token_id=engine.tokenizer.pad_token_id)
         assert tokens[i] == alone[0, ids.shape[1]:].tolist(), i
+
+
+def spin(seconds: float) -> None:
+    """Holds a core for `seconds` of this thread's CPU time."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+def test_the_workers_share_on_a_core_counts_its_threads_cpu_time_not_its_waits(tiny_llama):
+    """The job's engine computes slower than the bare one when other processes hold the cores (Ray's, on
+    a 2-core machine): `on_cpu_share` tells that apart from doing more work."""
+    generator = engine_of(tiny_llama)
+    engine = generator.inner
+    assert engine.on_cpu_share is None  # nothing computed yet
+    engine._timed(time.sleep, 0.3)  # a thread that waits holds no core, as one waiting for a core does not
+    assert engine.worker_seconds >= 0.3 and engine.on_cpu_share < 0.2
+    engine._timed(spin, 0.9)
+    assert 0.7 < engine.on_cpu_share <= 1.0 and engine.worker_cpu_seconds >= 0.9
+    generator = engine_of(tiny_llama)  # real work: prefill and decode steps on the worker thread
+    answers(generator, PROMPTS[:3], [SamplingParams(0.0, 1.0, 8)] * 3)
+    assert generator.inner.worker_cpu_seconds > 0 and 0.0 < generator.inner.on_cpu_share <= 1.0
