@@ -117,13 +117,13 @@ async def bare(backend: str, args, out: Path, prompts,
     if backend == "hf" and rows is None:
         ways["sorted static batches"] = sorted_static_batches
     results = {}
-    engine = generator.inner
+    engine, counters = generator.inner, ("batches", "worker_seconds", "worker_cpu_seconds")
     for way, run in ways.items():
-        before = [getattr(engine, key, 0) for key in ("batches", "worker_seconds", "worker_cpu_seconds")]
+        before = [getattr(engine, key, 0) for key in counters]
         tokens, seconds = await run(generator, prompts, checks, judging)
-        steps, computing, on_core = (getattr(engine, key, 0) - was for key, was in
-                                     zip(("batches", "worker_seconds", "worker_cpu_seconds"), before))
-        on_core = on_core / computing if computing and getattr(engine, "device", None) == "cpu" else None
+        steps, computing, on_core = (getattr(engine, key, 0) - was for key, was in zip(counters, before))
+        # this way's share; the engine's own on_cpu_share (over all ways) says whether it means anything here
+        on_core = on_core / computing if computing and getattr(engine, "on_cpu_share", None) is not None else None
         results[way] = tokens, seconds, steps, on_core
     await generator.close()
     return results

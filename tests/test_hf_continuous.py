@@ -332,7 +332,7 @@ def test_the_workers_share_on_a_core_counts_its_threads_cpu_time_not_its_waits(t
     generator = engine_of(tiny_llama)
     engine = generator.inner
     assert engine.on_cpu_share is None  # nothing computed yet
-    engine._timed(time.sleep, 0.3)  # a thread that waits holds no core, as one waiting for a core does not
+    engine._timed(time.sleep, 0.3)  # a sleeping thread holds no core, like one waiting for a core
     assert engine.worker_seconds >= 0.3 and engine.on_cpu_share < 0.2
     engine._timed(spin, 0.9)
     assert 0.7 < engine.on_cpu_share <= 1.0 and engine.worker_cpu_seconds >= 0.9
