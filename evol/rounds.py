@@ -386,7 +386,8 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
                 fallback = start(head.round_index + 1, head.item)
                 roles.fallbacks.started += 1
             if not head.task.done():  # a verdict already in goes first: nothing is started on a settled guess
-                ahead_room = tail.round_index < settings.rounds and len(line) <= settings.rounds_ahead
+                ahead = rounds_ahead_of_a_verdict(line, settings)
+                ahead_room = tail.round_index < settings.rounds and ahead <= settings.rounds_ahead
                 if ahead_room and tail.presumed.done() and tail.presumed.result() is not None:
                     launch(tail.round_index + 1, tail.presumed.result())
                     continue
@@ -409,6 +410,14 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
             pending.task.cancel()  # on a task already failed, this also keeps asyncio from logging its error
         raise
     return records
+
+
+def rounds_ahead_of_a_verdict(line: list[Pending], settings: EvolveSettings) -> int:
+    """The rounds of `line` started ahead of a verdict that may still send the chain elsewhere. The seed's
+    own answer (round 0) is none: the seed evolves whatever it says, and only a failed request ends the
+    chain there. Counted as one, it held every chain's second rewrite back for a whole answer (in the
+    16-seed job, a 128-token seed answer kept round 2 waiting 4 s after round 1's rewrite had passed)."""
+    return len(line) - (1 if settings.rounds_ahead and line[0].round_index == 0 else 0)
 
 
 async def cancel_rounds(line: list[Pending], roles: Roles) -> Cost:

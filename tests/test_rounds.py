@@ -451,6 +451,33 @@ def test_a_seed_is_answered_while_its_first_rewrite_runs(ahead):
     assert together == ahead
 
 
+@pytest.mark.parametrize("ahead", [0, 1])
+def test_a_seeds_long_answer_holds_no_later_rewrite_back(ahead):
+    """The seed evolves whatever its answer says, so its answer is no verdict to wait for: with a round
+    ahead, round 2's rewrite starts as soon as round 1's passed its text rules, while a long seed answer
+    still runs (it waited for that answer, a whole answer on every chain's path); without, one round
+    after the other."""
+
+    class SlowSeedAnswer(InterleavingGenerator):
+        async def generate(self, prompt, sampling):
+            kind = "evolve" if ORIGINAL_MARKER in prompt else "judge" if "First instruction:" in prompt else "respond"
+            key = (kind, prompt.count("Explain why."))
+            self.in_flight.add(key)
+            self.overlaps.append(set(self.in_flight))
+            await asyncio.sleep(0.3 if key == ("respond", 0) else 0.001)
+            self.in_flight.discard(key)
+            return await ScriptedGenerator.generate(self, prompt, sampling)
+
+    gen = SlowSeedAnswer()
+    records = evolve(_seeds({"id": "a", "instruction": "seed-00 Name rivers"}), gen, rounds=3, rounds_ahead=ahead)
+    assert [(x["round"], x["status"]) for x in records] == [(0, KEPT), (1, KEPT), (2, KEPT), (3, KEPT)]
+    assert sum(x["requests"] for x in records) == len(gen.calls) == 1 + 3 * 3
+    second_rewrite_beside_seed_answer = any({("respond", 0), ("evolve", 1)} <= moment for moment in gen.overlaps)
+    third_rewrite_beside_seed_answer = any({("respond", 0), ("evolve", 2)} <= moment for moment in gen.overlaps)
+    assert second_rewrite_beside_seed_answer == bool(ahead)
+    assert not third_rewrite_beside_seed_answer  # round 1's own verdict still comes first
+
+
 def test_an_engine_that_goes_down_cancels_the_rewrite_asked_ahead():
     from evol.rounds import run_chain
     from generation.types import EngineDown
