@@ -271,10 +271,13 @@ async def start_chain(row: dict, roles: Roles, settings: EvolveSettings, max_ins
 
 
 async def evolve_once(item: PoolItem, round_index: int, roles: Roles, settings: EvolveSettings,
-                      step: Step, presumed: asyncio.Future) -> Candidate:
+                      step: Step, presumed: asyncio.Future, revised: asyncio.Future | None = None) -> Candidate:
     """One candidate of one round: rewrite, cheap text rules, then answer and equality check together,
     answer rules, equality rule. The next item is the candidate if kept, else the parent; None on error.
-    `presumed` learns the next item as soon as the text rules have spoken (the candidate if they pass)."""
+    `presumed` learns the next item as soon as the text rules have spoken (the candidate if they pass);
+    `revised` learns the parent as soon as the equality check eliminates the candidate, while its answer
+    still runs (the answer's rules only decide which rule the record names; only a failed answer, which
+    ends the chain, makes the parent wrong)."""
     op = choose_operation(settings.seed, item.id, round_index, settings.operations)
     new_id = candidate_id(item.id, round_index, op)
     found = dict(instruction=None, response=None, equality=rules.SKIPPED)
@@ -288,10 +291,13 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles, settings: 
             # The answer and the equality check at once: the chain keeps a request in the engine's
             # queue while its check is scored (asked one after the other, a batch lost a row to every
             # chain waiting for its check). Rule 2 still comes first: its elimination keeps `skipped`.
-            gen, equality = await asyncio.gather(
-                step.ask(roles.writer, text, settings.respond_sampling, request_seed(settings, new_id, "respond")),
-                check_equality(step, roles, item.text, text, settings, request_seed(settings, new_id, "judge")),
-                return_exceptions=True)
+            answered = asyncio.ensure_future(
+                step.ask(roles.writer, text, settings.respond_sampling, request_seed(settings, new_id, "respond")))
+            judged = asyncio.ensure_future(
+                check_equality(step, roles, item.text, text, settings, request_seed(settings, new_id, "judge")))
+            if revised is not None:
+                judged.add_done_callback(lambda done: presume(revised, item) if eliminates(done) else None)
+            gen, equality = await asyncio.gather(answered, judged, return_exceptions=True)
             if isinstance(equality, (EngineDown, asyncio.CancelledError)):
                 raise equality  # a dead judge stops the actor whatever the answer says
             if isinstance(gen, BaseException):
@@ -319,6 +325,12 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles, settings: 
     return Candidate(record, item if outcome["status"] == ELIMINATED else None)
 
 
+def eliminates(judged: asyncio.Future) -> bool:
+    """Whether a finished equality check eliminates its candidate whatever the answer says."""
+    return (not judged.cancelled() and judged.exception() is None
+            and rules.reason_after_equality(judged.result()["equality"]) is not None)
+
+
 @dataclass
 class Pending:
     """A round of a chain in flight, perhaps evolving a candidate whose own verdict is not back yet."""
@@ -327,6 +339,9 @@ class Pending:
     step: Step
     presumed: asyncio.Future  # the next item if this round's candidate is kept as its text rules suggest
     task: asyncio.Future  # its Candidate
+    revised: asyncio.Future | None = None  # the parent, once its equality check eliminated it (evolve_once)
+    settled: bool = False  # what the next round evolves is known, unless a request fails: no verdict to wait for
+    charged: Cost = field(default_factory=Cost)  # rounds started on its first guess, cancelled when revised
 
 
 def engine_has_room(generator: Generator) -> bool:
@@ -362,10 +377,13 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
     fallback: Pending | None = None
 
     def start(round_index: int, item: PoolItem | None) -> Pending:
-        step, presumed = Step(), asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        step, presumed, revised = Step(), loop.create_future(), loop.create_future()
         work = (start_chain(row, roles, settings, max_instruction_tokens, step, presumed) if round_index == 0
-                else evolve_once(item, round_index, roles, settings, step, presumed))
-        return Pending(round_index, item, step, presumed, asyncio.ensure_future(work))
+                else evolve_once(item, round_index, roles, settings, step, presumed, revised))
+        # the seed evolves whatever its answer says: only a failed request ends the chain there
+        return Pending(round_index, item, step, presumed, asyncio.ensure_future(work),
+                       revised if round_index else None, settled=round_index == 0)
 
     def launch(round_index: int, item: PoolItem | None) -> None:
         nonlocal fallback
@@ -379,6 +397,10 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
     try:
         launch(len(records), pool_item(records) if records else None)
         while line:
+            revised = next((i for i, pending in enumerate(line) if pending.revised and pending.revised.done()), None)
+            if revised is not None:  # a candidate's check eliminated it: the rounds guessed after it are moot
+                await revise(line, revised, roles)
+                continue
             head, tail = line[0], line[-1]
             if (fallback is None and settings.fallback_rewrites and 0 < head.round_index < settings.rounds
                     and not head.task.done() and len(line) == 1  # the line is consecutive rounds: none is next yet
@@ -391,12 +413,13 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
                 if ahead_room and tail.presumed.done() and tail.presumed.result() is not None:
                     launch(tail.round_index + 1, tail.presumed.result())
                     continue
-                waits = {head.task} | ({tail.presumed} if ahead_room and not tail.presumed.done() else set())
+                waits = {head.task} | ({tail.presumed} if ahead_room and not tail.presumed.done() else set()) | {
+                    pending.revised for pending in line if pending.revised}
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 continue
             line.pop(0)
             candidate = head.task.result()
-            record = candidate.record
+            record = with_cost(candidate.record, head.charged) if head.charged.requests else candidate.record
             if line and candidate.next_item != head.presumed.result():
                 record = with_cost(record, await cancel_rounds(line, roles))
             if fallback is not None and candidate.next_item != fallback.item:  # kept, or an error: not needed
@@ -413,11 +436,30 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
 
 
 def rounds_ahead_of_a_verdict(line: list[Pending], settings: EvolveSettings) -> int:
-    """The rounds of `line` started ahead of a verdict that may still send the chain elsewhere. The seed's
-    own answer (round 0) is none: the seed evolves whatever it says, and only a failed request ends the
-    chain there. Counted as one, it held every chain's second rewrite back for a whole answer (in the
-    16-seed job, a 128-token seed answer kept round 2 waiting 4 s after round 1's rewrite had passed)."""
-    return len(line) - (1 if settings.rounds_ahead and line[0].round_index == 0 else 0)
+    """The rounds of `line` started ahead of a verdict that may still send the chain elsewhere. A settled
+    round is none: the seed's own answer (round 0; the seed evolves whatever it says) and a candidate its
+    equality check eliminated (its parent evolves whatever the answer says); only a failed request ends the
+    chain there. Counted as one, the seed's answer held every chain's second rewrite back for a whole
+    answer (in the 16-seed job, a 128-token seed answer kept round 2 waiting 4 s after round 1's rewrite
+    had passed). With evolve.rounds_ahead 0, one round after the other, whatever is settled."""
+    return sum(not pending.settled for pending in line) if settings.rounds_ahead else len(line)
+
+
+async def revise(line: list[Pending], at: int, roles: Roles) -> None:
+    """`line[at]`'s equality check eliminated its candidate while its answer runs: what comes next is its
+    parent, whatever the answer says. The rounds started on the guess that it is kept are cancelled, their
+    cost kept for its record, and the chain goes on from the parent at once (its record still waits for the
+    answer, whose rules name the reason). A failed answer then ends the chain as usual, cancelling what
+    was started from the parent."""
+    pending = line[at]
+    guess, pending.revised, pending.settled = pending.revised.result(), None, True
+    if guess == pending.presumed.result():
+        return
+    later = line[at + 1:]
+    del line[at + 1:]
+    pending.charged.add(await cancel_rounds(later, roles))
+    pending.presumed = asyncio.get_running_loop().create_future()
+    pending.presumed.set_result(guess)
 
 
 async def cancel_rounds(line: list[Pending], roles: Roles) -> Cost:
@@ -430,6 +472,8 @@ async def cancel_rounds(line: list[Pending], roles: Roles) -> Cost:
     for pending in line:
         spent.add(pending.step.cost)
     roles.unused.add(spent)
+    for pending in line:  # rounds it had itself cancelled on a revision: counted unused then
+        spent.add(pending.charged)
     line.clear()
     return spent
 

@@ -478,6 +478,60 @@ def test_a_seeds_long_answer_holds_no_later_rewrite_back(ahead):
     assert not third_rewrite_beside_seed_answer  # round 1's own verdict still comes first
 
 
+class SlowAnswers(InterleavingGenerator):
+    """A candidate's answer takes 0.3 s, everything else (the seed's answer too) 1 ms; records what is
+    in flight, keyed (kind, how many rounds the text was kept)."""
+
+    slow = {("respond", 1): 0.3}  # seconds, by key
+    asked = 0
+
+    async def generate(self, prompt, sampling):
+        self.asked += 1
+        kind = "evolve" if ORIGINAL_MARKER in prompt else "judge" if "First instruction:" in prompt else "respond"
+        key = (kind, prompt.count("Explain why."))
+        self.in_flight.add(key)
+        self.overlaps.append(set(self.in_flight))
+        await asyncio.sleep(self.slow.get(key, 0.001))
+        self.in_flight.discard(key)
+        return await ScriptedGenerator.generate(self, prompt, sampling)
+
+
+@pytest.mark.parametrize("ahead", [0, 1])
+def test_a_candidate_its_check_eliminated_sends_its_parent_on_before_its_answer_ends(ahead):
+    """Its parent evolves next whatever the answer says (the answer's rules only name the reason), so
+    with a round ahead the next round rewrites the parent as soon as the equality check says Equal,
+    while the candidate's long answer still runs; it used to wait for that answer. The rewrite started
+    on the guess that the candidate is kept is cancelled and charged to it; the records are those of one
+    round after the other."""
+    seeds = _seeds({"id": "a", "instruction": "seed-00 SAME thing", "output": "x"})
+    plain = ScriptedGenerator()
+    before = evolve(seeds, plain, rounds=2, rounds_ahead=0)
+    gen = SlowAnswers()
+    records = evolve(seeds, gen, rounds=2, rounds_ahead=ahead)
+    assert [(x["round"], x["status"], x["reason"]) for x in records] == [
+        (0, KEPT, None), (1, ELIMINATED, rules.NO_INFORMATION_GAIN), (2, ELIMINATED, rules.NO_INFORMATION_GAIN)]
+    assert [{k: v for k, v in r.items() if k not in COST} for r in records] == \
+           [{k: v for k, v in r.items() if k not in COST} for r in before]
+    assert sum(x["requests"] for x in records) == gen.asked
+    parent_rewritten_beside_answer = any({("respond", 1), ("evolve", 0)} <= moment for moment in gen.overlaps)
+    assert parent_rewritten_beside_answer == bool(ahead)
+    assert records[2]["requests"] == 3  # round 2 as asked from the parent
+    assert (records[1]["requests"] > 3) == bool(ahead)  # and the round guessed from the candidate, charged to it
+
+
+def test_a_revision_cancelled_by_an_earlier_one_still_charges_what_it_cancelled():
+    """Round 2's check eliminates it first (round 3, guessed from it, is cancelled and charged to it),
+    then round 1's does: round 2 is cancelled in turn, and what it had charged moves with it to round 1.
+    Every request the engine was asked is in some record's cost."""
+    gen = SlowAnswers()
+    gen.slow = {("judge", 1): 0.3, ("respond", 1): 0.6}  # round 1's check and answer; round 2's are quick
+    records = evolve(_seeds({"id": "a", "instruction": "seed-00 SAME thing", "output": "x"}), gen, rounds=3,
+                     rounds_ahead=20)
+    assert [(x["round"], x["status"]) for x in records] == [(0, KEPT), (1, ELIMINATED), (2, ELIMINATED), (3, ELIMINATED)]
+    assert sum(x["requests"] for x in records) == gen.asked
+    assert records[1]["requests"] > 3 + 3  # its own, and round 2 and 3 guessed from its candidate
+
+
 def test_an_engine_that_goes_down_cancels_the_rewrite_asked_ahead():
     from evol.rounds import run_chain
     from generation.types import EngineDown
