@@ -271,13 +271,14 @@ async def start_chain(row: dict, roles: Roles, settings: EvolveSettings, max_ins
 
 
 async def evolve_once(item: PoolItem, round_index: int, roles: Roles, settings: EvolveSettings,
-                      step: Step, presumed: asyncio.Future, revised: asyncio.Future | None = None) -> Candidate:
+                      step: Step, presumed: asyncio.Future, checked: asyncio.Future | None = None) -> Candidate:
     """One candidate of one round: rewrite, cheap text rules, then answer and equality check together,
     answer rules, equality rule. The next item is the candidate if kept, else the parent; None on error.
     `presumed` learns the next item as soon as the text rules have spoken (the candidate if they pass);
-    `revised` learns the parent as soon as the equality check eliminates the candidate, while its answer
-    still runs (the answer's rules only decide which rule the record names; only a failed answer, which
-    ends the chain, makes the parent wrong)."""
+    `checked` learns what comes next as soon as the equality check has spoken, while the answer still runs:
+    the parent if it eliminated the candidate (the answer's rules only decide which rule the record names),
+    else the candidate (which only the answer's rules 2 and 3 may still eliminate, rarely: never in make
+    run's evolve stage); a failed answer, which ends the chain, makes either wrong."""
     op = choose_operation(settings.seed, item.id, round_index, settings.operations)
     new_id = candidate_id(item.id, round_index, op)
     found = dict(instruction=None, response=None, equality=rules.SKIPPED)
@@ -295,8 +296,9 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles, settings: 
                 step.ask(roles.writer, text, settings.respond_sampling, request_seed(settings, new_id, "respond")))
             judged = asyncio.ensure_future(
                 check_equality(step, roles, item.text, text, settings, request_seed(settings, new_id, "judge")))
-            if revised is not None:
-                judged.add_done_callback(lambda done: presume(revised, item) if eliminates(done) else None)
+            if checked is not None:
+                candidate = PoolItem(new_id, item.root_id, text)
+                judged.add_done_callback(lambda done: after_check(done, checked, item, candidate))
             gen, equality = await asyncio.gather(answered, judged, return_exceptions=True)
             if isinstance(equality, (EngineDown, asyncio.CancelledError)):
                 raise equality  # a dead judge stops the actor whatever the answer says
@@ -325,10 +327,10 @@ async def evolve_once(item: PoolItem, round_index: int, roles: Roles, settings: 
     return Candidate(record, item if outcome["status"] == ELIMINATED else None)
 
 
-def eliminates(judged: asyncio.Future) -> bool:
-    """Whether a finished equality check eliminates its candidate whatever the answer says."""
-    return (not judged.cancelled() and judged.exception() is None
-            and rules.reason_after_equality(judged.result()["equality"]) is not None)
+def after_check(judged: asyncio.Future, checked: asyncio.Future, parent: PoolItem, candidate: PoolItem) -> None:
+    """What the next round evolves once the equality check has spoken (nothing said if it failed)."""
+    if not judged.cancelled() and judged.exception() is None:
+        presume(checked, parent if rules.reason_after_equality(judged.result()["equality"]) else candidate)
 
 
 @dataclass
@@ -339,9 +341,9 @@ class Pending:
     step: Step
     presumed: asyncio.Future  # the next item if this round's candidate is kept as its text rules suggest
     task: asyncio.Future  # its Candidate
-    revised: asyncio.Future | None = None  # the parent, once its equality check eliminated it (evolve_once)
-    settled: bool = False  # what the next round evolves is known, unless a request fails: no verdict to wait for
-    charged: Cost = field(default_factory=Cost)  # rounds started on its first guess, cancelled when revised
+    checked: asyncio.Future | None = None  # what comes next once its equality check has spoken (evolve_once)
+    settled: bool = False  # what comes next is all but known: no verdict to wait for (rounds_ahead_of_a_verdict)
+    charged: Cost = field(default_factory=Cost)  # rounds started on its first guess, cancelled when its check spoke
 
 
 def engine_has_room(generator: Generator) -> bool:
@@ -378,12 +380,12 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
 
     def start(round_index: int, item: PoolItem | None) -> Pending:
         loop = asyncio.get_running_loop()
-        step, presumed, revised = Step(), loop.create_future(), loop.create_future()
+        step, presumed, checked = Step(), loop.create_future(), loop.create_future()
         work = (start_chain(row, roles, settings, max_instruction_tokens, step, presumed) if round_index == 0
-                else evolve_once(item, round_index, roles, settings, step, presumed, revised))
+                else evolve_once(item, round_index, roles, settings, step, presumed, checked))
         # the seed evolves whatever its answer says: only a failed request ends the chain there
         return Pending(round_index, item, step, presumed, asyncio.ensure_future(work),
-                       revised if round_index else None, settled=round_index == 0)
+                       checked if round_index else None, settled=round_index == 0)
 
     def launch(round_index: int, item: PoolItem | None) -> None:
         nonlocal fallback
@@ -397,9 +399,9 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
     try:
         launch(len(records), pool_item(records) if records else None)
         while line:
-            revised = next((i for i, pending in enumerate(line) if pending.revised and pending.revised.done()), None)
-            if revised is not None:  # a candidate's check eliminated it: the rounds guessed after it are moot
-                await revise(line, revised, roles)
+            spoken = next((i for i, pending in enumerate(line) if pending.checked and pending.checked.done()), None)
+            if spoken is not None:  # a candidate's equality check has spoken: settled, or the guesses after it moot
+                await take_check(line, spoken, roles)
                 continue
             head, tail = line[0], line[-1]
             if (fallback is None and settings.fallback_rewrites and 0 < head.round_index < settings.rounds
@@ -414,7 +416,7 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
                     launch(tail.round_index + 1, tail.presumed.result())
                     continue
                 waits = {head.task} | ({tail.presumed} if ahead_room and not tail.presumed.done() else set()) | {
-                    pending.revised for pending in line if pending.revised}
+                    pending.checked for pending in line if pending.checked}
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 continue
             line.pop(0)
@@ -437,22 +439,23 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
 
 def rounds_ahead_of_a_verdict(line: list[Pending], settings: EvolveSettings) -> int:
     """The rounds of `line` started ahead of a verdict that may still send the chain elsewhere. A settled
-    round is none: the seed's own answer (round 0; the seed evolves whatever it says) and a candidate its
-    equality check eliminated (its parent evolves whatever the answer says); only a failed request ends the
-    chain there. Counted as one, the seed's answer held every chain's second rewrite back for a whole
-    answer (in the 16-seed job, a 128-token seed answer kept round 2 waiting 4 s after round 1's rewrite
-    had passed). With evolve.rounds_ahead 0, one round after the other, whatever is settled."""
+    round is none: the seed's own answer (round 0; the seed evolves whatever it says) and a candidate whose
+    equality check has spoken (eliminated: its parent evolves whatever the answer says; passed: only the
+    answer's rules 2 and 3 may still eliminate it); only a failed request ends the chain there. Counted as
+    one, an answer held the chain's next rewrite back for all its length (in the 16-seed job, a 128-token
+    seed answer kept round 2 waiting 4 s after round 1's rewrite had passed). With evolve.rounds_ahead 0,
+    one round after the other, whatever is settled."""
     return sum(not pending.settled for pending in line) if settings.rounds_ahead else len(line)
 
 
-async def revise(line: list[Pending], at: int, roles: Roles) -> None:
-    """`line[at]`'s equality check eliminated its candidate while its answer runs: what comes next is its
-    parent, whatever the answer says. The rounds started on the guess that it is kept are cancelled, their
-    cost kept for its record, and the chain goes on from the parent at once (its record still waits for the
-    answer, whose rules name the reason). A failed answer then ends the chain as usual, cancelling what
-    was started from the parent."""
+async def take_check(line: list[Pending], at: int, roles: Roles) -> None:
+    """`line[at]`'s equality check has spoken while its answer runs: it is settled. If it eliminated the
+    candidate, what comes next is the parent whatever the answer says: the rounds started on the guess
+    that it is kept are cancelled, their cost kept for its record, and the chain goes on from the parent
+    at once (its record still waits for the answer, whose rules name the reason). A failed answer, or one
+    its rules eliminate, then cancels what was started on the new guess, as any verdict does."""
     pending = line[at]
-    guess, pending.revised, pending.settled = pending.revised.result(), None, True
+    guess, pending.checked, pending.settled = pending.checked.result(), None, True
     if guess == pending.presumed.result():
         return
     later = line[at + 1:]

@@ -455,8 +455,9 @@ def test_a_seed_is_answered_while_its_first_rewrite_runs(ahead):
 def test_a_seeds_long_answer_holds_no_later_rewrite_back(ahead):
     """The seed evolves whatever its answer says, so its answer is no verdict to wait for: with a round
     ahead, round 2's rewrite starts as soon as round 1's passed its text rules, while a long seed answer
-    still runs (it waited for that answer, a whole answer on every chain's path); without, one round
-    after the other."""
+    still runs (it waited for that answer, a whole answer on every chain's path), and round 3's once round
+    1's equality check has passed it (settled: only its answer's rules could still eliminate it; it waited
+    for round 0's verdict, taken first); without, one round after the other."""
 
     class SlowSeedAnswer(InterleavingGenerator):
         async def generate(self, prompt, sampling):
@@ -474,8 +475,7 @@ def test_a_seeds_long_answer_holds_no_later_rewrite_back(ahead):
     assert sum(x["requests"] for x in records) == len(gen.calls) == 1 + 3 * 3
     second_rewrite_beside_seed_answer = any({("respond", 0), ("evolve", 1)} <= moment for moment in gen.overlaps)
     third_rewrite_beside_seed_answer = any({("respond", 0), ("evolve", 2)} <= moment for moment in gen.overlaps)
-    assert second_rewrite_beside_seed_answer == bool(ahead)
-    assert not third_rewrite_beside_seed_answer  # round 1's own verdict still comes first
+    assert second_rewrite_beside_seed_answer == third_rewrite_beside_seed_answer == bool(ahead)
 
 
 class SlowAnswers(InterleavingGenerator):
