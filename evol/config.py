@@ -53,8 +53,10 @@ class EvolveSettings(StrictModel):
                                      "equality check run, evolving it as if kept (its rewrite passed the text "
                                      "rules): a chain keeps more requests in the engine and the records are the "
                                      "same; when the candidate is then eliminated the rounds started after it are "
-                                     "cancelled and their cost added to its record. 0: one round after the other (a "
-                                     "paid endpoint that eliminates often); 20: no limit")
+                                     "cancelled and their cost added to its record. Settled rounds count for none: "
+                                     "the seed's own answer, and a candidate whose equality check has spoken (its "
+                                     "parent goes on at once if the check eliminated it). 0: one round after the "
+                                     "other (a paid endpoint that eliminates often); 20: no limit")
     fallback_rewrites: bool = Field(
         True, description="while the engine has rows free (hf, vLLM: never a paid endpoint), a chain also starts "
                           "the next round's rewrite of the instruction it is evolving, in case the candidate is "
