@@ -158,8 +158,9 @@ def with_cost(record: dict, cost: Cost) -> dict:
 
 
 def presume(presumed: asyncio.Future, item: PoolItem | None) -> None:
-    """Tell the chain what the next round will evolve if this candidate is kept as its text rules
-    suggest (None: the chain ends here); said once."""
+    """Tell the chain what the next round will evolve, as far as is known yet (after the text rules: the
+    candidate if they pass it; after the equality check: the candidate or its parent; None: the chain ends
+    here); said once per future."""
     if not presumed.done():
         presumed.set_result(item)
 
@@ -339,11 +340,11 @@ class Pending:
     round_index: int
     item: PoolItem | None  # what it evolves (None for round 0: the seed row)
     step: Step
-    presumed: asyncio.Future  # the next item if this round's candidate is kept as its text rules suggest
+    presumed: asyncio.Future  # the next item as guessed: after its text rules, or after its check (take_check)
     task: asyncio.Future  # its Candidate
-    checked: asyncio.Future | None = None  # what comes next once its equality check has spoken (evolve_once)
-    settled: bool = False  # what comes next is all but known: no verdict to wait for (rounds_ahead_of_a_verdict)
-    charged: Cost = field(default_factory=Cost)  # rounds started on its first guess, cancelled when its check spoke
+    checked: asyncio.Future | None = None  # the next item once its equality check has spoken (evolve_once)
+    settled: bool = False  # the next item all but known: no verdict to wait for (rounds_ahead_of_a_verdict)
+    charged: Cost = field(default_factory=Cost)  # rounds it cancelled when its check spoke (and what they had)
 
 
 def engine_has_room(generator: Generator) -> bool:
@@ -369,6 +370,12 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
     the verdict says. The requests and their seeds are those of one round after the other, and so are
     the records, cost columns aside, where the engine's samples depend only on the request.
 
+    Settled rounds (`rounds_ahead_of_a_verdict`) count for none of that many: the seed's own answer, and a
+    candidate whose equality check has spoken (`take_check`: if it eliminated the candidate, the guesses
+    after it are cancelled at once and the parent evolves next). So with fast checks and slow answers a
+    chain may have every round in flight; an answer that fails, or that rules 2 or 3 eliminate after a
+    passing check, cancels them all, as any verdict does.
+
     Fallback rewrites (evolve.fallback_rewrites): while the engine has rows free, the next round's
     rewrite of the head round's own item starts beside it, in case the head's candidate is eliminated
     (the parent goes back to the pool and the next round evolves it again: the same request). A round
@@ -380,12 +387,12 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
 
     def start(round_index: int, item: PoolItem | None) -> Pending:
         loop = asyncio.get_running_loop()
-        step, presumed, checked = Step(), loop.create_future(), loop.create_future()
+        step, presumed, checked = Step(), loop.create_future(), loop.create_future() if round_index else None
         work = (start_chain(row, roles, settings, max_instruction_tokens, step, presumed) if round_index == 0
                 else evolve_once(item, round_index, roles, settings, step, presumed, checked))
         # the seed evolves whatever its answer says: only a failed request ends the chain there
-        return Pending(round_index, item, step, presumed, asyncio.ensure_future(work),
-                       checked if round_index else None, settled=round_index == 0)
+        return Pending(round_index, item, step, presumed, asyncio.ensure_future(work), checked,
+                       settled=round_index == 0)
 
     def launch(round_index: int, item: PoolItem | None) -> None:
         nonlocal fallback
@@ -399,13 +406,15 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
     try:
         launch(len(records), pool_item(records) if records else None)
         while line:
-            spoken = next((i for i, pending in enumerate(line) if pending.checked and pending.checked.done()), None)
+            spoken = next((i for i, pending in enumerate(line)
+                           if pending.checked is not None and pending.checked.done()), None)
             if spoken is not None:  # a candidate's equality check has spoken: settled, or the guesses after it moot
                 await take_check(line, spoken, roles)
                 continue
             head, tail = line[0], line[-1]
             if (fallback is None and settings.fallback_rewrites and 0 < head.round_index < settings.rounds
                     and not head.task.done() and len(line) == 1  # the line is consecutive rounds: none is next yet
+                    and not (head.settled and settings.rounds_ahead)  # its check spoke: the next round is known
                     and engine_has_room(roles.writer)):
                 fallback = start(head.round_index + 1, head.item)
                 roles.fallbacks.started += 1
@@ -416,7 +425,7 @@ async def run_chain(row: dict, roles: Roles, settings: EvolveSettings, max_instr
                     launch(tail.round_index + 1, tail.presumed.result())
                     continue
                 waits = {head.task} | ({tail.presumed} if ahead_room and not tail.presumed.done() else set()) | {
-                    pending.checked for pending in line if pending.checked}
+                    pending.checked for pending in line if pending.checked is not None}
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 continue
             line.pop(0)
@@ -452,8 +461,9 @@ async def take_check(line: list[Pending], at: int, roles: Roles) -> None:
     """`line[at]`'s equality check has spoken while its answer runs: it is settled. If it eliminated the
     candidate, what comes next is the parent whatever the answer says: the rounds started on the guess
     that it is kept are cancelled, their cost kept for its record, and the chain goes on from the parent
-    at once (its record still waits for the answer, whose rules name the reason). A failed answer, or one
-    its rules eliminate, then cancels what was started on the new guess, as any verdict does."""
+    at once (its record still waits for the answer, whose rules name the reason). A failed answer then
+    cancels what was started from the parent; after a passing check, so does an answer that rules 2 or 3
+    eliminate, as any verdict that differs from its guess does."""
     pending = line[at]
     guess, pending.checked, pending.settled = pending.checked.result(), None, True
     if guess == pending.presumed.result():
@@ -467,7 +477,8 @@ async def take_check(line: list[Pending], at: int, roles: Roles) -> None:
 
 async def cancel_rounds(line: list[Pending], roles: Roles) -> Cost:
     """Cancel the rounds started on a presumption that did not hold; what they had cost (requests asked,
-    tokens of those that finished)."""
+    tokens of those that finished), with what they had themselves been charged (`take_check`: counted in
+    `roles.unused` when it was cancelled)."""
     for pending in line:
         pending.task.cancel()
     await asyncio.gather(*(pending.task for pending in line), return_exceptions=True)

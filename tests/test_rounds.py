@@ -451,39 +451,13 @@ def test_a_seed_is_answered_while_its_first_rewrite_runs(ahead):
     assert together == ahead
 
 
-@pytest.mark.parametrize("ahead", [0, 1])
-def test_a_seeds_long_answer_holds_no_later_rewrite_back(ahead):
-    """The seed evolves whatever its answer says, so its answer is no verdict to wait for: with a round
-    ahead, round 2's rewrite starts as soon as round 1's passed its text rules, while a long seed answer
-    still runs (it waited for that answer, a whole answer on every chain's path), and round 3's once round
-    1's equality check has passed it (settled: only its answer's rules could still eliminate it; it waited
-    for round 0's verdict, taken first); without, one round after the other."""
-
-    class SlowSeedAnswer(InterleavingGenerator):
-        async def generate(self, prompt, sampling):
-            kind = "evolve" if ORIGINAL_MARKER in prompt else "judge" if "First instruction:" in prompt else "respond"
-            key = (kind, prompt.count("Explain why."))
-            self.in_flight.add(key)
-            self.overlaps.append(set(self.in_flight))
-            await asyncio.sleep(0.3 if key == ("respond", 0) else 0.001)
-            self.in_flight.discard(key)
-            return await ScriptedGenerator.generate(self, prompt, sampling)
-
-    gen = SlowSeedAnswer()
-    records = evolve(_seeds({"id": "a", "instruction": "seed-00 Name rivers"}), gen, rounds=3, rounds_ahead=ahead)
-    assert [(x["round"], x["status"]) for x in records] == [(0, KEPT), (1, KEPT), (2, KEPT), (3, KEPT)]
-    assert sum(x["requests"] for x in records) == len(gen.calls) == 1 + 3 * 3
-    second_rewrite_beside_seed_answer = any({("respond", 0), ("evolve", 1)} <= moment for moment in gen.overlaps)
-    third_rewrite_beside_seed_answer = any({("respond", 0), ("evolve", 2)} <= moment for moment in gen.overlaps)
-    assert second_rewrite_beside_seed_answer == third_rewrite_beside_seed_answer == bool(ahead)
-
-
 class SlowAnswers(InterleavingGenerator):
-    """A candidate's answer takes 0.3 s, everything else (the seed's answer too) 1 ms; records what is
-    in flight, keyed (kind, how many rounds the text was kept)."""
+    """Requests take 1 ms but those of the keys in `slow` (kind, how many kept rounds its text carries:
+    "Explain why." is appended by each), which take the seconds given; records what is in flight."""
 
-    slow = {("respond", 1): 0.3}  # seconds, by key
-    asked = 0
+    def __init__(self, slow: dict[tuple[str, int], float]):
+        super().__init__()
+        self.slow, self.asked = slow, 0
 
     async def generate(self, prompt, sampling):
         self.asked += 1
@@ -497,6 +471,21 @@ class SlowAnswers(InterleavingGenerator):
 
 
 @pytest.mark.parametrize("ahead", [0, 1])
+def test_a_seeds_long_answer_holds_no_later_rewrite_back(ahead):
+    """The seed evolves whatever its answer says, so its answer is no verdict to wait for: with a round
+    ahead, round 2's rewrite starts as soon as round 1's passed its text rules, while a long seed answer
+    still runs, and round 3's once round 1's equality check has passed it (settled: only its answer's
+    rules could still eliminate it); without, one round after the other."""
+    gen = SlowAnswers({("respond", 0): 0.3})  # the seed's answer; rounds 1-3 evolve and answer quickly
+    records = evolve(_seeds({"id": "a", "instruction": "seed-00 Name rivers"}), gen, rounds=3, rounds_ahead=ahead)
+    assert [(x["round"], x["status"]) for x in records] == [(0, KEPT), (1, KEPT), (2, KEPT), (3, KEPT)]
+    assert sum(x["requests"] for x in records) == gen.asked == 1 + 3 * 3
+    second_rewrite_beside_seed_answer = any({("respond", 0), ("evolve", 1)} <= moment for moment in gen.overlaps)
+    third_rewrite_beside_seed_answer = any({("respond", 0), ("evolve", 2)} <= moment for moment in gen.overlaps)
+    assert second_rewrite_beside_seed_answer == third_rewrite_beside_seed_answer == bool(ahead)
+
+
+@pytest.mark.parametrize("ahead", [0, 1])
 def test_a_candidate_its_check_eliminated_sends_its_parent_on_before_its_answer_ends(ahead):
     """Its parent evolves next whatever the answer says (the answer's rules only name the reason), so
     with a round ahead the next round rewrites the parent as soon as the equality check says Equal,
@@ -506,7 +495,7 @@ def test_a_candidate_its_check_eliminated_sends_its_parent_on_before_its_answer_
     seeds = _seeds({"id": "a", "instruction": "seed-00 SAME thing", "output": "x"})
     plain = ScriptedGenerator()
     before = evolve(seeds, plain, rounds=2, rounds_ahead=0)
-    gen = SlowAnswers()
+    gen = SlowAnswers({("respond", 1): 0.3})  # round 1's answer (round 2's, from the parent, is quick)
     records = evolve(seeds, gen, rounds=2, rounds_ahead=ahead)
     assert [(x["round"], x["status"], x["reason"]) for x in records] == [
         (0, KEPT, None), (1, ELIMINATED, rules.NO_INFORMATION_GAIN), (2, ELIMINATED, rules.NO_INFORMATION_GAIN)]
@@ -523,11 +512,13 @@ def test_a_revision_cancelled_by_an_earlier_one_still_charges_what_it_cancelled(
     """Round 2's check eliminates it first (round 3, guessed from it, is cancelled and charged to it),
     then round 1's does: round 2 is cancelled in turn, and what it had charged moves with it to round 1.
     Every request the engine was asked is in some record's cost."""
-    gen = SlowAnswers()
-    gen.slow = {("judge", 1): 0.3, ("respond", 1): 0.6}  # round 1's check and answer; round 2's are quick
-    records = evolve(_seeds({"id": "a", "instruction": "seed-00 SAME thing", "output": "x"}), gen, rounds=3,
-                     rounds_ahead=20)
+    seeds = _seeds({"id": "a", "instruction": "seed-00 SAME thing", "output": "x"})
+    before = evolve(seeds, ScriptedGenerator(), rounds=3, rounds_ahead=0)
+    gen = SlowAnswers({("judge", 1): 0.3, ("respond", 1): 0.6})  # round 1's check and answer; round 2's are quick
+    records = evolve(seeds, gen, rounds=3, rounds_ahead=20)
     assert [(x["round"], x["status"]) for x in records] == [(0, KEPT), (1, ELIMINATED), (2, ELIMINATED), (3, ELIMINATED)]
+    assert [{k: v for k, v in r.items() if k not in COST} for r in records] == \
+           [{k: v for k, v in r.items() if k not in COST} for r in before]
     assert sum(x["requests"] for x in records) == gen.asked
     assert records[1]["requests"] > 3 + 3  # its own, and round 2 and 3 guessed from its candidate
 
