@@ -403,6 +403,13 @@ def test_model_text_with_lone_surrogates_is_cleaned_and_the_bucket_is_written(tm
 
 
 COST = ("requests", "generated_tokens", "prompt_tokens", "gen_seconds")
+
+
+def _without_cost(records: list[dict]) -> list[dict]:
+    """The records as one round after the other writes them: rounds ahead change only what they cost."""
+    return [{k: v for k, v in r.items() if k not in COST} for r in records]
+
+
 # seeds whose chains take every path of the rules: kept, eliminated by each rule, failed, answered in round 0
 RULE_PATHS = ({"id": "ok", "instruction": "Name rivers", "output": "x"},
               {"id": "sorry", "instruction": "SORRY", "output": "x"},
@@ -426,8 +433,7 @@ def test_rounds_ahead_write_the_same_records_and_charge_every_request_to_one():
     before = runs[0][0]
     for ahead in (1, 20):
         after = runs[ahead][0]
-        assert [{k: v for k, v in r.items() if k not in COST} for r in after] == \
-               [{k: v for k, v in r.items() if k not in COST} for r in before]
+        assert _without_cost(after) == _without_cost(before)
         extra = {r["id"]: a["requests"] - r["requests"] for r, a in zip(before, after) if a["requests"] != r["requests"]}
         by_id = {r["id"]: r for r in after}
         # charged: the candidates answered, then not kept (sorry's rounds 1 and 2, same's, the failed answer),
@@ -499,8 +505,7 @@ def test_a_candidate_its_check_eliminated_sends_its_parent_on_before_its_answer_
     records = evolve(seeds, gen, rounds=2, rounds_ahead=ahead)
     assert [(x["round"], x["status"], x["reason"]) for x in records] == [
         (0, KEPT, None), (1, ELIMINATED, rules.NO_INFORMATION_GAIN), (2, ELIMINATED, rules.NO_INFORMATION_GAIN)]
-    assert [{k: v for k, v in r.items() if k not in COST} for r in records] == \
-           [{k: v for k, v in r.items() if k not in COST} for r in before]
+    assert _without_cost(records) == _without_cost(before)
     assert sum(x["requests"] for x in records) == gen.asked
     parent_rewritten_beside_answer = any({("respond", 1), ("evolve", 0)} <= moment for moment in gen.overlaps)
     assert parent_rewritten_beside_answer == bool(ahead)
@@ -517,8 +522,7 @@ def test_a_revision_cancelled_by_an_earlier_one_still_charges_what_it_cancelled(
     gen = SlowAnswers({("judge", 1): 0.3, ("respond", 1): 0.6})  # round 1's check and answer; round 2's are quick
     records = evolve(seeds, gen, rounds=3, rounds_ahead=20)
     assert [(x["round"], x["status"]) for x in records] == [(0, KEPT), (1, ELIMINATED), (2, ELIMINATED), (3, ELIMINATED)]
-    assert [{k: v for k, v in r.items() if k not in COST} for r in records] == \
-           [{k: v for k, v in r.items() if k not in COST} for r in before]
+    assert _without_cost(records) == _without_cost(before)
     assert sum(x["requests"] for x in records) == gen.asked
     assert records[1]["requests"] > 3 + 3  # its own, and round 2 and 3 guessed from its candidate
 
@@ -587,8 +591,7 @@ def test_fallback_rewrites_write_the_same_records_and_charge_every_request_to_on
     gen = RoomyGenerator()
     after = evolve(seeds, gen, rounds=3, rounds_ahead=ahead)
     assert sum(r["requests"] or 0 for r in after) == gen.asked
-    assert [{k: v for k, v in r.items() if k not in COST} for r in after] == \
-           [{k: v for k, v in r.items() if k not in COST} for r in before]
+    assert _without_cost(after) == _without_cost(before)
     from collections import Counter
     assert not Counter(plain.calls) - Counter(gen.calls)  # every request of one round after the other is asked
     assert gen.asked > plain.asked  # and fallbacks beside them: the kept chains' were not needed
