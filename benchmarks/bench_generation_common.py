@@ -36,6 +36,30 @@ async def job_chains(generator, rows: list[dict], cfg: EvolveSettings) -> tuple[
     return records, time.perf_counter() - start
 
 
+def engine_shape(backend: str, threads: int | None) -> list[str]:
+    """Job overrides on configs/local.yaml for its engines. vLLM is one engine over the machine's cores;
+    hf runs the preset's pool (one 1-thread actor per core) unless `threads` asks for one actor of that
+    many threads, the shape of the figures measured before the preset's one engine per core."""
+    if backend == "vllm" or threads:
+        return ["generation.concurrency=[1,1]", "generation.num_cpus=1", f"generation.torch_threads={threads or 2}"]
+    return []
+
+
+def split_by_chain(records: list[dict], parts: int) -> list[list[dict]]:
+    """The records in `parts` shares of whole chains with about equal generated tokens (the longest
+    chains first, each to the share with the fewest so far): the bare engines' best static split."""
+    chains: dict[str, list[dict]] = {}
+    for r in records:
+        chains.setdefault(r["root_id"], []).append(r)
+    shares: list[list[dict]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for chain in sorted(chains.values(), key=lambda c: -sum(r["generated_tokens"] or 0 for r in c)):
+        least = loads.index(min(loads))
+        shares[least] += chain
+        loads[least] += sum(r["generated_tokens"] or 0 for r in chain)
+    return shares
+
+
 def prompts_of(records: list[dict], cfg: EvolveSettings) -> list[tuple[str, SamplingConfig]]:
     """Every (prompt, sampling) the chains sent, in no particular order."""
     text_of = {r["id"]: user_turn(r["instruction"], r["input"]) if r["round"] == 0 else r["instruction"]

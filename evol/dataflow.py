@@ -3,6 +3,7 @@ and the record of buckets whose worker died on every retry.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from generation.ratelimit import format_rate_limits, share_rate_limits
 # finishes", actor_pool_map_operator.py), and a pool whose only actor is dead waits forever. Measured:
 # max_restarts=2 hung after a poison seed. Deaths while starting are bounded in evol/inflight.py.
 MAX_CALL_RETRIES = 4
+# How long a pool of more than one actor waits for its first `concurrency[0]` actors before any bucket
+# is handed out; past it the job stops with the cause (the cluster cannot place them).
+POOL_START_TIMEOUT_S = 1800
 
 @dataclass
 class PoolRun:
@@ -50,6 +54,27 @@ class RunStopped(UserError):
 
 def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> PoolRun:
     """Stream the seeds of unfinished buckets through the actor pool, one bucket per call."""
+    with buckets_wait_for_first_actors(ray, cfg.generation):
+        return _evolve_buckets(ray, cfg, done)
+
+
+@contextlib.contextmanager
+def buckets_wait_for_first_actors(ray, gen):
+    """Ray Data hands queued buckets to whichever actor is ready first, and one actor holds max_chains
+    of them: measured, the first of two hf actors took all 96 one-seed buckets and the other sat idle.
+    Ray Data's own switch holds them back until the pool's first `concurrency[0]` actors are up (for
+    this pool only: the driver's context is shared with the jobs after it in a pipeline)."""
+    context = ray.data.DataContext.get_current()
+    held = context.wait_for_min_actors_s
+    if gen.concurrency[0] > 1:
+        context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
+    try:
+        yield
+    finally:
+        context.wait_for_min_actors_s = held
+
+
+def _evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> PoolRun:
     gen, out = cfg.generation, cfg.output.path
     buckets = read_seed_buckets(cfg.seeds.path, cfg.seeds, cfg.output.buckets, done, storage.join(out, READ_COUNTS),
                                 partitions=shuffle_partitions(cfg))
@@ -81,8 +106,15 @@ def evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> PoolRun:
 def bucket_rows(stats) -> list[dict]:
     """The pool's BUCKET_COUNTS rows (one small row per bucket); an actor that could not start fails
     the job with its cause in one line."""
+    import ray
+
     try:
         return list(stats.iter_rows())
+    except ray.exceptions.GetTimeoutError as exc:
+        if "starting actors" not in str(exc):
+            raise
+        raise UserError(f"the evolve pool's first actors (generation.concurrency) did not all start within "
+                        f"{POOL_START_TIMEOUT_S} s: the cluster cannot place them (see `ray status`)") from None
     except Exception as exc:
         cause = start_failure(exc)
         if cause is None:

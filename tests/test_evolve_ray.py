@@ -259,10 +259,34 @@ def test_an_actor_keeps_max_chains_in_flight_across_buckets_and_calls(tmp_path, 
     buckets (one per call); the actor must still keep all 16 chains in flight, not 2-4."""
     summary = run_evolve(load_config(EvolveConfig, "configs/local.yaml", [
         f"output.path={tmp_path / 'out'}", "generation.backend=echo", "generation.echo_latency_ms=200",
-        "generation.max_chains=16", "seeds.limit=64", "evolve.rounds=2", "generation.num_cpus=0.5"]))
+        "generation.max_chains=16", "seeds.limit=64", "evolve.rounds=2", "generation.num_cpus=0.5",
+        "generation.concurrency=[1,1]"]))
     [gauges] = summary["actors"].values()
     assert gauges["seeds"] == 64 and summary["requests"] == 64 * 2 * 3
     assert gauges["peak_chains_in_flight"] == 16, gauges
     # Measured 15.9 of 16 (12-14 while a streaming repartition fed the pool); the old feed gave 2-4.
     assert gauges["mean_chains_in_flight"] >= 0.8 * 16, gauges
     assert gauges["engine_busy_share"] >= 0.9, gauges
+
+
+def test_a_pool_of_two_actors_shares_the_buckets_from_the_start(tmp_path, local_ray):
+    """Ray Data hands queued buckets to whichever actor is ready first, and one actor holds
+    max_chains of them: without waiting for the pool's first actors, the one that started sooner took
+    every bucket and the other stayed idle (measured: all 96 seeds on one of two hf actors)."""
+    summary = run_evolve(load_config(EvolveConfig, "configs/local.yaml", [
+        f"output.path={tmp_path / 'out'}", "generation.backend=echo", "generation.echo_latency_ms=100",
+        "seeds.limit=16", "evolve.rounds=1", "generation.concurrency=[2,2]", "generation.num_cpus=0.5"]))
+    per_actor = summary["seeds_per_actor"]
+    assert sum(per_actor.values()) == 16 and len(per_actor) == 2, per_actor
+    assert min(per_actor.values()) >= 4, per_actor
+
+
+def test_a_pool_whose_first_actors_do_not_start_in_time_stops_with_one_line(tmp_path, local_ray, monkeypatch):
+    from evol import dataflow
+
+    monkeypatch.setattr(dataflow, "POOL_START_TIMEOUT_S", 0.001)
+    with pytest.raises(UserError, match=r"^the evolve pool's first actors \(generation.concurrency\) did not all "
+                                        r"start within 0.001 s: the cluster cannot place them"):
+        run_evolve(load_config(EvolveConfig, "configs/local.yaml", [
+            f"output.path={tmp_path / 'out'}", "generation.backend=echo", "seeds.limit=4", "evolve.rounds=1",
+            "generation.concurrency=[2,2]", "generation.num_cpus=0.5"]))
