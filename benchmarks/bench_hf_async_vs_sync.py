@@ -72,7 +72,9 @@ def main() -> None:
                         "both paths then write (nearly) the same texts, so they do the same work")
     args = parser.parse_args()
     greedy = ["evolve.evolve_sampling.temperature=0", "evolve.respond_sampling.temperature=0"] if args.greedy else []
-    cfg = load_config(EvolveConfig, "configs/local.yaml", [f"evolve.rounds={args.rounds}", *greedy])
+    # one engine on both cores, the shape this was measured in (the preset runs one 1-thread engine per core)
+    cfg = load_config(EvolveConfig, "configs/local.yaml", [f"evolve.rounds={args.rounds}", "generation.torch_threads=2",
+                                                           *greedy])
     generator = build_generator(cfg.generation)
     rows = bundled_seed_rows(args.seeds)
     totals = {"old": [0, 0.0], "new": [0, 0.0]}

