@@ -193,9 +193,10 @@ def measure(backend: str, args, workdir: Path) -> float:
     # with the fastest, whichever it is.
     one_engine = [f"generation.torch_threads={engines * threads}"] if backend == "hf" and engines > 1 else []
     ways = asyncio.run(bare(backend, args, out, prompts, one_engine))
+    like_the_job = f"{engines} engines of {threads} thread(s), all at once" if engines > 1 else "all at once"
     if engines > 1:
         shares = [prompts_of(share, cfg.evolve) for share in split_by_chain(records, engines)]
-        ways[f"{engines} engines of {threads} thread(s), all at once"] = several_engines(backend, args, out, shares)
+        ways[like_the_job] = several_engines(backend, args, out, shares)
     for way, (tokens, seconds, *_) in ways.items():
         print(f"  bare {backend}, {way}{' (one engine of ' + str(engines * threads) + ' threads)' if one_engine and 'engines' not in way else ''}: "
               f"{tokens} tok in {seconds:.1f} s = {tokens / seconds:.1f} tok/s", flush=True)
@@ -224,7 +225,7 @@ def measure(backend: str, args, workdir: Path) -> float:
         # so a step is the unit): whatever order the job gave the requests, even knowing every chain's
         # length ahead, its span is at least `sequential` steps, while the bare engine (the busiest of
         # several) took this many
-        like = ways[f"{engines} engines of {threads} thread(s), all at once" if engines > 1 else "all at once"]
+        like = ways[like_the_job]
         bare_tokens, _, bare_steps, _ = like
         if bare_steps and continuous:
             job_steps = summary["generated_tokens"] / engines / (sum(rows) / len(rows))

@@ -51,12 +51,13 @@ def split_by_chain(records: list[dict], parts: int) -> list[list[dict]]:
     chains: dict[str, list[dict]] = {}
     for r in records:
         chains.setdefault(r["root_id"], []).append(r)
+    weighed = [(sum(r["generated_tokens"] or 0 for r in chain), chain) for chain in chains.values()]
     shares: list[list[dict]] = [[] for _ in range(parts)]
     loads = [0] * parts
-    for chain in sorted(chains.values(), key=lambda c: -sum(r["generated_tokens"] or 0 for r in c)):
+    for tokens, chain in sorted(weighed, key=lambda tc: -tc[0]):
         least = loads.index(min(loads))
         shares[least] += chain
-        loads[least] += sum(r["generated_tokens"] or 0 for r in chain)
+        loads[least] += tokens
     return shares
 
 
