@@ -90,13 +90,18 @@ def overrides(backend: str, args, out: Path) -> list[str]:
 
 
 def run_job(backend: str, args, out: Path) -> tuple[dict, list[dict], float]:
-    """The job through Ray, as a user runs it: its summary, its records and its wall seconds."""
+    return run_evolve(overrides(backend, args, out), out, backend)
+
+
+def run_evolve(job_overrides: list[str], out: Path, label: str) -> tuple[dict, list[dict], float]:
+    """The job through Ray, as a user runs it (`configs/local.yaml` and these overrides, writing to
+    `out`): its summary, its records and its wall seconds."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "jobs.evolve", "--config", "configs/local.yaml",
-                           *overrides(backend, args, out)], cwd=ROOT, capture_output=True, text=True)
+                           *job_overrides], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        sys.exit(f"the {backend} job failed:\n{proc.stderr[-3000:]}")
+        sys.exit(f"the {label} job failed:\n{proc.stderr[-3000:]}")
     records = [row for f in sorted((out / "records").glob("bucket-*.parquet")) for row in pq.read_table(f).to_pylist()]
     return json.loads((out / "summary.json").read_text()), records, wall
 
