@@ -93,15 +93,21 @@ def run_job(backend: str, args, out: Path) -> tuple[dict, list[dict], float]:
     return run_evolve(overrides(backend, args, out), out, backend)
 
 
+def run_module(job: str, config: str, job_overrides: list[str], label: str) -> float:
+    """`python -m jobs.<job> --config <config> <overrides>` as a user runs it: its wall seconds (stops
+    the benchmark with the job's error if it fails)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", f"jobs.{job}", "--config", config, *job_overrides],
+                          cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"the {label} job failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
 def run_evolve(job_overrides: list[str], out: Path, label: str) -> tuple[dict, list[dict], float]:
     """The job through Ray, as a user runs it (`configs/local.yaml` and these overrides, writing to
     `out`): its summary, its records and its wall seconds."""
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "jobs.evolve", "--config", "configs/local.yaml",
-                           *job_overrides], cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"the {label} job failed:\n{proc.stderr[-3000:]}")
+    wall = run_module("evolve", "configs/local.yaml", job_overrides, label)
     records = [row for f in sorted((out / "records").glob("bucket-*.parquet")) for row in pq.read_table(f).to_pylist()]
     return json.loads((out / "summary.json").read_text()), records, wall
 

@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench_engine_saturation import ROOT, run_evolve
+from bench_engine_saturation import run_evolve, run_module
 
 POOL, ONE = "pool", "one actor"
 ROLES = ("candidate", "baseline", "judge")
@@ -59,14 +56,9 @@ def run_evolve_shape(shape: str, args, out: Path) -> dict:
 def run_evaluate_shape(shape: str, args, out: Path) -> dict:
     """One evaluate job (nothing cached: a new output folder): its stages' seconds and its wall."""
     settings = [f"{role}.{key}={value}" for role in ROLES for key, value in shape_settings(shape, args.cores).items()]
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "jobs.evaluate", "--config", "configs/evaluate_local.yaml",
-                           "candidate.model=smollm2-135m-instruct", "candidate.prompt_format=plain",
-                           "evolution.output=null", f"output.path={out}", *settings, *args.override],
-                          cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"the {shape} evaluate job failed:\n{proc.stderr[-3000:]}")
+    wall = run_module("evaluate", "configs/evaluate_local.yaml",
+                      ["candidate.model=smollm2-135m-instruct", "candidate.prompt_format=plain", "evolution.output=null",
+                       f"output.path={out}", *settings, *args.override], f"{shape} evaluate")
     stages = json.loads((out / "summary.json").read_text())["seconds"]
     seconds = sum(stages.values())
     return {"speed": 1 / seconds, "wall": wall, "line": f"stages {seconds:.1f} s (" + ", ".join(
