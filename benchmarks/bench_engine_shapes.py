@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench_engine_saturation import run_evolve, run_module
+from bench_generation_common import one_actor
 
 POOL, ONE = "pool", "one actor"
 ROLES = ("candidate", "baseline", "judge")
@@ -35,7 +36,7 @@ def shape_settings(shape: str, cores: int) -> dict[str, str]:
     CPUs, so reading tasks keep room) or one actor of `cores` threads."""
     if shape == POOL:
         return {"concurrency": f"[{cores},{cores}]", "num_cpus": str(round(1 / cores, 3)), "torch_threads": "1"}
-    return {"concurrency": "[1,1]", "num_cpus": "1", "torch_threads": str(cores)}
+    return one_actor(cores)
 
 
 def run_evolve_shape(shape: str, args, out: Path) -> dict:

@@ -36,12 +36,17 @@ async def job_chains(generator, rows: list[dict], cfg: EvolveSettings) -> tuple[
     return records, time.perf_counter() - start
 
 
+def one_actor(threads: int) -> dict[str, str]:
+    """A generation section's keys for one actor whose one engine has `threads` torch threads."""
+    return {"concurrency": "[1,1]", "num_cpus": "1", "torch_threads": str(threads)}
+
+
 def engine_shape(backend: str, threads: int | None) -> list[str]:
     """Job overrides on configs/local.yaml for its engines. vLLM is one engine over the machine's cores;
     hf runs the preset's pool (one 1-thread actor per core) unless `threads` asks for one actor of that
     many threads, the shape of the figures measured before the preset's one engine per core."""
     if backend == "vllm" or threads:
-        return ["generation.concurrency=[1,1]", "generation.num_cpus=1", f"generation.torch_threads={threads or 2}"]
+        return [f"generation.{key}={value}" for key, value in one_actor(threads or 2).items()]
     return []
 
 
