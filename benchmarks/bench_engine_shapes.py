@@ -40,11 +40,15 @@ def shape_settings(shape: str, cores: int) -> dict[str, str]:
 
 
 def run_evolve_shape(shape: str, args, out: Path) -> dict:
-    """One evolve job: kept tokens over the slowest actor's chain span, its wall, and each actor's figures."""
     settings = [f"generation.{key}={value}" for key, value in shape_settings(shape, args.cores).items()]
-    summary, _, wall = run_evolve(["generation.backend=hf", f"seeds.limit={args.seeds}",
-                                   f"evolve.rounds={args.rounds}", f"output.path={out}", "output.overwrite=true",
-                                   *settings, *args.override], out, shape)
+    return evolve_speed(args.seeds, args.rounds, [*settings, *args.override], out, shape)
+
+
+def evolve_speed(seeds: int, rounds: int, job_overrides: list[str], out: Path, label: str) -> dict:
+    """One hf evolve job (configs/local.yaml, `seeds` x `rounds`, these overrides): kept tokens over the
+    slowest actor's chain span, its wall, and each actor's figures."""
+    summary, _, wall = run_evolve(["generation.backend=hf", f"seeds.limit={seeds}", f"evolve.rounds={rounds}",
+                                   f"output.path={out}", "output.overwrite=true", *job_overrides], out, label)
     actors = list(summary["actors"].values())
     kept = summary["generated_tokens"] - sum(a.get("unused_tokens", 0) for a in actors)
     span = max(a["chain_seconds"] for a in actors)

@@ -10,7 +10,18 @@ dispatch. Prefill (more than one query token) still goes to SDPA, whose kernel i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 GROUPED_DECODE = "evolray_grouped_decode"
+
+
+@dataclass
+class Tiered:
+    """A decode step's keys (or values) when its rows sit in caches of their own widths (the running
+    batch's tiers, generation/continuous.py): each tier's (rows, kv_heads, columns, dim) and its mask
+    (rows, 1, 1, columns), in the order of the step's rows. Each tier is attended over its own columns."""
+    parts: list
+    masks: list
 
 
 def grouped_decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -21,6 +32,13 @@ def grouped_decode_attention(module, query, key, value, attention_mask, scaling=
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if isinstance(key, Tiered):
+        outputs, first = [], 0
+        for keys, values, mask in zip(key.parts, value.parts, key.masks):
+            outputs.append(grouped_decode_attention(module, query[first:first + len(keys)], keys, values, mask,
+                                                    scaling=scaling)[0])
+            first += len(keys)
+        return torch.cat(outputs), None
     batch, heads, q_len, dim = query.shape
     if q_len > 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,

@@ -14,7 +14,7 @@ from common.secrets import reference_problem
 # a bf16 logit by a rounding step, as any timing can; that is not a different request).
 GENERATION_EXECUTION_KEYS = ("concurrency", "max_chains", "rows_per_call", "calls_per_actor", "num_cpus", "num_gpus",
                              "torch_threads", "batch_size", "batch_wait_ms", "batching", "batch_refill",
-                             "prefix_cache_tokens", "attn_implementation", "openai.max_in_flight", "openai.timeout_s",
+                             "prefix_cache_tokens", "cache_tiers", "attn_implementation", "openai.max_in_flight", "openai.timeout_s",
                              "openai.max_retries", "openai.base_url", "openai.requests_per_minute",
                              "openai.tokens_per_minute", "vllm.gpu_memory_utilization", "vllm.max_num_seqs",
                              "vllm.enforce_eager", "vllm.enable_prefix_caching", "echo_latency_ms", "echo_crash_on",
@@ -103,6 +103,11 @@ class GenerationConfig(StrictModel):
                                 "beginning like an earlier one (the evolution templates, the chat header) prefills "
                                 "only the rest (2 x layers x kv_heads x head_dim x 2 bytes each in bf16: 23 KB for "
                                 "SmolLM2-135M, 128 KB for a 7B Llama); 0: off")
+    cache_tiers: int = Field(
+        2, ge=1, le=4, description="hf, batching continuous, grouped_decode attention: the running batch's rows sit in up "
+                                   "to this many KV caches of their own widths, so that a row with a long prompt does "
+                                   "not make every other row attend over its columns (generation/continuous.py, "
+                                   "TieredBatch); 1: one cache as wide as the longest row")
     batch_refill: bool = Field(True, description="hf, batching static: a batch stops once half of its rows are done while a request "
                                                  "waits; its unfinished rows go on in the next batch (their text so "
                                                  "far prefilled again)")

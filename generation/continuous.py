@@ -227,18 +227,11 @@ class RunningBatch:
 
     def step(self) -> list[Done]:
         """One decode step for every row; drops the rows that ended."""
-        torch = self.torch
-        if self.end == self.mask.shape[1]:
-            self._move(self._slots(), self.width)
-        self._bind()  # this step's column: `end`
-        self.mask[:, self.end] = 1
-        positions = self.mask.sum(dim=1, keepdim=True) - 1
-        with torch.inference_mode():
+        positions = self._begin_step()
+        with self.torch.inference_mode():
             logits = self.model(input_ids=self.next_tokens[:, None], attention_mask=self.mask, position_ids=positions,
                                 past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        self.end += 1
-        tokens = self._sample(logits, self.rows)
-        return self._advance(tokens)
+        return self._end_step(logits)
 
     def fail_all(self) -> list[object]:
         """The handles of every row, and an empty batch: the engine failed under them."""
@@ -254,6 +247,19 @@ class RunningBatch:
             self._keep(keep)
 
     # --- internals -------------------------------------------------------------------------------
+
+    def _begin_step(self):
+        """Readies this step's column (`end`) in the cache and the mask; each row's position."""
+        if self.end == self.mask.shape[1]:
+            self._move(self._slots(), self.width)
+        self._bind()
+        self.mask[:, self.end] = 1
+        return self.mask.sum(dim=1, keepdim=True) - 1
+
+    def _end_step(self, logits) -> list[Done]:
+        """The step's logits, one row each: every row takes its token; those that ended leave."""
+        self.end += 1
+        return self._advance(self._sample(logits, self.rows))
 
     def _prefill(self, rows: list[Live], found: list[tuple[Prefix, int] | None]) -> list[Done]:
         """One forward over the rows' prompts: for each, what follows its cached prefix (`found`: the
@@ -406,6 +412,115 @@ class RunningBatch:
         mask[:, left:left + self.width] = self.mask[:, self.start:self.end]
         self.mask, self.start, self.end = mask, left, left + self.width
         self.copies += 1
+
+
+TIER_OPENING = 400  # what opening an empty tier costs, in row-columns of attention: its own small calls each step
+
+
+def choose_tier(tiers: list[tuple[int, int]], length: int, opening: int = TIER_OPENING) -> int:
+    """The tier, of (rows, width) each, that a row of `length` cached tokens joins: the one whose rows x
+    width (what a decode step's attention reads) grows least; an empty tier costs `opening` more. Ties:
+    the first."""
+    def growth(rows: int, width: int) -> int:
+        return length + opening if not rows else (rows + 1) * max(width, length) - rows * width
+
+    return min(range(len(tiers)), key=lambda i: growth(*tiers[i]))
+
+
+class TieredBatch:
+    """A running batch whose rows sit in up to `tiers` RunningBatches of their own widths, decoded in one
+    forward pass: a row attends over its tier's columns, not over the longest row's of the whole batch.
+
+    Why: every row of a RunningBatch attends over the batch's width, its longest row's tokens, and on
+    CPU a decode step's attention is bound by reading that KV cache. A few seeds with a long input (a
+    table, a paragraph) make rewrite prompts several times longer than the rest; with one of them in
+    the batch, the short rows read its width too (30 rows, 29 of 120-300 tokens and one of 730: a step
+    1.1-1.2x that of the 30 short ones, measured). Here such a row goes to a tier of its own (`choose_tier`),
+    and a step with rows in several tiers hands the attention each tier's cache (`Tiered`). Needs the
+    grouped decode attention (generation/attention.py); with any other, one tier."""
+
+    def __init__(self, model, eos_ids: set[int], pad_id: int, device: str, max_rows: int | None = None,
+                 prefix_cache_tokens: int = 0, tiers: int = 1):
+        self.tiers = [RunningBatch(model, eos_ids, pad_id, device, max_rows) for _ in range(max(tiers, 1))]
+        self.prefixes = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
+        for tier in self.tiers:
+            tier.prefixes = self.prefixes  # one cache of prompt prefixes, whichever tier a row joins
+        self.model, self.torch = model, self.tiers[0].torch
+        self.joint_steps = 0  # decode steps over rows in more than one tier
+
+    def __len__(self) -> int:
+        return sum(len(tier) for tier in self.tiers)
+
+    @property
+    def rows(self) -> list[Live]:
+        return [row for tier in self.tiers for row in tier.rows]
+
+    @property
+    def copies(self) -> int:
+        return sum(tier.copies for tier in self.tiers)
+
+    @property
+    def empty(self) -> bool:
+        """No row and no cache left in any tier."""
+        return all(tier.cache is None and not len(tier) for tier in self.tiers)
+
+    def admit(self, rows: list[Live]) -> list[Done]:
+        shapes = [(len(tier), tier.width if len(tier) else 0) for tier in self.tiers]
+        joining: list[list[Live]] = [[] for _ in self.tiers]
+        for row in rows:
+            i = choose_tier(shapes, len(row.prompt))
+            joining[i].append(row)
+            shapes[i] = (shapes[i][0] + 1, max(shapes[i][1], len(row.prompt)))
+        return [done for tier, group in zip(self.tiers, joining) if group for done in tier.admit(group)]
+
+    def step(self) -> list[Done]:
+        """One decode step for every row of every tier, in one forward pass."""
+        active = [tier for tier in self.tiers if len(tier)]
+        if len(active) == 1:
+            return active[0].step()
+        torch = self.torch
+        positions = torch.cat([tier._begin_step() for tier in active])
+        counts = [len(tier) for tier in active]
+        placeholder = torch.ones(sum(counts), 1, 1, 1, dtype=torch.bool)  # 4D: transformers builds no mask
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.cat([tier.next_tokens for tier in active])[:, None],
+                                attention_mask=placeholder, position_ids=positions,
+                                past_key_values=_TierCache(active), use_cache=True, logits_to_keep=1).logits[:, -1]
+        self.joint_steps += 1
+        done, first = [], 0
+        for tier, count in zip(active, counts):
+            done += tier._end_step(logits[first:first + count])
+            first += count
+        return done
+
+    def fail_all(self) -> list[object]:
+        return [handle for tier in self.tiers for handle in tier.fail_all()]
+
+    def drop(self, handles: set) -> None:
+        for tier in self.tiers:
+            tier.drop(handles)
+
+
+class _TierCache:
+    """The cache of a step over several tiers: each layer's new keys and values are written into their
+    tiers' buffers, and the attention gets each tier's cache and mask (`Tiered`)."""
+
+    def __init__(self, tiers: list[RunningBatch]):
+        self.tiers = tiers
+        self.masks = [tier.mask[:, None, None, :].bool() for tier in tiers]
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        from generation.attention import Tiered
+
+        keys, values, first = [], [], 0
+        for tier in self.tiers:
+            count = len(tier)
+            k, v = tier.cache.layers[layer_idx].update(key_states[first:first + count],
+                                                       value_states[first:first + count])
+            keys.append(k)
+            values.append(v)
+            first += count
+        return Tiered(keys, self.masks), Tiered(values, self.masks)
 
 
 def _spare(width: int) -> int:

@@ -24,7 +24,7 @@ from generation.config import GenerationConfig
 from generation.devices import resolve_dtype, use_cuda
 from generation.prompts import prompt_token_ids, text_token_ids
 from generation.choice import LOGPROBS, option_token_ids, pick, shared_rows
-from generation.continuous import Live, RunningBatch, row_rng
+from generation.continuous import Live, TieredBatch, row_rng
 from generation.sampling import nucleus_sampler
 from generation.types import Choice, Generation, SamplingParams
 
@@ -67,8 +67,9 @@ class HFGenerator:
         self._scoring: deque = deque()  # (rows, option lengths, future) of the choices waiting
         self._scorer: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
-        self._running = RunningBatch(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.device, cfg.batch_size,
-                                     cfg.prefix_cache_tokens) if cfg.batching == "continuous" else None
+        tiers = cfg.cache_tiers if self.model.config._attn_implementation == attention.GROUPED_DECODE else 1
+        self._running = TieredBatch(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.device, cfg.batch_size,
+                                    cfg.prefix_cache_tokens, tiers) if cfg.batching == "continuous" else None
         self.batches = self.batched_rows = 0  # decode steps (static: generate() calls) and their rows: kept full?
         self.released_rows = 0  # rows sent back to the queue by a batch that stopped early (batch_refill)
         self.worker_seconds = 0.0  # the worker thread's time computing (prefill, decode, scoring): is it ever idle?

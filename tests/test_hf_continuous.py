@@ -50,7 +50,7 @@ def test_greedy_answers_in_a_running_batch_are_the_answers_alone(tiny_llama):
     # rows shared decode steps: fewer steps than tokens, and the batch was kept full while requests waited
     assert engine.batches < sum(LIMITS) - len(LIMITS)
     assert engine.mean_batch_rows > 2.0
-    assert len(engine._running) == 0 and engine._running.cache is None  # nothing left behind
+    assert len(engine._running) == 0 and engine._running.empty  # nothing left behind
 
 
 def test_a_seeded_request_draws_the_same_answer_whatever_it_is_batched_with(tiny_llama):
@@ -298,7 +298,7 @@ def test_rows_with_unlike_cached_prefixes_or_none_prefill_in_one_forward(lively_
     import torch
 
     engine = engine_of(lively_llama, batch_size=4, prefix_cache_tokens=4096).inner
-    batch = engine._running
+    batch = engine._running.tiers[0]  # a prefill within one tier
     opening = "Rewrite the prompt below into a more complex version that a person can still answer well. " * 2
     first = opening + "Name three rivers and say where each one of them meets the sea."
     batch.admit([live(engine, first, 1, "first")])  # prefilled whole; its blocks kept
