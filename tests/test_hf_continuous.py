@@ -6,7 +6,8 @@ import time
 import pytest
 
 from generation import GenerationConfig, SamplingParams, build_generator
-from generation.continuous import PREFIX_BLOCK, Live, PrefixCache, RunningBatch, prefill_groups, row_rng
+from generation.continuous import (PREFIX_BLOCK, Live, PrefixCache, RunningBatch, TieredBatch, choose_tier,
+                                   prefill_groups, row_rng)
 
 LIMITS = (3, 12, 6, 9, 20, 1, 15)
 PROMPTS = [f"question {i} " + "word " * (7 * i) for i in range(len(LIMITS))]  # unlike lengths: rows are padded
@@ -317,6 +318,50 @@ def test_rows_with_unlike_cached_prefixes_or_none_prefill_in_one_forward(lively_
             alone = engine.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
                                           eos_token_id=None, pad_token_id=engine.tokenizer.pad_token_id)
         assert tokens[i] == alone[0, ids.shape[1]:].tolist(), i
+
+
+def test_a_row_joins_the_tier_whose_attention_it_widens_least():
+    """Tiers as (rows, width): what a step's attention reads is rows x width per tier."""
+    assert choose_tier([(0, 0), (0, 0)], 150) == 0  # all empty: the first
+    assert choose_tier([(20, 300), (0, 0)], 150) == 0  # fits the batch's width: no new tier
+    assert choose_tier([(2, 300), (0, 0)], 350) == 0  # widens two rows by 50: less than opening a tier
+    assert choose_tier([(20, 300), (0, 0)], 730) == 1  # would widen twenty rows by 430 each
+    assert choose_tier([(20, 300), (2, 750)], 700) == 1  # the long rows' tier already has the width
+    assert choose_tier([(20, 300), (2, 750)], 310) == 0  # 20 x 10 more, not 750 more
+    assert choose_tier([(3, 40), (0, 0)], 150, opening=0) == 1
+
+
+def test_a_long_prompt_decodes_in_a_tier_of_its_own_and_every_answer_is_the_same(lively_llama):
+    """Three short prompts and one long one in a batch of two tiers: the long row gets a cache of its own,
+    the short rows' cache stays as narrow as they are, and the steps decode both tiers in one forward.
+    Every row's greedy tokens (fp32) are those of one cache as wide as the long row, and those transformers'
+    generate() gives each prompt alone."""
+    import torch
+
+    engine = engine_of(lively_llama, batch_size=4).inner
+    prompts = ["What is 2 + 2?", "Name a river.", "Say hello.", "Describe this table: " + "a | b | c\n" * 40]
+    limits = [10, 14, 6, 12]
+    results = {}
+    for tiers in (1, 2):
+        batch = TieredBatch(engine.model, set(), engine.tokenizer.pad_token_id, "cpu", max_rows=4, tiers=tiers)
+        done = batch.admit([live(engine, prompt, limit, i) for i, (prompt, limit) in enumerate(zip(prompts, limits))])
+        widths = [(len(tier), tier.width) for tier in batch.tiers]
+        while len(batch):
+            done += batch.step()
+        results[tiers] = {d.handle: d.tokens for d in done}
+        assert batch.empty
+    long_prompt = len(engine.prompt_ids(prompts[3]))
+    assert widths == [(3, max(len(engine.prompt_ids(p)) for p in prompts[:3])), (1, long_prompt)]
+    assert widths[0][1] * 4 < long_prompt
+    assert batch.joint_steps == limits[3] - 1  # every step of the long row's (its first token is the prefill's)
+    assert results[2] == results[1] and [len(results[2][i]) for i in range(4)] == limits
+    for i, prompt in enumerate(prompts):
+        ids = torch.tensor([engine.prompt_ids(prompt)])
+        with torch.inference_mode():
+            alone = engine.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                          max_new_tokens=limits[i], eos_token_id=None,
+                                          pad_token_id=engine.tokenizer.pad_token_id)
+        assert results[2][i] == alone[0, ids.shape[1]:].tolist(), i
 
 
 def spin(seconds: float) -> None:
