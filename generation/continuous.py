@@ -414,7 +414,10 @@ class RunningBatch:
         self.copies += 1
 
 
-TIER_OPENING = 400  # what opening an empty tier costs, in row-columns of attention: its own small calls each step
+# What a second tier costs a step, in row-columns of attention (one row attending over one column): a
+# step over two tiers took ~5 ms more than over one (its small calls per layer), and a row-column ~3.8 us
+# (SmolLM2-135M, bf16, one thread: bench_hf_cache_tiers.py --engine)
+TIER_OPENING = 1500
 
 
 def choose_tier(tiers: list[tuple[int, int]], length: int, opening: int = TIER_OPENING) -> int:

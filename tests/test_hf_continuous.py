@@ -339,7 +339,7 @@ def test_a_long_prompt_decodes_in_a_tier_of_its_own_and_every_answer_is_the_same
     import torch
 
     engine = engine_of(lively_llama, batch_size=4).inner
-    prompts = ["What is 2 + 2?", "Name a river.", "Say hello.", "Describe this table: " + "a | b | c\n" * 40]
+    prompts = ["What is 2 + 2?", "Name a river.", "Say hello.", "Describe this table: " + "a | b | c\n" * 100]
     limits = [10, 14, 6, 12]
     results = {}
     for tiers in (1, 2):
