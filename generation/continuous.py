@@ -437,8 +437,8 @@ class TieredBatch:
     Why: every row of a RunningBatch attends over the batch's width, its longest row's tokens, and on
     CPU a decode step's attention is bound by reading that KV cache. A few seeds with a long input (a
     table, a paragraph) make rewrite prompts several times longer than the rest; with one of them in
-    the batch, the short rows read its width too (30 rows, 29 of 120-300 tokens and one of 730: a step
-    1.1-1.2x that of the 30 short ones, measured). Here such a row goes to a tier of its own (`choose_tier`),
+    the batch, the short rows read its width too (30 rows, 29 of 120-300 tokens and one of 730: two tiers'
+    step 0.77x one cache's, bench_hf_cache_tiers.py --engine). Here such a row goes to a tier of its own (`choose_tier`),
     and a step with rows in several tiers hands the attention each tier's cache (`Tiered`). Needs the
     grouped decode attention (generation/attention.py); with any other, one tier."""
 
