@@ -459,16 +459,12 @@ class TieredBatch:
         return [row for tier in self.tiers for row in tier.rows]
 
     @property
-    def copies(self) -> int:
-        return sum(tier.copies for tier in self.tiers)
-
-    @property
     def empty(self) -> bool:
         """No row and no cache left in any tier."""
         return all(tier.cache is None and not len(tier) for tier in self.tiers)
 
     def admit(self, rows: list[Live]) -> list[Done]:
-        shapes = [(len(tier), tier.width if len(tier) else 0) for tier in self.tiers]
+        shapes = [(len(tier), tier.width) for tier in self.tiers]  # an empty tier's width is 0
         joining: list[list[Live]] = [[] for _ in self.tiers]
         for row in rows:
             i = choose_tier(shapes, len(row.prompt))
@@ -484,7 +480,7 @@ class TieredBatch:
         torch = self.torch
         positions = torch.cat([tier._begin_step() for tier in active])
         counts = [len(tier) for tier in active]
-        placeholder = torch.ones(sum(counts), 1, 1, 1, dtype=torch.bool)  # 4D: transformers builds no mask
+        placeholder = positions.new_ones(sum(counts), 1, 1, 1, dtype=torch.bool)  # 4D: transformers builds no mask
         with torch.inference_mode():
             logits = self.model(input_ids=torch.cat([tier.next_tokens for tier in active])[:, None],
                                 attention_mask=placeholder, position_ids=positions,
