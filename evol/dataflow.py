@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -88,15 +89,19 @@ def _evolve_buckets(ray, cfg: EvolveConfig, done: frozenset[int]) -> PoolRun:
     keys = {"generation": driver_api_key(gen), "judge": driver_api_key(cfg.judge) if cfg.judge else None}
     cpus, gpus = actor_resources(cfg)
     limiters = share_rate_limits(gen, cfg.judge)  # the job-wide rate limiters, owned by the driver
-    stats = buckets.map_batches(
-        EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": keys}, batch_size=1,
-        batch_format="pyarrow", num_cpus=cpus, num_gpus=gpus,
-        # A call is one bucket (a retry redoes only it); an actor runs `calls` of them at once and
-        # has as many queued, so that the autoscaler sees a busy pool (utilization 2 > 1.75).
-        compute=ray.data.ActorPoolStrategy(min_size=gen.concurrency[0], max_size=gen.concurrency[1],
-                                           max_concurrent_calls_per_actor=calls,
-                                           max_tasks_in_flight_per_actor=2 * calls),
-        max_restarts=-1, max_task_retries=MAX_CALL_RETRIES)
+    with warnings.catch_warnings():
+        # Ray 2.60 warns that extra remote args go away in 2.64, but has no named parameter yet for
+        # a call's retries: these two stay here until the pinned Ray has one.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        stats = buckets.map_batches(
+            EvolveActor, fn_constructor_kwargs={"cfg": cfg, "api_keys": keys}, batch_size=1,
+            batch_format="pyarrow", num_cpus=cpus, num_gpus=gpus,
+            # A call is one bucket (a retry redoes only it); an actor runs `calls` of them at once and
+            # has as many queued, so that the autoscaler sees a busy pool (utilization 2 > 1.75).
+            compute=ray.data.ActorPoolStrategy(min_size=gen.concurrency[0], max_size=gen.concurrency[1],
+                                               max_concurrent_calls_per_actor=calls,
+                                               max_tasks_in_flight_per_actor=2 * calls),
+            max_restarts=-1, max_task_retries=MAX_CALL_RETRIES)
     run = collect(bucket_rows(stats), PoolRun())
     for line in format_rate_limits(limiters):
         print(f"[evolve] {line}", flush=True)
