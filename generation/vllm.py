@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import uuid
 
 from common.models import resolve_model
@@ -52,6 +53,18 @@ class EngineEndAsWarning(logging.Filter):
         return True
 
 
+def forget_import_frames() -> None:
+    """vLLM 0.32 keeps torchcodec's ImportError in a module global (torchcodec is removed beside the CPU
+    torch: Makefile). Its traceback holds every frame that was on the stack at vLLM's first import, and
+    with them the caller's locals: the generator being built, so an engine is never collected, even once
+    closed, and at interpreter exit its `__del__` finds vLLM's globals gone and prints a TypeError. The
+    error's message is all vLLM reads of it again."""
+    error = getattr(sys.modules.get("vllm.multimodal.media.audio"), "_torchcodec_import_exc", None)
+    while error is not None:
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+
+
 class VllmGenerator:
     def __init__(self, cfg: GenerationConfig):
         cuda = cfg.num_gpus > 0 or cfg.device == "cuda"
@@ -62,6 +75,7 @@ class VllmGenerator:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        forget_import_frames()
         self.cfg = cfg
         self.model_name = cfg.model
         # vLLM rewinds a seeded request's generator when a chunked prefill discards a sampled token, which

@@ -7,8 +7,10 @@ neither falls back to its text, read by the strict parser.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
+import weakref
 
 import pytest
 
@@ -183,7 +185,11 @@ def test_vllm_constrained_check_on_the_small_model_scores_as_hf_does(hf_small_mo
     try:
         verdicts = _judge_pairs(judge)
     finally:
-        judge.inner.engine.shutdown()
+        asyncio.run(judge.close())
+    engine = weakref.ref(judge.inner.engine)
+    del judge
+    gc.collect()
+    assert engine() is None, "a closed vLLM engine is still referenced (its __del__ would run at exit)"
     assert verdicts["copy"][0] == rules.EQUAL and verdicts["case_and_spacing"][0] == rules.EQUAL
     for name, (verdict, method, margin) in verdicts.items():
         hf_verdict, _, hf_margin = hf_small_model_verdicts[name]
