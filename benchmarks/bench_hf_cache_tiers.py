@@ -47,8 +47,9 @@ def engine_steps(args) -> None:
 
     def step_ms(lengths: list[int], tiers: int) -> tuple[float, list]:
         batch = TieredBatch(model, set(), 0, "cpu", tiers=tiers)
-        batch.admit([Live(i, [random.Random(i).randrange(100, 40000) for _ in range(n)], sampling, random.Random(i))
-                     for i, n in enumerate(lengths)])
+        rngs = [random.Random(i) for i in range(len(lengths))]
+        batch.admit([Live(i, [rng.randrange(100, 40000) for _ in range(n)], sampling, rng)
+                     for i, (n, rng) in enumerate(zip(lengths, rngs))])
         for _ in range(3):
             batch.step()
         start = time.perf_counter()

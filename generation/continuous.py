@@ -438,7 +438,7 @@ class TieredBatch:
     CPU a decode step's attention is bound by reading that KV cache. A few seeds with a long input (a
     table, a paragraph) make rewrite prompts several times longer than the rest; with one of them in
     the batch, the short rows read its width too (30 rows, 29 of 120-300 tokens and one of 730: two tiers'
-    step 0.77x one cache's, bench_hf_cache_tiers.py --engine). Here such a row goes to a tier of its own (`choose_tier`),
+    step 0.82-0.85x one cache's, bench_hf_cache_tiers.py --engine). Here such a row goes to a tier of its own (`choose_tier`),
     and a step with rows in several tiers hands the attention each tier's cache (`Tiered`). Needs the
     grouped decode attention (generation/attention.py); with any other, one tier."""
 
