@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 from common import storage
 from common.config import UserError
 
-from common.rows import (DUPLICATE_ID, EMPTY_INSTRUCTION, INSTRUCTION_NOT_STRING,  # noqa: F401
+from common.rows import (BOM, DUPLICATE_ID, EMPTY_INSTRUCTION, INSTRUCTION_NOT_STRING,  # noqa: F401
                          MALFORMED_JSON, MISSING_INSTRUCTION, NOT_AN_OBJECT, RAW_LIMIT, SUPPORTED_SUFFIXES,
-                         UNREADABLE_FILE, resolve_bundled)
+                         UNREADABLE_FILE, jsonl_lines, resolve_bundled)
 
 BAD_CATEGORY = "category_not_text"
 BAD_DIFFICULTY = "bad_difficulty"
@@ -132,9 +132,8 @@ def _optional_fields(obj: dict, fields: ItemFields) -> tuple[dict, list[str]]:
 
 def _parse_jsonl(data: bytes, source: str, fields: ItemFields) -> list[dict]:
     rows = []
-    for number, text in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
-        if not text.strip():
-            continue
+    for number, line in jsonl_lines(data):
+        text = line.decode("utf-8", errors="replace")
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -146,7 +145,7 @@ def _parse_jsonl(data: bytes, source: str, fields: ItemFields) -> list[dict]:
 
 def _parse_json(data: bytes, source: str, fields: ItemFields) -> list[dict]:
     """A .json file holds one list of objects; `line` is the item's index in it."""
-    text = data.decode("utf-8", errors="replace")
+    text = data.removeprefix(BOM).decode("utf-8", errors="replace")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from common import storage
 from common.config import UserError
-from common.rows import SUPPORTED_SUFFIXES, resolve_bundled
+from common.rows import BOM, SUPPORTED_SUFFIXES, jsonl_lines, resolve_bundled
 from evol.ngrams import gram_hashes, text_words, word_hashes
 
 WIZARDLM_TESTSET = "bundled:wizardlm_testset.jsonl"  # eval/data, the evaluate job's default
@@ -48,11 +48,10 @@ def _rows(data: bytes, path: str) -> list[dict]:
     """The objects of a jsonl / json / parquet file (anything else in it is not an item)."""
     if path.lower().endswith(".parquet"):
         return pq.read_table(io.BytesIO(data)).to_pylist()
-    text = data.decode("utf-8", errors="replace")
     if path.lower().endswith(".json"):
-        rows = json.loads(text)
+        rows = json.loads(data.removeprefix(BOM).decode("utf-8", errors="replace"))
         return rows if isinstance(rows, list) else [rows]
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [json.loads(line.decode("utf-8", errors="replace")) for _, line in jsonl_lines(data)]
 
 
 def item_text(row, fields: list[str]) -> str:

@@ -17,15 +17,15 @@ from typing import BinaryIO, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.rows import (DUPLICATE_ID, EMPTY_INSTRUCTION, MALFORMED_JSON, MISSING_INSTRUCTION,  # noqa: F401
-                         NOT_AN_OBJECT, RAW_LIMIT, SUPPORTED_SUFFIXES, UNREADABLE_FILE)
+from common.rows import (BOM, DUPLICATE_ID, EMPTY_INSTRUCTION, MALFORMED_JSON,  # noqa: F401
+                         MISSING_INSTRUCTION, NOT_AN_OBJECT, RAW_LIMIT, SUPPORTED_SUFFIXES, UNREADABLE_FILE,
+                         jsonl_lines)
 from common.rows import INSTRUCTION_NOT_STRING as NOT_A_STRING
 from evol.records import SEED_SCHEMA
 
 NOT_UTF8 = "not_utf8"
 BAD_FIELD = "field_not_string"
 TOO_MANY_TOKENS = "too_many_tokens"
-BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -153,12 +153,8 @@ def parse_jsonl_line(line: bytes, source: str, number: int, fields: SeedFields) 
 
 
 def parse_jsonl(data: bytes, source: str, fields: SeedFields, first_line: int = 1) -> list[dict]:
-    """Lines split on b"\\n" only: U+2028, U+2029 and U+0085 are legal inside JSON strings and
-    would shift every later line number. `first_line` numbers a piece of a larger file."""
-    if first_line == 1:
-        data = data.removeprefix(BOM)
-    return [parse_jsonl_line(line.removesuffix(b"\r"), source, number, fields)
-            for number, line in enumerate(data.split(b"\n"), start=first_line) if line.strip()]
+    """`first_line` numbers a piece of a larger file (common.rows.jsonl_lines)."""
+    return [parse_jsonl_line(line, source, number, fields) for number, line in jsonl_lines(data, first_line)]
 
 
 def jsonl_pieces(stream: BinaryIO, piece_bytes: int) -> Iterator[tuple[int, bytes]]:

@@ -119,3 +119,23 @@ def test_missing_or_unsupported_paths_are_one_line_errors(tmp_path):
         read_testset(str(tmp_path / "t.csv"), MAPPED)
     with pytest.raises(UserError, match="holds no"):
         read_testset(str(tmp_path), MAPPED)
+
+
+def test_line_separators_inside_strings_and_a_byte_order_mark_cost_no_row(tmp_path):
+    """U+2028, U+2029 and U+0085 are legal inside JSON strings (json.dumps leaves them with
+    ensure_ascii=False) and a file saved by some editors opens with a BOM: neither splits, shifts or
+    loses a row, in the test set and in the contamination check that reads the same files."""
+    from evol.contamination import read_testset as read_contamination_set
+
+    items = [{"qid": "a", "prompt": "Explain this:\u2028a line separator"}, {"qid": "b", "prompt": "Next\u0085item"},
+             {"qid": "c", "prompt": "Para\u2029graph"}, {"qid": "d", "prompt": "Plain"}]
+    (tmp_path / "set.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(
+        json.dumps(item, ensure_ascii=False) + "\r\n" for item in items).encode())
+    rows = read_testset(str(tmp_path / "set.jsonl"), MAPPED)
+    assert [(r["id"], r["line"], r["error"], r["instruction"]) for r in rows] == \
+        [(item["qid"], line, None, item["prompt"]) for line, item in enumerate(items, start=1)]
+    (tmp_path / "array.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(items, ensure_ascii=False).encode())
+    assert [r["id"] for r in read_testset(str(tmp_path / "array.json"), MAPPED) if not r["error"]] == list("abcd")
+    for name in ("set.jsonl", "array.json"):
+        [checked] = read_contamination_set(str(tmp_path / name), ["prompt"], ["qid"], "curation.contamination")
+        assert [text for _, text in checked.items] == [item["prompt"] for item in items]
