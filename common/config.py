@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Annotated, Any, Callable, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -20,6 +20,15 @@ class StrictModel(BaseModel):
     """Base of every config section: unknown keys are errors and configs are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():  # "" is the working folder to every file API: a job would read or write all of it
+        raise ValueError("is empty: a path (local or s3://) or a name is needed")
+    return value
+
+
+PathText = Annotated[str, AfterValidator(_not_blank)]  # a path or a model name: never blank
 
 
 class UserError(Exception):

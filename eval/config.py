@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from common.config import StrictModel
+from common.config import PathText, StrictModel
 from common.ray_setup import RayConfig
 from common.rows import BUNDLED_PREFIX
 from eval.budget import TRUNCATING_BACKENDS
@@ -21,7 +21,7 @@ from generation.config import GenerationConfig, SamplingConfig
 class ItemsConfig(StrictModel):
     """Where the test items come from and which field holds what (the defaults read WizardLM's set)."""
 
-    path: str = Field(f"{BUNDLED_PREFIX}wizardlm_testset.jsonl",
+    path: PathText = Field(f"{BUNDLED_PREFIX}wizardlm_testset.jsonl",
                       description="file or folder (jsonl/json/parquet), local or s3://; bundled:NAME = eval/data")
     instruction_field: str = Field("Instruction", description="field holding the instruction")
     id_field: str | None = Field("idx", description="stable id (answers are cached by it); None: FILE:LINE")
@@ -47,7 +47,7 @@ class ReportConfig(StrictModel):
 class EvolutionConfig(StrictModel):
     """The evolution analysis of an evolve job's output (length, pass rates, eliminations per round)."""
 
-    output: str | None = Field(None, description="an evolve job's output folder; None: no evolution analysis")
+    output: PathText | None = Field(None, description="an evolve job's output folder; None: no evolution analysis")
     difficulty_per_round: int = Field(0, ge=0, description="kept instructions per round the judge rates 1-10 "
                                                            "(the paper's complexity analysis); 0: off")
     difficulty_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16)
@@ -66,7 +66,7 @@ class JudgeConfig(GenerationConfig):
 
 
 class OutputConfig(StrictModel):
-    path: str = Field("outputs/evaluate-local", description="local folder or s3://bucket/prefix")
+    path: PathText = Field("outputs/evaluate-local", description="local folder or s3://bucket/prefix")
     overwrite: bool = Field(False, description="false: keep cached answers and replace the report; "
                                                "true: delete the folder first (answers too)")
 

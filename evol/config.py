@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from common.config import StrictModel
+from common.config import PathText, StrictModel
 from common.rows import BUNDLED_PREFIX
 from common.ray_setup import RayConfig
 from evol.elimination import MIN_JUDGE_TOKENS
@@ -19,7 +19,7 @@ PROMPT_MARGIN = 8  # tokens that merge or split differently where an instruction
 
 
 class SeedsConfig(StrictModel):
-    path: str = Field(f"{BUNDLED_PREFIX}self_instruct_seeds.jsonl",
+    path: PathText = Field(f"{BUNDLED_PREFIX}self_instruct_seeds.jsonl",
                       description="file or folder (jsonl/json/parquet), local or s3://; bundled:NAME for package data")
     instruction_field: str = "instruction"
     input_field: str | None = Field("input", description="optional Alpaca-style context appended to the instruction")
@@ -93,7 +93,7 @@ class EvolveSettings(StrictModel):
 
 
 class OutputConfig(StrictModel):
-    path: str = Field("outputs/evolve-local", description="local folder or s3://bucket/prefix")
+    path: PathText = Field("outputs/evolve-local", description="local folder or s3://bucket/prefix")
     overwrite: bool = Field(False, description="start over: delete the folder's earlier evolve run (only a folder "
                                                 "an evolve run made); false: a rerun resumes it")
     buckets: int = Field(256, ge=1, le=99999, description="seeds are processed and written in this many "

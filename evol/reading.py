@@ -23,7 +23,8 @@ READ_COUNTS = "_read"
 
 
 def resolve_seed_path(path: str) -> str:
-    return resolve_bundled(path, "evol")
+    """Absolute, as storage.list_files names a folder's files: ids are the files' paths under it."""
+    return storage.absolute(resolve_bundled(path, "evol"))
 
 
 def seed_files(path: str) -> list[str]:

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from common.config import StrictModel
+from common.config import PathText, StrictModel
 from common.models import SMALL_MODEL_ALIAS
 from common.secrets import reference_problem
 
@@ -82,7 +82,7 @@ class GenerationConfig(StrictModel):
     backend: Literal["hf", "vllm", "openai", "echo"] = Field(
         "hf", description="hf: transformers; vllm: vLLM's async engine in the actor; openai: an "
                           "OpenAI-compatible endpoint; echo: instant canned text (dry runs)")
-    model: str = Field(SMALL_MODEL_ALIAS, description="bundled alias, local folder, s3:// folder or hub id; "
+    model: PathText = Field(SMALL_MODEL_ALIAS, description="bundled alias, local folder, s3:// folder or hub id; "
                                                       "for openai: the endpoint's model name")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from common.config import StrictModel, read_yaml_mapping, set_dotted
+from common.config import PathText, StrictModel, read_yaml_mapping, set_dotted
 from common.ray_setup import RayConfig
 from eval.config import EvaluateConfig
 from evol.config import EvolveConfig
@@ -41,7 +41,7 @@ PIPELINE_KEYS = {"evolve": ("output.overwrite",), "evaluate": ("output.overwrite
 
 
 class PipelineOutput(StrictModel):
-    path: str = Field("outputs/pipeline-local", description="stage markers and pipeline.json (local or s3://)")
+    path: PathText = Field("outputs/pipeline-local", description="stage markers and pipeline.json (local or s3://)")
 
 
 class PipelineConfig(StrictModel):

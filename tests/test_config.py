@@ -83,6 +83,26 @@ def test_bad_values_are_one_line_errors_naming_the_key(override, expected):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("job, config, key", [
+    ("evolve", "configs/tiny.yaml", "seeds.path"), ("evolve", "configs/tiny.yaml", "output.path"),
+    ("evolve", "configs/tiny.yaml", "generation.model"), ("evaluate", "configs/evaluate_tiny.yaml", "testset.path"),
+    ("evaluate", "configs/evaluate_tiny.yaml", "evolution.output"), ("train", "configs/train_tiny.yaml", "data.path"),
+    ("train", "configs/train_tiny.yaml", "model.name"), ("pipeline", "configs/pipeline_tiny.yaml", "evolve.seeds.path"),
+    ("pipeline", "configs/pipeline_tiny.yaml", "output.path")])
+def test_a_blank_path_is_refused_not_read_as_the_working_folder(job, config, key):
+    """`seeds.path=$UNSET` reached every file API as "", the working folder: evaluate read every json
+    file under it (a venv's included) and ended with exit 0."""
+    from eval.config import EvaluateConfig
+    from pipeline.config import PipelineConfig
+    from train.config import TrainConfig
+
+    for blank in ("", "  "):
+        with pytest.raises(ConfigError) as info:
+            load_config({"evolve": EvolveConfig, "evaluate": EvaluateConfig, "train": TrainConfig,
+                         "pipeline": PipelineConfig}[job], config, [f"{key}={blank}"])
+        assert str(info.value).startswith(f"config error: {key}: is empty")
+
+
 def test_override_needs_equals_sign():
     with pytest.raises(ConfigError, match="not of the form"):
         parse_override("evolve.rounds")

@@ -46,6 +46,16 @@ def test_the_saved_identity_keeps_bundled_seeds_and_resolves_relative_paths(tmp_
     assert identity["inputs"]["generation"] == {}  # echo loads no model
 
 
+def test_a_relative_seeds_folder_names_its_files_from_the_folder(tmp_path, monkeypatch):
+    """storage.list_files names a folder's files absolutely: a relative seeds.path was 'not inside' it."""
+    (tmp_path / "seeds" / "part").mkdir(parents=True)
+    (tmp_path / "seeds" / "part" / "a.jsonl").write_text('{"instruction": "x"}\n')
+    monkeypatch.chdir(tmp_path)
+    identity = run_identity(load_config(EvolveConfig, None, ["seeds.path=seeds", "generation.backend=echo"]))
+    assert list(identity["inputs"]["seeds"]) == ["part/a.jsonl"]
+    assert identity["seeds"]["path"] == str(tmp_path / "seeds")
+
+
 def test_an_output_folder_inside_the_seeds_folder_is_refused(tmp_path):
     (tmp_path / "seeds").mkdir()
     (tmp_path / "seeds" / "a.jsonl").write_text('{"instruction": "x"}\n')

@@ -5,12 +5,12 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from common.config import StrictModel
+from common.config import PathText, StrictModel
 from common.ray_setup import RayConfig
 
 
 class DataSection(StrictModel):
-    path: str = Field("outputs/evolve-local/training/parquet",
+    path: PathText = Field("outputs/evolve-local/training/parquet",
                       description="evolve job's training parquet folder (local or s3://)")
     template: Literal["wizardlm", "vicuna_v1.1", "chat_template"] = Field(
         "wizardlm", description="prompt format: paper's 7B '### Response:', Vicuna v1.1, or the tokenizer's")
@@ -33,7 +33,7 @@ class DataSection(StrictModel):
 
 
 class ModelSection(StrictModel):
-    name: str = Field("smollm2-135m-instruct", description="alias, local folder, s3:// folder or hub id")
+    name: PathText = Field("smollm2-135m-instruct", description="alias, local folder, s3:// folder or hub id")
     gradient_checkpointing: bool = Field(False, description="recompute activations (long sequences, 7B)")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="flash_attention_2 gets each micro batch as one row (varlen attention per sample)")
@@ -93,7 +93,7 @@ class ScalingSection(StrictModel):
 
 
 class CheckpointSection(StrictModel):
-    storage_path: str = Field("outputs/train-runs", description="RunConfig storage (local or s3://)")
+    storage_path: PathText = Field("outputs/train-runs", description="RunConfig storage (local or s3://)")
     every_steps: int = Field(50, ge=1, description="checkpoint every N optimizer steps (and at the end)")
     keep: int = Field(2, ge=1, description="checkpoints kept (the latest K)")
     max_failures: int = Field(3, ge=0, description="worker-group restarts from the last checkpoint")
@@ -107,7 +107,7 @@ class CheckpointSection(StrictModel):
 
 
 class OutputSection(StrictModel):
-    path: str = Field("outputs/train-local/model", description="final HF model folder (local or s3://)")
+    path: PathText = Field("outputs/train-local/model", description="final HF model folder (local or s3://)")
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="dtype of the saved weights")
 
 
