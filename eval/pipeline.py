@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common import storage
-from common.models import pin_local_model
 from common.ray_setup import init_ray, wait_for_room
 from eval import cache
 from eval.aggregate import aggregate, aggregate_single
@@ -139,7 +138,7 @@ def answers_for(gen: GenerationConfig, sampling: SamplingConfig, items: list[dic
 
 def with_absolute_paths(cfg: EvaluateConfig) -> EvaluateConfig:
     """Ray workers run in folders of their own: local paths must not be relative to the driver's."""
-    update = {role: gen.model_copy(update={"model": pin_local_model(gen.model)}) for role, gen in cfg.roles().items()}
+    update = {role: gen.with_local_model_pinned() for role, gen in cfg.roles().items()}
     update["output"] = cfg.output.model_copy(update={"path": storage.absolute(cfg.output.path)})
     return cfg.model_copy(update=update)
 

@@ -34,13 +34,9 @@ def with_absolute_paths(cfg: EvolveConfig) -> EvolveConfig:
     return cfg.model_copy(update={
         "seeds": cfg.seeds.model_copy(update={"path": storage.absolute(resolve_seed_path(cfg.seeds.path))}),
         "output": cfg.output.model_copy(update={"path": storage.absolute(cfg.output.path)}),
-        "generation": _pinned(cfg.generation),
-        "judge": _pinned(cfg.judge) if cfg.judge is not None else None,
+        "generation": cfg.generation.with_local_model_pinned(),
+        "judge": cfg.judge.with_local_model_pinned() if cfg.judge is not None else None,
     })
-
-
-def _pinned(gen: GenerationConfig) -> GenerationConfig:
-    return gen.model_copy(update={"model": pin_local_model(gen.model)})
 
 
 def run_identity(cfg: EvolveConfig) -> dict:
@@ -74,15 +70,18 @@ def file_fingerprint(path: str) -> str:
 def model_fingerprint(gen: GenerationConfig) -> dict[str, str]:
     """Fingerprints of the model files a local engine loads (see the module docstring); {} for
     backends that load none."""
-    if gen.backend not in ("hf", "vllm"):
-        return {}
-    if gen.model == SMALL_MODEL_ALIAS:
+    return model_folder_fingerprint(gen.model) if gen.backend in ("hf", "vllm") else {}
+
+
+def model_folder_fingerprint(model: str) -> dict[str, str]:
+    """A model as a config names it (alias, local or s3:// folder, hub id): see the module docstring."""
+    if model == SMALL_MODEL_ALIAS:
         gguf = small_model_gguf()
         return {gguf.name: sampled_fingerprint(str(gguf))}
-    if gen.model.startswith("s3://"):
-        prefix = split_s3(gen.model)[1].rstrip("/") + "/"
-        return {key[len(prefix):]: f"etag:{etag}" for key, etag in s3_etags(gen.model.rstrip("/") + "/").items()}
-    folder = pin_local_model(gen.model)
+    if model.startswith("s3://"):
+        prefix = split_s3(model)[1].rstrip("/") + "/"
+        return {key[len(prefix):]: f"etag:{etag}" for key, etag in s3_etags(model.rstrip("/") + "/").items()}
+    folder = pin_local_model(model)
     if not os.path.isdir(folder):
         return {}  # a hub id: its name is in the config
     return {os.path.relpath(path, folder): sampled_fingerprint(path) for path in _files_under(folder)}

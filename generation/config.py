@@ -138,6 +138,15 @@ class GenerationConfig(StrictModel):
     vllm: VllmConfig = VllmConfig()
     openai: OpenAIConfig = OpenAIConfig()
 
+    def with_local_model_pinned(self) -> "GenerationConfig":
+        """A local engine's model folder made absolute (Ray workers run in folders of their own); an
+        endpoint's model is the name it serves, whatever folders the driver's working folder holds."""
+        if self.backend not in ("hf", "vllm"):
+            return self
+        from common.models import pin_local_model
+
+        return self.model_copy(update={"model": pin_local_model(self.model)})
+
     def chains_in_flight(self) -> int:
         """`max_chains`, or the default that keeps this engine full."""
         if self.max_chains is not None:

@@ -1,5 +1,6 @@
 """Every evaluate config loads; bad values are one-line errors before Ray starts."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ from generation.prompts import PROMPT_FORMAT_OF_TEMPLATE
 from jobs.evaluate import main
 from pipeline.config import PipelineConfig
 from tests.config_files import yamls_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_evaluate_yaml_in_configs_loads():
@@ -98,3 +101,20 @@ def test_cloud_example_price_is_for_the_node_type_and_region_that_cluster_yaml_g
     assert f"in {cluster['provider']['region']} (cluster.yaml's region)" in comment
     price = load_config(EvolveConfig, "configs/evolve_cluster.yaml").cost.price_per_accelerator_hour
     assert price == pytest.approx(4.6016 / gpus, abs=0.005)  # the node's hourly price per GPU
+
+
+def test_a_local_engines_model_folder_is_pinned_and_an_endpoints_model_name_is_not(tmp_path, monkeypatch):
+    """`vllm serve models/served` serves the name "models/served": a folder of that name in the working
+    folder made evaluate (and evolve) ask the endpoint for /abs/.../models/served, a 404 per request."""
+    from eval.pipeline import with_absolute_paths
+    from evol.identity import with_absolute_paths as evolve_paths
+
+    (tmp_path / "models" / "served").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    endpoint = ["backend=openai", "model=models/served", "openai.base_url=http://127.0.0.1:9/v1"]
+    cfg = with_absolute_paths(load_config(EvaluateConfig, ROOT / "configs" / "evaluate_tiny.yaml", [
+        "candidate.model=models/served", *(f"baseline.{o}" for o in endpoint), *(f"judge.{o}" for o in endpoint)]))
+    assert (cfg.candidate.model, cfg.baseline.model, cfg.judge.model) == \
+        (str(tmp_path / "models" / "served"), "models/served", "models/served")
+    evolve = evolve_paths(load_config(EvolveConfig, None, [*(f"generation.{o}" for o in endpoint)]))
+    assert evolve.generation.model == "models/served"
