@@ -13,6 +13,7 @@ from common.rows import MISSING_INSTRUCTION
 from common.s3 import preflight_s3, redact
 from eval.config import ItemsConfig
 from eval.testset import quarantine_counts, read_testset, resolve_testset_path, select_items
+from evol.preflight import check_seeds
 from evol.reading import resolve_seed_path
 from generation import GenerationConfig, check_model_available
 from pipeline.config import STAGES, PipelineConfig
@@ -37,6 +38,8 @@ def preflight(cfg: PipelineConfig) -> None:
     check_outputs(cfg)
     check_upstream(cfg)
     if "evolve" in cfg.stages:
+        with in_stage("evolve"):  # before a changed setting empties the stage's folder
+            check_seeds(cfg.evolve)
         for role in ("generation", "judge"):
             if getattr(cfg.evolve, role) is not None:
                 check_model_reachable(getattr(cfg.evolve, role), f"evolve.{role}")

@@ -18,6 +18,7 @@ from pipeline.stages import (
     fingerprints,
     mark_later_stale,
     read_marker,
+    stage_inputs,
     stage_outputs,
     write_marker,
 )
@@ -50,8 +51,9 @@ def run_stage(cfg: PipelineConfig, stage: str, fingerprint: str) -> str | None:
     from evol.run import run_evolve
     from train.run import run_train
 
-    marker = read_marker(cfg, stage)
-    action, why = decide(marker, fingerprint, has_result(cfg, stage))
+    marker, inputs = read_marker(cfg, stage), stage_inputs(cfg, stage)
+    budget = cfg.evolve.cost.model_dump(mode="json") if stage == "evolve" else None
+    action, why = decide(marker, fingerprint, has_result(cfg, stage), inputs, budget)
     if action == SKIP:
         print(f"[pipeline] {stage}: {why}, skipped", flush=True)
         return None
@@ -59,11 +61,13 @@ def run_stage(cfg: PipelineConfig, stage: str, fingerprint: str) -> str | None:
     mark_later_stale(cfg, stage)
     if action == FRESH:
         empty_outputs(cfg, stage, marker)
-    write_marker(cfg, stage, fingerprint, RUNNING)
+    write_marker(cfg, stage, fingerprint, RUNNING, inputs=inputs)
     started = time.time()
-    {"evolve": run_evolve, "train": run_train, "evaluate": run_evaluate}[stage](getattr(cfg, stage))
+    result = {"evolve": run_evolve, "train": run_train, "evaluate": run_evaluate}[stage](getattr(cfg, stage))
     seconds = round(time.time() - started, 1)
-    write_marker(cfg, stage, fingerprint, DONE, seconds=seconds)
+    # evolve stopped at its budget: a rerun with another budget resumes it (the later stages then run again)
+    stopped = budget if stage == "evolve" and (result or {}).get("budget", {}).get("refused_buckets") else None
+    write_marker(cfg, stage, fingerprint, DONE, inputs=inputs, seconds=seconds, stopped_at_budget=stopped)
     print(f"[pipeline] {stage}: done in {seconds:.0f} s", flush=True)
     return action
 

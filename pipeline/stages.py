@@ -1,7 +1,9 @@
 """What a rerun does with each stage: skip it, resume it, or run it from scratch.
 
 A marker `output.path/stages/<stage>.json` records the last start of a stage here: the fingerprint
-of its settings (and of every upstream stage's), the folders it writes, and its state: `running`
+of its settings (and of every upstream stage's), the fingerprints of the files it reads that no stage
+makes (seed files, model folders, the test set: an edit under the same path changes no setting), the
+folders it writes, whether it stopped at its budget (evolve's `cost`), and its state: `running`
 (started, not finished), `done`, or `stale` (an upstream stage ran again since: its outputs were
 made from other inputs). Outputs of other settings or other inputs are never resumed: they are
 emptied and the stage runs from scratch, so the paths the user was given keep pointing at the
@@ -17,8 +19,11 @@ from common import storage
 from common.config import UserError
 from common.s3 import redact
 from eval.cache import UNCACHED_KEYS as EVALUATE_UNCACHED_KEYS
+from eval.testset import resolve_testset_path, testset_files
+from evol.identity import file_fingerprint, model_fingerprint, model_folder_fingerprint, run_identity
 from evol.resume import EXECUTION_KEYS as EVOLVE_EXECUTION_KEYS
-from evol.resume import flatten
+from evol.resume import INPUTS, flatten
+from evol.seeds import source_name
 from pipeline.config import STAGES, PipelineConfig
 
 SKIP, RESUME, FRESH = "skip", "resume", "fresh"
@@ -45,18 +50,60 @@ def fingerprints(cfg: PipelineConfig) -> dict[str, str]:
     return result
 
 
-def decide(marker: dict | None, fingerprint: str, has_result: bool) -> tuple[str, str]:
+def stage_inputs(cfg: PipelineConfig, stage: str) -> dict:
+    """Fingerprints of what a stage reads that no stage before it makes, taken as the evolve job takes
+    its own (evol/identity.py). The candidate is the train stage's export: the chain of settings covers it."""
+    if stage == "evolve":
+        return run_identity(cfg.evolve)[INPUTS]
+    if stage == "train":
+        return {"model": model_folder_fingerprint(cfg.train.model.name)}
+    root = resolve_testset_path(cfg.evaluate.testset.path)
+    return {"testset": {source_name(f, root): file_fingerprint(f) for f in testset_files(root)},
+            **{role: model_fingerprint(getattr(cfg.evaluate, role)) for role in ("baseline", "judge")}}
+
+
+def changed_inputs(before: dict | None, now: dict | None) -> list[str]:
+    """What changed between two stage_inputs, as `section: file, ...`; nothing for a marker written
+    before inputs were recorded."""
+    if before is None or now is None:
+        return []
+    changed = []
+    for section in sorted(set(before) | set(now)):
+        old, new = before.get(section), now.get(section)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            files = sorted(f for f in set(old) | set(new) if old.get(f) != new.get(f))
+            changed.append(f"{section}: {', '.join(files[:3])}" + (f" and {len(files) - 3} more" if len(files) > 3 else ""))
+        else:
+            changed.append(section)
+    return changed
+
+
+def decide(marker: dict | None, fingerprint: str, has_result: bool, inputs: dict | None = None,
+           budget: dict | None = None) -> tuple[str, str]:
     """(SKIP | RESUME | FRESH, why) for a stage, from its marker: resumed only when its outputs
-    were made with these settings from these inputs."""
+    were made with these settings from these inputs (`stage_inputs`); a finished stage that stopped
+    at its budget resumes once the budget (`budget`: evolve's cost section) is another."""
     if marker is None:
         return FRESH, "first run"
     if marker.get("fingerprint") != fingerprint:
         return FRESH, "its settings changed"
+    changed = changed_inputs(marker.get("inputs"), inputs)
+    if changed:
+        return FRESH, f"its inputs changed ({'; '.join(changed)})"
     state = marker.get("state", DONE)  # markers written before states existed mark finished stages
     if state == STALE:
         return FRESH, "an upstream stage ran again"
     if state == DONE:
-        return (SKIP, "complete for these settings") if has_result else (RESUME, "its result is missing")
+        if not has_result:
+            return RESUME, "its result is missing"
+        stopped = marker.get("stopped_at_budget")
+        if stopped is None:
+            return SKIP, "complete for these settings"
+        if budget is not None and budget != stopped:
+            return RESUME, "it stopped at its budget, which changed since"
+        return SKIP, "stopped at its budget, which is unchanged (raise evolve.cost.* to evolve the rest)"
     return RESUME, "it was interrupted"
 
 

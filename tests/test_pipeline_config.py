@@ -139,6 +139,27 @@ def test_a_stage_resumes_only_its_own_settings_and_inputs(marker, result, expect
     assert decide(marker, "fp", result) == expected
 
 
+SEEDS = {"seeds": {"a.jsonl": "10:aa", "b.jsonl": "20:bb"}, "generation": {}}
+
+
+@pytest.mark.parametrize("marker, result, expected", [
+    ({"fingerprint": "fp", "state": DONE, "inputs": SEEDS}, True, (SKIP, "complete for these settings")),
+    ({"fingerprint": "fp", "state": DONE}, True, (SKIP, "complete for these settings")),  # before inputs were kept
+    ({"fingerprint": "fp", "state": DONE, "inputs": {**SEEDS, "seeds": {"a.jsonl": "10:aa", "b.jsonl": "21:cc"}}},
+     True, (FRESH, "its inputs changed (seeds: b.jsonl)")),
+    ({"fingerprint": "fp", "state": RUNNING, "inputs": {**SEEDS, "generation": {"config.json": "1:x"}}},
+     False, (FRESH, "its inputs changed (generation: config.json)")),
+    ({"fingerprint": "fp", "state": DONE, "inputs": SEEDS, "stopped_at_budget": {"max_tokens": 10}}, True,
+     (SKIP, "stopped at its budget, which is unchanged (raise evolve.cost.* to evolve the rest)")),
+    ({"fingerprint": "fp", "state": DONE, "inputs": SEEDS, "stopped_at_budget": {"max_tokens": 5}}, True,
+     (RESUME, "it stopped at its budget, which changed since")),
+    ({"fingerprint": "fp", "state": DONE, "inputs": SEEDS, "stopped_at_budget": None}, True,
+     (SKIP, "complete for these settings")),
+])
+def test_a_stage_reruns_when_a_file_it_reads_changed_and_resumes_when_its_budget_did(marker, result, expected):
+    assert decide(marker, "fp", result, SEEDS, {"max_tokens": 10}) == expected
+
+
 def test_a_stage_that_runs_makes_every_later_stage_stale(tmp_path):
     cfg = load(f"output.path={tmp_path}/pipe", f"evolve.output.path={tmp_path}/evo")
     keys = fingerprints(cfg)

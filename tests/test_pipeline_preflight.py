@@ -51,6 +51,11 @@ def test_a_misspelled_evaluate_testset_key_fails_before_evolve(tmp_path, capsys,
     assert fail_fast(tmp_path, capsys, override).startswith(line)
 
 
+def test_a_missing_seed_file_fails_before_the_evolve_stage_is_emptied(tmp_path, capsys):
+    assert fail_fast(tmp_path, capsys, f"evolve.seeds.path={tmp_path}/typo.jsonl") == \
+        f"error: evolve.seeds.path: {tmp_path}/typo.jsonl does not exist"
+
+
 def test_a_field_mapping_of_an_own_test_set_is_checked_against_its_rows(tmp_path, capsys):
     testset = tmp_path / "items.jsonl"
     testset.write_text("".join(json.dumps({"q": f"Question {i}?", "topic": "math", "level": 3}) + "\n"

@@ -93,3 +93,38 @@ def test_pipeline_rerun_resumes_an_interrupted_train_and_redoes_changed_or_rerun
 
     # 5. nothing changed: nothing runs
     assert run(tmp_path, tiny_llama, "train.optim.lr=0.01", "evolve.evolve.rounds=1")["ran"] == []
+
+
+def test_an_evolve_stage_reruns_when_its_seed_file_changes_and_resumes_when_its_budget_is_raised(
+        ray_cluster, tmp_path):
+    """Settings alone miss both: an edited seed file under the same path (the stage was skipped and
+    train went on with the old data), and a stage that stopped at its budget (skipped forever, while
+    the evolve job says a rerun with a higher budget evolves the rest)."""
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": f"Explain topic number {i} in two sentences."}) + "\n"
+                             for i in range(24)))
+
+    def evolve(*overrides: str) -> dict:
+        return run(tmp_path, "unused", "stages=[evolve]", f"evolve.seeds.path={seeds}", "evolve.seeds.limit=null",
+                   "evolve.output.buckets=8", "evolve.generation.max_chains=2", *overrides)
+
+    def marker() -> dict:
+        return json.loads((tmp_path / "pipeline" / "stages" / "evolve.json").read_text())
+
+    def buckets() -> int:
+        return len(list((tmp_path / "evolve" / "records").glob("bucket-*.parquet")))
+
+    assert evolve("evolve.cost.max_tokens=3000")["from_scratch"] == ["evolve"]
+    assert marker()["stopped_at_budget"]["max_tokens"] == 3000 and 0 < buckets() < 8
+    assert evolve("evolve.cost.max_tokens=3000")["skipped"] == ["evolve"]  # the same budget: nothing more to do
+    raised = evolve("evolve.cost.max_tokens=1000000")
+    assert raised["ran"] == ["evolve"] and raised["from_scratch"] == []  # resumed
+    assert marker()["stopped_at_budget"] is None and buckets() == 8
+    assert json.loads((tmp_path / "evolve" / "summary.json").read_text())["seeds"]["used"] == 24
+    assert evolve("evolve.cost.max_tokens=1000000")["skipped"] == ["evolve"]
+
+    with seeds.open("a") as file:  # four more seeds under the same path
+        file.writelines(json.dumps({"instruction": f"Name {i} uses of a paperclip."}) + "\n" for i in range(4))
+    edited = evolve("evolve.cost.max_tokens=1000000")
+    assert edited["ran"] == edited["from_scratch"] == ["evolve"]
+    assert json.loads((tmp_path / "evolve" / "summary.json").read_text())["seeds"]["used"] == 28
