@@ -32,9 +32,11 @@ def verdict_words(agg: dict) -> str:
         return "No item could be judged, so there is no score ratio (see *Judge reliability*)."
     low, high = overall["ci"]
     level = f"{100 * agg['confidence']:.0f}%"
+    orders, both = "each in both orders", agg.get("order", {}).get("both_orders", overall["n"])
+    if both < overall["n"]:  # judge.require_both_orders: false counts an item one order could judge
+        orders = f"{both} of them in both orders, {overall['n'] - both} in one (judge.require_both_orders: false)"
     text = (f"The candidate scored **{pct(overall['ratio'])}** of the baseline's total score "
-            f"({level} interval {pct(low)} to {pct(high)}; {overall['n']} of {agg['items']} items judged, each "
-            "in both orders). ")
+            f"({level} interval {pct(low)} to {pct(high)}; {overall['n']} of {agg['items']} items judged, {orders}). ")
     if low > 1:
         text += "The whole interval is above 100%: on this test set the candidate is better than the baseline."
     elif high < 1:

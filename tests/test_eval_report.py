@@ -50,6 +50,13 @@ def test_headline_reads_the_interval_in_plain_words():
         verdict_words(agg_with(0.9, 1.1))
 
 
+def test_headline_says_how_many_items_one_order_alone_judged():
+    rows = [item(str(i), (8, 6), None if i < 2 else (7, 7), "c", 3) for i in range(5)]
+    assert "5 of 5 items judged, 3 of them in both orders, 2 in one (judge.require_both_orders: false))" in \
+        verdict_words(aggregate(rows, bootstrap_samples=10, require_both_orders=False))
+    assert "3 of 5 items judged, each in both orders)" in verdict_words(aggregate(rows, bootstrap_samples=10))
+
+
 def test_caveats_say_plainly_what_limits_the_result():
     notes = caveats(aggregate(TABLE, bootstrap_samples=10), MODELS)
     assert notes == [
