@@ -39,8 +39,23 @@ def check_model(name: str, key: str) -> None:
 
     if name == SMALL_MODEL_ALIAS:
         small_model_gguf()
-    elif name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name)):
+    elif name.startswith("s3://") or os.path.isdir(os.path.expanduser(name)):
+        return
+    elif name.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.dirname(name)):
+        # a path, or relative under a local folder (outputs/run/model): not a hub id, which workers would ask for
         raise UserError(f"{key}: {name} is not a folder")
+    elif not _hub_id(name):
+        raise UserError(f"{key}: {name} is not a folder (nor a hub id: namespace/name)")
+
+
+def _hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def model_files(name: str, key: str = "model") -> list | None:

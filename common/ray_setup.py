@@ -45,43 +45,51 @@ def init_ray(cfg: RayConfig):
     return ray
 
 
-def wait_for_room(what: str, bundle: dict[str, float]) -> None:
-    """Return once some node can hold one actor of `what` (`bundle`: its resources), adding
-    demand for one so that an autoscaler launches a node. A pool no node can ever hold would
-    wait silently forever; this stops the job instead, naming what is missing: at once on a
-    local Ray, after ray.placement_timeout_s on a cluster."""
+def wait_for_room(what: str, bundle: dict[str, float], count: int = 1) -> None:
+    """Return once the nodes can hold `count` actors of `what` (`bundle`: one's resources; a pool
+    needs one to start, Ray Train all its workers), adding demand for them so that an autoscaler
+    launches nodes. What no node can ever hold would wait forever (Ray Train retries its worker
+    group's start every minute, a traceback each time); this stops the job instead, naming what is
+    missing: at once on a local Ray, after ray.placement_timeout_s on a cluster."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
     bundle = {key: float(value) for key, value in bundle.items() if value}
-    if not bundle or _fits(bundle, _node_totals(ray)):
+    if not bundle or _room(bundle, _node_totals(ray)) >= count:
         return
     if not on_cluster(_settings):
-        raise UserError(_missing(what, bundle, _node_totals(ray), "this local Ray never adds nodes"))
+        raise UserError(_missing(what, bundle, _node_totals(ray), "this local Ray never adds nodes", count))
     timeout = _settings.placement_timeout_s
-    print(f"[{what}] waiting for a node that can hold one actor ({_fmt(bundle)}); the autoscaler adds it "
+    actors = "one actor" if count == 1 else f"{count} actors"
+    print(f"[{what}] waiting for nodes that can hold {actors} ({_fmt(bundle)} each); the autoscaler adds them "
           f"(at most ray.placement_timeout_s={timeout:g} s)", flush=True)
-    started, group = time.time(), placement_group([bundle])
+    started, group = time.time(), placement_group([bundle] * count)
     try:
         ready = group.wait(timeout_seconds=timeout)
     finally:
         remove_placement_group(group)
     if not ready:
         raise UserError(_missing(what, bundle, _node_totals(ray),
-                                 f"none was added in {time.time() - started:.0f} s (ray.placement_timeout_s)"))
-    print(f"[{what}] a node is ready after {time.time() - started:.0f} s", flush=True)
+                                 f"none was added in {time.time() - started:.0f} s (ray.placement_timeout_s)", count))
+    print(f"[{what}] room is ready after {time.time() - started:.0f} s", flush=True)
 
 
 def _node_totals(ray) -> list[dict[str, float]]:
     return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
 
-def _fits(bundle: dict[str, float], nodes: list[dict[str, float]]) -> bool:
-    return any(all(node.get(key, 0) >= need for key, need in bundle.items()) for node in nodes)
+def _room(bundle: dict[str, float], nodes: list[dict[str, float]]) -> int:
+    """How many actors of `bundle` the nodes hold in all (an actor never spans nodes)."""
+    return sum(min(int(node.get(key, 0) / need + 1e-9) for key, need in bundle.items()) for node in nodes)
 
 
-def _missing(what: str, bundle: dict[str, float], nodes: list[dict[str, float]], why: str) -> str:
-    """One line: what one actor needs, which resources no node has enough of (and the most any has)."""
+def _missing(what: str, bundle: dict[str, float], nodes: list[dict[str, float]], why: str, count: int = 1) -> str:
+    """One line: what one actor needs, which resources no node has enough of (and the most any has);
+    or, when some fit, how many of the `count` asked for."""
+    room = _room(bundle, nodes)
+    if room:
+        return (f"{what}: {count} actors of {_fmt(bundle)} each, and the nodes of this cluster hold {room}; {why}. "
+                "Ask for fewer or add nodes")
     short = []
     for key, need in bundle.items():
         most = max((node.get(key, 0) for node in nodes), default=0)

@@ -37,3 +37,17 @@ def test_on_a_cluster_the_wait_for_a_node_ends_after_the_placement_timeout(local
     assert "(ray.placement_timeout_s)" in message
     assert not local_ray.util.placement_group_table() or all(
         pg["state"] == "REMOVED" for pg in local_ray.util.placement_group_table().values())
+
+
+def test_more_training_workers_than_a_local_ray_holds_are_refused_at_once(local_ray, monkeypatch):
+    """One worker fits, three do not: Ray Train retried the worker group's start every minute, a
+    traceback each time, even with max_failures=0."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_setup, "_settings", RayConfig(num_cpus=2))
+    cpus = int(local_ray.cluster_resources()["CPU"])
+    wait_for_room("scaling (the training workers)", {"CPU": 1}, count=cpus)
+    with pytest.raises(UserError) as caught:
+        wait_for_room("scaling (the training workers)", {"CPU": 1}, count=cpus + 1)
+    assert str(caught.value) == (
+        f"scaling (the training workers): {cpus + 1} actors of CPU 1 each, and the nodes of this cluster hold "
+        f"{cpus}; this local Ray never adds nodes. Ask for fewer or add nodes")

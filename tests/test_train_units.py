@@ -315,20 +315,66 @@ def test_local_paths_are_made_absolute_for_workers(tmp_path, monkeypatch):
 @pytest.mark.parametrize("make_args, message", [
     (lambda t: [f"model.name={t}/no-such-model"], "error: model.name: "),
     (lambda t: [f"output.path={t}/evolve-out"], "error: output.path: "),
+    (lambda t: [f"model.name={t}/not-a-model"], "error: model.name: cannot load a tokenizer from "),
+    (lambda t: [f"model.name={t}/llama-sp", "data.template=chat_template"],
+     "error: data.template: chat_template, but the tokenizer of "),
+    (lambda t: [f"checkpoint.storage_path={t}/a-file/runs"], "error: checkpoint.storage_path: cannot write to "),
 ])
 def test_wrong_model_or_a_non_export_output_fail_before_ray(tmp_path, capsys, make_args, message):
+    """Each was a traceback: from transformers, from Ray Data's tokenize step, or from Ray Train once
+    the data was prepared."""
+    pytest.importorskip("sentencepiece")
     from jobs.train import main
-    from train.fixtures import synthetic_rows, write_evolved_parquet
+    from train.fixtures import make_llama_sp_tokenizer, synthetic_rows, write_evolved_parquet
 
     data = tmp_path / "data"
     write_evolved_parquet(data, synthetic_rows(8))
     (tmp_path / "evolve-out").mkdir()
     (tmp_path / "evolve-out" / "summary.json").write_text("{}")
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "not-a-model" / "notes.txt").write_text("no model here")
+    (tmp_path / "a-file").write_text("a file, not a folder")
+    make_llama_sp_tokenizer(tmp_path / "llama-sp")  # a base model's tokenizer: no chat template
     args = [f"data.path={data}", f"output.path={tmp_path}/model", *make_args(tmp_path)]
     code = main(["--config", "configs/train_local.yaml", *args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(message) and "\n" not in err
     assert (tmp_path / "evolve-out" / "summary.json").exists()
+
+
+def test_a_finished_adapter_export_is_an_earlier_export_and_a_bin_only_base_model_merges(tmp_path):
+    """A LoRA adapter export holds adapter_config.json, not config.json: its rerun was refused. A base
+    model saved as pytorch_model.bin only (older LLaMA conversions) stopped the merged export after
+    the whole training."""
+    from common.config import load_config
+    from train.config import TrainConfig
+    from train.fixtures import make_tiny_model
+    from train.lora import base_weights
+    from train.run import check_output
+
+    (tmp_path / "adapter").mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "train_metrics.json"):
+        (tmp_path / "adapter" / name).write_text("{}")
+    check_output(load_config(TrainConfig, None, [f"output.path={tmp_path}/adapter",
+                                                 f"checkpoint.storage_path={tmp_path}/runs"]))
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "tiny"))
+    (tmp_path / "bin-only").mkdir()
+    model.config.save_pretrained(tmp_path / "bin-only")
+    torch.save(model.state_dict(), tmp_path / "bin-only" / "pytorch_model.bin")
+    from_bin, from_safetensors = base_weights(str(tmp_path / "bin-only")), base_weights(str(tmp_path / "tiny"))
+    assert set(from_safetensors) <= set(from_bin)
+    assert all((from_bin[k] == v).all() for k, v in from_safetensors.items())
+
+
+def test_messages_that_are_not_a_list_of_mappings_are_counted_not_raised():
+    for messages in ('[{"role": "user", "content": "Hi"}]', ["Hi", "Hello"], {"role": "user"}):
+        with pytest.raises(UnusableRow) as caught:
+            row_messages({"messages": messages, "instruction": "Hi", "response": "Hello"})
+        assert caught.value.reason == "bad_messages"
 
 
 @pytest.mark.parametrize("template", ["wizardlm", "vicuna_v1.1"])

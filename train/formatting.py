@@ -40,9 +40,14 @@ def row_messages(row: dict) -> list[dict]:
     """The conversation of a row: its `messages` if present, else built from the Alpaca columns.
 
     The user turn is `instruction`, plus "\\n\\n" + `input` when `input` is non-empty.
-    Raises UnusableRow("empty_instruction" / "empty_response") for rows without content.
+    Raises UnusableRow("empty_instruction" / "empty_response") for rows without content, and
+    UnusableRow("bad_messages") for `messages` that are not a list of role/content mappings (a JSON
+    string of them, say): counted like any unusable row, not a crash of the data step.
     """
     messages = row.get("messages")
+    if messages is not None and (isinstance(messages, (str, bytes, dict))
+                                 or not all(isinstance(m, dict) for m in messages)):
+        raise UnusableRow("bad_messages")
     if messages is not None and len(messages) > 0:
         messages = [{"role": _text(m.get("role")), "content": _text(m.get("content"))} for m in messages]
     else:

@@ -8,6 +8,7 @@ own `merge_and_unload`); the rest runs inside a Ray Train worker.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import os
 
@@ -84,15 +85,22 @@ def merge_adapters(base: dict, adapters: dict, scaling: float) -> dict:
 
 
 def base_weights(model_path: str) -> dict:
-    """The base model's weights as stored in its folder (every *.safetensors file)."""
+    """The base model's weights as stored in its folder: every *.safetensors file, else every
+    pytorch_model*.bin (older conversions of LLaMA checkpoints hold only those)."""
+    import torch
     from safetensors.torch import load_file
 
     files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    load = load_file
     if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {model_path}: the LoRA merge needs them")
+        files = sorted(glob.glob(os.path.join(model_path, "pytorch_model*.bin")))
+        load = functools.partial(torch.load, map_location="cpu", weights_only=True)
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors or pytorch_model*.bin weights in {model_path}: the LoRA merge "
+                                "needs them")
     state: dict = {}
     for path in files:
-        state.update(load_file(path))
+        state.update(load(path))
     return state
 
 

@@ -131,11 +131,31 @@ def print_data_report(cfg: TrainConfig, prepared: Prepared, plan: dict) -> None:
 
 
 def check_output(cfg: TrainConfig) -> None:
-    if storage.is_nonempty_dir(cfg.output.path) and not storage.exists(storage.join(cfg.output.path, "config.json")):
-        # The export replaces output.path: never let it delete a folder that is not an earlier export.
-        raise UserError(f"output.path: {cfg.output.path} holds files that are not a model export; "
-                        "choose another folder")
-    storage.check_writable(cfg.output.path)
+    out = cfg.output.path
+    if storage.is_nonempty_dir(out) and not any(storage.exists(storage.join(out, marker))
+                                                for marker in ("config.json", "adapter_config.json")):
+        # The export replaces output.path: never let it delete a folder that is not an earlier export
+        # (a merged model's config.json, or a LoRA adapter's adapter_config.json).
+        raise UserError(f"output.path: {out} holds files that are not a model export; choose another folder")
+    storage.check_writable(out)
+    try:  # Ray Train creates it only once the data is prepared, and its error is a traceback
+        storage.check_writable(storage.join(cfg.checkpoint.storage_path, cfg.name))
+    except UserError as exc:
+        raise UserError(f"checkpoint.storage_path: {exc}") from None
+
+
+def load_model_tokenizer(cfg: TrainConfig):
+    """The tokenizer the data is prepared with, read on the driver: a folder that holds no model, a hub
+    id the driver cannot reach, or chat_template on a tokenizer without one is a one-line error."""
+    try:
+        tokenizer = load_tokenizer(cfg.model.name)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name: cannot load a tokenizer from {cfg.model.name}: "
+                        f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
+    if cfg.data.template == "chat_template" and not tokenizer.chat_template:
+        raise UserError(f"data.template: chat_template, but the tokenizer of {cfg.model.name} has no chat template; "
+                        "use data.template=wizardlm or vicuna_v1.1")
+    return tokenizer
 
 
 def run_train(cfg: TrainConfig) -> dict:
@@ -143,7 +163,7 @@ def run_train(cfg: TrainConfig) -> dict:
     check_model(cfg.model.name, "model.name")
     check_input(cfg.data.path)
     check_output(cfg)
-    tokenizer = load_tokenizer(cfg.model.name)
+    tokenizer = load_model_tokenizer(cfg)
     init_ray(cfg.ray)
     started = time.time()
     prepared = prepare(cfg, pad_id_of(tokenizer))
@@ -160,7 +180,7 @@ def run_train(cfg: TrainConfig) -> dict:
         print(f"[train] live metrics: tensorboard --logdir {tensorboard_dir(cfg)}", flush=True)
     for shard in datasets.values():  # read inside the workers: their bars were printed between the train lines
         shard.context.enable_progress_bars = False
-    wait_for_room("scaling (one training worker)", worker_resources(cfg))
+    wait_for_room("scaling (the training workers)", worker_resources(cfg), count=cfg.scaling.num_workers)
     result = build_trainer(cfg, plan, datasets).fit()
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
