@@ -73,7 +73,8 @@ def run_evolve(cfg: EvolveConfig) -> dict:
     started = time.time()
     records_dir = storage.join(cfg.output.path, "records")
     keeper = start_budget(ray, cfg, records_dir)
-    pool = evolve_buckets(ray, cfg, start_run(cfg, identity))
+    earlier = start_run(cfg, identity)  # buckets an earlier run wrote: skipped
+    pool = evolve_buckets(ray, cfg, earlier)
     if not pool.stopped:
         pool = retry_lost_buckets(ray, cfg, records_dir, pool, refused_buckets(ray, keeper))
     budget = budget_outcome(ray, keeper)
@@ -86,7 +87,8 @@ def run_evolve(cfg: EvolveConfig) -> dict:
     if not record_files(records_dir):
         raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
     finish = curate(ray, cfg, records_dir, sets)  # contamination and near-duplicates over the whole output
-    summary = summarize(cfg, records_dir, time.time() - started, pool.per_actor, budget["refused_rows"] if budget else 0)
+    summary = summarize(cfg, records_dir, time.time() - started, pool.per_actor, budget["refused_rows"] if budget else 0,
+                        earlier)
     summary.update(dedupe=finish.pop("dedupe"), decontamination=finish.pop("decontamination"), finish_stage=finish)
     summary["seeds_per_actor"] = pool.per_actor
     summary["actors"] = {actor: {"seeds": n, **pool.gauges.get(actor, {})} for actor, n in pool.per_actor.items()}

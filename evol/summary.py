@@ -102,7 +102,9 @@ class SummaryBuilder:
             "generation_seconds": round(self.sums[(r, "gen_seconds")], 2),
         }
 
-    def build(self, wall_seconds: float) -> dict:
+    def build(self, wall_seconds: float, this_run: tuple[int, int] | None = None) -> dict:
+        """`this_run`: (requests, generated tokens) of the buckets this run wrote, which the rates are
+        of; None: every record is this run's. A resumed run reads the earlier runs' records too."""
         rounds = sorted({key[0] for key in self.counts})
         used = self._survived(0, "status")
         quarantined = self.counts[(0, "status", QUARANTINED)]
@@ -112,6 +114,7 @@ class SummaryBuilder:
         generated = sum(int(self.sums[(r, "generated_tokens")]) for r in rounds)
         kept = sum(x["kept"] for x in per_round)
         truncated = sum(self.counts[(r, "truncated_kept")] for r in rounds)
+        run_requests, run_generated = this_run if this_run is not None else (requests, generated)
         return {
             "seeds": {"read": used + quarantined + seed_errors, "used": used, "quarantined": quarantined,
                       "errors": seed_errors,
@@ -135,9 +138,10 @@ class SummaryBuilder:
                                     "in_training_set": self.train_on_truncated},
             "rounds": per_round,
             "requests": requests, "generated_tokens": generated,
+            "this_run": {"requests": run_requests, "generated_tokens": run_generated},
             "wall_seconds": round(wall_seconds, 2),
-            "requests_per_second": round(requests / wall_seconds, 3) if wall_seconds else None,
-            "generated_tokens_per_second": round(generated / wall_seconds, 2) if wall_seconds else None,
+            "requests_per_second": round(run_requests / wall_seconds, 3) if wall_seconds else None,
+            "generated_tokens_per_second": round(run_generated / wall_seconds, 2) if wall_seconds else None,
         }
 
     def cost(self, per_engine: float = 1.0, reserved: float | None = None, price: float | None = None) -> dict:
@@ -230,9 +234,13 @@ def format_summary(summary: dict) -> str:
     lines.append("pass rate by operation: " + ", ".join(
         f"{op} {kept}/{total}" for op, (kept, total) in sorted(ops.items())))
     lines.extend(_quality_lines(summary))
-    lines.append(f"{summary['requests']} requests, {summary['generated_tokens']} tokens generated in "
+    run = summary.get("this_run", summary)
+    earlier = "" if run["requests"] == summary["requests"] else (
+        f" (of {summary['requests']} requests and {summary['generated_tokens']} tokens in all: the rest are the "
+        "buckets of earlier runs)")
+    lines.append(f"{run['requests']} requests, {run['generated_tokens']} tokens generated in "
                  f"{summary['wall_seconds']} s ({summary['requests_per_second']} req/s, "
-                 f"{summary['generated_tokens_per_second']} tok/s)")
+                 f"{summary['generated_tokens_per_second']} tok/s){earlier}")
     if "cost" in summary:
         lines.append(format_cost(summary["cost"]))
     if "accounting" in summary:

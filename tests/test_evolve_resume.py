@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -134,6 +135,7 @@ def test_an_uninterrupted_run_accounts_for_every_row(full_run):
         for root in set(pq.read_table(path, columns=["root_id"]).column("root_id").to_pylist()):
             assert owners.setdefault(root, path) == path
     assert len(owners) == SEEDS and sum(result["seeds_per_actor"].values()) == SEEDS
+    assert result["this_run"] == {"requests": result["requests"], "generated_tokens": result["generated_tokens"]}
 
 
 def test_a_killed_driver_resumes_to_the_same_records(full_run, tmp_path):
@@ -142,12 +144,19 @@ def test_a_killed_driver_resumes_to_the_same_records(full_run, tmp_path):
     proc = start_job(str(seeds), str(out))
     wait_for(lambda: len(bucket_files(out)) >= 3, what="three buckets written")
     kill_group(proc)
-    written = len(bucket_files(out))
+    before = set(bucket_files(out))
+    written = len(before)
     assert 3 <= written < 16 and not (out / "summary.json").exists()
     log = run_job(seeds, out)
     assert f"resuming {out}: {written} bucket(s) already written are skipped" in log
     result = summary(out)
     assert sum(result["seeds_per_actor"].values()) < SEEDS  # finished seeds were not generated again
+    # the rates are this run's: the buckets it wrote over its own seconds (they counted every run's requests)
+    this_run = sum(pc.sum(pq.read_table(p, columns=["requests"]).column("requests")).as_py()
+                   for p in set(bucket_files(out)) - before)
+    assert 0 < result["this_run"]["requests"] == this_run < result["requests"]
+    assert result["requests_per_second"] == round(this_run / result["wall_seconds"], 3)
+    assert f"{this_run} requests, " in log and f"(of {result['requests']} requests and " in log
     frame = records(out)
     assert frame["id"].is_unique
     pd.testing.assert_frame_equal(comparable(frame), comparable(records(full)))
