@@ -16,9 +16,9 @@ from common.tokenizer import tokenizer_path
 from evol.config import TRUNCATING_BACKENDS, EvolveConfig, actor_resources, prompt_budget_problem
 from evol.identity import run_identity
 from evol.output import JOB
-from evol.reading import resolve_seed_path
+from evol.reading import file_rows, resolve_seed_path, seed_files
 from evol.resume import INPUTS, config_changes
-from evol.seeds import SUPPORTED_SUFFIXES
+from evol.seeds import MISSING_INSTRUCTION, SUPPORTED_SUFFIXES, SeedFields, source_name
 from evol.templates import template_overheads
 from generation import GenerationConfig, check_model_available
 from generation.prompts import prompt_token_ids
@@ -39,7 +39,28 @@ def check_seeds(cfg: EvolveConfig) -> str:
                   f"{'/'.join(SUPPORTED_SUFFIXES)}: {', '.join(os.path.basename(f) for f in ignored[:5])}")
     elif not seeds.lower().endswith(SUPPORTED_SUFFIXES):
         raise UserError(f"seeds.path: {cfg.seeds.path} is not one of {', '.join(SUPPORTED_SUFFIXES)}")
+    check_first_rows(cfg, seeds)
     return seeds
+
+
+FIRST_PIECE_BYTES = 1 << 20
+
+
+def check_first_rows(cfg: EvolveConfig, seeds: str) -> None:
+    """The first rows of the seeds, read before Ray: files with no row at all (Ray Data's shuffle then
+    printed a page of traceback before the job's own error), or a seeds.instruction_field that none of
+    them has (every seed quarantined, and the job ended with exit 0 and no training set)."""
+    fields = SeedFields(cfg.seeds.instruction_field, cfg.seeds.input_field, cfg.seeds.response_field, cfg.seeds.id_field)
+    for path in seed_files(seeds):
+        rows = next(iter(file_rows(path, source_name(path, seeds), fields, FIRST_PIECE_BYTES)), [])
+        if not rows:
+            continue
+        if all(row["error"] == MISSING_INSTRUCTION for row in rows):
+            raise UserError(f"seeds.instruction_field: {cfg.seeds.instruction_field!r} is a field of none of the first "
+                            f"{len(rows)} rows of {path}; set seeds.instruction_field to the field that holds "
+                            "the instruction")
+        return
+    raise UserError(f"seeds.path: {cfg.seeds.path} holds no seed rows")
 
 def check_output(cfg: EvolveConfig, identity: dict) -> None:
     """A new folder, the same run again (resume), or overwrite of a folder this job made.

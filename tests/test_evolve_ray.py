@@ -219,12 +219,27 @@ def test_user_mistakes_fail_fast_without_ray(tmp_path):
     assert (tmp_path / "out" / "seeds.jsonl").exists()
 
 
-def test_a_seed_file_without_rows_is_a_clear_error(tmp_path, local_ray):
-    (tmp_path / "empty.jsonl").write_text("\n\n")
-    with pytest.raises(UserError, match="holds no seed rows"):
-        run_evolve(load_config(EvolveConfig, "configs/tiny.yaml", [
-            f"seeds.path={tmp_path / 'empty.jsonl'}", f"output.path={tmp_path / 'out'}",
-            "generation.backend=echo"]))
+def test_seeds_without_rows_or_without_the_instruction_field_are_refused_before_ray(tmp_path):
+    """Checked on the first rows, before Ray: an empty file printed a page of Ray Data traceback before
+    this error, and a misspelled instruction_field quarantined every seed and ended with exit 0."""
+    from evol.preflight import check_seeds
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.jsonl").write_text("\n\n")
+    (tmp_path / "empty" / "b.jsonl").write_text("")
+    (tmp_path / "prompts.jsonl").write_text("".join(f'{{"prompt": "Task {i}"}}\n' for i in range(5)))
+
+    def check(*overrides: str) -> str:
+        with pytest.raises(UserError) as caught:
+            check_seeds(load_config(EvolveConfig, "configs/tiny.yaml", [*overrides, "generation.backend=echo"]))
+        return str(caught.value)
+
+    assert check(f"seeds.path={tmp_path / 'empty'}") == f"seeds.path: {tmp_path / 'empty'} holds no seed rows"
+    assert check(f"seeds.path={tmp_path / 'prompts.jsonl'}") == (
+        f"seeds.instruction_field: 'instruction' is a field of none of the first 5 rows of {tmp_path / 'prompts.jsonl'}; "
+        "set seeds.instruction_field to the field that holds the instruction")
+    (tmp_path / "empty" / "c.jsonl").write_text('{"instruction": "x"}\n')  # a later file has a seed
+    check_seeds(load_config(EvolveConfig, "configs/tiny.yaml", [f"seeds.path={tmp_path / 'empty'}"]))
 
 
 @pytest.mark.parametrize("override, message", [
