@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from common import storage
 from common.config import UserError
 from common.models import pin_local_model
+from common.s3 import preflight_s3
 from common.tokenizer import load_tokenizer
 from eval.budget import TRUNCATING_BACKENDS
 from eval.config import EvaluateConfig
@@ -61,6 +62,7 @@ def read_items(cfg: EvaluateConfig) -> tuple[list[dict], list[dict], dict]:
     """(items to evaluate, every row read, the test set's counts); a wrong mapping or a set without
     usable items is a UserError."""
     path = resolve_testset_path(cfg.testset.path)
+    preflight_s3(path, "testset.path", write=False)  # an unreachable endpoint: one line, not pyarrow's traceback
     rows = read_testset(path, cfg.testset.fields())
     check_mapping(rows, cfg.testset.fields(), cfg.testset.path)
     items = select_items(rows, cfg.testset.limit, cfg.testset.per_category)
@@ -75,6 +77,9 @@ def read_items(cfg: EvaluateConfig) -> tuple[list[dict], list[dict], dict]:
 
 def preflight(cfg: EvaluateConfig) -> Prepared:
     """Every check that needs no Ray and no model."""
+    preflight_s3(cfg.output.path, "output.path", write=True)
+    if cfg.evolution.output:
+        preflight_s3(cfg.evolution.output, "evolution.output", write=False)
     items, rows, info = read_items(cfg)
     tokenizers = {}
     for role, gen in cfg.roles().items():

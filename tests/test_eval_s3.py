@@ -30,3 +30,23 @@ def test_test_set_file_and_folder_on_s3(moto_s3):  # noqa: F811
         [("q1", "math", 2), ("q3", "poetry", 6), ("q4", "code", None)]
     with pytest.raises(UserError, match="does not exist"):
         read_testset(moto_s3.url("tests", "nope.jsonl"), FIELDS)
+
+
+@pytest.mark.parametrize("key", ["testset.path", "output.path", "evolution.output"])
+def test_an_unreachable_endpoint_is_one_line_for_every_s3_path_of_evaluate(moto_s3, monkeypatch, capsys, tmp_path,  # noqa: F811
+                                                                          key):
+    """The evaluate job never checked its s3:// paths first: a pyarrow traceback instead."""
+    import socket
+
+    from jobs.evaluate import main
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    path = moto_s3.url("set.jsonl" if key == "testset.path" else "folder")
+    code = main(["--config", "configs/evaluate_tiny.yaml", "candidate.backend=echo", f"{key}={path}",
+                 *([] if key == "output.path" else [f"output.path={tmp_path / 'out'}"])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (f"error: {key}: {path}: cannot reach the S3 endpoint http://127.0.0.1:{port} "
+                                 "(EndpointConnectionError)")
