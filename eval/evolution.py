@@ -28,13 +28,18 @@ SURVIVED = pa.array([KEPT, "duplicate", "contaminated"])
 COLUMNS = ["id", "round", "op", "status", "reason", "instruction_tokens", "response_tokens"]
 
 
+def records_folder(evolve_output: str) -> str:
+    records = storage.join(evolve_output, "records")
+    if not storage.is_dir(records):
+        raise UserError(f"evolution.output: {evolve_output} has no records/ folder (is it an evolve job's output?)")
+    return records
+
+
 def _records_dataset(evolve_output: str) -> ds.Dataset:
     """Both layouts the evolve job has written: bucket files (`records/bucket-NNNNN.parquet`, status
     and round as columns) and hive folders (`records/status=S/round=R/`). Files whose names start
     with '.' or '_' (unfinished temp files) are skipped."""
-    records = storage.join(evolve_output, "records")
-    if not storage.is_dir(records):
-        raise UserError(f"evolution.output: {evolve_output} has no records/ folder (is it an evolve job's output?)")
+    records = records_folder(evolve_output)
     filesys, inner = storage.filesystem(records)
     hive = any("/status=" in f for f in storage.list_files(records))
     partitioning = ds.partitioning(pa.schema([("status", pa.string()), ("round", pa.int64())]),

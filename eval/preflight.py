@@ -14,7 +14,7 @@ from common.s3 import preflight_s3
 from common.tokenizer import load_tokenizer
 from eval.budget import TRUNCATING_BACKENDS
 from eval.config import EvaluateConfig
-from eval.evolution import decontamination_warning
+from eval.evolution import decontamination_warning, records_folder
 from eval.sections import FIGURE_BANDS, FIGURE_CATEGORIES, FIGURE_EVOLUTION
 from eval.testset import (check_mapping, dropped_counts, quarantine_counts, read_testset, resolve_testset_path,
                           select_items, testset_files)
@@ -80,6 +80,7 @@ def preflight(cfg: EvaluateConfig) -> Prepared:
     preflight_s3(cfg.output.path, "output.path", write=True)
     if cfg.evolution.output:
         preflight_s3(cfg.evolution.output, "evolution.output", write=False)
+        records_folder(cfg.evolution.output)  # before prepare_output replaces the last run's report
     items, rows, info = read_items(cfg)
     tokenizers = {}
     for role, gen in cfg.roles().items():

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from common.config import PathText, StrictModel, read_yaml_mapping, set_dotted
+from common.config import ConfigError, PathText, StrictModel, read_yaml_mapping, set_dotted
 from common.ray_setup import RayConfig
 from eval.config import EvaluateConfig
 from evol.config import EvolveConfig
@@ -135,7 +135,12 @@ def compose(data: dict) -> dict:
             path = _get(data[upstream], upstream_key) or _default(upstream, upstream_key)
             value = suffix.get(path, path) if isinstance(suffix, dict) else \
                 f"{str(path).rstrip('/')}/{suffix}" if suffix else path
-            set_dotted(data[stage], key, value)
+            try:
+                set_dotted(data[stage], key, value)
+            except ConfigError:  # e.g. train.data=3: the section the hand-off goes into is a value
+                section = key.rsplit(".", 1)[0]
+                raise ValueError(f"{stage}.{section}: must be a section (it holds {stage}.{key}, which the "
+                                 f"pipeline sets)") from None
     ray = data.get("ray") or {}
     for stage in STAGES:
         data[stage]["ray"] = ray

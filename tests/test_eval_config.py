@@ -89,6 +89,22 @@ def test_output_folder_of_something_else_is_never_written_into_or_deleted(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["mine.jsonl"]
 
 
+def test_a_mistyped_evolution_output_leaves_the_last_report_in_place(tmp_path, capsys):
+    """The earlier run's report was deleted before the evolution folder was found missing."""
+    from common import storage
+    from eval.preflight import JOB
+
+    out = tmp_path / "out"
+    out.mkdir()
+    storage.mark_owned(str(out), JOB)
+    (out / "report.html").write_text("<html>the last report</html>")
+    assert main(["--config", "configs/evaluate_tiny.yaml", "candidate.backend=echo", f"output.path={out}",
+                 f"evolution.output={tmp_path}/evolve-typo"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: evolution.output: {tmp_path}/evolve-typo has no records/ "
+                                               "folder (is it an evolve job's output?)")
+    assert (out / "report.html").read_text() == "<html>the last report</html>"
+
+
 def test_cloud_example_price_is_for_the_node_type_and_region_that_cluster_yaml_gives_the_evolve_actors():
     import yaml
 

@@ -77,6 +77,7 @@ def test_one_ray_section_for_every_stage():
     ("evaluate.output.overwrite=false", "config error: evaluate.output.overwrite: set by the pipeline"),
     ("train.optim.lr=-1", "config error: train.optim.lr: Input should be greater than 0"),
     ("evaluate.report.bootstrap_samples=0", "config error: evaluate.report.bootstrap_samples:"),
+    ("train.data=3", "config error: train.data: must be a section (it holds train.data.path, which the pipeline sets)"),
 ])
 def test_bad_config_is_one_line_naming_the_key(override, message):
     with pytest.raises(ConfigError) as error:
