@@ -89,7 +89,8 @@ def bound_per_seed(cfg: EvolveConfig) -> Spend:
     from evol.estimate import estimate_chains, price, role_overheads
 
     overheads = role_overheads(cfg.generation, None)
-    est = estimate_chains([(cfg.seeds.max_instruction_tokens, True)], overheads, overheads, cfg.evolve)
+    est = estimate_chains([(cfg.seeds.max_instruction_tokens, True)], overheads, overheads, cfg.evolve,
+                          fallbacks=cfg.generation.backend != "openai")
     gens = {"writer": cfg.generation, "judge": cfg.judge or cfg.generation}
     tokens = sum(t.prompt_tokens + t.generated_tokens for t in est.traffic.values())
     money = 0.0
