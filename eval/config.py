@@ -104,6 +104,13 @@ class EvaluateConfig(StrictModel):
                                        2 if self.mode == "pairwise" else 1)
         if problem:
             raise ValueError(problem)
+        for role in ("candidate", "baseline"):
+            gen = getattr(self, role)
+            limit = gen.vllm.max_model_len if gen is not None and gen.backend == "vllm" else None
+            if limit is not None and gen.max_prompt_tokens + self.answer_sampling.max_tokens > limit:
+                raise ValueError(f"{role}.vllm.max_model_len: {limit} cannot hold {role}.max_prompt_tokens="
+                                 f"{gen.max_prompt_tokens} plus answer_sampling.max_tokens="
+                                 f"{self.answer_sampling.max_tokens}")
         return self
 
     def roles(self) -> dict[str, GenerationConfig]:

@@ -19,7 +19,8 @@ from evol.output import read_bucket, write_bucket
 from evol.preflight import check_prompt_budget
 from evol.reading import seed_rows
 from evol.records import ERROR, KEPT
-from evol.rounds import Roles, chain_of, chains_by_root, is_complete, run_chain, worker_failed_chain
+from evol.rounds import (Roles, chain_of, chains_by_root, is_complete, records_made, run_chain,
+                         worker_failed_chain)
 from generation.types import EngineDown, Secret
 
 # One row per bucket a call was given: its counts and the actor's gauges so far, or `stopped` (why
@@ -151,7 +152,10 @@ class EvolveActor:
             await asyncio.to_thread(write_bucket, self.cfg.output.path, bucket, records,
                                     self.cfg.evolve.train_on_truncated_responses)
             await asyncio.to_thread(self.inflight.finish, bucket)
-            self.budget.settle(bucket, [r for chain, redo in zip(chains, todo) if redo for r in chain])
+            # what this call made: a retried chain returns the finished part an earlier run wrote (and
+            # spent_so_far counted) ahead of its new rounds
+            self.budget.settle(bucket, [r for chain, was, redo in zip(chains, mine, todo) if redo
+                                        for r in records_made(chain, was)])
             self.seeds_done += sum(todo)
         return self._counts(bucket, seeds=sum(todo), records=records)
 

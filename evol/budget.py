@@ -89,10 +89,18 @@ def bound_per_seed(cfg: EvolveConfig) -> Spend:
     from evol.estimate import estimate_chains, price, role_overheads
 
     overheads = role_overheads(cfg.generation, None)
-    est = estimate_chains([(cfg.seeds.max_instruction_tokens, True)], overheads, overheads, cfg.evolve)
+    est = estimate_chains([(cfg.seeds.max_instruction_tokens, True)], overheads, overheads, cfg.evolve,
+                          fallbacks=cfg.generation.backend != "openai")
     gens = {"writer": cfg.generation, "judge": cfg.judge or cfg.generation}
     tokens = sum(t.prompt_tokens + t.generated_tokens for t in est.traffic.values())
-    money = sum(price(est.traffic[role], gens[role], cfg.cost)["money"] or 0.0 for role in gens)
+    money = 0.0
+    for role, gen in gens.items():
+        priced = price(est.traffic[role], gen, cfg.cost)["money"]
+        if priced is None and gen.backend != "openai" and cfg.cost.price_per_accelerator_hour is not None:
+            # an engine of our own is paid by the hour, and its hours are unknown ahead without
+            # cost.engine_tokens_per_second: the first bucket runs alone, and what it cost projects the rest
+            priced = float("inf")
+        money += priced or 0.0
     return Spend(tokens, money)
 
 

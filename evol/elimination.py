@@ -53,13 +53,16 @@ _IDEOGRAPHS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U
 
 _PAIRS = {'"': '"', "'": "'", "`": "`", "“": "”", "‘": "’", "«": "»", "„": "“"}
 # A reply's opening that introduces the rewrite instead of being it: "Sure! Here is the rewritten
-# prompt:", "Certainly, here's a harder version:". A courtesy word, or "here is" naming the rewrite,
-# ending in a colon; "Here is a table: ..." (a seed's own wording) is not one.
+# prompt:", "Certainly, here's a harder version:". A courtesy word set off by punctuation (or ending
+# the line), or "here is" naming the rewrite, ending in a colon; "Here is a table: ..." (a seed's own
+# wording) is not one, nor a rewrite that opens with the word: "Absolutely no libraries: ...",
+# "Great Expectations: ...", "Okay Google vs Siri: ..." keep every word.
+_COURTESY = r"(?:sure|certainly|of course|okay|ok|absolutely|alright|great)(?:[!,.]|\s*(?=[:\n]))"
 _PREAMBLE = re.compile(
-    r"\A\W*(?:(?:sure|certainly|of course|okay|ok|absolutely|alright|great)\b[^:\n]{0,120}?"
+    r"\A\W*(?:" + _COURTESY + r"[^:\n]{0,120}?"
     r"|here(?:'s|’s| is| are)\b[^:\n]{0,100}?\b(?:prompt|instruction|version|rewrite|rewritten|revision|revised|"
     r"attempt)\b[^:\n]{0,40}?)(?::[*_]*\s*|[!.]?[*_]*\s*\n\s*)", re.I)
-_COURTESY_LINE = re.compile(r"\A\W*(?:sure|certainly|of course|okay|ok|absolutely|alright)\b[^\n]{0,40}\Z", re.I)
+_COURTESY_LINE = re.compile(r"\A\W*" + _COURTESY + r"[^\n]{0,40}\Z", re.I)
 
 
 def strip_preamble(text: str) -> str:

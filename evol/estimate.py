@@ -1,10 +1,13 @@
 """What an evolve run will cost, before it runs: requests, tokens and money (or accelerator-hours)
 from the seeds' token counts, the rounds and the token caps, without calling a model.
 
-A seed's chain is at most 1 + 3M requests: its answer (when the seed file has none), then per
-round a rewrite, the rewrite's answer and the equality check; an evolution eliminated by the
-text rules costs only its rewrite. The token figures are upper bounds: every request writes its
-max_tokens and every evolution is kept (so the next round's parent is a full-length rewrite).
+A seed's chain is at least 1 + M requests: its answer (when the seed file has none), then per round
+a rewrite that the text rules eliminate. At most, per round, a rewrite, the rewrite's answer and the
+equality check, plus what the round may start and cancel: the later rounds it starts ahead while its
+check runs (evolve.rounds_ahead, each whole, cancelled when the check eliminates the candidate) and
+a fallback rewrite (evolve.fallback_rewrites, engines of our own). The token figures are upper
+bounds: every request writes its max_tokens and every evolution is kept (so the next round's parent
+is a full-length rewrite).
 """
 from __future__ import annotations
 
@@ -46,8 +49,10 @@ class Estimate:
 
 
 def estimate_chains(seeds: list[tuple[int, bool]], writer: Overheads, judge: Overheads,
-                    settings: EvolveSettings) -> Estimate:
-    """`seeds`: (tokens of the user turn, needs a generated answer) of each usable seed."""
+                    settings: EvolveSettings, fallbacks: bool = True) -> Estimate:
+    """`seeds`: (tokens of the user turn, needs a generated answer) of each usable seed; `fallbacks`:
+    the writer starts fallback rewrites when evolve.fallback_rewrites is on (an engine of our own,
+    never a paid endpoint)."""
     est = Estimate(seeds=len(seeds))
     rewrite, answer = settings.evolve_sampling.max_tokens, settings.respond_sampling.max_tokens
     verdict = settings.judge_sampling.max_tokens
@@ -57,10 +62,14 @@ def estimate_chains(seeds: list[tuple[int, bool]], writer: Overheads, judge: Ove
             est.traffic["writer"].add(writer.turn + tokens, answer)
         est.min_requests += needs_answer + settings.rounds
         parent = tokens
-        for _ in range(settings.rounds):
-            est.traffic["writer"].add(template + parent, rewrite)
-            est.traffic["writer"].add(writer.turn + rewrite, answer)
-            est.traffic["judge"].add(judge.equality + parent + rewrite, verdict)
+        for index in range(1, settings.rounds + 1):
+            ahead = min(settings.rounds_ahead, settings.rounds - index)
+            for evolving in [parent] + [max(parent, rewrite)] * ahead:  # the round, then those started ahead
+                est.traffic["writer"].add(template + evolving, rewrite)
+                est.traffic["writer"].add(writer.turn + rewrite, answer)
+                est.traffic["judge"].add(judge.equality + evolving + rewrite, verdict)
+            if fallbacks and settings.fallback_rewrites and index < settings.rounds:
+                est.traffic["writer"].add(template + parent, rewrite)
             parent = max(parent, rewrite)
     return est
 
@@ -99,7 +108,8 @@ def format_estimate(summary: dict) -> str:
     lines = [f"estimate (no model called): {summary['seeds']} seeds evolve ({summary['quarantined']} quarantined), "
              f"{summary['rounds']} rounds",
              f"requests: {summary['requests']['min']:,} to {summary['requests']['max']:,} (every evolution "
-             "eliminated by its text checks .. every one kept)",
+             "eliminated by its text checks .. every one answered and checked, with the rounds started ahead "
+             "and the fallback rewrites it may cancel)",
              f"tokens, at most (every request writes its max_tokens): {summary['prompt_tokens']:,} prompt + "
              f"{summary['generated_tokens']:,} generated"]
     for role, r in summary["roles"].items():
@@ -187,7 +197,8 @@ def estimate_evolve(cfg: EvolveConfig) -> dict:
     judge_tok = writer_tok if cfg.judge is None else role_tokenizer(cfg.judge)
     seeds, quarantined = seed_tokens(cfg, counter(writer_tok))
     est = estimate_chains(seeds, role_overheads(cfg.generation, writer_tok),
-                          role_overheads(cfg.judge or cfg.generation, judge_tok), cfg.evolve)
+                          role_overheads(cfg.judge or cfg.generation, judge_tok), cfg.evolve,
+                          fallbacks=cfg.generation.backend != "openai")
     est.quarantined = quarantined
     summary = estimate_summary(est, cfg)
     print(format_estimate(summary))

@@ -500,6 +500,13 @@ def finished_part(chain: list[dict]) -> list[dict]:
     return ordered[:end]
 
 
+def records_made(chain: list[dict], earlier: list[dict]) -> list[dict]:
+    """The records of `chain` that its run made: a chain run again after an error (`earlier`: what an
+    earlier run wrote of it) returns that run's finished part ahead of its new rounds."""
+    done = len(finished_part(earlier))
+    return [record for record in chain if record["round"] >= done]
+
+
 def pool_item(records: list[dict]) -> PoolItem:
     """What the next round evolves: the chain's last kept record (a failed candidate sent its parent back);
     one the finish stage marked duplicate or contaminated was kept by the rules all the same."""

@@ -216,9 +216,12 @@ class OpenAIGenerator:
                     model=self.cfg.model, messages=[{"role": "user", "content": prompt}],
                     temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=tokens, **extra)
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                if not wanted:
+                # only a refusal that names the feature turns it off; any other (a prompt past the context
+                # length) is this request's own error, and the features stay on for the rest of the job
+                refused = [feature for feature in wanted if any(word in str(exc).lower() for word in FEATURE_WORDS[feature])]
+                if not refused:
                     raise
-                supports[LOGPROBS if LOGPROBS in wanted and "logprob" in str(exc).lower() else wanted[0]] = False
+                supports[refused[-1]] = False
                 continue
             choice = _first_choice(response)
             text = choice.message.content if choice.message is not None else None
@@ -230,6 +233,12 @@ class OpenAIGenerator:
             if JSON_SCHEMA in wanted and not text.lstrip().startswith("{"):
                 supports[JSON_SCHEMA] = False  # the server ignored the schema
             return text, choice.finish_reason, getattr(response, "usage", None), tokens
+
+
+# What a server's refusal says when it is the feature it refuses ("response_format is not supported",
+# "logprobs are not allowed", vLLM's "guided decoding ..."); a context-length error names none of them.
+FEATURE_WORDS = {JSON_SCHEMA: ("response_format", "json_schema", "json schema", "guided", "structured output"),
+                 LOGPROBS: ("logprob",)}
 
 
 def _tokens(choice) -> list | None:

@@ -33,6 +33,27 @@ def test_a_pessimistic_first_projection_does_not_stop_the_job_but_a_spent_budget
     assert not earlier_runs.admit(0, 1)
 
 
+def test_a_money_budget_on_an_engine_of_our_own_runs_one_bucket_until_a_bucket_has_cost_something():
+    """Without cost.engine_tokens_per_second an engine's hours cannot be projected: the bound's money
+    was 0, and every bucket asked for before the first one settled was admitted, whatever the budget."""
+    from common.config import load_config
+    from evol.budget import bound_per_seed
+    from evol.config import EvolveConfig
+
+    cfg = load_config(EvolveConfig, "configs/tiny.yaml", ["generation.backend=echo", "cost.max_money=0.01",
+                                                          "cost.price_per_accelerator_hour=3"])
+    bound = bound_per_seed(cfg)
+    assert bound.money == float("inf")
+    state = BudgetState(cfg.cost, Spend(), 0, bound)
+    assert [state.admit(b, 4) for b in range(3)] == [True, False, False]
+    state.settle(0, Spend(100, 0.001), 4)
+    assert state.admit(3, 4) and state.per_seed() == Spend(25, 0.00025)
+    priced = load_config(EvolveConfig, "configs/tiny.yaml", ["generation.backend=echo", "cost.max_money=0.01",
+                                                             "cost.price_per_accelerator_hour=3",
+                                                             "cost.engine_tokens_per_second=100"])
+    assert 0 < bound_per_seed(priced).money < float("inf")
+
+
 def test_money_of_records_is_token_prices_plus_engine_time_at_the_accelerator_price():
     rows = [{"round": 0, "prompt_tokens": 1_000, "generated_tokens": 500, "gen_seconds": 1800.0},
             {"round": 1, "prompt_tokens": 2_000, "generated_tokens": None, "gen_seconds": float("nan")}]

@@ -1,3 +1,4 @@
+import pytest
 import yaml
 
 
@@ -41,3 +42,28 @@ def test_every_gpu_reservation_of_the_cloud_pipeline_fits_a_worker_type():
     assert any(_fits(s.cpus_per_worker, 1, n) for n in nodes.values())
     assert any(s.num_workers <= n["max_workers"] * min(n["resources"]["GPU"], n["resources"]["CPU"] // s.cpus_per_worker)
                for n in nodes.values())
+
+
+@pytest.mark.parametrize("preset", ["configs/train_cloud_7b.yaml", "configs/train_cloud_7b_lora.yaml"])
+def test_every_train_preset_lands_on_the_training_nodes(preset):
+    """Without accelerator_type, Ray Train may pack its 8 workers onto idle L4 generation nodes (one GPU
+    and 8 CPUs each fit there): the LoRA preset, the pipeline's documented switch, had none."""
+    from common.config import load_config
+    from train.config import TrainConfig
+
+    scaling = load_config(TrainConfig, preset).scaling
+    training = [n for n in _node_types().values() if f"accelerator_type:{scaling.accelerator_type}" in n["resources"]]
+    assert scaling.accelerator_type == "A100" and training
+    assert all(_fits(scaling.cpus_per_worker, 1, n) for n in training)
+
+
+def test_the_cloud_evaluation_engines_fit_a_llama_7b_context():
+    """LLaMA-7B and Vicuna-7B v1.1 hold 2048 tokens: vLLM refuses a larger max_model_len at start, after
+    the evolve and train stages; prompt plus answer must fit in it."""
+    from common.config import load_config
+    from pipeline.config import PipelineConfig
+
+    cfg = load_config(PipelineConfig, "configs/pipeline_cloud_7b.yaml").evaluate
+    for gen in (cfg.candidate, cfg.baseline):
+        assert gen.vllm.max_model_len == 2048
+        assert gen.max_prompt_tokens + cfg.answer_sampling.max_tokens <= gen.vllm.max_model_len

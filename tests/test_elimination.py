@@ -192,6 +192,15 @@ def test_clean_evolved_instruction_strips_formatting_only():
     ("Here is my rewrite.\nWrite three haiku.", "Write three haiku."),
     ("Here is a table: | a | b |. Sum the columns.", "Here is a table: | a | b |. Sum the columns."),  # the seed's own words
     ("Sure, write a poem about rain", "Sure, write a poem about rain"),  # nothing introduced
+    ("Sure: \nWrite a haiku.", "Write a haiku."),
+    ("Of course! Here you go:\nWrite a haiku.", "Write a haiku."),
+    # a rewrite that opens with a courtesy word as its own first word keeps every word (the constraint it added)
+    ("Absolutely no libraries: implement quicksort in Python.", "Absolutely no libraries: implement quicksort in Python."),
+    ("Great Expectations: summarize the themes of its first chapter.",
+     "Great Expectations: summarize the themes of its first chapter."),
+    ("Great Barrier Reef\nExplain three threats to the reef.", "Great Barrier Reef\nExplain three threats to the reef."),
+    ("Okay Google vs Siri: compare their privacy policies.", "Okay Google vs Siri: compare their privacy policies."),
+    ("Okay Google vs Siri\nCompare their privacy policies.", "Okay Google vs Siri\nCompare their privacy policies."),
 ])
 def test_clean_evolved_instruction_strips_a_preamble(text, cleaned):
     assert rules.clean_evolved_instruction(text) == cleaned

@@ -255,6 +255,36 @@ def test_openai_judge_that_offers_neither_falls_back_to_its_text(server_kind):
         assert asked == [(True, True), (False, True), (False, False), (False, False)]
 
 
+def test_a_request_refused_for_its_length_keeps_the_schema_and_logprobs_for_the_others():
+    """One parent + candidate pair past the endpoint's context (HTTP 400, vLLM's wording) turned both
+    features off for the rest of the job: every later verdict read from free text, in three requests."""
+    from generation.types import GenerationError
+
+    class ContextServer(FlakyOpenAIServer):
+        def __init__(self):
+            super().__init__()
+            self.bodies = []
+
+        def handle(self, request, body):
+            self.bodies.append(body)
+            if "LONG" in body["messages"][0]["content"]:
+                return send_json(request, 400, {"error": {"type": "BadRequestError", "message": (
+                    "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens "
+                    "(8000 in the messages, 1000 in the completion). Please reduce the length of the messages.")}})
+            send_json(request, 200, completion_body(body, '{"answer": "Not Equal"}'))
+
+    server = ContextServer()
+    try:
+        judge = _openai_judge(server.url)
+        with pytest.raises(GenerationError):
+            asyncio.run(judge.choose(equality_prompt("LONG " * 50, "b"), OPTIONS, GREEDY))
+        choice = asyncio.run(judge.choose(equality_prompt(*PAIRS["rewrite"]), OPTIONS, GREEDY))
+    finally:
+        server.close()
+    assert (choice.option, choice.method) == ("Not Equal", JSON_SCHEMA)
+    assert len(server.bodies) == 2 and all("response_format" in b and b.get("logprobs") for b in server.bodies)
+
+
 def test_openai_judge_with_logprobs_but_no_schema_decides_by_the_first_token():
     server = RefusingServer(logprobs=True)
     try:

@@ -12,7 +12,7 @@ from evol.operations import OPERATIONS
 from generation.config import GenerationConfig, SamplingConfig
 from jobs.evolve import main
 
-SETTINGS = EvolveSettings(rounds=2, operations=("deepening", "in_breadth"),
+SETTINGS = EvolveSettings(rounds=2, operations=("deepening", "in_breadth"), rounds_ahead=0, fallback_rewrites=False,
                           evolve_sampling=SamplingConfig(max_tokens=10), respond_sampling=SamplingConfig(max_tokens=20),
                           judge_sampling=SamplingConfig(max_tokens=16))
 # the longest of the configured operations' templates counts (add_constraints is not configured)
@@ -32,6 +32,21 @@ def test_a_chain_is_bounded_by_max_tokens_and_a_kept_rewrite_as_the_next_parent(
         assert vars(est.traffic[role]) == {"requests": len(calls), "prompt_tokens": sum(p for p, _ in calls),
                                            "generated_tokens": sum(g for _, g in calls)}
     assert est.seeds == 2 and est.min_requests == (1 + 2) + 2  # every evolution eliminated by its text checks
+
+
+def test_the_bound_holds_the_rounds_started_ahead_and_cancelled_and_the_fallback_rewrites():
+    """With evolve.rounds_ahead (default 1) a candidate whose check eliminates it cancels the rounds
+    started after it: a run of 4 rounds whose every candidate was judged equal sent 21 requests a seed
+    against an estimated maximum of 12."""
+    settings = SETTINGS.model_copy(update={"rounds": 4, "rounds_ahead": 1})
+    est = estimate_chains([(30, False)], WRITER, JUDGE, settings)
+    assert sum(t.requests for t in est.traffic.values()) == 3 * (2 + 2 + 2 + 1)
+    with_fallbacks = estimate_chains([(30, False)], WRITER, JUDGE, settings.model_copy(update={"fallback_rewrites": True}))
+    assert sum(t.requests for t in with_fallbacks.traffic.values()) == 21 + 3  # one rewrite a round but the last
+    endpoint = estimate_chains([(30, False)], WRITER, JUDGE, settings.model_copy(update={"fallback_rewrites": True}),
+                               fallbacks=False)
+    assert sum(t.requests for t in endpoint.traffic.values()) == 21
+    assert est.min_requests == 4
 
 
 @pytest.mark.parametrize("gen, cost, expected", [
@@ -65,10 +80,11 @@ def test_the_estimate_flag_counts_the_seed_file_and_calls_no_model(tmp_path, cap
     printed = capsys.readouterr().out
     summary = estimate_evolve(load_config(EvolveConfig, "configs/tiny.yaml", overrides))
     assert summary["seeds"] == 2 and summary["quarantined"] == 2
-    assert summary["requests"] == {"min": 1 + 3 * 2, "max": 1 + 3 * 3 * 2}
+    # an endpoint: no fallback rewrites; rounds_ahead 1 may start (and cancel) round k+1 whole in rounds 1 and 2
+    assert summary["requests"] == {"min": 1 + 3 * 2, "max": 1 + 3 * (2 + 2 + 1) * 2}
     # tiny.yaml: rewrites 16, answers 12, verdicts 16 tokens at most
-    assert summary["generated_tokens"] == 12 + 3 * 2 * (16 + 12 + 16)
+    assert summary["generated_tokens"] == 12 + (2 + 2 + 1) * 2 * (16 + 12 + 16)
     assert summary["money"] == pytest.approx((summary["prompt_tokens"] + 2 * summary["generated_tokens"]) / 1e6)
-    assert "requests: 7 to 19" in printed and f"money, at most: {summary['money']:.4f}" in printed
+    assert "requests: 7 to 31" in printed and f"money, at most: {summary['money']:.4f}" in printed
     assert not (tmp_path / "outputs").exists()
 

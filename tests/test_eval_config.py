@@ -50,10 +50,13 @@ def test_field_mapping_and_overrides():
     ("report.confidence=1.5", "config error: report.confidence: Input should be less than 1 (got 1.5)"),
     ("baseline.modle=x", "config error: baseline.modle: unknown key"),
     ("judge_prefill=true", "config error: judge_prefill needs judge.prompt_format=plain"),
+    ("candidate.vllm.max_model_len=2048", "config error: candidate.vllm.max_model_len: 2048 cannot hold "
+     "candidate.max_prompt_tokens=2048 plus answer_sampling.max_tokens=8"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(override, expected):
     with pytest.raises(ConfigError) as info:
-        load_config(EvaluateConfig, "configs/evaluate_tiny.yaml", [override])
+        load_config(EvaluateConfig, "configs/evaluate_tiny.yaml",
+                    [override] + (["candidate.backend=vllm"] if override.startswith("candidate.vllm") else []))
     assert str(info.value).startswith(expected) and "\n" not in str(info.value)
 
 

@@ -382,6 +382,10 @@ def test_a_chain_that_ended_in_an_error_goes_on_from_its_last_finished_round():
     assert [(r["round"], r["status"]) for r in again] == [(0, KEPT), (1, KEPT), (2, KEPT), (3, KEPT)]
     assert again[1]["id"] == first[1]["id"] and again[1]["parent_id"] == "f"
     assert len(gen.calls) == 3 * 3  # rounds 1-3 asked again, the seed's own answer not
+    # the budget is charged for what this run made: rounds 1-3, not the seed's record the earlier run paid for
+    from evol.rounds import records_made
+    assert [r["round"] for r in records_made(again, first)] == [1, 2, 3]
+    assert records_made(first, []) == first
 
 
 def test_model_text_with_lone_surrogates_is_cleaned_and_the_bucket_is_written(tmp_path):
