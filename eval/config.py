@@ -105,12 +105,10 @@ class EvaluateConfig(StrictModel):
         if problem:
             raise ValueError(problem)
         for role in ("candidate", "baseline"):
-            gen = getattr(self, role)
-            limit = gen.vllm.max_model_len if gen is not None and gen.backend == "vllm" else None
-            if limit is not None and gen.max_prompt_tokens + self.answer_sampling.max_tokens > limit:
-                raise ValueError(f"{role}.vllm.max_model_len: {limit} cannot hold {role}.max_prompt_tokens="
-                                 f"{gen.max_prompt_tokens} plus answer_sampling.max_tokens="
-                                 f"{self.answer_sampling.max_tokens}")
+            problem = getattr(self, role) and context_problem(role, getattr(self, role), "answer_sampling",
+                                                               self.answer_sampling)
+            if problem:
+                raise ValueError(problem)
         return self
 
     def roles(self) -> dict[str, GenerationConfig]:
@@ -138,8 +136,13 @@ def judge_budget_problem(judge: GenerationConfig, answers: SamplingConfig, verdi
         return (f"judge.max_prompt_tokens: {judge.max_prompt_tokens} cannot hold the judge's instructions "
                 f"(~{JUDGE_TEMPLATE_TOKENS} tokens) and {shown} answer(s) of answer_sampling.max_tokens="
                 f"{answers.max_tokens}: set it to at least {need} or lower answer_sampling.max_tokens")
-    limit = judge.vllm.max_model_len if judge.backend == "vllm" else None
-    if limit is not None and judge.max_prompt_tokens + verdicts.max_tokens > limit:
-        return (f"judge.vllm.max_model_len: {limit} cannot hold judge.max_prompt_tokens={judge.max_prompt_tokens} "
-                f"plus judge_sampling.max_tokens={verdicts.max_tokens}")
+    return context_problem("judge", judge, "judge_sampling", verdicts)
+
+
+def context_problem(role: str, gen: GenerationConfig, sampling_key: str, sampling: SamplingConfig) -> str | None:
+    """A vLLM engine's max_model_len must hold its prompt budget plus what it writes."""
+    limit = gen.vllm.max_model_len if gen.backend == "vllm" else None
+    if limit is not None and gen.max_prompt_tokens + sampling.max_tokens > limit:
+        return (f"{role}.vllm.max_model_len: {limit} cannot hold {role}.max_prompt_tokens={gen.max_prompt_tokens} "
+                f"plus {sampling_key}.max_tokens={sampling.max_tokens}")
     return None

@@ -10,6 +10,7 @@ from common.rows import BUNDLED_PREFIX
 from common.ray_setup import RayConfig
 from evol.elimination import MIN_JUDGE_TOKENS
 from evol.operations import OPERATIONS
+from evol.seeds import SeedFields
 from evol.templates import template_overheads
 from generation.config import GenerationConfig, SamplingConfig
 
@@ -31,6 +32,9 @@ class SeedsConfig(StrictModel):
     dedupe_partitions: int = Field(8, ge=1, description="partitions of the duplicate-id shuffle")
     piece_bytes: int = Field(64 << 20, ge=1, description="jsonl files are read and parsed in pieces of about "
                                                          "this many bytes (whole lines), never whole")
+
+    def fields(self) -> SeedFields:
+        return SeedFields(self.instruction_field, self.input_field, self.response_field, self.id_field)
 
 
 class EvolveSettings(StrictModel):

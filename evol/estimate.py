@@ -168,11 +168,11 @@ def seed_tokens(cfg: EvolveConfig, count) -> tuple[list[tuple[int, bool]], int]:
     """(tokens of the user turn, needs a generated answer) of every seed that will evolve, in the
     job's order and up to seeds.limit, and the number of rows that will be quarantined instead."""
     from evol.reading import file_rows, resolve_seed_path, seed_files
-    from evol.seeds import SeedFields, mark_duplicates, source_name
+    from evol.seeds import mark_duplicates, source_name
     from evol.templates import user_turn
 
     s = cfg.seeds
-    root, fields = resolve_seed_path(s.path), SeedFields(s.instruction_field, s.input_field, s.response_field, s.id_field)
+    root, fields = resolve_seed_path(s.path), s.fields()
     seeds, quarantined, left = [], 0, s.limit
     for path in seed_files(root):
         for rows in file_rows(path, source_name(path, root), fields, s.piece_bytes):

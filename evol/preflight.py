@@ -18,7 +18,7 @@ from evol.identity import run_identity
 from evol.output import JOB
 from evol.reading import file_rows, resolve_seed_path, seed_files
 from evol.resume import INPUTS, config_changes
-from evol.seeds import MISSING_INSTRUCTION, SUPPORTED_SUFFIXES, SeedFields, source_name
+from evol.seeds import MISSING_INSTRUCTION, SUPPORTED_SUFFIXES, source_name
 from evol.templates import template_overheads
 from generation import GenerationConfig, check_model_available
 from generation.prompts import prompt_token_ids
@@ -50,7 +50,7 @@ def check_first_rows(cfg: EvolveConfig, seeds: str) -> None:
     """The first rows of the seeds, read before Ray: files with no row at all (Ray Data's shuffle then
     printed a page of traceback before the job's own error), or a seeds.instruction_field that none of
     them has (every seed quarantined, and the job ended with exit 0 and no training set)."""
-    fields = SeedFields(cfg.seeds.instruction_field, cfg.seeds.input_field, cfg.seeds.response_field, cfg.seeds.id_field)
+    fields = cfg.seeds.fields()
     for path in seed_files(seeds):
         rows = next(iter(file_rows(path, source_name(path, seeds), fields, FIRST_PIECE_BYTES)), [])
         if not rows:

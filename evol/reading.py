@@ -140,7 +140,7 @@ def read_seed_buckets(path: str, cfg: SeedsConfig, buckets: int = 256, done: fro
     files in sorted order and stops after `limit` rows: the same rows every run."""
     import ray
 
-    fields = SeedFields(cfg.instruction_field, cfg.input_field, cfg.response_field, cfg.id_field)
+    fields = cfg.fields()
     files = seed_files(path)
     paths = ray.data.from_items([{"path": f} for f in files],
                                 override_num_blocks=1 if cfg.limit is not None else len(files))
